@@ -1,0 +1,1 @@
+//! Backends execute forward batches on a device.

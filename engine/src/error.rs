@@ -1,0 +1,83 @@
+//! The engine's one error type. Variants carry what a user needs to fix the problem: the file, the
+//! tensor or field, what was expected and what was found.
+
+use std::path::PathBuf;
+
+/// Every failure the engine reports. Input problems (files, configs, parameters) never panic.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file (config, index, tokenizer config) is malformed or misses a required field.
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    /// The model's `architectures` / `model_type` is not one Glimpse runs.
+    #[error("{path}: unsupported architecture `{architecture}` (supported: {supported})")]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        architecture: String,
+        supported: &'static str,
+    },
+    /// A safetensors file is malformed (bad header, truncated data, ...).
+    #[error("{path}: malformed safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    /// A tensor the architecture needs is absent from every weight file.
+    #[error("{path}: missing tensor `{tensor}`")]
+    MissingTensor { path: PathBuf, tensor: String },
+    /// A tensor has the wrong shape for the configuration.
+    #[error("{path}: tensor `{tensor}` has shape {actual:?}, expected {expected:?}")]
+    TensorShape {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    /// A tensor is stored in a dtype Glimpse cannot load.
+    #[error("{path}: tensor `{tensor}` has dtype {dtype}, expected one of F32, BF16, F16")]
+    TensorDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+    /// The tokenizer files could not be loaded or used.
+    #[error("tokenizer: {message}")]
+    Tokenizer { message: String },
+    /// The chat template failed to parse or render.
+    #[error("chat template: {message}")]
+    ChatTemplate { message: String },
+    /// A request parameter is out of range; names the field, the allowed range and the value.
+    #[error("invalid `{field}`: {message}")]
+    InvalidParameter { field: &'static str, message: String },
+    /// A forward batch is inconsistent with the model or the KV pool (a caller bug).
+    #[error("invalid batch: {message}")]
+    InvalidBatch { message: String },
+    /// The requested backend was not compiled into this build or has no device.
+    #[error("backend unavailable: {message}")]
+    BackendUnavailable { message: String },
+}
+
+/// Shorthand used throughout the engine.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl EngineError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A configuration problem in `path`.
+    pub fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Config {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}

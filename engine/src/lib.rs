@@ -1,0 +1,18 @@
+//! Glimpse engine: the model runtime every other crate stands on.
+//!
+//! It loads a Hugging Face model folder ([`model::Model`]), runs the Llama-family forward pass over a
+//! paged KV cache for a varlen batch of sequences ([`backend::Backend`]), samples
+//! ([`sampling`]), and turns token ids back into streamed text ([`tokenizer`]). It knows nothing of
+//! scheduling policy, the network or metrics exporters: callers hand it a [`batch::ForwardBatch`] and
+//! get logits back.
+
+pub mod backend;
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod loader;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use error::{EngineError, Result};

@@ -1,0 +1,1 @@
+//! Tokenization, chat templates and incremental detokenization (placeholder until the module lands).

@@ -1,0 +1,1 @@
+//! Glimpse scheduler: pure bookkeeping for continuous batching (no tensors, threads or clocks).

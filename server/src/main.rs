@@ -1,0 +1,5 @@
+//! The `glimpse` command line.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
