@@ -1,1 +1,107 @@
-//! Varlen forward batches.
+//! The unit of work a backend executes: a **varlen batch**. Tokens of several sequences — prefill
+//! chunks of any length and single decode tokens, mixed — form one flat activation, so each linear
+//! layer is one matmul; attention runs per sequence through its block table (DESIGN §2.3).
+//!
+//! A sequence distinguishes *positions* (RoPE, counting every token it has seen) from *cache entries*
+//! (KV slots it holds). They coincide until KV eviction keeps fewer entries than positions; then new
+//! tokens keep counting positions from the prompt length while their K/V fill the next free entry.
+
+/// What logits a sequence wants back from a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsRequest {
+    /// None (an intermediate prefill chunk).
+    None,
+    /// The last token's row only (the usual case: sample the next token).
+    Last,
+    /// Every token's row (parity tests, teacher-forced evaluation).
+    All,
+}
+
+impl LogitsRequest {
+    /// Rows of logits produced for a chunk of `num_tokens` tokens.
+    pub fn num_rows(self, num_tokens: usize) -> usize {
+        match self {
+            Self::None => 0,
+            Self::Last => 1,
+            Self::All => num_tokens,
+        }
+    }
+}
+
+/// One sequence's share of a forward batch.
+#[derive(Debug, Clone, Copy)]
+pub struct SequenceInput<'a> {
+    /// The new tokens to run (a prefill chunk, or one decode token).
+    pub token_ids: &'a [u32],
+    /// RoPE position of `token_ids[0]`.
+    pub first_position: usize,
+    /// Cache entry that receives `token_ids[0]`'s K/V; entries `0..first_cache_entry` already hold
+    /// this sequence's context and are attended to.
+    pub first_cache_entry: usize,
+    /// Physical blocks of the sequence, in entry order; must cover every entry up to
+    /// `first_cache_entry + token_ids.len()`.
+    pub block_table: &'a [u32],
+    pub logits: LogitsRequest,
+}
+
+impl SequenceInput<'_> {
+    /// Cache entries this sequence holds once the chunk is written.
+    pub fn num_entries_after(&self) -> usize {
+        self.first_cache_entry + self.token_ids.len()
+    }
+}
+
+/// Sequences to run together in one forward pass.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardBatch<'a> {
+    pub sequences: Vec<SequenceInput<'a>>,
+}
+
+impl<'a> ForwardBatch<'a> {
+    /// Total number of tokens (rows of the flat activation).
+    pub fn num_tokens(&self) -> usize {
+        self.sequences.iter().map(|s| s.token_ids.len()).sum()
+    }
+
+    /// Total number of logits rows the batch asks for.
+    pub fn num_logits_rows(&self) -> usize {
+        self.sequences
+            .iter()
+            .map(|s| s.logits.num_rows(s.token_ids.len()))
+            .sum()
+    }
+}
+
+/// Logits of a forward pass: `[rows, vocab]`, sequences in batch order, each sequence's rows in
+/// token order. Reused across steps to avoid allocating per step.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOutput {
+    pub vocab_size: usize,
+    pub logits: Vec<f32>,
+    /// For each sequence of the batch, its first row in `logits` and how many rows it has.
+    pub rows: Vec<RowRange>,
+}
+
+/// Where one sequence's logits rows sit in [`ForwardOutput::logits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RowRange {
+    pub start: usize,
+    pub count: usize,
+}
+
+impl ForwardOutput {
+    /// Logits row `row` of sequence `seq` (batch order).
+    pub fn row(&self, seq: usize, row: usize) -> &[f32] {
+        let range = self.rows[seq];
+        assert!(row < range.count, "row {row} of sequence {seq} was not requested");
+        let start = (range.start + row) * self.vocab_size;
+        &self.logits[start..start + self.vocab_size]
+    }
+
+    /// The last logits row of sequence `seq`.
+    pub fn last_row(&self, seq: usize) -> &[f32] {
+        let count = self.rows[seq].count;
+        assert!(count > 0, "sequence {seq} requested no logits");
+        self.row(seq, count - 1)
+    }
+}

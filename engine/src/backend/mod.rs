@@ -1,1 +1,71 @@
-//! Backends execute forward batches on a device.
+//! Backends execute [`ForwardBatch`]es on a device and own that device's paged KV pool.
+//!
+//! Callers (the engine loop, tests, benchmarks) see only the [`Backend`] trait: they never touch
+//! tensors or device memory, so the CUDA backend slots in beside the CPU one without changing them.
+//! A backend is chosen once at start-up from a [`Device`].
+
+pub mod cpu;
+mod kv_geometry;
+
+pub use kv_geometry::KvGeometry;
+
+use crate::batch::{ForwardBatch, ForwardOutput};
+use crate::error::{EngineError, Result};
+use crate::model::Model;
+
+/// A device that runs the model and holds the paged KV pool.
+pub trait Backend: Send {
+    /// Shape of the KV pool: block size, block count, bytes per block.
+    fn geometry(&self) -> &KvGeometry;
+
+    /// Runs one varlen forward pass. Writes every scheduled token's K/V into its sequence's cache
+    /// entries (through the block table) and fills `out` with the requested logits rows.
+    ///
+    /// Fails with [`EngineError::InvalidBatch`] when a sequence's block table does not cover its
+    /// entries, a block id is outside the pool, a token id is outside the vocabulary or a position
+    /// is beyond the model's length; the cache is untouched in that case.
+    fn forward(&mut self, batch: &ForwardBatch<'_>, out: &mut ForwardOutput) -> Result<()>;
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| EngineError::InvalidParameter {
+                    field: "device",
+                    message: format!("expected `cpu`, `cuda` or `cuda:N`, got `{s}`"),
+                }),
+        }
+    }
+}
+
+/// Builds the backend for `device` with a pool of `num_blocks` blocks of `block_size` entries.
+///
+/// Fails with [`EngineError::BackendUnavailable`] for a device this build cannot drive.
+pub fn create_backend(
+    device: Device,
+    model: &Model,
+    block_size: usize,
+    num_blocks: usize,
+) -> Result<Box<dyn Backend>> {
+    match device {
+        Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(model, block_size, num_blocks)?)),
+        Device::Cuda(_) => Err(EngineError::BackendUnavailable {
+            message: "this build of Glimpse has no CUDA backend".into(),
+        }),
+    }
+}

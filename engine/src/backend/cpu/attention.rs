@@ -1,0 +1,155 @@
+//! Paged causal attention on the CPU: every query row attends to its sequence's cache entries
+//! `0..=own entry`, reading K/V in place block by block through the block table (no copy of the
+//! context), with an online softmax so no score matrix is materialised. Rows run in parallel; the
+//! query heads of a GQA group share each K/V load.
+
+use rayon::prelude::*;
+
+use super::kv_cache::LayerView;
+
+/// What one query row attends to.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryContext<'a> {
+    pub block_table: &'a [u32],
+    /// Number of cache entries attended (the row's own entry is the last one).
+    pub num_entries: usize,
+}
+
+/// Attention shape parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub scale: f32,
+}
+
+/// `out[t] = softmax(q[t]·Kᵀ·scale)·V` per head, for rows `q` `[T, num_heads·head_dim]`.
+pub fn paged_attention(
+    q: &[f32],
+    contexts: &[QueryContext<'_>],
+    cache: LayerView<'_>,
+    shape: AttentionShape,
+    out: &mut [f32],
+) {
+    let width = shape.num_heads * shape.head_dim;
+    let group = shape.num_heads / shape.num_kv_heads;
+    q.par_chunks(width)
+        .zip(out.par_chunks_mut(width))
+        .zip(contexts.par_iter())
+        .for_each_init(
+            || Scratch::new(group, shape.head_dim, shape.block_size),
+            |scratch, ((q_row, out_row), ctx)| {
+                for kv_head in 0..shape.num_kv_heads {
+                    let heads = kv_head * group..(kv_head + 1) * group;
+                    let span = heads.start * shape.head_dim..heads.end * shape.head_dim;
+                    attend_group(&q_row[span.clone()], ctx, cache, kv_head, shape, scratch);
+                    scratch.write_normalised(&mut out_row[span]);
+                }
+            },
+        );
+}
+
+/// Per-thread running state of the online softmax for one GQA group.
+struct Scratch {
+    group: usize,
+    head_dim: usize,
+    /// Running max score per head.
+    max: Vec<f32>,
+    /// Running softmax denominator per head.
+    sum: Vec<f32>,
+    /// Running weighted sum of values, `[group, head_dim]`.
+    acc: Vec<f32>,
+    /// Scores of one block, `[group, block_size]`.
+    scores: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(group: usize, head_dim: usize, block_size: usize) -> Self {
+        Self {
+            group,
+            head_dim,
+            max: vec![0.0; group],
+            sum: vec![0.0; group],
+            acc: vec![0.0; group * head_dim],
+            scores: vec![0.0; group * block_size],
+        }
+    }
+
+    fn reset(&mut self) {
+        self.max.fill(f32::NEG_INFINITY);
+        self.sum.fill(0.0);
+        self.acc.fill(0.0);
+    }
+
+    fn write_normalised(&self, out: &mut [f32]) {
+        for h in 0..self.group {
+            let inv = 1.0 / self.sum[h];
+            let d = self.head_dim;
+            for (o, &a) in out[h * d..(h + 1) * d].iter_mut().zip(&self.acc[h * d..(h + 1) * d]) {
+                *o = a * inv;
+            }
+        }
+    }
+}
+
+fn attend_group(
+    q: &[f32],
+    ctx: &QueryContext<'_>,
+    cache: LayerView<'_>,
+    kv_head: usize,
+    shape: AttentionShape,
+    s: &mut Scratch,
+) {
+    let (d, bs, group) = (shape.head_dim, shape.block_size, s.group);
+    s.reset();
+    for (block_index, &block) in ctx.block_table.iter().enumerate() {
+        let first = block_index * bs;
+        if first >= ctx.num_entries {
+            break;
+        }
+        let n = bs.min(ctx.num_entries - first);
+        let base = cache.head_offset(block as usize, kv_head);
+        let keys = &cache.keys[base..base + n * d];
+        let values = &cache.values[base..base + n * d];
+        for h in 0..group {
+            let qh = &q[h * d..(h + 1) * d];
+            let scores = &mut s.scores[h * bs..h * bs + n];
+            let mut block_max = f32::NEG_INFINITY;
+            for (score, k) in scores.iter_mut().zip(keys.chunks_exact(d)) {
+                *score = dot(qh, k) * shape.scale;
+                block_max = block_max.max(*score);
+            }
+            let new_max = s.max[h].max(block_max);
+            let rescale = (s.max[h] - new_max).exp();
+            s.max[h] = new_max;
+            s.sum[h] *= rescale;
+            let acc = &mut s.acc[h * d..(h + 1) * d];
+            if rescale != 1.0 {
+                acc.iter_mut().for_each(|a| *a *= rescale);
+            }
+            for (score, v) in scores.iter_mut().zip(values.chunks_exact(d)) {
+                let p = (*score - new_max).exp();
+                s.sum[h] += p;
+                for (a, &vv) in acc.iter_mut().zip(v) {
+                    *a += p * vv;
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut ac = a.chunks_exact(8);
+    let mut bc = b.chunks_exact(8);
+    for (x, y) in (&mut ac).zip(&mut bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
