@@ -114,7 +114,7 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- utilities
 
 def load_model(model_dir: str) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_pretrained(
