@@ -93,7 +93,10 @@ impl ForwardOutput {
     /// Logits row `row` of sequence `seq` (batch order).
     pub fn row(&self, seq: usize, row: usize) -> &[f32] {
         let range = self.rows[seq];
-        assert!(row < range.count, "row {row} of sequence {seq} was not requested");
+        assert!(
+            row < range.count,
+            "row {row} of sequence {seq} was not requested"
+        );
         let start = (range.start + row) * self.vocab_size;
         &self.logits[start..start + self.vocab_size]
     }

@@ -52,7 +52,10 @@ pub enum EngineError {
     ChatTemplate { message: String },
     /// A request parameter is out of range; names the field, the allowed range and the value.
     #[error("invalid `{field}`: {message}")]
-    InvalidParameter { field: &'static str, message: String },
+    InvalidParameter {
+        field: &'static str,
+        message: String,
+    },
     /// A forward batch is inconsistent with the model or the KV pool (a caller bug).
     #[error("invalid batch: {message}")]
     InvalidBatch { message: String },

@@ -63,7 +63,9 @@ pub fn create_backend(
     num_blocks: usize,
 ) -> Result<Box<dyn Backend>> {
     match device {
-        Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(model, block_size, num_blocks)?)),
+        Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(
+            model, block_size, num_blocks,
+        )?)),
         Device::Cuda(_) => Err(EngineError::BackendUnavailable {
             message: "this build of Glimpse has no CUDA backend".into(),
         }),

@@ -41,7 +41,10 @@ impl GenerationConfig {
         })?;
         Ok(Self {
             bos_token_id: raw.bos_token_id,
-            eos_token_ids: raw.eos_token_id.map(OneOrMany::into_vec).unwrap_or_default(),
+            eos_token_ids: raw
+                .eos_token_id
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default(),
             max_length: raw.max_length,
             temperature: raw.temperature,
             top_p: raw.top_p,

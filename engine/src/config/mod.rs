@@ -171,9 +171,9 @@ impl RawConfig {
     }
 
     fn max_model_len(&self, path: &Path) -> Result<usize> {
-        let max_positions = self.max_position_embeddings.ok_or_else(|| {
-            EngineError::config(path, "missing field `max_position_embeddings`")
-        })?;
+        let max_positions = self
+            .max_position_embeddings
+            .ok_or_else(|| EngineError::config(path, "missing field `max_position_embeddings`"))?;
         let window = match (self.sliding_window, self.use_sliding_window) {
             (Some(w), Some(true) | None) if w > 0 => Some(w),
             _ => None,
@@ -194,7 +194,11 @@ impl RawConfig {
                 scaling: RopeScaling::None,
             });
         };
-        let kind = p.rope_type.as_deref().or(p.kind.as_deref()).unwrap_or("default");
+        let kind = p
+            .rope_type
+            .as_deref()
+            .or(p.kind.as_deref())
+            .unwrap_or("default");
         let factor = |field: &str| {
             p.factor.map(|f| f as f32).ok_or_else(|| {
                 EngineError::config(path, format!("rope scaling `{kind}` needs `{field}`"))
@@ -221,7 +225,9 @@ impl RawConfig {
             other => {
                 return Err(EngineError::config(
                     path,
-                    format!("unsupported rope scaling type `{other}` (supported: default, linear, llama3)"),
+                    format!(
+                        "unsupported rope scaling type `{other}` (supported: default, linear, llama3)"
+                    ),
                 ));
             }
         };
@@ -234,7 +240,9 @@ fn validate(c: &ModelConfig, hidden_act: Option<&str>, path: &Path) -> Result<()
     if let Some(act) = hidden_act
         && act != "silu"
     {
-        return fail(format!("unsupported `hidden_act` `{act}` (supported: silu)"));
+        return fail(format!(
+            "unsupported `hidden_act` `{act}` (supported: silu)"
+        ));
     }
     for (field, value) in [
         ("hidden_size", c.hidden_size),
@@ -257,13 +265,23 @@ fn validate(c: &ModelConfig, hidden_act: Option<&str>, path: &Path) -> Result<()
         ));
     }
     if c.head_dim % 2 != 0 {
-        return fail(format!("`head_dim` must be even for RoPE, got {}", c.head_dim));
+        return fail(format!(
+            "`head_dim` must be even for RoPE, got {}",
+            c.head_dim
+        ));
     }
     if !(c.rms_norm_eps > 0.0 && c.rope.theta > 0.0) {
         return fail("`rms_norm_eps` and `rope_theta` must be positive".into());
     }
-    if let Some(bad) = c.eos_token_ids.iter().find(|&&id| id as usize >= c.vocab_size) {
-        return fail(format!("`eos_token_id` {bad} is outside the vocabulary ({})", c.vocab_size));
+    if let Some(bad) = c
+        .eos_token_ids
+        .iter()
+        .find(|&&id| id as usize >= c.vocab_size)
+    {
+        return fail(format!(
+            "`eos_token_id` {bad} is outside the vocabulary ({})",
+            c.vocab_size
+        ));
     }
     Ok(())
 }

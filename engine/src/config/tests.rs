@@ -15,7 +15,10 @@ const LLAMA: &str = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":64,"i
 fn resolves_a_llama_config_with_derived_head_dim() {
     let c = resolve(LLAMA).unwrap();
     assert_eq!(c.architecture, Architecture::Llama);
-    assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim, c.group_size()), (8, 4, 8, 2));
+    assert_eq!(
+        (c.num_heads, c.num_kv_heads, c.head_dim, c.group_size()),
+        (8, 4, 8, 2)
+    );
     assert_eq!(c.eos_token_ids, vec![2]);
     assert!(c.tie_word_embeddings && !c.qkv_bias && !c.qk_norm);
     assert_eq!(c.rope.scaling, RopeScaling::None);
@@ -26,10 +29,9 @@ fn qwen2_gets_qkv_bias_and_qwen3_gets_qk_norm() {
     let qwen2 = LLAMA.replace("LlamaForCausalLM", "Qwen2ForCausalLM");
     let c = resolve(&qwen2).unwrap();
     assert!(c.qkv_bias && !c.o_bias);
-    let qwen3 = LLAMA.replace("LlamaForCausalLM", "Qwen3ForCausalLM").replace(
-        "\"vocab_size\"",
-        "\"head_dim\":32,\"vocab_size\"",
-    );
+    let qwen3 = LLAMA
+        .replace("LlamaForCausalLM", "Qwen3ForCausalLM")
+        .replace("\"vocab_size\"", "\"head_dim\":32,\"vocab_size\"");
     let c = resolve(&qwen3).unwrap();
     assert!(c.qk_norm);
     assert_eq!(c.head_dim, 32);
@@ -39,7 +41,14 @@ fn qwen2_gets_qkv_bias_and_qwen3_gets_qk_norm() {
 fn reads_llama3_rope_scaling_from_either_field() {
     let scaling = r#""rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":64},"#;
     let c = resolve(&LLAMA.replacen('{', &format!("{{{scaling}"), 1)).unwrap();
-    assert!(matches!(c.rope.scaling, RopeScaling::Llama3 { factor: 8.0, original_max_position_embeddings: 64, .. }));
+    assert!(matches!(
+        c.rope.scaling,
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            original_max_position_embeddings: 64,
+            ..
+        }
+    ));
     let params = r#""rope_parameters":{"rope_type":"linear","factor":2.0,"rope_theta":500000.0},"#;
     let c = resolve(&LLAMA.replacen('{', &format!("{{{params}"), 1)).unwrap();
     assert_eq!(c.rope.scaling, RopeScaling::Linear { factor: 2.0 });
@@ -70,7 +79,8 @@ fn unknown_architecture_is_named() {
 fn missing_and_bad_fields_are_named() {
     let err = resolve(&LLAMA.replace("\"hidden_size\":64,", "")).unwrap_err();
     assert!(err.to_string().contains("hidden_size"), "{err}");
-    let err = resolve(&LLAMA.replace("\"num_key_value_heads\":4", "\"num_key_value_heads\":3")).unwrap_err();
+    let err = resolve(&LLAMA.replace("\"num_key_value_heads\":4", "\"num_key_value_heads\":3"))
+        .unwrap_err();
     assert!(err.to_string().contains("num_key_value_heads"), "{err}");
     let err = resolve(&LLAMA.replace("silu", "gelu")).unwrap_err();
     assert!(err.to_string().contains("gelu"), "{err}");

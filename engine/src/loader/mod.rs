@@ -44,8 +44,8 @@ impl WeightFiles {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
         if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| EngineError::io(&index_path, e))?;
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|e| EngineError::io(&index_path, e))?;
             let index: ShardIndex = serde_json::from_str(&text).map_err(|e| {
                 EngineError::config(&index_path, format!("malformed shard index: {e}"))
             })?;
@@ -75,10 +75,11 @@ impl WeightFiles {
             // SAFETY: the mapping is read-only and lives as long as `WeightFiles`; like every
             // mmap-based loader we assume the model files are not truncated while the engine runs.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
-            let tensors = SafeTensors::deserialize(&mmap).map_err(|e| EngineError::Safetensors {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            let tensors =
+                SafeTensors::deserialize(&mmap).map_err(|e| EngineError::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             for name in tensors.names() {
                 location.insert(name.to_string(), i);
             }
@@ -123,13 +124,12 @@ impl WeightFiles {
                 actual: view.shape().to_vec(),
             });
         }
-        let data = widen_to_f32(view.dtype(), view.data()).ok_or_else(|| {
-            EngineError::TensorDtype {
+        let data =
+            widen_to_f32(view.dtype(), view.data()).ok_or_else(|| EngineError::TensorDtype {
                 path: file.path.clone(),
                 tensor: name.to_string(),
                 dtype: format!("{:?}", view.dtype()),
-            }
-        })?;
+            })?;
         Ok(HostTensor {
             shape: view.shape().to_vec(),
             data,

@@ -30,7 +30,8 @@ impl Model {
     /// misshapen, of an unsupported dtype or malformed.
     pub fn load(dir: &Path) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
-        let generation = GenerationConfig::from_file_if_present(&dir.join("generation_config.json"))?;
+        let generation =
+            GenerationConfig::from_file_if_present(&dir.join("generation_config.json"))?;
         let files = WeightFiles::open(dir)?;
         let weights = Arc::new(ModelWeights::load(&config, &files)?);
         tracing::info!(

@@ -70,7 +70,11 @@ fn inverse_frequencies(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
             base.iter()
                 .map(|&f| {
                     let wavelen = 2.0 * std::f32::consts::PI / f;
-                    let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
+                    let scaled = if wavelen > low_freq_wavelen {
+                        f / factor
+                    } else {
+                        f
+                    };
                     let is_medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
                     if is_medium {
                         let smooth = (old_len / wavelen - low_freq_factor)

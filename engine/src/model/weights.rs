@@ -75,9 +75,8 @@ impl ModelWeights {
     /// Loads every tensor the configuration requires, checking each shape.
     pub fn load(c: &ModelConfig, files: &WeightFiles) -> Result<Self> {
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
-        let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
-            Ok(files.load(name, &[len])?.data)
-        };
+        let vector =
+            |name: &str, len: usize| -> Result<Vec<f32>> { Ok(files.load(name, &[len])?.data) };
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             let p = format!("model.layers.{l}");
@@ -90,7 +89,10 @@ impl ModelWeights {
             ];
             let qkv_refs: Vec<(&str, usize)> =
                 qkv_parts.iter().map(|(n, o)| (n.as_str(), *o)).collect();
-            let gate_up = [(format!("{mlp}.gate_proj"), i), (format!("{mlp}.up_proj"), i)];
+            let gate_up = [
+                (format!("{mlp}.gate_proj"), i),
+                (format!("{mlp}.up_proj"), i),
+            ];
             let gate_up_refs: Vec<(&str, usize)> =
                 gate_up.iter().map(|(n, o)| (n.as_str(), *o)).collect();
             layers.push(LayerWeights {
@@ -104,13 +106,23 @@ impl ModelWeights {
                     .qk_norm
                     .then(|| vector(&format!("{attn}.k_norm.weight"), d))
                     .transpose()?,
-                o_proj: Linear::load(files, &format!("{attn}.o_proj"), h, c.num_heads * d, c.o_bias)?,
-                post_attention_layernorm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                o_proj: Linear::load(
+                    files,
+                    &format!("{attn}.o_proj"),
+                    h,
+                    c.num_heads * d,
+                    c.o_bias,
+                )?,
+                post_attention_layernorm: vector(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    h,
+                )?,
                 gate_up_proj: Linear::fuse(files, &gate_up_refs, h, c.mlp_bias)?,
                 down_proj: Linear::load(files, &format!("{mlp}.down_proj"), h, i, c.mlp_bias)?,
             });
         }
-        let embed_tokens: HostTensor = files.load("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed_tokens: HostTensor =
+            files.load("model.embed_tokens.weight", &[c.vocab_size, h])?;
         // Some tied checkpoints still ship `lm_head.weight`; an untied one must.
         let lm_head = if c.tie_word_embeddings && !files.contains("lm_head.weight") {
             None

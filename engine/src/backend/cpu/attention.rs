@@ -87,7 +87,10 @@ impl Scratch {
         for h in 0..self.group {
             let inv = 1.0 / self.sum[h];
             let d = self.head_dim;
-            for (o, &a) in out[h * d..(h + 1) * d].iter_mut().zip(&self.acc[h * d..(h + 1) * d]) {
+            for (o, &a) in out[h * d..(h + 1) * d]
+                .iter_mut()
+                .zip(&self.acc[h * d..(h + 1) * d])
+            {
                 *o = a * inv;
             }
         }
@@ -150,6 +153,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += x[l] * y[l];
         }
     }
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     acc.iter().sum::<f32>() + tail
 }

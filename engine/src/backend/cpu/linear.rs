@@ -246,7 +246,9 @@ mod tests {
         let mut y = vec![0.0f64; rows * n];
         for r in 0..rows {
             for j in 0..n {
-                y[r * n + j] = (0..k).map(|i| x[r * k + i] as f64 * w[j * k + i] as f64).sum();
+                y[r * n + j] = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                    .sum();
             }
         }
         y
@@ -266,13 +268,22 @@ mod tests {
 
     #[test]
     fn matches_a_float64_reference_for_odd_shapes() {
-        for &(rows, k, n) in &[(1, 1, 1), (3, 17, 5), (7, 64, 9), (70, 33, 130), (5, 172, 64)] {
+        for &(rows, k, n) in &[
+            (1, 1, 1),
+            (3, 17, 5),
+            (7, 64, 9),
+            (70, 33, 130),
+            (5, 172, 64),
+        ] {
             let x = pseudo_random(rows * k, 1);
             let w = pseudo_random(n * k, 2);
             let mut y = vec![0.0; rows * n];
             matmul_nt(&x, rows, k, &w, n, &mut y);
             for (got, want) in y.iter().zip(reference(&x, rows, k, &w, n)) {
-                assert!((*got as f64 - want).abs() < 1e-4, "{rows}x{k}x{n}: {got} vs {want}");
+                assert!(
+                    (*got as f64 - want).abs() < 1e-4,
+                    "{rows}x{k}x{n}: {got} vs {want}"
+                );
             }
         }
     }

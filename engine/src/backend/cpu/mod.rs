@@ -72,7 +72,11 @@ impl CpuBackend {
         Ok(Self {
             config: model.config.clone(),
             weights: Arc::clone(&model.weights),
-            rope: RopeTables::new(&model.config.rope, model.config.head_dim, model.config.max_model_len),
+            rope: RopeTables::new(
+                &model.config.rope,
+                model.config.head_dim,
+                model.config.max_model_len,
+            ),
             cache: CpuKvCache::new(geometry),
             buffers: StepBuffers::default(),
         })
@@ -86,8 +90,15 @@ impl CpuBackend {
             if seq.token_ids.is_empty() {
                 return bad(format!("sequence {i} has no tokens"));
             }
-            if let Some(t) = seq.token_ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-                return bad(format!("sequence {i}: token id {t} >= vocabulary size {}", self.config.vocab_size));
+            if let Some(t) = seq
+                .token_ids
+                .iter()
+                .find(|&&t| t as usize >= self.config.vocab_size)
+            {
+                return bad(format!(
+                    "sequence {i}: token id {t} >= vocabulary size {}",
+                    self.config.vocab_size
+                ));
             }
             let last_position = seq.first_position + seq.token_ids.len();
             if last_position > self.rope.max_positions() {
@@ -105,8 +116,14 @@ impl CpuBackend {
                     seq.block_table.len()
                 ));
             }
-            if let Some(b) = seq.block_table[..needed].iter().find(|&&b| b as usize >= geometry.num_blocks) {
-                return bad(format!("sequence {i}: block {b} outside the pool of {}", geometry.num_blocks));
+            if let Some(b) = seq.block_table[..needed]
+                .iter()
+                .find(|&&b| b as usize >= geometry.num_blocks)
+            {
+                return bad(format!(
+                    "sequence {i}: block {b} outside the pool of {}",
+                    geometry.num_blocks
+                ));
             }
         }
         Ok(())
@@ -145,7 +162,11 @@ impl CpuBackend {
         let w = &self.weights.layers[layer_index];
         let b = &mut self.buffers;
         let tokens = b.slots.len();
-        let (d, q_width, kv_width) = (c.head_dim, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let (d, q_width, kv_width) = (
+            c.head_dim,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+        );
 
         // 1. Attention block: norm → fused qkv → (q/k norm) → RoPE → cache write → attention → o_proj.
         resize(&mut b.normed, tokens * c.hidden_size);
@@ -161,9 +182,12 @@ impl CpuBackend {
                 ops::rms_norm_heads_in_place(q, qn, c.rms_norm_eps);
                 ops::rms_norm_heads_in_place(k, kn, c.rms_norm_eps);
             }
-            q.chunks_mut(d).for_each(|head| self.rope.rotate(head, slot.position));
-            k.chunks_mut(d).for_each(|head| self.rope.rotate(head, slot.position));
-            self.cache.write(layer_index, slot.block, slot.offset_in_block, k, v);
+            q.chunks_mut(d)
+                .for_each(|head| self.rope.rotate(head, slot.position));
+            k.chunks_mut(d)
+                .for_each(|head| self.rope.rotate(head, slot.position));
+            self.cache
+                .write(layer_index, slot.block, slot.offset_in_block, k, v);
             b.queries[t * q_width..(t + 1) * q_width].copy_from_slice(q);
         }
         let contexts: Vec<QueryContext<'_>> = b
@@ -182,12 +206,23 @@ impl CpuBackend {
             block_size: self.cache.geometry().block_size,
             scale: 1.0 / (d as f32).sqrt(),
         };
-        paged_attention(&b.queries, &contexts, self.cache.layer(layer_index), shape, &mut b.attention);
+        paged_attention(
+            &b.queries,
+            &contexts,
+            self.cache.layer(layer_index),
+            shape,
+            &mut b.attention,
+        );
         linear(&b.attention, tokens, &w.o_proj, &mut b.projected);
         ops::add_in_place(&mut b.hidden, &b.projected);
 
         // 2. MLP block: norm → fused gate/up → SwiGLU → down.
-        ops::rms_norm(&b.hidden, &w.post_attention_layernorm, c.rms_norm_eps, &mut b.normed);
+        ops::rms_norm(
+            &b.hidden,
+            &w.post_attention_layernorm,
+            c.rms_norm_eps,
+            &mut b.normed,
+        );
         linear(&b.normed, tokens, &w.gate_up_proj, &mut b.gate_up);
         resize(&mut b.activated, tokens * c.intermediate_size);
         ops::silu_mul(&b.gate_up, c.intermediate_size, &mut b.activated);
@@ -219,7 +254,12 @@ impl CpuBackend {
         }
         let rows = b.logits_hidden.len() / h;
         resize(&mut b.normed, rows * h);
-        ops::rms_norm(&b.logits_hidden, &self.weights.norm, self.config.rms_norm_eps, &mut b.normed[..rows * h]);
+        ops::rms_norm(
+            &b.logits_hidden,
+            &self.weights.norm,
+            self.config.rms_norm_eps,
+            &mut b.normed[..rows * h],
+        );
         out.vocab_size = self.config.vocab_size;
         resize(&mut out.logits, rows * self.config.vocab_size);
         match &self.weights.lm_head {
@@ -261,7 +301,14 @@ fn resize(buf: &mut Vec<f32>, len: usize) {
 /// `y = x·Wᵀ + b` into `y` (resized to `[rows, out_features]`).
 fn linear(x: &[f32], rows: usize, layer: &Linear, y: &mut Vec<f32>) {
     resize(y, rows * layer.out_features);
-    linear::matmul_nt(x, rows, layer.in_features, &layer.weight, layer.out_features, y);
+    linear::matmul_nt(
+        x,
+        rows,
+        layer.in_features,
+        &layer.weight,
+        layer.out_features,
+        y,
+    );
     if let Some(bias) = &layer.bias {
         ops::add_bias(y, bias);
     }

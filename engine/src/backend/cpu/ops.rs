@@ -15,7 +15,9 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
             .zip(out.par_chunks_mut(width))
             .for_each(norm_row);
     } else {
-        x.chunks(width).zip(out.chunks_mut(width)).for_each(norm_row);
+        x.chunks(width)
+            .zip(out.chunks_mut(width))
+            .for_each(norm_row);
     }
 }
 

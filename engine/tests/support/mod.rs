@@ -1,0 +1,174 @@
+//! Helpers shared by the engine's integration tests: fixture references and a minimal paged driver
+//! that hands out blocks in a scrambled order (so tests prove attention really follows the block
+//! table rather than assuming contiguous blocks).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use glimpse_engine::backend::Backend;
+use glimpse_engine::backend::cpu::CpuBackend;
+use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use glimpse_engine::model::Model;
+use safetensors::SafeTensors;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub const FIXTURES: &[&str] = &[
+    "llama_gqa",
+    "llama3_rope_tied",
+    "llama_linear_rope",
+    "mistral",
+    "qwen2_bias",
+    "qwen3_qknorm",
+    "llama_bf16",
+    "llama_sharded",
+];
+
+/// Reference outputs of `transformers` for one prompt.
+pub struct PromptReference {
+    pub prompt: Vec<u32>,
+    /// `[prompt_len][vocab]`.
+    pub prefill_logits: Vec<Vec<f32>>,
+    /// Row j: logits whose argmax is `greedy_ids[j]`; row 0 is the last prefill row.
+    pub decode_logits: Vec<Vec<f32>>,
+    pub greedy_ids: Vec<u32>,
+}
+
+pub fn load_references(dir: &Path) -> Vec<PromptReference> {
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |name: &str| -> Vec<u32> {
+        let t = st.tensor(name).unwrap();
+        t.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect()
+    };
+    let rows = |name: &str| -> Vec<Vec<f32>> {
+        let t = st.tensor(name).unwrap();
+        let width = t.shape()[1];
+        let flat: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        flat.chunks(width).map(<[f32]>::to_vec).collect()
+    };
+    (0..)
+        .take_while(|i| st.tensor(&format!("p{i}.prompt_ids")).is_ok())
+        .map(|i| PromptReference {
+            prompt: ints(&format!("p{i}.prompt_ids")),
+            prefill_logits: rows(&format!("p{i}.prefill_logits")),
+            decode_logits: rows(&format!("p{i}.decode_logits")),
+            greedy_ids: ints(&format!("p{i}.greedy_ids")),
+        })
+        .collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// A sequence driven by [`PagedDriver`].
+pub struct DrivenSequence {
+    pub tokens: Vec<u32>,
+    pub num_cached: usize,
+    pub block_table: Vec<u32>,
+}
+
+/// Feeds sequences through a backend with blocks handed out in a scrambled order.
+pub struct PagedDriver {
+    pub backend: CpuBackend,
+    pub block_size: usize,
+    free: Vec<u32>,
+    pub output: ForwardOutput,
+}
+
+impl PagedDriver {
+    pub fn new(model: &Model, block_size: usize, num_blocks: usize) -> Self {
+        // Interleave from both ends so consecutive blocks of a sequence are never adjacent.
+        let mut free = Vec::with_capacity(num_blocks);
+        let (mut lo, mut hi) = (0u32, num_blocks as u32);
+        while lo < hi {
+            hi -= 1;
+            free.push(hi);
+            if lo < hi {
+                free.push(lo);
+                lo += 1;
+            }
+        }
+        free.reverse();
+        Self {
+            backend: CpuBackend::new(model, block_size, num_blocks).unwrap(),
+            block_size,
+            free,
+            output: ForwardOutput::default(),
+        }
+    }
+
+    pub fn new_sequence(&self) -> DrivenSequence {
+        DrivenSequence {
+            tokens: Vec::new(),
+            num_cached: 0,
+            block_table: Vec::new(),
+        }
+    }
+
+    fn reserve(&mut self, seq: &mut DrivenSequence, entries: usize) {
+        while seq.block_table.len() * self.block_size < entries {
+            seq.block_table
+                .push(self.free.pop().expect("test pool too small"));
+        }
+    }
+
+    /// Runs one forward pass in which each `(sequence, new tokens, logits)` appends its tokens.
+    pub fn step(&mut self, work: &mut [(&mut DrivenSequence, &[u32], LogitsRequest)]) {
+        for (seq, tokens, _) in work.iter_mut() {
+            let entries = seq.num_cached + tokens.len();
+            self.reserve(seq, entries);
+        }
+        let batch = ForwardBatch {
+            sequences: work
+                .iter()
+                .map(|(seq, tokens, logits)| SequenceInput {
+                    token_ids: tokens,
+                    first_position: seq.num_cached,
+                    first_cache_entry: seq.num_cached,
+                    block_table: &seq.block_table,
+                    logits: *logits,
+                })
+                .collect(),
+        };
+        self.backend.forward(&batch, &mut self.output).unwrap();
+        for (seq, tokens, _) in work.iter_mut() {
+            seq.tokens.extend_from_slice(tokens);
+            seq.num_cached += tokens.len();
+        }
+    }
+}
