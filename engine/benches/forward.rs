@@ -1,0 +1,218 @@
+//! Engine forward-pass benchmark: prefill tokens/s and decode tokens/s at several batch sizes on a
+//! model folder, plus the machine's memory copy bandwidth so decode can be read as a fraction of the
+//! bandwidth limit. Prints progress to stderr and writes JSON.
+//!
+//! `cargo bench -p glimpse-engine --bench forward -- --model DIR --json OUT.json
+//!  [--prefill 512,4096] [--decode-batches 1,16] [--decode-prompt 128] [--decode-tokens 64]
+//!  [--repeats 3]`
+
+use std::time::Instant;
+
+use glimpse_engine::backend::Backend;
+use glimpse_engine::backend::cpu::CpuBackend;
+use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use glimpse_engine::model::Model;
+
+struct Args {
+    model: String,
+    json: Option<String>,
+    prefill: Vec<usize>,
+    decode_batches: Vec<usize>,
+    decode_prompt: usize,
+    decode_tokens: usize,
+    repeats: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        model: String::new(),
+        json: None,
+        prefill: vec![512, 4096],
+        decode_batches: vec![1, 16],
+        decode_prompt: 128,
+        decode_tokens: 64,
+        repeats: 3,
+    };
+    let list = |s: String| s.split(',').map(|x| x.parse().expect("a number")).collect();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => args.model = value(),
+            "--json" => args.json = Some(value()),
+            "--prefill" => args.prefill = list(value()),
+            "--decode-batches" => args.decode_batches = list(value()),
+            "--decode-prompt" => args.decode_prompt = value().parse().expect("a number"),
+            "--decode-tokens" => args.decode_tokens = value().parse().expect("a number"),
+            "--repeats" => args.repeats = value().parse().expect("a number"),
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(!args.model.is_empty(), "--model DIR is required");
+    args
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Deterministic pseudo-random token ids.
+fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Bytes moved per second by `copy_from_slice` of a 512 MiB buffer (read + write counted, as STREAM
+/// Copy does).
+fn copy_bandwidth(repeats: usize) -> f64 {
+    let len = 128 << 20;
+    let src = vec![1.0f32; len];
+    let mut dst = vec![0.0f32; len];
+    let times: Vec<f64> = (0..repeats.max(3))
+        .map(|_| {
+            let t = Instant::now();
+            dst.copy_from_slice(&src);
+            std::hint::black_box(&dst);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    2.0 * (len * 4) as f64 / median(times)
+}
+
+fn blocks_for(tokens: usize, block_size: usize) -> usize {
+    tokens.div_ceil(block_size)
+}
+
+fn prefill_seconds(backend: &mut CpuBackend, prompt: &[u32], block_size: usize) -> f64 {
+    let table: Vec<u32> = (0..blocks_for(prompt.len(), block_size) as u32).collect();
+    let batch = ForwardBatch {
+        sequences: vec![SequenceInput {
+            token_ids: prompt,
+            first_position: 0,
+            first_cache_entry: 0,
+            block_table: &table,
+            logits: LogitsRequest::Last,
+        }],
+    };
+    let mut out = ForwardOutput::default();
+    let t = Instant::now();
+    backend.forward(&batch, &mut out).unwrap();
+    t.elapsed().as_secs_f64()
+}
+
+/// Seconds for `steps` decode steps of `batch` sequences after a `prompt_len` prefill each.
+fn decode_seconds(backend: &mut CpuBackend, vocab: usize, batch: usize, prompt_len: usize, steps: usize, block_size: usize) -> f64 {
+    let blocks_each = blocks_for(prompt_len + steps, block_size);
+    let tables: Vec<Vec<u32>> = (0..batch)
+        .map(|b| ((b * blocks_each) as u32..((b + 1) * blocks_each) as u32).collect())
+        .collect();
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|b| tokens(prompt_len, vocab, b as u64)).collect();
+    let mut out = ForwardOutput::default();
+    for (prompt, table) in prompts.iter().zip(&tables) {
+        let batch = ForwardBatch {
+            sequences: vec![SequenceInput {
+                token_ids: prompt,
+                first_position: 0,
+                first_cache_entry: 0,
+                block_table: table,
+                logits: LogitsRequest::Last,
+            }],
+        };
+        backend.forward(&batch, &mut out).unwrap();
+    }
+    let mut next: Vec<[u32; 1]> = (0..batch).map(|b| [b as u32 % vocab as u32]).collect();
+    let t = Instant::now();
+    for step in 0..steps {
+        let sequences = next
+            .iter()
+            .zip(&tables)
+            .map(|(tok, table)| SequenceInput {
+                token_ids: tok,
+                first_position: prompt_len + step,
+                first_cache_entry: prompt_len + step,
+                block_table: table,
+                logits: LogitsRequest::Last,
+            })
+            .collect();
+        backend.forward(&ForwardBatch { sequences }, &mut out).unwrap();
+        for (b, tok) in next.iter_mut().enumerate() {
+            let row = out.last_row(b);
+            tok[0] = (0..row.len()).max_by(|&i, &j| row[i].total_cmp(&row[j])).unwrap() as u32;
+        }
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let args = parse_args();
+    let model = Model::load(std::path::Path::new(&args.model)).expect("model loads");
+    let vocab = model.config.vocab_size;
+    let block_size = 16;
+    let max_prefill = args.prefill.iter().copied().max().unwrap_or(0);
+    let max_decode = args.decode_batches.iter().copied().max().unwrap_or(0)
+        * blocks_for(args.decode_prompt + args.decode_tokens, block_size)
+        * block_size;
+    let num_blocks = blocks_for(max_prefill.max(max_decode), block_size);
+    let mut backend = CpuBackend::new(&model, block_size, num_blocks).expect("backend");
+    let threads = rayon::current_num_threads();
+    eprintln!("glimpse forward bench: {} parameters, {threads} threads", model.weights.num_parameters());
+
+    let bandwidth = copy_bandwidth(args.repeats);
+    eprintln!("copy bandwidth: {:.2} GB/s", bandwidth / 1e9);
+    let weight_bytes = model.weights.num_bytes_f32() as f64;
+
+    let mut prefill = Vec::new();
+    for &n in &args.prefill {
+        let prompt = tokens(n, vocab, 7);
+        prefill_seconds(&mut backend, &prompt[..n.min(64)], block_size);
+        let times: Vec<f64> = (0..args.repeats)
+            .map(|r| {
+                let s = prefill_seconds(&mut backend, &prompt, block_size);
+                eprintln!("prefill {n}: repeat {}/{}: {s:.3} s", r + 1, args.repeats);
+                s
+            })
+            .collect();
+        let secs = median(times);
+        prefill.push(serde_json::json!({"prompt_tokens": n, "seconds": secs, "tokens_per_second": n as f64 / secs}));
+    }
+    let mut decode = Vec::new();
+    for &b in &args.decode_batches {
+        let times: Vec<f64> = (0..args.repeats)
+            .map(|r| {
+                let s = decode_seconds(&mut backend, vocab, b, args.decode_prompt, args.decode_tokens, block_size);
+                eprintln!("decode batch {b}: repeat {}/{}: {s:.3} s", r + 1, args.repeats);
+                s
+            })
+            .collect();
+        let secs = median(times);
+        let tps = (b * args.decode_tokens) as f64 / secs;
+        let steps_per_second = args.decode_tokens as f64 / secs;
+        decode.push(serde_json::json!({
+            "batch": b, "seconds": secs, "tokens_per_second": tps,
+            "weight_bytes_per_second": weight_bytes * steps_per_second,
+            "fraction_of_copy_bandwidth": weight_bytes * steps_per_second / bandwidth,
+        }));
+    }
+    let report = serde_json::json!({
+        "engine": "glimpse-cpu",
+        "threads": threads,
+        "parameters": model.weights.num_parameters(),
+        "weight_bytes": weight_bytes,
+        "copy_bandwidth_bytes_per_second": bandwidth,
+        "decode_prompt_tokens": args.decode_prompt,
+        "decode_new_tokens": args.decode_tokens,
+        "prefill": prefill,
+        "decode": decode,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    if let Some(path) = args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).expect("write json");
+    }
+}
