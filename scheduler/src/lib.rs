@@ -1,1 +1,31 @@
 //! Glimpse scheduler: pure bookkeeping for continuous batching (no tensors, threads or clocks).
+//!
+//! Owns: the KV block pool ([`BlockAllocator`]), each sequence's [`BlockTable`], sequence
+//! states and the continuous-batching policy ([`Scheduler`]): chunked prefill under a token
+//! budget, FCFS admission, preemption by recompute, and the accounting of KV eviction (a
+//! sequence may keep fewer cache entries than the positions it consumed). Must not know: the
+//! model, tensors, devices or the server.
+//!
+//! The caller drives it: [`Scheduler::add`] requests, then each step [`Scheduler::schedule`]
+//! → run the [`Plan`] → [`Scheduler::update`]; [`Scheduler::abort`] and
+//! [`Scheduler::apply_eviction`] between steps.
+
+mod block_allocator;
+mod block_table;
+mod config;
+mod error;
+mod ids;
+mod plan;
+mod pool_sizing;
+mod scheduler;
+mod sequence;
+
+pub use block_allocator::BlockAllocator;
+pub use block_table::BlockTable;
+pub use config::SchedulerConfig;
+pub use error::{Result, SchedulerError};
+pub use ids::{BlockId, SeqId};
+pub use plan::{DecodeStep, FinishedSeq, Plan, PrefillChunk, SeqOutput, StepResult};
+pub use pool_sizing::{KvPoolSize, num_blocks_for_budget};
+pub use scheduler::{EvictionOutcome, Scheduler};
+pub use sequence::{FinishReason, Request, SeqStatus, SequenceInfo};
