@@ -219,7 +219,7 @@ impl Scheduler {
             let num_tokens = seq.num_uncomputed_tokens().min(*budget);
             let blocks_needed = self
                 .config
-                .blocks_for(seq.reserved_entries() + num_tokens)
+                .blocks_for(seq.reserved_entries().max(seq.num_cached_entries + num_tokens))
                 .saturating_sub(seq.block_table.len());
             if let Room::SelfPreempted = self.make_room(id, blocks_needed, plan) {
                 break;
@@ -465,17 +465,19 @@ impl Scheduler {
         assert!(seq.num_cached_entries <= seq.num_computed_tokens, "{id}: more entries than positions");
         assert!(seq.num_computed_tokens <= seq.num_tokens(), "{id}: computed unknown tokens");
         assert!(seq.num_output_tokens <= seq.max_tokens, "{id}: generated past max_tokens");
-        match seq.status {
-            SeqStatus::Running => assert_eq!(
+        if seq.status == SeqStatus::Running {
+            assert_eq!(
                 seq.block_table.len(),
                 self.config.blocks_for(seq.reserved_entries()),
                 "{id}: blocks held must be ceil(reserved entries / block_size)"
-            ),
-            _ => {
-                assert!(seq.block_table.is_empty(), "{id}: holds blocks while not running");
-                assert_eq!(seq.num_computed_tokens, 0, "{id}: computed tokens while not running");
-                assert!(!seq.awaiting_output, "{id}: owed an output while not running");
-            }
+            );
+            return;
+        }
+        assert!(seq.block_table.is_empty(), "{id}: holds blocks while not running");
+        assert!(!seq.awaiting_output, "{id}: owed an output while not running");
+        if matches!(seq.status, SeqStatus::Waiting | SeqStatus::Preempted) {
+            assert_eq!(seq.num_computed_tokens, 0, "{id}: computed tokens while queued");
+            assert_eq!(seq.num_cached_entries, 0, "{id}: cache entries while queued");
         }
     }
 }
