@@ -36,7 +36,13 @@ impl BlockAllocator {
         );
         // Block 0 on top, so a fresh pool hands out 0, 1, 2, ...
         let next_free = (1..=num_blocks as u32)
-            .map(|next| if next as usize == num_blocks { END } else { next })
+            .map(|next| {
+                if next as usize == num_blocks {
+                    END
+                } else {
+                    next
+                }
+            })
             .collect();
         Self {
             ref_counts: vec![0; num_blocks],
@@ -79,7 +85,10 @@ impl BlockAllocator {
         }
         let block = self.free_head;
         let index = block as usize;
-        debug_assert_eq!(self.ref_counts[index], 0, "a block on the free list is in use: a bug");
+        debug_assert_eq!(
+            self.ref_counts[index], 0,
+            "a block on the free list is in use: a bug"
+        );
         self.free_head = self.next_free[index];
         self.ref_counts[index] = 1;
         self.num_free -= 1;
@@ -137,14 +146,29 @@ impl BlockAllocator {
         let mut listed = 0;
         while cursor != END {
             let index = cursor as usize;
-            assert!(index < self.num_total(), "free list points outside the pool");
-            assert!(!on_list[index], "{} is on the free list twice", BlockId(cursor));
-            assert_eq!(self.ref_counts[index], 0, "{} is on the free list but in use", BlockId(cursor));
+            assert!(
+                index < self.num_total(),
+                "free list points outside the pool"
+            );
+            assert!(
+                !on_list[index],
+                "{} is on the free list twice",
+                BlockId(cursor)
+            );
+            assert_eq!(
+                self.ref_counts[index],
+                0,
+                "{} is on the free list but in use",
+                BlockId(cursor)
+            );
             on_list[index] = true;
             listed += 1;
             cursor = self.next_free[index];
         }
-        assert_eq!(listed, self.num_free, "num_free disagrees with the free list");
+        assert_eq!(
+            listed, self.num_free,
+            "num_free disagrees with the free list"
+        );
         for (index, &count) in self.ref_counts.iter().enumerate() {
             assert!(
                 count > 0 || on_list[index],
@@ -164,7 +188,10 @@ mod tests {
     #[test]
     fn fresh_pool_counts_every_block_free() {
         let pool = BlockAllocator::new(4);
-        assert_eq!((pool.num_total(), pool.num_free(), pool.num_used()), (4, 4, 0));
+        assert_eq!(
+            (pool.num_total(), pool.num_free(), pool.num_used()),
+            (4, 4, 0)
+        );
         pool.check_invariants();
     }
 
@@ -194,11 +221,17 @@ mod tests {
         let block = BlockId(7);
         assert_eq!(
             pool.free(block),
-            Err(SchedulerError::ForeignBlock { block, num_blocks: 2 })
+            Err(SchedulerError::ForeignBlock {
+                block,
+                num_blocks: 2
+            })
         );
         assert_eq!(
             pool.incref(block),
-            Err(SchedulerError::ForeignBlock { block, num_blocks: 2 })
+            Err(SchedulerError::ForeignBlock {
+                block,
+                num_blocks: 2
+            })
         );
     }
 
@@ -219,13 +252,19 @@ mod tests {
     fn incref_of_a_free_block_is_refused() {
         let mut pool = BlockAllocator::new(1);
         let block = BlockId(0);
-        assert_eq!(pool.incref(block), Err(SchedulerError::IncrefFreeBlock { block }));
+        assert_eq!(
+            pool.incref(block),
+            Err(SchedulerError::IncrefFreeBlock { block })
+        );
     }
 
     #[test]
     fn never_hands_out_a_block_twice_under_random_allocate_and_free() {
         let mut runner = TestRunner::new_with_rng(
-            Config::default(),
+            Config {
+                failure_persistence: None,
+                ..Config::default()
+            },
             TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
         );
         let ops = proptest::collection::vec((any::<bool>(), any::<usize>()), 1..400);

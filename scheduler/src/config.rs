@@ -82,7 +82,9 @@ mod tests {
 
     #[test]
     fn default_config_is_valid() {
-        SchedulerConfig::default().validate().expect("default is valid");
+        SchedulerConfig::default()
+            .validate()
+            .expect("default is valid");
     }
 
     #[test]

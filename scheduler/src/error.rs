@@ -49,11 +49,19 @@ pub enum SchedulerError {
     DuplicateSequence { seq: SeqId },
     /// Prompt plus `max_tokens` exceeds the model's context.
     #[error("{seq}: prompt + max_tokens = {value} tokens exceeds max_model_len = {limit}")]
-    ExceedsMaxModelLen { seq: SeqId, limit: usize, value: usize },
+    ExceedsMaxModelLen {
+        seq: SeqId,
+        limit: usize,
+        value: usize,
+    },
     /// At its largest (a full recompute after preemption) the request needs more blocks than
     /// the whole pool holds, so it could never run to completion.
     #[error("{seq}: needs up to {value} KV blocks but the pool holds {limit}")]
-    ExceedsKvPool { seq: SeqId, limit: usize, value: usize },
+    ExceedsKvPool {
+        seq: SeqId,
+        limit: usize,
+        value: usize,
+    },
 
     // --- caller protocol ---
     /// The sequence must be running for this call.
@@ -68,13 +76,21 @@ pub enum SchedulerError {
     },
     /// Eviction can only shrink the cache.
     #[error("{seq}: cannot keep {value} cache entries, only {limit} are held")]
-    EvictionGrowsCache { seq: SeqId, limit: usize, value: usize },
+    EvictionGrowsCache {
+        seq: SeqId,
+        limit: usize,
+        value: usize,
+    },
     /// An output was reported for a running sequence the last plan did not sample.
     #[error("{seq}: output reported, but the last plan sampled no token for it")]
     UnexpectedOutput { seq: SeqId },
     /// More tokens were appended than one sampling step produces.
     #[error("{seq}: {value} tokens appended in one step, at most {limit} allowed")]
-    TooManyAppendedTokens { seq: SeqId, limit: usize, value: usize },
+    TooManyAppendedTokens {
+        seq: SeqId,
+        limit: usize,
+        value: usize,
+    },
     /// A sampled sequence that did not finish must report its sampled token.
     #[error("{seq}: sampled but reported no token and no finish reason")]
     MissingSampledToken { seq: SeqId },

@@ -151,7 +151,8 @@ impl Scheduler {
         }
         let arrival = self.next_arrival;
         self.next_arrival += 1;
-        self.seqs.insert(seq, Sequence::new(request, arrival, peak_blocks));
+        self.seqs
+            .insert(seq, Sequence::new(request, arrival, peak_blocks));
         self.waiting.push_back(seq);
         Ok(())
     }
@@ -200,6 +201,8 @@ impl Scheduler {
         }
         let mut budget = self.config.max_num_batched_tokens;
         self.schedule_running(plan, &mut budget);
+        // vLLM's rule. Reserving prompts whole already implies it (the victim requeued at the
+        // head needs more blocks than its preemption left free), the check keeps it explicit.
         if plan.preempted.is_empty() {
             self.admit_waiting(plan, &mut budget);
         }
@@ -219,12 +222,18 @@ impl Scheduler {
             let num_tokens = seq.num_uncomputed_tokens().min(*budget);
             let blocks_needed = self
                 .config
-                .blocks_for(seq.reserved_entries().max(seq.num_cached_entries + num_tokens))
+                .blocks_for(
+                    seq.reserved_entries()
+                        .max(seq.num_cached_entries + num_tokens),
+                )
                 .saturating_sub(seq.block_table.len());
             if let Room::SelfPreempted = self.make_room(id, blocks_needed, plan) {
                 break;
             }
-            let seq = self.seqs.get_mut(&id).expect("running sequence is known; a bug");
+            let seq = self
+                .seqs
+                .get_mut(&id)
+                .expect("running sequence is known; a bug");
             seq.block_table.grow(blocks_needed, &mut self.allocator);
             Self::push_work(seq, num_tokens, plan);
             *budget -= num_tokens;
@@ -253,7 +262,10 @@ impl Scheduler {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
-            let seq = self.seqs.get_mut(&id).expect("waiting sequence is known; a bug");
+            let seq = self
+                .seqs
+                .get_mut(&id)
+                .expect("waiting sequence is known; a bug");
             let prefill_blocks = self.config.blocks_for(seq.num_tokens());
             if !self.allocator.can_allocate(prefill_blocks) {
                 break;
@@ -295,7 +307,10 @@ impl Scheduler {
 
     /// Preemption by recompute: blocks freed, counters reset, front of the waiting queue.
     fn preempt(&mut self, id: SeqId, plan: &mut Plan) {
-        let seq = self.seqs.get_mut(&id).expect("preempted sequence is known; a bug");
+        let seq = self
+            .seqs
+            .get_mut(&id)
+            .expect("preempted sequence is known; a bug");
         seq.block_table.release_from(0, &mut self.allocator);
         seq.num_computed_tokens = 0;
         seq.num_cached_entries = 0;
@@ -308,7 +323,10 @@ impl Scheduler {
 
     /// Marks a sequence finished and frees its blocks; the caller has unlinked it already.
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
-        let seq = self.seqs.get_mut(&id).expect("finished sequence is known; a bug");
+        let seq = self
+            .seqs
+            .get_mut(&id)
+            .expect("finished sequence is known; a bug");
         seq.block_table.release_from(0, &mut self.allocator);
         seq.awaiting_output = false;
         seq.status = SeqStatus::Finished(reason);
@@ -354,9 +372,9 @@ impl Scheduler {
             }
             seq.awaiting_output = false;
             seq.num_output_tokens += output.appended_tokens;
-            let reason = output.finish.or(
-                (seq.num_output_tokens >= seq.max_tokens).then_some(FinishReason::Length),
-            );
+            let reason = output
+                .finish
+                .or((seq.num_output_tokens >= seq.max_tokens).then_some(FinishReason::Length));
             if let Some(reason) = reason {
                 self.finish(output.seq, reason);
                 any_finished = true;
@@ -402,7 +420,9 @@ impl Scheduler {
         let evicted_entries = state.num_cached_entries - kept_entries;
         state.num_cached_entries = kept_entries;
         let keep_blocks = self.config.blocks_for(kept_entries);
-        let released_blocks = state.block_table.release_from(keep_blocks, &mut self.allocator);
+        let released_blocks = state
+            .block_table
+            .release_from(keep_blocks, &mut self.allocator);
         Ok(EvictionOutcome {
             evicted_entries,
             released_blocks,
@@ -437,13 +457,22 @@ impl Scheduler {
         let live = self.running.len() + self.waiting.len() + self.finished.len();
         assert_eq!(live, self.seqs.len(), "a sequence is in no list or in two");
         let arrival = |id: &SeqId| self.seqs[id].arrival;
-        let order: Vec<u64> = self.running.iter().chain(self.waiting.iter()).map(arrival).collect();
+        let order: Vec<u64> = self
+            .running
+            .iter()
+            .chain(self.waiting.iter())
+            .map(arrival)
+            .collect();
         assert!(
             order.windows(2).all(|pair| pair[0] < pair[1]),
             "running then waiting must be in strict arrival order (FCFS, newest running last)"
         );
         for id in &self.running {
-            assert_eq!(self.seqs[id].status, SeqStatus::Running, "{id} in running list");
+            assert_eq!(
+                self.seqs[id].status,
+                SeqStatus::Running,
+                "{id} in running list"
+            );
         }
         for id in &self.waiting {
             let status = self.seqs[id].status;
@@ -462,9 +491,18 @@ impl Scheduler {
 
     fn check_sequence(&self, seq: &Sequence) {
         let id = seq.id;
-        assert!(seq.num_cached_entries <= seq.num_computed_tokens, "{id}: more entries than positions");
-        assert!(seq.num_computed_tokens <= seq.num_tokens(), "{id}: computed unknown tokens");
-        assert!(seq.num_output_tokens <= seq.max_tokens, "{id}: generated past max_tokens");
+        assert!(
+            seq.num_cached_entries <= seq.num_computed_tokens,
+            "{id}: more entries than positions"
+        );
+        assert!(
+            seq.num_computed_tokens <= seq.num_tokens(),
+            "{id}: computed unknown tokens"
+        );
+        assert!(
+            seq.num_output_tokens <= seq.max_tokens,
+            "{id}: generated past max_tokens"
+        );
         if seq.status == SeqStatus::Running {
             assert_eq!(
                 seq.block_table.len(),
@@ -473,11 +511,23 @@ impl Scheduler {
             );
             return;
         }
-        assert!(seq.block_table.is_empty(), "{id}: holds blocks while not running");
-        assert!(!seq.awaiting_output, "{id}: owed an output while not running");
+        assert!(
+            seq.block_table.is_empty(),
+            "{id}: holds blocks while not running"
+        );
+        assert!(
+            !seq.awaiting_output,
+            "{id}: owed an output while not running"
+        );
         if matches!(seq.status, SeqStatus::Waiting | SeqStatus::Preempted) {
-            assert_eq!(seq.num_computed_tokens, 0, "{id}: computed tokens while queued");
-            assert_eq!(seq.num_cached_entries, 0, "{id}: cache entries while queued");
+            assert_eq!(
+                seq.num_computed_tokens, 0,
+                "{id}: computed tokens while queued"
+            );
+            assert_eq!(
+                seq.num_cached_entries, 0,
+                "{id}: cache entries while queued"
+            );
         }
     }
 }

@@ -115,7 +115,10 @@ impl Sequence {
     /// Cache entries the sequence must have blocks for right now: those held plus, while
     /// prefilling, the rest of the prompt (admission reserves a prompt's blocks whole).
     pub fn reserved_entries(&self) -> usize {
-        self.num_cached_entries + (self.num_prefill_tokens.saturating_sub(self.num_computed_tokens))
+        self.num_cached_entries
+            + (self
+                .num_prefill_tokens
+                .saturating_sub(self.num_computed_tokens))
     }
 
     pub fn info(&self) -> SequenceInfo {

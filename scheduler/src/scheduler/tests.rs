@@ -27,7 +27,11 @@ fn request(id: u64, num_prompt_tokens: usize, max_tokens: usize) -> Request {
 
 /// Reports one sampled token for every sequence the plan sampled.
 fn sample_all(sched: &mut Scheduler, plan: &Plan) {
-    let last_chunks = plan.prefills.iter().filter(|c| c.is_last_chunk).map(|c| c.seq);
+    let last_chunks = plan
+        .prefills
+        .iter()
+        .filter(|c| c.is_last_chunk)
+        .map(|c| c.seq);
     let decodes = plan.decodes.iter().map(|d| d.seq);
     let outputs = last_chunks
         .chain(decodes)
@@ -37,7 +41,9 @@ fn sample_all(sched: &mut Scheduler, plan: &Plan) {
             finish: None,
         })
         .collect();
-    sched.update(&StepResult { outputs }).expect("outputs match the plan");
+    sched
+        .update(&StepResult { outputs })
+        .expect("outputs match the plan");
     sched.check_invariants();
 }
 
@@ -97,7 +103,10 @@ fn running_sequences_are_scheduled_before_admitting_new_ones() {
     assert_eq!(plan.decodes.len(), 1);
     assert_eq!(plan.decodes[0].seq, SeqId(1));
     assert_eq!(plan.prefills.len(), 1);
-    assert_eq!((plan.prefills[0].seq, plan.prefills[0].num_tokens), (SeqId(2), 9));
+    assert_eq!(
+        (plan.prefills[0].seq, plan.prefills[0].num_tokens),
+        (SeqId(2), 9)
+    );
     assert_eq!(plan.num_batched_tokens, 10);
 }
 
@@ -142,7 +151,10 @@ fn the_most_recently_arrived_running_sequence_is_preempted_and_requeued_at_the_f
     assert_eq!(plan.decodes[0].seq, SeqId(1));
     let preempted = sched.sequence(SeqId(2)).expect("still known");
     assert_eq!(preempted.status, SeqStatus::Preempted);
-    assert_eq!((preempted.num_computed_tokens, preempted.num_cached_entries), (0, 0));
+    assert_eq!(
+        (preempted.num_computed_tokens, preempted.num_cached_entries),
+        (0, 0)
+    );
     assert_eq!(sched.block_table(SeqId(2)), Some(&[][..]));
     let queue: Vec<SeqId> = sched.waiting.iter().copied().collect();
     assert_eq!(queue, [SeqId(2), SeqId(3), SeqId(4)]);
@@ -311,7 +323,11 @@ fn a_stop_reported_by_the_engine_finishes_the_sequence() {
         appended_tokens: 1,
         finish: Some(FinishReason::Stop),
     };
-    sched.update(&StepResult { outputs: vec![stop] }).expect("valid");
+    sched
+        .update(&StepResult {
+            outputs: vec![stop],
+        })
+        .expect("valid");
     assert_eq!(
         sched.sequence(SeqId(1)).map(|s| s.status),
         Some(SeqStatus::Finished(FinishReason::Stop))
