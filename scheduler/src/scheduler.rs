@@ -83,6 +83,7 @@ impl Scheduler {
         })
     }
 
+    /// The validated limits the scheduler runs under.
     pub fn config(&self) -> &SchedulerConfig {
         &self.config
     }
@@ -92,10 +93,12 @@ impl Scheduler {
         &self.allocator
     }
 
+    /// Sequences queued (new or preempted), for the waiting-requests gauge.
     pub fn num_waiting(&self) -> usize {
         self.waiting.len()
     }
 
+    /// Sequences holding blocks, for the running-requests gauge.
     pub fn num_running(&self) -> usize {
         self.running.len()
     }
@@ -336,7 +339,8 @@ impl Scheduler {
     /// Applies the engine's report on the last plan: appends sampled tokens and finishes
     /// sequences that stopped or reached `max_tokens`.
     ///
-    /// Outputs for sequences no longer running (aborted meanwhile) are ignored. Fails, changing
+    /// Outputs for sequences no longer running (aborted meanwhile) are ignored, as is a second
+    /// output for the same sequence. Fails, changing
     /// nothing, with [`SchedulerError::UnexpectedOutput`],
     /// [`SchedulerError::TooManyAppendedTokens`] or [`SchedulerError::MissingSampledToken`].
     pub fn update(&mut self, result: &StepResult) -> Result<()> {
