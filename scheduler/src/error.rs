@@ -7,7 +7,7 @@
 
 use crate::ids::{BlockId, SeqId};
 
-/// Errors returned by the scheduler, its allocator, its config and its sizing helper.
+/// Errors returned by the scheduler, its allocator, its config and its pool-sizing function.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchedulerError {
     // --- configuration ---

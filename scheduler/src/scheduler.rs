@@ -16,6 +16,13 @@
 //!    `max_num_seqs` allow. Admission reserves the blocks of the whole prefill, so a prefill
 //!    never preempts anyone midway; a head that does not fit blocks the queue (no overtaking).
 //!
+//! KV eviction and admission: a sequence that evicts after its last prefill chunk
+//! ([`Scheduler::apply_eviction`]) returns its trailing blocks that same step, and admission
+//! reserves only prompts (decode growth is allocated block by block), so the freed blocks admit
+//! the next requests at once; no estimate of the kept size is needed up front. The refusal
+//! bound in [`Scheduler::add`] stays the unshrunk size, because a preempted sequence
+//! recomputes its whole prompt and output before it can evict again.
+//!
 //! Consequence kept as an invariant: every running sequence arrived before every waiting one,
 //! and both lists are in arrival order, so the newest running sequence is the last one.
 //!

@@ -460,3 +460,35 @@ fn blocks_freed_by_eviction_admit_the_next_request() {
     assert_eq!(plan.prefills.len(), 1);
     assert_eq!(plan.prefills[0].seq, SeqId(2));
 }
+
+#[test]
+fn a_sequence_still_owed_an_output_is_not_scheduled_again() {
+    let mut sched = scheduler(small_config());
+    sched.add(request(1, 4, 4)).expect("fits");
+    let first = sched.schedule();
+    assert_eq!(first.prefills.len(), 1);
+    let second = sched.schedule();
+    assert!(
+        second.is_idle(),
+        "no token to feed until the sampled one is reported"
+    );
+    sample_all(&mut sched, &first);
+    assert_eq!(sched.schedule().decodes.len(), 1);
+}
+
+#[test]
+fn decodes_beyond_the_token_budget_wait_for_the_next_step_in_arrival_order() {
+    let mut sched = scheduler(SchedulerConfig {
+        max_num_batched_tokens: 2,
+        ..small_config()
+    });
+    for id in 1..=3 {
+        sched.add(request(id, 1, 4)).expect("fits");
+    }
+    step(&mut sched); // prefills 1 and 2
+    step(&mut sched); // decode 1, decode 2: budget spent, 3 still waiting
+    assert_eq!(sched.num_waiting(), 1);
+    let plan = step(&mut sched);
+    let decoded: Vec<SeqId> = plan.decodes.iter().map(|d| d.seq).collect();
+    assert_eq!(decoded, [SeqId(1), SeqId(2)]);
+}
