@@ -1,0 +1,133 @@
+//! Requests as submitted and sequences as the scheduler tracks them.
+//!
+//! Owns: the per-sequence counters and their meaning. Must not know: token ids, sampling or
+//! the cache's contents.
+//!
+//! Two counters look alike and differ once KV eviction runs:
+//! - `num_computed_tokens`: positions consumed (prompt + generated tokens whose keys and values
+//!   were computed). The next token's RoPE position.
+//! - `num_cached_entries`: KV entries physically held. Equal to `num_computed_tokens` without
+//!   eviction, smaller after it. The next token's cache entry index; blocks held =
+//!   `ceil(entries / block_size)`.
+
+use crate::block_table::BlockTable;
+use crate::ids::SeqId;
+
+/// A request as submitted: lengths only, the engine keeps the tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// The caller's id; must not collide with a request the scheduler still knows.
+    pub id: SeqId,
+    /// Prompt length.
+    pub num_prompt_tokens: usize,
+    /// Most tokens to generate; the sequence finishes with [`FinishReason::Length`] there.
+    pub max_tokens: usize,
+}
+
+/// Why a sequence finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FinishReason {
+    /// A stop condition of the engine (EOS, stop string).
+    Stop,
+    /// `max_tokens` generated.
+    Length,
+    /// Aborted by the caller (e.g. the client left).
+    Abort,
+}
+
+/// Where a sequence is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqStatus {
+    /// Queued, never run.
+    Waiting,
+    /// Admitted: holds blocks and is scheduled each step it fits the budget.
+    Running,
+    /// Preempted by recompute: holds no blocks, queued to prefill prompt + generated tokens.
+    Preempted,
+    /// Done and holding no blocks; reported in the next plan, then forgotten.
+    Finished(FinishReason),
+}
+
+/// A read-only snapshot of a sequence's counters, for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceInfo {
+    pub status: SeqStatus,
+    pub num_prompt_tokens: usize,
+    pub num_output_tokens: usize,
+    /// Positions consumed; see the module doc.
+    pub num_computed_tokens: usize,
+    /// KV entries held; see the module doc.
+    pub num_cached_entries: usize,
+}
+
+/// The scheduler's record of one sequence.
+#[derive(Debug, Clone)]
+pub(crate) struct Sequence {
+    pub id: SeqId,
+    /// Submission counter: lower arrived earlier. The scheduler's only notion of time.
+    pub arrival: u64,
+    pub num_prompt_tokens: usize,
+    pub max_tokens: usize,
+    pub num_output_tokens: usize,
+    pub num_computed_tokens: usize,
+    pub num_cached_entries: usize,
+    /// Tokens the current prefill covers (prompt, or prompt + generated after a preemption);
+    /// 0 while not running. Prefill is complete once `num_computed_tokens` reaches it.
+    pub num_prefill_tokens: usize,
+    /// The last plan computed every known token, so the engine owes a sampled token.
+    pub awaiting_output: bool,
+    pub status: SeqStatus,
+    pub block_table: BlockTable,
+}
+
+impl Sequence {
+    pub fn new(request: Request, arrival: u64, capacity_blocks: usize) -> Self {
+        Self {
+            id: request.id,
+            arrival,
+            num_prompt_tokens: request.num_prompt_tokens,
+            max_tokens: request.max_tokens,
+            num_output_tokens: 0,
+            num_computed_tokens: 0,
+            num_cached_entries: 0,
+            num_prefill_tokens: 0,
+            awaiting_output: false,
+            status: SeqStatus::Waiting,
+            block_table: BlockTable::with_capacity(capacity_blocks),
+        }
+    }
+
+    /// Prompt plus generated tokens.
+    pub fn num_tokens(&self) -> usize {
+        self.num_prompt_tokens + self.num_output_tokens
+    }
+
+    /// Known tokens whose keys and values are not computed yet.
+    pub fn num_uncomputed_tokens(&self) -> usize {
+        self.num_tokens() - self.num_computed_tokens
+    }
+
+    /// Whether the current prefill still has tokens to compute.
+    pub fn is_prefilling(&self) -> bool {
+        self.num_computed_tokens < self.num_prefill_tokens
+    }
+
+    /// Cache entries the sequence must have blocks for right now: those held plus, while
+    /// prefilling, the rest of the prompt (admission reserves a prompt's blocks whole).
+    pub fn reserved_entries(&self) -> usize {
+        self.num_cached_entries
+            + (self
+                .num_prefill_tokens
+                .saturating_sub(self.num_computed_tokens))
+    }
+
+    pub fn info(&self) -> SequenceInfo {
+        SequenceInfo {
+            status: self.status,
+            num_prompt_tokens: self.num_prompt_tokens,
+            num_output_tokens: self.num_output_tokens,
+            num_computed_tokens: self.num_computed_tokens,
+            num_cached_entries: self.num_cached_entries,
+        }
+    }
+}
