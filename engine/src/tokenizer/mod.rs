@@ -211,10 +211,10 @@ fn token_kinds(inner: &tokenizers::Tokenizer) -> Vec<TokenKind> {
         };
     }
     for (id, added) in inner.get_added_tokens_decoder() {
-        if added.special {
-            if let Some(kind) = kinds.get_mut(id as usize) {
-                *kind = TokenKind::Special;
-            }
+        if added.special
+            && let Some(kind) = kinds.get_mut(id as usize)
+        {
+            *kind = TokenKind::Special;
         }
     }
     kinds
@@ -234,3 +234,6 @@ fn is_byte_token(token: &str) -> bool {
         && token.ends_with('>')
         && u8::from_str_radix(&token[3..5], 16).is_ok()
 }
+
+#[cfg(test)]
+mod tests;
