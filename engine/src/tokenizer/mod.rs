@@ -10,6 +10,13 @@
 //! which special tokens `encode(.., true)` adds); `special_tokens_map.json` overrides the special
 //! tokens of `tokenizer_config.json`; a `chat_template` may be one string or a list of named
 //! templates, of which `default` is used.
+//!
+//! Compatibility note: encodings follow `tokenizer.json` exactly, as the `tokenizers` library,
+//! `transformers` 4.x fast tokenizers, TGI and llama.cpp's vocabulary tests do (for Llama-2 this
+//! equals SentencePiece). `transformers` 5 rebuilds the pipeline of Llama-style tokenizers and
+//! differs from it on leading spaces (15 of llama.cpp's 46 strings) and, for configs with
+//! `legacy: false` such as Phi-3, on the word after a special token (`<|user|>\nHi` gives `▁Hi` =
+//! 6324 here, `Hi` = 18567 there). Decoding and chat-template rendering are unaffected.
 
 pub mod chat_template;
 pub mod config;
