@@ -280,7 +280,9 @@ mod tests {
                 let full = tokenizer.decode(&ids, false).expect("decodes");
                 let head = tokenizer.decode(context, false).expect("decodes");
                 // A cut inside a character leaves no clean prefix to continue from.
-                prop_assume!(full.starts_with(&head) && !head.ends_with('\u{FFFD}'));
+                if !full.starts_with(&head) || head.ends_with('\u{FFFD}') {
+                    continue;
+                }
                 let mut detok = IncrementalDetokenizer::with_context(tokenizer.clone(), context, false)
                     .expect("context decodes");
                 let mut deltas: Vec<String> =
