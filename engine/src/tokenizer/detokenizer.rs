@@ -10,7 +10,9 @@
 //! Text is final when (a) it does not end in U+FFFD (an incomplete UTF-8 sequence may still be
 //! completed), and (b) for byte-fallback tokenizers, the last visible token is not a `<0xNN>` byte
 //! token: the full decode turns a whole run of byte tokens into U+FFFDs if any byte of the run is
-//! invalid, so a run's text can change until a non-byte token closes it. Special tokens hidden by
+//! invalid, so a run's text can change until a non-byte token closes it (the price: a character
+//! spelled in byte tokens comes out with the token after it, or from `finish`; TGI and vLLM emit it
+//! at once and can then disagree with the full decode). Special tokens hidden by
 //! `skip_special_tokens` are transparent here, as they are to the decoder. Hence the invariant,
 //! held by property tests: the concatenation of all deltas and [`IncrementalDetokenizer::finish`]
 //! equals `Tokenizer::decode` of all ids, and no delta holds a U+FFFD the full decode lacks.

@@ -163,6 +163,8 @@ impl Tokenizer {
     }
 
     /// Renders `messages` with the model's chat template (see [`ChatTemplate::render`]).
+    /// Templates write special tokens such as `bos_token` into the text themselves, so the caller
+    /// encodes the result with `add_special_tokens = false`, as `transformers` does.
     ///
     /// Fails with [`EngineError::ChatTemplate`] when the folder has no template or the template
     /// rejects the conversation.
