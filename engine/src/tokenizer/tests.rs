@@ -315,3 +315,10 @@ fn a_bad_chat_template_fails_at_load_with_its_line() {
         "{msg}"
     );
 }
+
+#[test]
+fn tokenizer_and_detokenizer_can_cross_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+    assert_send_sync::<IncrementalDetokenizer>();
+}
