@@ -6,11 +6,14 @@
 //! against fixtures the reference produced. Filtered tokens are removed from the list rather than
 //! set to `-inf`, so later steps touch only survivors.
 //!
-//! Costs for a vocabulary of `V`: top-k is one `select_nth_unstable` (O(V)); top-p selects and
-//! sorts growing chunks of the most likely tokens until the mass is reached, so a peaked
-//! distribution costs O(V) and only a flat one degrades towards a full sort; min-p is one pass.
+//! Costs for a vocabulary of `V`: top-k is one `select_nth_unstable` (O(V)); top-p partitions by
+//! falling probability thresholds and sorts only the tokens above them until the mass is reached,
+//! so a peaked distribution costs a few O(V) passes and only a flat one degrades towards a full
+//! sort; min-p is one pass.
 
 use std::cmp::Ordering;
+
+use super::kernels;
 
 /// One token still in the running. `weight` is a logit before [`softmax`] and a probability after.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,8 +22,8 @@ pub(crate) struct Candidate {
     pub(crate) weight: f32,
 }
 
-/// The first chunk top-p sorts; later chunks double.
-const TOP_P_FIRST_CHUNK: usize = 128;
+/// Top-p sorts, round by round, the tokens within this factor of the previous round's threshold.
+const TOP_P_THRESHOLD_STEP: f32 = 16.0;
 
 /// Most likely first; equal weights by ascending id so every order is deterministic.
 fn descending(a: &Candidate, b: &Candidate) -> Ordering {
@@ -54,29 +57,37 @@ pub(crate) fn top_k(candidates: &mut Vec<Candidate>, k: usize) {
     candidates.truncate(end);
 }
 
-/// Turns logits into probabilities `softmax(logit / temperature)` over the candidates (sums in
-/// f64). `temperature` must be `> 0`. A row with no finite maximum degrades without NaN: `+inf`
-/// logits share the mass, and an all-`-inf` row becomes uniform.
-pub(crate) fn softmax(candidates: &mut [Candidate], temperature: f32) {
+/// Turns logits into unnormalised probabilities `exp((logit - max) / temperature)` and returns
+/// their sum (f64), the normaliser every later step divides by. `temperature` must be `> 0`. A row
+/// with no finite maximum degrades without NaN: `+inf` logits share the mass, and an all-`-inf` row
+/// becomes uniform.
+pub(crate) fn softmax(candidates: &mut [Candidate], temperature: f32) -> f64 {
     let max = candidates
         .iter()
-        .map(|c| c.weight)
-        .fold(f32::NEG_INFINITY, f32::max);
-    for c in candidates.iter_mut() {
-        c.weight = if max == f32::INFINITY {
-            f32::from(c.weight == f32::INFINITY)
-        } else if max == f32::NEG_INFINITY {
-            1.0
-        } else {
-            ((c.weight - max) / temperature).exp()
-        };
+        .fold(f32::NEG_INFINITY, |m, c| m.max(c.weight));
+    if max == f32::INFINITY {
+        for c in candidates.iter_mut() {
+            c.weight = f32::from(c.weight == f32::INFINITY);
+        }
+    } else if max == f32::NEG_INFINITY {
+        candidates.iter_mut().for_each(|c| c.weight = 1.0);
+    } else {
+        let inv_temperature = 1.0 / temperature;
+        for c in candidates.iter_mut() {
+            c.weight = kernels::exp_nonpositive((c.weight - max) * inv_temperature);
+        }
     }
-    normalize(candidates);
+    total(candidates)
+}
+
+/// The sum of the weights, in f64.
+pub(crate) fn total(candidates: &[Candidate]) -> f64 {
+    candidates.iter().map(|c| c.weight as f64).sum()
 }
 
 /// Scales weights to sum to one.
 pub(crate) fn normalize(candidates: &mut [Candidate]) {
-    let sum: f64 = candidates.iter().map(|c| c.weight as f64).sum();
+    let sum = total(candidates);
     if sum > 0.0 {
         for c in candidates.iter_mut() {
             c.weight = (c.weight as f64 / sum) as f32;
@@ -84,25 +95,33 @@ pub(crate) fn normalize(candidates: &mut [Candidate]) {
     }
 }
 
-/// HF top-p on normalised probabilities: keeps a token when the mass of the tokens more likely
+/// HF top-p on weights summing to `total`: keeps a token when the mass of the tokens more likely
 /// than it is below `p` (HF's "ascending cumulative mass > 1 - p", vLLM's rule too); the most
 /// likely token always survives. Leaves the survivors sorted most likely first. `p >= 1` keeps
 /// all.
-pub(crate) fn top_p(candidates: &mut Vec<Candidate>, p: f32) {
+///
+/// Sorts only what it must: each round moves the remaining tokens above a threshold (starting at
+/// the top probability / [`TOP_P_THRESHOLD_STEP`], lowered by that factor each round) to the front
+/// in one pass, sorts just those, and stops as soon as the mass reaches `p`.
+pub(crate) fn top_p(candidates: &mut Vec<Candidate>, p: f32, total: f64) {
     if p >= 1.0 {
         return;
     }
-    let p = p as f64;
+    let p = p as f64 * total;
     let len = candidates.len();
+    let max = candidates.iter().map(|c| c.weight).fold(0.0, f32::max);
+    let mut threshold = max / TOP_P_THRESHOLD_STEP;
     let mut mass = 0.0f64;
     let mut sorted = 0;
     while sorted < len {
-        let end = len.min((2 * sorted).max(TOP_P_FIRST_CHUNK));
-        let rest = &mut candidates[sorted..];
-        if end < len {
-            rest.select_nth_unstable_by(end - sorted - 1, descending);
+        let mut end = sorted;
+        for i in sorted..len {
+            if candidates[i].weight >= threshold {
+                candidates.swap(end, i);
+                end += 1;
+            }
         }
-        rest[..end - sorted].sort_unstable_by(descending);
+        candidates[sorted..end].sort_unstable_by(descending);
         for i in sorted..end {
             if mass >= p {
                 candidates.truncate(i);
@@ -111,6 +130,12 @@ pub(crate) fn top_p(candidates: &mut Vec<Candidate>, p: f32) {
             mass += candidates[i].weight as f64;
         }
         sorted = end;
+        // Below the smallest positive f32 the next round takes everything left (zeros included).
+        threshold = if threshold > f32::MIN_POSITIVE {
+            threshold / TOP_P_THRESHOLD_STEP
+        } else {
+            0.0
+        };
     }
 }
 
@@ -128,8 +153,7 @@ pub(crate) fn min_p(candidates: &mut Vec<Candidate>, min_p: f32) {
 /// Picks a candidate with probability proportional to its weight; `u` is uniform in `[0, 1)`.
 /// Zero weights are never picked unless every weight is zero (then the first candidate).
 pub(crate) fn draw(candidates: &[Candidate], u: f64) -> u32 {
-    let total: f64 = candidates.iter().map(|c| c.weight as f64).sum();
-    let target = u * total;
+    let target = u * total(candidates);
     let mut cumulative = 0.0f64;
     let mut last_positive = None;
     for c in candidates {
@@ -175,23 +199,23 @@ mod tests {
     #[test]
     fn top_p_keeps_the_smallest_prefix_reaching_p() {
         let mut c = candidates(&[0.1, 0.4, 0.2, 0.3].map(f32::ln));
-        softmax(&mut c, 1.0);
-        top_p(&mut c, 0.7);
+        let total = softmax(&mut c, 1.0);
+        top_p(&mut c, 0.7, total);
         // 0.4 (before: 0) and 0.3 (before: 0.4) stay; 0.2 has 0.7 before it.
         assert_eq!(ids(&c), vec![1, 3]);
         let mut c = candidates(&[0.1, 0.4, 0.2, 0.3].map(f32::ln));
-        softmax(&mut c, 1.0);
-        top_p(&mut c, 0.01);
+        let total = softmax(&mut c, 1.0);
+        top_p(&mut c, 0.01, total);
         assert_eq!(ids(&c), vec![1]);
     }
 
     #[test]
-    fn top_p_over_many_chunks_matches_a_full_sort() {
+    fn top_p_over_many_rounds_matches_a_full_sort() {
         let logits: Vec<f32> = (0..5000u32)
             .map(|i| ((i * 7919) % 5000) as f32 * 1e-3)
             .collect();
         let mut c = candidates(&logits);
-        softmax(&mut c, 1.0);
+        let total = softmax(&mut c, 1.0);
         let mut reference = c.clone();
         reference.sort_unstable_by(descending);
         let mut mass = 0.0f64;
@@ -200,13 +224,17 @@ mod tests {
             .take_while(|c| {
                 let before = mass;
                 mass += c.weight as f64;
-                before < 0.95
+                before < 0.99 * total
             })
             .count();
-        top_p(&mut c, 0.95);
+        top_p(&mut c, 0.99, total);
+        let max = reference[0].weight;
+        let first_round = reference
+            .iter()
+            .filter(|c| c.weight >= max / TOP_P_THRESHOLD_STEP);
         assert!(
-            keep > 2 * TOP_P_FIRST_CHUNK,
-            "the test must cross chunk boundaries"
+            keep > first_round.count(),
+            "the test must need more than one round"
         );
         assert_eq!(c, reference[..keep].to_vec());
     }
@@ -225,6 +253,7 @@ mod tests {
     fn softmax_of_degenerate_rows_has_no_nan() {
         let mut c = candidates(&[f32::NEG_INFINITY, f32::NAN]);
         softmax(&mut c, 1.0);
+        normalize(&mut c);
         assert_eq!(
             c.iter().map(|c| c.weight).collect::<Vec<_>>(),
             vec![0.5, 0.5]

@@ -2,8 +2,11 @@
 //! (`log_softmax` of the unprocessed logits), as vLLM's default `logprobs_mode`: penalties,
 //! temperature and filters change what is drawn, not what is reported.
 //!
-//! Both helpers are single passes over the row: an online log-sum-exp (Milakov & Gimelshein 2018)
-//! that also finds the argmax, and a bounded insertion list for the top `n <= 20`.
+//! They are computed only when a request asks for them (`logprobs: Some(_)`): the log-sum-exp
+//! costs an exponential per vocabulary entry, which greedy decoding otherwise never pays. The top
+//! `n <= 20` come from one pass with a bounded insertion list.
+
+use super::kernels;
 
 /// One token and its log probability under the raw model distribution.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -14,32 +17,14 @@ pub struct TokenLogprob {
     pub logprob: f32,
 }
 
-/// The argmax (lowest id among ties) and `log(sum(exp(row)))` of a row, in one pass.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct RowSummary {
-    pub(crate) argmax: u32,
-    pub(crate) log_sum_exp: f32,
-}
-
-/// Summarises `row` in one pass. NaN entries count as `-inf`; a row with no finite entry reports
-/// argmax 0 and a non-finite log-sum-exp.
-pub(crate) fn summarize(row: &[f32]) -> RowSummary {
-    let mut max = f32::NEG_INFINITY;
-    let mut argmax = 0u32;
-    let mut sum = 0.0f32;
-    for (id, &x) in row.iter().enumerate() {
-        if x > max {
-            sum = sum * (max - x).exp() + 1.0;
-            max = x;
-            argmax = id as u32;
-        } else if x > f32::NEG_INFINITY {
-            sum += (x - max).exp();
-        }
+/// `log(sum(exp(row)))`; NaN entries count as `-inf`. A row with no finite entry gives a
+/// non-finite result.
+pub(crate) fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = kernels::max(row);
+    if !max.is_finite() {
+        return max;
     }
-    RowSummary {
-        argmax,
-        log_sum_exp: max + sum.ln(),
-    }
+    max + kernels::sum_exp(row, max, 1.0).ln() as f32
 }
 
 /// The `n` most likely tokens of `row`, most likely first (ties: lowest id first), as log
@@ -86,29 +71,28 @@ mod tests {
     }
 
     #[test]
-    fn one_pass_log_sum_exp_matches_the_two_pass_formula() {
+    fn log_sum_exp_matches_the_f64_reference() {
         let row: Vec<f32> = (0..1000)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.3)
             .collect();
-        let s = summarize(&row);
         let expected = reference_log_softmax(&row);
-        let id = s.argmax as usize;
-        assert!((expected[id] - (row[id] - s.log_sum_exp) as f64).abs() < 1e-5);
-        assert_eq!(row[id], row.iter().cloned().fold(f32::MIN, f32::max));
+        let lse = log_sum_exp(&row);
+        for (id, &x) in row.iter().enumerate() {
+            assert!((expected[id] - (x - lse) as f64).abs() < 1e-5);
+        }
     }
 
     #[test]
-    fn argmax_ties_go_to_the_lowest_id_and_nan_is_ignored() {
-        let s = summarize(&[1.0, f32::NAN, 3.0, 3.0, f32::NEG_INFINITY]);
-        assert_eq!(s.argmax, 2);
+    fn log_sum_exp_ignores_nan_and_negative_infinity() {
+        let row = [1.0, f32::NAN, 3.0, 3.0, f32::NEG_INFINITY];
         let expected = (1.0f32.exp() + 2.0 * 3.0f32.exp()).ln();
-        assert!((s.log_sum_exp - expected).abs() < 1e-6);
+        assert!((log_sum_exp(&row) - expected).abs() < 1e-6);
     }
 
     #[test]
     fn top_n_is_sorted_descending_with_ties_by_id() {
         let row = [0.5, 2.0, -1.0, 2.0, 1.0, f32::NAN];
-        let lse = summarize(&row).log_sum_exp;
+        let lse = log_sum_exp(&row);
         let top = top_n(&row, 3, lse);
         let ids: Vec<u32> = top.iter().map(|t| t.token_id).collect();
         assert_eq!(ids, vec![1, 3, 4]);

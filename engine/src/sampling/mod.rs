@@ -17,6 +17,7 @@
 //! - reported log probabilities are of the raw model distribution, before any processing.
 
 mod filters;
+mod kernels;
 mod logprobs;
 mod params;
 mod penalties;

@@ -35,7 +35,8 @@ pub struct SamplingParams {
     /// Seeds this sequence's own random stream; `None` draws a seed from the OS.
     pub seed: Option<u64>,
     /// Return this many most likely alternatives with each token (`0`: the chosen token's log
-    /// probability only); `None` returns no alternatives. At most [`MAX_TOP_LOGPROBS`].
+    /// probability only); `None` computes no log probability at all. At most
+    /// [`MAX_TOP_LOGPROBS`].
     pub logprobs: Option<usize>,
 }
 
@@ -114,13 +115,13 @@ impl SamplingParams {
             "in [-2, 2]",
             fp,
         )?;
-        if let Some(n) = self.logprobs {
-            if n > MAX_TOP_LOGPROBS {
-                return Err(EngineError::InvalidParameter {
-                    field: "logprobs",
-                    message: format!("must be at most {MAX_TOP_LOGPROBS}, got {n}"),
-                });
-            }
+        if let Some(n) = self.logprobs
+            && n > MAX_TOP_LOGPROBS
+        {
+            return Err(EngineError::InvalidParameter {
+                field: "logprobs",
+                message: format!("must be at most {MAX_TOP_LOGPROBS}, got {n}"),
+            });
         }
         Ok(())
     }

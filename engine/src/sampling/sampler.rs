@@ -5,6 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::filters::{self, Candidate};
+use super::kernels;
 use super::logprobs::{self, TokenLogprob};
 use super::params::SamplingParams;
 use super::penalties::Penalties;
@@ -16,8 +17,9 @@ pub struct SampledToken {
     /// The chosen token.
     pub token_id: u32,
     /// Its log probability under the raw model distribution (`log_softmax` of the unprocessed
-    /// logits), whatever penalties, temperature or filters chose it.
-    pub logprob: f32,
+    /// logits), whatever penalties, temperature or filters chose it; `None` unless the request
+    /// asked for log probabilities (`logprobs: Some(_)`).
+    pub logprob: Option<f32>,
     /// The `logprobs` most likely tokens of the raw distribution, most likely first (ties: lowest
     /// id first); empty when `logprobs` is `None` or `Some(0)`. May or may not contain the chosen
     /// token.
@@ -95,12 +97,8 @@ impl Sampler {
     /// the whole row is NaN.
     pub fn sample(&mut self, logits: &[f32]) -> SampledToken {
         self.check_row(logits);
-        let raw = logprobs::summarize(logits);
         let token_id = if self.params.is_greedy() {
-            match self.penalties {
-                None => raw.argmax,
-                Some(_) => self.penalised_argmax(logits),
-            }
+            self.greedy_token(logits)
         } else {
             self.prepare_candidates(logits);
             let u = self.rng.random::<f64>();
@@ -109,14 +107,18 @@ impl Sampler {
         if let Some(penalties) = &mut self.penalties {
             penalties.record(token_id);
         }
+        let Some(n) = self.params.logprobs else {
+            return SampledToken {
+                token_id,
+                logprob: None,
+                top_logprobs: Vec::new(),
+            };
+        };
+        let log_sum_exp = logprobs::log_sum_exp(logits);
         SampledToken {
             token_id,
-            logprob: logits[token_id as usize] - raw.log_sum_exp,
-            top_logprobs: logprobs::top_n(
-                logits,
-                self.params.logprobs.unwrap_or(0),
-                raw.log_sum_exp,
-            ),
+            logprob: Some(logits[token_id as usize] - log_sum_exp),
+            top_logprobs: logprobs::top_n(logits, n, log_sum_exp),
         }
     }
 
@@ -130,10 +132,7 @@ impl Sampler {
         out.clear();
         out.resize(self.vocab_size, 0.0);
         if self.params.is_greedy() {
-            let id = match self.penalties {
-                None => logprobs::summarize(logits).argmax,
-                Some(_) => self.penalised_argmax(logits),
-            };
+            let id = self.greedy_token(logits);
             out[id as usize] = 1.0;
             return;
         }
@@ -161,17 +160,19 @@ impl Sampler {
             penalties.apply(candidates);
         }
         filters::top_k(candidates, self.params.top_k as usize);
-        filters::softmax(candidates, self.params.temperature);
-        filters::top_p(candidates, self.params.top_p);
+        let total = filters::softmax(candidates, self.params.temperature);
+        filters::top_p(candidates, self.params.top_p, total);
         filters::min_p(candidates, self.params.min_p);
     }
 
-    /// Argmax after penalties (lowest id among ties).
-    fn penalised_argmax(&mut self, logits: &[f32]) -> u32 {
+    /// Argmax after penalties (lowest id among ties): one pass over the row without penalties;
+    /// with them, a copy of the row is penalised first.
+    fn greedy_token(&mut self, logits: &[f32]) -> u32 {
+        let Some(penalties) = &self.penalties else {
+            return kernels::argmax(logits);
+        };
         filters::fill(&mut self.candidates, logits);
-        if let Some(penalties) = &self.penalties {
-            penalties.apply(&mut self.candidates);
-        }
+        penalties.apply(&mut self.candidates);
         let mut best = self.candidates[0];
         for c in &self.candidates[1..] {
             if c.weight > best.weight {

@@ -282,7 +282,7 @@ fn logprobs_are_of_the_raw_distribution_and_sorted() {
     for _ in 0..10 {
         let out = sampler.sample(&logits);
         let want = logits[out.token_id as usize] as f64 - lse;
-        assert!((out.logprob as f64 - want).abs() < 1e-5);
+        assert!((out.logprob.unwrap() as f64 - want).abs() < 1e-5);
         assert_eq!(out.top_logprobs.len(), 20);
         assert!(
             out.top_logprobs
@@ -294,15 +294,14 @@ fn logprobs_are_of_the_raw_distribution_and_sorted() {
         }
         assert!((out.top_logprobs[0].logprob as f64 - (max - lse)).abs() < 1e-5);
     }
-    let mut none = seeded(
-        SamplingParams {
-            logprobs: Some(0),
-            ..Default::default()
-        },
-        1,
-        300,
-    );
-    assert!(none.sample(&logits).top_logprobs.is_empty());
+    let chosen_only = SamplingParams {
+        logprobs: Some(0),
+        ..Default::default()
+    };
+    let out = seeded(chosen_only, 1, 300).sample(&logits);
+    assert!(out.logprob.is_some() && out.top_logprobs.is_empty());
+    let out = seeded(SamplingParams::default(), 1, 300).sample(&logits);
+    assert!(out.logprob.is_none() && out.top_logprobs.is_empty());
 }
 
 #[test]
@@ -348,7 +347,8 @@ fn a_large_vocabulary_with_every_filter_samples_valid_tokens() {
     for _ in 0..4 {
         let out = sampler.sample(&logits);
         assert!((out.token_id as usize) < vocab);
-        assert!(out.logprob.is_finite() && out.logprob <= 0.0);
+        let logprob = out.logprob.unwrap();
+        assert!(logprob.is_finite() && logprob <= 0.0);
     }
 }
 
