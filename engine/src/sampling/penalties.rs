@@ -22,7 +22,6 @@ struct Occurrences {
 }
 
 /// The three penalties of one sequence and the occurrence counts they read.
-#[derive(Debug, Clone)]
 pub(crate) struct Penalties {
     repetition: f32,
     presence: f32,

@@ -31,9 +31,14 @@ pub struct SampledToken {
 ///
 /// Each sequence draws from its own ChaCha8 stream, advanced only by its own steps (one `f64` per
 /// non-greedy step, none per greedy step), so a seeded sequence yields the same tokens whatever
-/// else shares its batch. The sampler records every token it returns for the penalties; a token
-/// chosen elsewhere must not be fed back.
-#[derive(Debug, Clone)]
+/// else shares its batch, and samplers of one batch may run on different threads (`Send`). The
+/// sampler records every token it returns for the penalties; a token chosen elsewhere must not be
+/// fed back.
+///
+/// Memory: 8 bytes per vocabulary entry of scratch, allocated on the first step that needs it
+/// (never for greedy decoding without penalties), plus one small entry per distinct token seen
+/// when a penalty is active. Deliberately not `Clone`: a copy would repeat this sequence's random
+/// stream.
 pub struct Sampler {
     params: SamplingParams,
     vocab_size: usize,
@@ -42,6 +47,17 @@ pub struct Sampler {
     penalties: Option<Penalties>,
     /// The candidate list of the current step, `vocab_size` capacity once first used.
     candidates: Vec<Candidate>,
+}
+
+impl std::fmt::Debug for Sampler {
+    /// Parameters and sizes only: the scratch holds a whole vocabulary.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampler")
+            .field("params", &self.params)
+            .field("vocab_size", &self.vocab_size)
+            .field("penalised", &self.penalties.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sampler {
@@ -186,6 +202,19 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samplers_can_move_to_worker_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Sampler>();
+    }
+
+    #[test]
+    fn debug_output_leaves_out_the_scratch() {
+        let mut sampler = Sampler::new(SamplingParams::default(), &[], 50_000).unwrap();
+        sampler.sample(&vec![0.0; 50_000]);
+        assert!(format!("{sampler:?}").len() < 1000);
+    }
 
     #[test]
     fn greedy_picks_the_lowest_argmax_and_consumes_no_randomness() {

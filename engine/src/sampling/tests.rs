@@ -357,3 +357,58 @@ fn a_large_vocabulary_with_every_filter_samples_valid_tokens() {
 fn a_row_of_the_wrong_length_is_a_caller_bug() {
     seeded(SamplingParams::default(), 0, 4).sample(&[0.0; 3]);
 }
+
+fn arbitrary_params() -> impl proptest::strategy::Strategy<Value = SamplingParams> {
+    use proptest::prelude::*;
+    (
+        prop_oneof![Just(0.0f32), 0.05f32..3.0],
+        prop_oneof![Just(0u32), 1u32..40],
+        prop_oneof![Just(1.0f32), 0.01f32..1.0],
+        prop_oneof![Just(0.0f32), 0.0f32..1.0],
+        prop_oneof![Just(1.0f32), 0.5f32..2.0],
+        -2.0f32..2.0,
+        -2.0f32..2.0,
+        any::<u64>(),
+    )
+        .prop_map(
+            |(temperature, top_k, top_p, min_p, rep, presence, frequency, seed)| SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty: rep,
+                presence_penalty: presence,
+                frequency_penalty: frequency,
+                seed: Some(seed),
+                logprobs: Some(3),
+            },
+        )
+}
+
+proptest::proptest! {
+    #[test]
+    fn every_drawn_token_lies_in_the_reported_distribution(
+        params in arbitrary_params(),
+        logits in proptest::collection::vec(-20.0f32..20.0, 2..64),
+        prompt_len in 0usize..8,
+    ) {
+        let vocab = logits.len();
+        let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| i * 7 % vocab as u32).collect();
+        let mut sampler = Sampler::new(params.clone(), &prompt, vocab).unwrap();
+        let mut probs = Vec::new();
+        for _ in 0..4 {
+            sampler.distribution(&logits, &mut probs);
+            let sum: f32 = probs.iter().sum();
+            proptest::prop_assert!((sum - 1.0).abs() < 1e-5, "probabilities sum to {}", sum);
+            proptest::prop_assert!(probs.iter().all(|&p| (0.0..=1.0).contains(&p)));
+            let out = sampler.sample(&logits);
+            proptest::prop_assert!(probs[out.token_id as usize] > 0.0);
+            proptest::prop_assert!(out.logprob.unwrap() <= 1e-6);
+        }
+        let mut twin = Sampler::new(params, &prompt, vocab).unwrap();
+        let mut first = Sampler::new(twin.params().clone(), &prompt, vocab).unwrap();
+        for _ in 0..4 {
+            proptest::prop_assert_eq!(twin.sample(&logits), first.sample(&logits));
+        }
+    }
+}
