@@ -11,8 +11,8 @@
 //! parameters:
 //! - order: repetition → frequency → presence penalty → temperature → top-k → top-p → min-p →
 //!   draw, as HF `generate` (vLLM v1 applies min-p before top-k/top-p instead);
-//! - temperature exactly 0 is greedy: argmax of the penalised row, lowest id among ties, and no
-//!   random number is drawn;
+//! - temperature 0 (below 1e-5, as vLLM) is greedy: argmax of the penalised row, lowest id among
+//!   ties, and no random number is drawn;
 //! - the repetition penalty counts prompt and generated tokens (HF, vLLM); presence and frequency
 //!   penalties count generated tokens only (vLLM, OpenAI);
 //! - top-k keeps every token tied with the k-th logit; top-p keeps a token while the mass of the
@@ -37,5 +37,5 @@ mod sampler;
 mod tests;
 
 pub use logprobs::TokenLogprob;
-pub use params::{MAX_TOP_LOGPROBS, SamplingParams};
+pub use params::{GREEDY_TEMPERATURE, MAX_TOP_LOGPROBS, SamplingParams};
 pub use sampler::{SampledToken, Sampler};

@@ -9,13 +9,18 @@ use crate::error::{EngineError, Result};
 /// The most alternatives a caller may ask for per token (OpenAI's and vLLM's default cap).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
+/// Temperatures below this decode greedily (vLLM's `_SAMPLING_EPS`): dividing by them would
+/// overflow the scaled logits.
+pub const GREEDY_TEMPERATURE: f32 = 1e-5;
+
 /// How one sequence turns logits into tokens.
 ///
 /// The default is vLLM's: plain sampling from the model's distribution (temperature 1, every
 /// filter off, every penalty neutral), unseeded. Temperature 0 selects greedy decoding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
-    /// Divides the logits before sampling; `0` means greedy (argmax). Range: finite, `>= 0`.
+    /// Divides the logits before sampling; `0` (anything below [`GREEDY_TEMPERATURE`]) means
+    /// greedy (argmax). Range: finite, `>= 0`.
     pub temperature: f32,
     /// Keep only the `top_k` most likely tokens (ties at the boundary are kept); `0` disables.
     pub top_k: u32,
@@ -65,10 +70,10 @@ impl SamplingParams {
         }
     }
 
-    /// True when the next token is the argmax (temperature 0); such a sequence draws no random
-    /// numbers.
+    /// True when the next token is the argmax (temperature below [`GREEDY_TEMPERATURE`]); such
+    /// a sequence draws no random numbers.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
+        self.temperature < GREEDY_TEMPERATURE
     }
 
     /// True when any penalty differs from its neutral value.
@@ -160,6 +165,11 @@ mod tests {
         assert!(!d.has_penalties());
         assert!(!d.is_greedy());
         assert!(SamplingParams::greedy().is_greedy());
+        let tiny = SamplingParams {
+            temperature: 1e-6,
+            ..d
+        };
+        assert!(tiny.is_greedy());
     }
 
     #[test]

@@ -105,12 +105,12 @@ impl Sampler {
     /// Chooses the next token from this sequence's logit row (`[vocab_size]`) and records it for
     /// the penalties.
     ///
-    /// Processing order (as HF `generate` and vLLM): penalties → temperature → top-k → top-p →
-    /// min-p → draw. Temperature 0 is greedy: the argmax of the penalised row (lowest id among
-    /// ties), found in one pass when no penalty is active, with no random draw.
+    /// Processing order (as HF `generate`): penalties → temperature → top-k → top-p → min-p →
+    /// draw. Temperature 0 is greedy: the argmax of the penalised row (lowest id among ties),
+    /// found in one pass when no penalty is active, with no random draw.
     ///
-    /// Panics if `logits.len() != vocab_size` (a caller bug). NaN logits are never chosen unless
-    /// the whole row is NaN.
+    /// Panics if `logits.len() != vocab_size` (a caller bug). NaN logits count as `-inf`; a row
+    /// with no finite entry gives token 0 when greedy and a uniform draw otherwise.
     pub fn sample(&mut self, logits: &[f32]) -> SampledToken {
         self.check_row(logits);
         let token_id = if self.params.is_greedy() {

@@ -361,7 +361,7 @@ fn a_row_of_the_wrong_length_is_a_caller_bug() {
 fn arbitrary_params() -> impl proptest::strategy::Strategy<Value = SamplingParams> {
     use proptest::prelude::*;
     (
-        prop_oneof![Just(0.0f32), 0.05f32..3.0],
+        prop_oneof![Just(0.0f32), Just(1e-6), Just(2e-5), 0.05f32..3.0],
         prop_oneof![Just(0u32), 1u32..40],
         prop_oneof![Just(1.0f32), 0.01f32..1.0],
         prop_oneof![Just(0.0f32), 0.0f32..1.0],
