@@ -15,7 +15,8 @@ use std::cmp::Ordering;
 
 use super::kernels;
 
-/// One token still in the running. `weight` is a logit before [`softmax`] and a probability after.
+/// One token still in the running. `weight` is a logit before [`softmax`] and an unnormalised
+/// probability after.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Candidate {
     pub(crate) id: u32,
