@@ -60,10 +60,14 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// Deterministic pseudo-random token ids.
 fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) % vocab as u64) as u32
         })
         .collect()
@@ -108,12 +112,21 @@ fn prefill_seconds(backend: &mut CpuBackend, prompt: &[u32], block_size: usize) 
 }
 
 /// Seconds for `steps` decode steps of `batch` sequences after a `prompt_len` prefill each.
-fn decode_seconds(backend: &mut CpuBackend, vocab: usize, batch: usize, prompt_len: usize, steps: usize, block_size: usize) -> f64 {
+fn decode_seconds(
+    backend: &mut CpuBackend,
+    vocab: usize,
+    batch: usize,
+    prompt_len: usize,
+    steps: usize,
+    block_size: usize,
+) -> f64 {
     let blocks_each = blocks_for(prompt_len + steps, block_size);
     let tables: Vec<Vec<u32>> = (0..batch)
         .map(|b| ((b * blocks_each) as u32..((b + 1) * blocks_each) as u32).collect())
         .collect();
-    let prompts: Vec<Vec<u32>> = (0..batch).map(|b| tokens(prompt_len, vocab, b as u64)).collect();
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|b| tokens(prompt_len, vocab, b as u64))
+        .collect();
     let mut out = ForwardOutput::default();
     for (prompt, table) in prompts.iter().zip(&tables) {
         let batch = ForwardBatch {
@@ -141,10 +154,14 @@ fn decode_seconds(backend: &mut CpuBackend, vocab: usize, batch: usize, prompt_l
                 logits: LogitsRequest::Last,
             })
             .collect();
-        backend.forward(&ForwardBatch { sequences }, &mut out).unwrap();
+        backend
+            .forward(&ForwardBatch { sequences }, &mut out)
+            .unwrap();
         for (b, tok) in next.iter_mut().enumerate() {
             let row = out.last_row(b);
-            tok[0] = (0..row.len()).max_by(|&i, &j| row[i].total_cmp(&row[j])).unwrap() as u32;
+            tok[0] = (0..row.len())
+                .max_by(|&i, &j| row[i].total_cmp(&row[j]))
+                .unwrap() as u32;
         }
     }
     t.elapsed().as_secs_f64()
@@ -162,7 +179,10 @@ fn main() {
     let num_blocks = blocks_for(max_prefill.max(max_decode), block_size);
     let mut backend = CpuBackend::new(&model, block_size, num_blocks).expect("backend");
     let threads = rayon::current_num_threads();
-    eprintln!("glimpse forward bench: {} parameters, {threads} threads", model.weights.num_parameters());
+    eprintln!(
+        "glimpse forward bench: {} parameters, {threads} threads",
+        model.weights.num_parameters()
+    );
 
     let bandwidth = copy_bandwidth(args.repeats);
     eprintln!("copy bandwidth: {:.2} GB/s", bandwidth / 1e9);
@@ -186,8 +206,19 @@ fn main() {
     for &b in &args.decode_batches {
         let times: Vec<f64> = (0..args.repeats)
             .map(|r| {
-                let s = decode_seconds(&mut backend, vocab, b, args.decode_prompt, args.decode_tokens, block_size);
-                eprintln!("decode batch {b}: repeat {}/{}: {s:.3} s", r + 1, args.repeats);
+                let s = decode_seconds(
+                    &mut backend,
+                    vocab,
+                    b,
+                    args.decode_prompt,
+                    args.decode_tokens,
+                    block_size,
+                );
+                eprintln!(
+                    "decode batch {b}: repeat {}/{}: {s:.3} s",
+                    r + 1,
+                    args.repeats
+                );
                 s
             })
             .collect();
