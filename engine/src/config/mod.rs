@@ -258,13 +258,13 @@ fn validate(c: &ModelConfig, hidden_act: Option<&str>, path: &Path) -> Result<()
             return fail(format!("`{field}` must be positive, got 0"));
         }
     }
-    if c.num_heads % c.num_kv_heads != 0 {
+    if !c.num_heads.is_multiple_of(c.num_kv_heads) {
         return fail(format!(
             "`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({})",
             c.num_heads, c.num_kv_heads
         ));
     }
-    if c.head_dim % 2 != 0 {
+    if !c.head_dim.is_multiple_of(2) {
         return fail(format!(
             "`head_dim` must be even for RoPE, got {}",
             c.head_dim

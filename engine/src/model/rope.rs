@@ -75,7 +75,8 @@ fn inverse_frequencies(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
                     } else {
                         f
                     };
-                    let is_medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                    // Medium band: neither shorter than the high-frequency cut nor longer than the low one.
+                    let is_medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                     if is_medium {
                         let smooth = (old_len / wavelen - low_freq_factor)
                             / (high_freq_factor - low_freq_factor);

@@ -1,0 +1,168 @@
+//! `glimpse generate`: runs prompts through the engine loop offline and prints the completions.
+//! With one prompt the text streams as it is generated; with several (repeated `--prompt` or a
+//! `--prompts-file`), all are submitted at once and batched by the loop, and each completion is
+//! printed whole, in input order.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use glimpse_engine::sampling::SamplingParams;
+use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions, StreamEvent};
+
+use super::EngineArgs;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// A prompt (repeat for several). Default: "Once upon a time".
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// A file of prompts: JSON lines `{"prompt": "..."}` or, if not JSON, one prompt per line.
+    #[arg(long)]
+    prompts_file: Option<PathBuf>,
+    /// Tokens to generate at most per prompt.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Tokens to generate at least before EOS or a stop string may end a completion.
+    #[arg(long, default_value_t = 0)]
+    min_tokens: usize,
+    /// Sampling temperature; 0 is greedy (the default, so output is reproducible).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop strings (repeat for several); cut from the output.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep generating through EOS.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print a JSON line per prompt (text, token ids, finish reason, usage, timings) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl GenerateArgs {
+    fn prompts(&self) -> anyhow::Result<Vec<String>> {
+        let mut prompts = self.prompt.clone();
+        if let Some(path) = &self.prompts_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(v) => prompts.push(
+                        v["prompt"]
+                            .as_str()
+                            .with_context(|| {
+                                format!("{}:{}: no string field `prompt`", path.display(), n + 1)
+                            })?
+                            .to_string(),
+                    ),
+                    Err(_) => prompts.push(line.to_string()),
+                }
+            }
+        }
+        if prompts.is_empty() {
+            prompts.push("Once upon a time".into());
+        }
+        Ok(prompts)
+    }
+
+    fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            ..SamplingParams::default()
+        }
+    }
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let prompts = args.prompts()?;
+    let loaded = args.engine.load()?;
+    let tokenizer = loaded.tokenizer.clone();
+    let (handle, engine_thread) = engine_loop::spawn(loaded.core, ());
+    let mut streams = Vec::with_capacity(prompts.len());
+    for prompt in &prompts {
+        let request = GenerationRequest {
+            prompt_ids: tokenizer.encode(prompt, true)?,
+            sampling: args.sampling(),
+            stop: StopConditions {
+                max_tokens: args.max_tokens,
+                min_tokens: args.min_tokens,
+                stop_strings: args.stop.clone(),
+                stop_token_ids: Vec::new(),
+                ignore_eos: args.ignore_eos,
+            },
+            skip_special_tokens: true,
+        };
+        request.validate(handle.limits())?;
+        streams.push(handle.submit(request));
+    }
+    drop(handle);
+    let stream_text = prompts.len() == 1 && !args.json;
+    let mut stdout = std::io::stdout().lock();
+    for (prompt, mut events) in prompts.iter().zip(streams) {
+        let mut text = String::new();
+        let mut ids = Vec::new();
+        if stream_text {
+            write!(stdout, "{prompt}")?;
+        }
+        loop {
+            match events.blocking_recv() {
+                Some(StreamEvent::Token(t)) => {
+                    ids.push(t.token_id);
+                    if stream_text {
+                        write!(stdout, "{}", t.text_delta)?;
+                        stdout.flush()?;
+                    }
+                    text.push_str(&t.text_delta);
+                }
+                Some(StreamEvent::Finished(f)) => {
+                    text.push_str(&f.text_delta);
+                    if args.json {
+                        let line = serde_json::json!({
+                            "prompt": prompt, "text": text, "token_ids": ids,
+                            "finish_reason": format!("{:?}", f.reason),
+                            "prompt_tokens": f.usage.prompt_tokens,
+                            "completion_tokens": f.usage.completion_tokens,
+                            "time_to_first_token_seconds": f.timings.time_to_first_token.as_secs_f64(),
+                            "total_seconds": f.timings.total.as_secs_f64(),
+                        });
+                        writeln!(stdout, "{line}")?;
+                    } else if stream_text {
+                        writeln!(stdout, "{}", f.text_delta)?;
+                    } else {
+                        writeln!(stdout, "{prompt}{text}\n")?;
+                    }
+                    break;
+                }
+                Some(StreamEvent::Error(e)) => bail!("prompt {prompt:?}: {e}"),
+                None => bail!("prompt {prompt:?}: the engine stopped unexpectedly"),
+            }
+        }
+    }
+    engine_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Subcommands of the `glimpse` binary and what they share: model location, engine options,
+//! logging.
+
+pub mod generate;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use glimpse_engine::backend::{Device, create_backend};
+use glimpse_engine::model::Model;
+use glimpse_engine::tokenizer::Tokenizer;
+use glimpse_scheduler::num_blocks_for_budget;
+use glimpse_server::engine_loop::{BatchLimits, EngineCore};
+
+/// How logs are written.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The bundled model: `models/stories260K` under the working directory, else beside the sources.
+fn default_model_dir() -> PathBuf {
+    let local = PathBuf::from("models/stories260K");
+    if local.join("config.json").exists() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K")
+}
+
+/// Options that build an engine: model, device, KV pool, batching limits.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Hugging Face model folder (config.json, safetensors, tokenizer.json). Default: the bundled
+    /// stories260K.
+    #[arg(long, env = "GLIMPSE_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Device to run on: `cpu`, or `cuda:N` in CUDA builds.
+    #[arg(long, default_value = "cpu", env = "GLIMPSE_DEVICE")]
+    pub device: String,
+    /// KV cache memory in bytes (takes precedence over --kv-memory-fraction).
+    #[arg(long, env = "GLIMPSE_KV_MEMORY_BYTES")]
+    pub kv_memory_bytes: Option<u64>,
+    /// Fraction of the memory available at start-up given to the KV cache (capped at what
+    /// `max_num_seqs` sequences of the model's full length can use).
+    #[arg(long, default_value_t = 0.25, env = "GLIMPSE_KV_MEMORY_FRACTION")]
+    pub kv_memory_fraction: f64,
+    /// Entries per KV block.
+    #[arg(long, default_value_t = 16, env = "GLIMPSE_BLOCK_SIZE")]
+    pub block_size: usize,
+    /// Token budget of one step (prefill chunks + decodes).
+    #[arg(long, default_value_t = 2048, env = "GLIMPSE_MAX_NUM_BATCHED_TOKENS")]
+    pub max_num_batched_tokens: usize,
+    /// Most sequences running at once.
+    #[arg(long, default_value_t = 256, env = "GLIMPSE_MAX_NUM_SEQS")]
+    pub max_num_seqs: usize,
+}
+
+/// A loaded tokenizer and an engine core ready to run.
+pub struct LoadedEngine {
+    pub tokenizer: Arc<Tokenizer>,
+    pub core: EngineCore,
+}
+
+impl EngineArgs {
+    /// Loads the model and tokenizer, sizes the KV pool and builds the engine core.
+    pub fn load(&self) -> anyhow::Result<LoadedEngine> {
+        let dir = self.model.clone().unwrap_or_else(default_model_dir);
+        let model =
+            Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
+        let tokenizer = Arc::new(
+            Tokenizer::from_dir(&dir)
+                .with_context(|| format!("loading tokenizer from {}", dir.display()))?,
+        );
+        let device: Device = self.device.parse()?;
+        let bytes_per_block =
+            glimpse_engine::backend::KvGeometry::new(&model.config, self.block_size, 1, 4)?
+                .bytes_per_block();
+        let budget = match self.kv_memory_bytes {
+            Some(bytes) => bytes,
+            None => {
+                // A fraction of free memory, but never more than `max_num_seqs` full-length
+                // sequences can fill: a small model should not pin gigabytes.
+                let fraction = (available_memory_bytes()? as f64 * self.kv_memory_fraction) as u64;
+                let useful_blocks =
+                    (self.max_num_seqs * model.config.max_model_len).div_ceil(self.block_size);
+                fraction.min((useful_blocks * bytes_per_block) as u64)
+            }
+        };
+        let pool = num_blocks_for_budget(budget, bytes_per_block as u64, self.block_size)?;
+        tracing::info!(
+            kv_bytes = pool.used_bytes,
+            num_blocks = pool.num_blocks,
+            block_size = self.block_size,
+            max_cached_tokens = pool.max_cached_tokens,
+            "KV cache pool sized"
+        );
+        let backend = create_backend(device, &model, self.block_size, pool.num_blocks)?;
+        let limits = BatchLimits {
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_num_seqs: self.max_num_seqs,
+        };
+        let core = EngineCore::new(&model, Arc::clone(&tokenizer), backend, limits)?;
+        Ok(LoadedEngine { tokenizer, core })
+    }
+}
+
+/// `MemAvailable` from /proc/meminfo.
+fn available_memory_bytes() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .context("reading /proc/meminfo (use --kv-memory-bytes)")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .context("no MemAvailable in /proc/meminfo (use --kv-memory-bytes)")
+}

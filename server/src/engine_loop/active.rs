@@ -1,0 +1,190 @@
+//! Per-request state the engine loop keeps while a request runs: its tokens, sampler, detokenizer,
+//! stop matcher, event channel and timestamps.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use glimpse_engine::sampling::{SampledToken, Sampler};
+use glimpse_engine::tokenizer::{IncrementalDetokenizer, Tokenizer};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::request::{
+    FinishReason, FinishedEvent, GenerationRequest, RequestError, StopConditions, StreamEvent,
+    Timings, TokenEvent, Usage,
+};
+use super::stop::{Matched, StopStringMatcher};
+
+/// Where a request's events go; a closed channel means the client left.
+pub type EventSink = UnboundedSender<StreamEvent>;
+
+/// Instants in a request's life, stamped by the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTimes {
+    pub arrival: Instant,
+    pub first_scheduled: Option<Instant>,
+    pub first_token: Option<Instant>,
+    pub last_token: Option<Instant>,
+}
+
+/// A running request.
+pub struct ActiveRequest {
+    /// Prompt followed by every generated token; position `p` holds token `tokens[p]`.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    pub stop: StopConditions,
+    pub sampler: Sampler,
+    detokenizer: IncrementalDetokenizer,
+    stop_strings: StopStringMatcher,
+    events: EventSink,
+    pub times: RequestTimes,
+    pub usage: Usage,
+}
+
+/// What sampling one token did to a request.
+pub enum TokenOutcome {
+    Continue,
+    Finished(FinishReason),
+}
+
+impl ActiveRequest {
+    pub fn new(
+        request: GenerationRequest,
+        vocab_size: usize,
+        tokenizer: Arc<Tokenizer>,
+        events: EventSink,
+        arrival: Instant,
+    ) -> Result<Self, RequestError> {
+        let internal = |e: glimpse_engine::EngineError| RequestError::Internal {
+            message: e.to_string(),
+        };
+        let sampler =
+            Sampler::new(request.sampling, &request.prompt_ids, vocab_size).map_err(internal)?;
+        let detokenizer = IncrementalDetokenizer::with_context(
+            tokenizer,
+            &request.prompt_ids,
+            request.skip_special_tokens,
+        )
+        .map_err(internal)?;
+        let prompt_len = request.prompt_ids.len();
+        Ok(Self {
+            stop_strings: StopStringMatcher::new(&request.stop.stop_strings),
+            tokens: request.prompt_ids,
+            prompt_len,
+            stop: request.stop,
+            sampler,
+            detokenizer,
+            events,
+            times: RequestTimes {
+                arrival,
+                first_scheduled: None,
+                first_token: None,
+                last_token: None,
+            },
+            usage: Usage {
+                prompt_tokens: prompt_len,
+                kv_entries_kept: prompt_len,
+                ..Usage::default()
+            },
+        })
+    }
+
+    /// Number of tokens generated so far.
+    pub fn num_generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Whether the client is gone (its stream was dropped).
+    pub fn is_disconnected(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Whether the next sampled token may end the request (`min_tokens` reached with it); until
+    /// then the loop masks stop tokens out of the logits, as vLLM does.
+    pub fn next_token_may_stop(&self) -> bool {
+        self.num_generated() + 1 >= self.stop.min_tokens
+    }
+
+    /// Records a sampled token, streams its text and applies the stop rules.
+    pub fn accept(&mut self, sampled: SampledToken, eos_ids: &[u32], now: Instant) -> TokenOutcome {
+        let token = sampled.token_id;
+        self.tokens.push(token);
+        self.usage.completion_tokens += 1;
+        self.times.first_token.get_or_insert(now);
+        self.times.last_token = Some(now);
+        let may_stop = self.num_generated() >= self.stop.min_tokens;
+        let delta = match self.detokenizer.push(token) {
+            Ok(text) => text.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, token, "detokenization failed; dropping the text of this token");
+                String::new()
+            }
+        };
+        let (text_delta, stop_string) = match self.stop_strings.push(&delta) {
+            Matched::Release(text) => (text, None),
+            Matched::Stop { text, stop } if may_stop => (text, Some(stop)),
+            Matched::Stop { text, stop } => (text + &stop, None),
+        };
+        self.send(StreamEvent::Token(TokenEvent {
+            token_id: token,
+            text_delta,
+            logprob: sampled.logprob,
+            top_logprobs: sampled.top_logprobs,
+        }));
+        if let Some(stop) = stop_string {
+            return TokenOutcome::Finished(FinishReason::StopString(stop));
+        }
+        let is_stop_token = (!self.stop.ignore_eos && eos_ids.contains(&token))
+            || self.stop.stop_token_ids.contains(&token);
+        if may_stop && is_stop_token {
+            return TokenOutcome::Finished(FinishReason::Stop);
+        }
+        if self.num_generated() >= self.stop.max_tokens {
+            return TokenOutcome::Finished(FinishReason::Length);
+        }
+        TokenOutcome::Continue
+    }
+
+    /// Sends the final event with whatever text was held back, and the usage and timings.
+    pub fn finish(mut self, reason: FinishReason, now: Instant) -> (Usage, Timings) {
+        let mut text_delta = String::new();
+        if !matches!(reason, FinishReason::StopString(_)) {
+            match self.detokenizer.finish() {
+                Ok(rest) => {
+                    let (Matched::Release(t) | Matched::Stop { text: t, .. }) =
+                        self.stop_strings.push(&rest);
+                    text_delta.push_str(&t);
+                }
+                Err(e) => tracing::warn!(error = %e, "detokenizer flush failed"),
+            }
+            text_delta.push_str(&self.stop_strings.flush());
+        }
+        let times = self.times;
+        let first_scheduled = times.first_scheduled.unwrap_or(now);
+        let first_token = times.first_token.unwrap_or(now);
+        let timings = Timings {
+            queue: first_scheduled - times.arrival,
+            prefill: first_token.saturating_duration_since(first_scheduled),
+            eviction: std::time::Duration::ZERO,
+            time_to_first_token: first_token - times.arrival,
+            total: now - times.arrival,
+        };
+        let usage = self.usage;
+        self.send(StreamEvent::Finished(FinishedEvent {
+            reason,
+            text_delta,
+            usage,
+            timings,
+        }));
+        (usage, timings)
+    }
+
+    /// Sends an error as the final event.
+    pub fn fail(self, error: RequestError) {
+        self.send(StreamEvent::Error(error));
+    }
+
+    fn send(&self, event: StreamEvent) {
+        // A closed channel is noticed by `is_disconnected` before the next step.
+        let _ = self.events.send(event);
+    }
+}

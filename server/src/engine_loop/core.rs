@@ -1,0 +1,382 @@
+//! The engine loop's state machine: one [`EngineCore`] owns the backend (model + KV pool), the
+//! scheduler and every running request. It spawns nothing and reads the clock only to stamp
+//! requests; the thread in [`super`] drives it (`add_request`, then `step` until idle), and tests
+//! drive it directly.
+//!
+//! One step: schedule a plan → run it as one varlen forward pass → sample each sequence that
+//! finished a prefill or decoded → stream tokens, apply stop rules → report to the scheduler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glimpse_engine::backend::Backend;
+use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use glimpse_engine::model::Model;
+use glimpse_engine::tokenizer::Tokenizer;
+use glimpse_scheduler::{
+    FinishReason as SchedulerFinish, Plan, Request, Scheduler, SchedulerConfig, SchedulerError,
+    SeqId, SeqOutput, StepResult,
+};
+
+use super::active::{ActiveRequest, EventSink, TokenOutcome};
+use super::request::{
+    FinishReason, GenerationRequest, RequestError, RequestLimits, Timings, Usage,
+};
+
+/// Batching limits of the loop (vLLM's names and defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            max_num_batched_tokens: 2048,
+            max_num_seqs: 256,
+        }
+    }
+}
+
+/// A request that left the engine, for metrics and logs.
+#[derive(Debug, Clone)]
+pub struct CompletedRequest {
+    pub reason: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+}
+
+/// What one step did, for metrics and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct StepReport {
+    pub num_prefill_tokens: usize,
+    pub num_decode_tokens: usize,
+    pub num_preempted: usize,
+    pub forward_time: Duration,
+    pub sampling_time: Duration,
+    pub scheduling_time: Duration,
+    /// Gaps between a request's previous token and the one produced this step.
+    pub inter_token_latencies: Vec<Duration>,
+    pub completed: Vec<CompletedRequest>,
+}
+
+/// The engine loop's state: backend, scheduler and running requests.
+pub struct EngineCore {
+    backend: Box<dyn Backend>,
+    scheduler: Scheduler,
+    tokenizer: Arc<Tokenizer>,
+    eos_token_ids: Vec<u32>,
+    limits: RequestLimits,
+    requests: HashMap<SeqId, ActiveRequest>,
+    next_seq: u64,
+    plan: Plan,
+    output: ForwardOutput,
+    /// Block tables of the step's sequences, flattened (`u32` ids as the backend takes them).
+    tables: Vec<u32>,
+    result: StepResult,
+}
+
+impl EngineCore {
+    /// An engine over `backend` (whose pool geometry sizes the scheduler) for `model`.
+    pub fn new(
+        model: &Model,
+        tokenizer: Arc<Tokenizer>,
+        backend: Box<dyn Backend>,
+        limits: BatchLimits,
+    ) -> Result<Self, SchedulerError> {
+        let geometry = *backend.geometry();
+        let scheduler = Scheduler::new(SchedulerConfig {
+            block_size: geometry.block_size,
+            num_blocks: geometry.num_blocks,
+            max_num_batched_tokens: limits.max_num_batched_tokens,
+            max_num_seqs: limits.max_num_seqs,
+            max_model_len: model.config.max_model_len,
+        })?;
+        Ok(Self {
+            backend,
+            scheduler,
+            tokenizer,
+            eos_token_ids: model.eos_token_ids(),
+            limits: RequestLimits {
+                vocab_size: model.config.vocab_size,
+                max_model_len: model.config.max_model_len,
+            },
+            requests: HashMap::new(),
+            next_seq: 0,
+            plan: Plan::default(),
+            output: ForwardOutput::default(),
+            tables: Vec::new(),
+            result: StepResult::default(),
+        })
+    }
+
+    /// Limits every request is validated against.
+    pub fn request_limits(&self) -> RequestLimits {
+        self.limits
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Whether any request is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
+    /// Validates and queues a request; its events go to `events`. On refusal the error is
+    /// returned (and nothing is sent).
+    pub fn add_request(
+        &mut self,
+        request: GenerationRequest,
+        events: EventSink,
+        arrival: Instant,
+    ) -> Result<SeqId, RequestError> {
+        request.validate(self.limits)?;
+        let seq = SeqId(self.next_seq);
+        self.scheduler
+            .add(Request {
+                id: seq,
+                num_prompt_tokens: request.prompt_ids.len(),
+                max_tokens: request.stop.max_tokens,
+            })
+            .map_err(|e| RequestError::TooLong {
+                message: e.to_string(),
+            })?;
+        self.next_seq += 1;
+        let active = ActiveRequest::new(
+            request,
+            self.limits.vocab_size,
+            Arc::clone(&self.tokenizer),
+            events,
+            arrival,
+        );
+        match active {
+            Ok(active) => {
+                self.requests.insert(seq, active);
+                Ok(seq)
+            }
+            Err(e) => {
+                self.scheduler.abort(seq);
+                Err(e)
+            }
+        }
+    }
+
+    /// Aborts a request now: its blocks are freed and its stream ends with `Abort`.
+    pub fn abort(&mut self, seq: SeqId, now: Instant) -> Option<CompletedRequest> {
+        self.scheduler.abort(seq);
+        self.requests.remove(&seq).map(|active| {
+            let (usage, timings) = active.finish(FinishReason::Abort, now);
+            CompletedRequest {
+                reason: FinishReason::Abort,
+                usage,
+                timings,
+            }
+        })
+    }
+
+    /// Runs one step. Requests whose clients left are aborted first.
+    pub fn step(&mut self) -> StepReport {
+        let mut report = StepReport::default();
+        let started = Instant::now();
+        self.abort_disconnected(started, &mut report);
+        self.scheduler.schedule_into(&mut self.plan);
+        report.num_preempted = self.plan.preempted.len();
+        let scheduled = Instant::now();
+        report.scheduling_time = scheduled - started;
+        self.stamp_first_scheduled(scheduled);
+        if self.plan.is_idle() {
+            return report;
+        }
+        if let Err(e) = self.run_forward() {
+            tracing::error!(error = %e, "forward pass failed; aborting the step's requests");
+            self.fail_planned(RequestError::Internal {
+                message: e.to_string(),
+            });
+            return report;
+        }
+        let forwarded = Instant::now();
+        report.forward_time = forwarded - scheduled;
+        self.sample_and_stream(forwarded, &mut report);
+        report.sampling_time = forwarded.elapsed();
+        report
+    }
+
+    fn abort_disconnected(&mut self, now: Instant, report: &mut StepReport) {
+        let gone: Vec<SeqId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.is_disconnected())
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in gone {
+            report.completed.extend(self.abort(seq, now));
+        }
+    }
+
+    fn stamp_first_scheduled(&mut self, now: Instant) {
+        let plan = &self.plan;
+        let seqs = plan
+            .prefills
+            .iter()
+            .map(|c| c.seq)
+            .chain(plan.decodes.iter().map(|d| d.seq));
+        for seq in seqs {
+            if let Some(r) = self.requests.get_mut(&seq) {
+                r.times.first_scheduled.get_or_insert(now);
+            }
+        }
+    }
+
+    /// Builds the varlen batch of the plan and runs it.
+    fn run_forward(&mut self) -> glimpse_engine::Result<()> {
+        let plan = &self.plan;
+        self.tables.clear();
+        let mut spans = Vec::with_capacity(plan.prefills.len() + plan.decodes.len());
+        let seqs = plan
+            .prefills
+            .iter()
+            .map(|c| c.seq)
+            .chain(plan.decodes.iter().map(|d| d.seq));
+        for seq in seqs {
+            let table = self
+                .scheduler
+                .block_table(seq)
+                .expect("a planned sequence has a block table (scheduler bug otherwise)");
+            let start = self.tables.len();
+            self.tables.extend(table.iter().map(|b| b.0));
+            spans.push(start..self.tables.len());
+        }
+        let mut sequences = Vec::with_capacity(spans.len());
+        for (chunk, span) in plan.prefills.iter().zip(&spans) {
+            let tokens = &self.requests[&chunk.seq].tokens;
+            sequences.push(SequenceInput {
+                token_ids: &tokens[chunk.first_position..chunk.first_position + chunk.num_tokens],
+                first_position: chunk.first_position,
+                first_cache_entry: chunk.first_cache_entry,
+                block_table: &self.tables[span.clone()],
+                logits: if chunk.is_last_chunk {
+                    LogitsRequest::Last
+                } else {
+                    LogitsRequest::None
+                },
+            });
+        }
+        for (decode, span) in plan.decodes.iter().zip(&spans[plan.prefills.len()..]) {
+            let tokens = &self.requests[&decode.seq].tokens;
+            sequences.push(SequenceInput {
+                token_ids: &tokens[decode.position..decode.position + 1],
+                first_position: decode.position,
+                first_cache_entry: decode.cache_entry,
+                block_table: &self.tables[span.clone()],
+                logits: LogitsRequest::Last,
+            });
+        }
+        self.backend
+            .forward(&ForwardBatch { sequences }, &mut self.output)
+    }
+
+    /// Samples every sequence that produced logits, streams, applies stops, updates the scheduler.
+    fn sample_and_stream(&mut self, now: Instant, report: &mut StepReport) {
+        self.result.outputs.clear();
+        let prefills = self
+            .plan
+            .prefills
+            .iter()
+            .map(|c| (c.seq, c.is_last_chunk, c.num_tokens));
+        let decodes = self.plan.decodes.iter().map(|d| (d.seq, true, 1));
+        let mut finished = Vec::new();
+        for (index, (seq, sampled, num_tokens)) in prefills.chain(decodes).enumerate() {
+            if index < self.plan.prefills.len() {
+                report.num_prefill_tokens += num_tokens;
+            } else {
+                report.num_decode_tokens += 1;
+            }
+            if !sampled {
+                continue;
+            }
+            let Some(request) = self.requests.get_mut(&seq) else {
+                continue;
+            };
+            let row = self.output.rows[index];
+            let start = row.start * self.output.vocab_size;
+            let logits = &mut self.output.logits[start..start + self.output.vocab_size];
+            if !request.next_token_may_stop() {
+                let eos: &[u32] = if request.stop.ignore_eos {
+                    &[]
+                } else {
+                    &self.eos_token_ids
+                };
+                mask_stop_tokens(logits, eos, &request.stop.stop_token_ids);
+            }
+            let token = request.sampler.sample(logits);
+            if let Some(previous) = request.times.last_token {
+                report.inter_token_latencies.push(now - previous);
+            }
+            let outcome = request.accept(token, &self.eos_token_ids, now);
+            let finish = match outcome {
+                TokenOutcome::Continue => None,
+                TokenOutcome::Finished(reason) => {
+                    finished.push((seq, reason.clone()));
+                    Some(match reason {
+                        FinishReason::Length => SchedulerFinish::Length,
+                        _ => SchedulerFinish::Stop,
+                    })
+                }
+            };
+            self.result.outputs.push(SeqOutput {
+                seq,
+                appended_tokens: 1,
+                finish,
+            });
+        }
+        self.scheduler
+            .update(&self.result)
+            .expect("the loop reports exactly the plan's sampled sequences (a bug otherwise)");
+        for (seq, reason) in finished {
+            let request = self
+                .requests
+                .remove(&seq)
+                .expect("finished request is active");
+            let (usage, timings) = request.finish(reason.clone(), now);
+            report.completed.push(CompletedRequest {
+                reason,
+                usage,
+                timings,
+            });
+        }
+    }
+
+    /// Fails every request of the current plan (after a backend error) and frees their blocks.
+    fn fail_planned(&mut self, error: RequestError) {
+        let plan = &self.plan;
+        let seqs: Vec<SeqId> = plan
+            .prefills
+            .iter()
+            .map(|c| c.seq)
+            .chain(plan.decodes.iter().map(|d| d.seq))
+            .collect();
+        for seq in seqs {
+            self.scheduler.abort(seq);
+            if let Some(request) = self.requests.remove(&seq) {
+                request.fail(error.clone());
+            }
+        }
+    }
+}
+
+/// Keeps a sequence below `min_tokens` from choosing a token that would stop it.
+fn mask_stop_tokens(logits: &mut [f32], eos: &[u32], stop_ids: &[u32]) {
+    for &t in eos.iter().chain(stop_ids) {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}

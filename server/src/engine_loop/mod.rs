@@ -1,0 +1,143 @@
+//! The engine loop: one OS thread owns the model, the KV pool and the scheduler ([`EngineCore`]);
+//! everything else talks to it through an [`EngineHandle`] (STYLE rule 9). Handlers validate, then
+//! submit a request with its own event channel; the loop drains new submissions with `try_recv`
+//! every step and sleeps in `blocking_recv` when idle. A stream whose receiver is dropped is
+//! aborted at the next step and its blocks freed.
+
+mod active;
+mod core;
+mod request;
+mod stop;
+
+use std::time::Instant;
+
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender, error::TryRecvError};
+
+pub use self::active::EventSink;
+pub use self::core::{BatchLimits, CompletedRequest, EngineCore, StepReport};
+pub use self::request::{
+    FinishReason, FinishedEvent, GenerationRequest, RequestError, RequestLimits, StopConditions,
+    StreamEvent, Timings, TokenEvent, Usage,
+};
+
+/// Something that wants to know what every step did (metrics, benchmarks).
+pub trait StepObserver: Send {
+    fn on_step(&mut self, core: &EngineCore, report: &StepReport);
+}
+
+impl StepObserver for () {
+    fn on_step(&mut self, _: &EngineCore, _: &StepReport) {}
+}
+
+enum Command {
+    Submit {
+        request: GenerationRequest,
+        events: EventSink,
+        arrival: Instant,
+    },
+}
+
+/// A cloneable handle to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: UnboundedSender<Command>,
+    limits: RequestLimits,
+}
+
+impl EngineHandle {
+    /// Submits a request; its events arrive on the returned receiver, ending with `Finished` or
+    /// `Error`. Dropping the receiver aborts the request.
+    pub fn submit(&self, request: GenerationRequest) -> UnboundedReceiver<StreamEvent> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let command = Command::Submit {
+            request,
+            events: events.clone(),
+            arrival: Instant::now(),
+        };
+        if self.commands.send(command).is_err() {
+            let _ = events.send(StreamEvent::Error(RequestError::ShuttingDown));
+        }
+        receiver
+    }
+
+    /// Limits requests are validated against (for early validation in handlers).
+    pub fn limits(&self) -> RequestLimits {
+        self.limits
+    }
+}
+
+/// Starts the engine thread. It runs until every handle is dropped and no request is left.
+pub fn spawn(
+    core: EngineCore,
+    observer: impl StepObserver + 'static,
+) -> (EngineHandle, std::thread::JoinHandle<()>) {
+    let (commands, receiver) = mpsc::unbounded_channel();
+    let limits = core.request_limits();
+    let thread = std::thread::Builder::new()
+        .name("glimpse-engine".into())
+        .spawn(move || run(core, receiver, observer))
+        .expect("the engine thread starts");
+    (EngineHandle { commands, limits }, thread)
+}
+
+fn run(
+    mut core: EngineCore,
+    mut commands: UnboundedReceiver<Command>,
+    mut observer: impl StepObserver,
+) {
+    let mut open = true;
+    loop {
+        if !core.has_work() {
+            if !open {
+                return;
+            }
+            match commands.blocking_recv() {
+                Some(command) => accept(&mut core, command),
+                None => return,
+            }
+        }
+        while open {
+            match commands.try_recv() {
+                Ok(command) => accept(&mut core, command),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        let report = core.step();
+        observer.on_step(&core, &report);
+    }
+}
+
+fn accept(core: &mut EngineCore, command: Command) {
+    let Command::Submit {
+        request,
+        events,
+        arrival,
+    } = command;
+    if let Err(error) = core.add_request(request, events.clone(), arrival) {
+        let _ = events.send(StreamEvent::Error(error));
+    }
+}
+
+/// Convenience for offline use: the whole text and the final event of a finished stream.
+pub async fn collect(
+    mut events: UnboundedReceiver<StreamEvent>,
+) -> Result<(Vec<u32>, String, FinishedEvent), RequestError> {
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    while let Some(event) = events.recv().await {
+        match event {
+            StreamEvent::Token(t) => {
+                ids.push(t.token_id);
+                text.push_str(&t.text_delta);
+            }
+            StreamEvent::Finished(f) => {
+                text.push_str(&f.text_delta);
+                return Ok((ids, text, f));
+            }
+            StreamEvent::Error(e) => return Err(e),
+        }
+    }
+    Err(RequestError::Internal {
+        message: "the engine dropped the stream".into(),
+    })
+}

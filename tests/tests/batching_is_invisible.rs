@@ -1,0 +1,146 @@
+//! DESIGN §3 "batching is invisible": a request's output is the same token for token whether it
+//! ran alone or among 64 others, split by chunked prefill and preempted and recomputed — greedy and
+//! seeded sampling, on the bundled stories260K and on a Qwen3 fixture model.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use glimpse_engine::backend::{Device, create_backend};
+use glimpse_engine::model::Model;
+use glimpse_engine::sampling::SamplingParams;
+use glimpse_engine::tokenizer::Tokenizer;
+use glimpse_server::engine_loop::{
+    BatchLimits, EngineCore, GenerationRequest, StopConditions, StreamEvent,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+struct Setup {
+    model: Model,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl Setup {
+    fn new(model_dir: &Path) -> Self {
+        Self {
+            model: Model::load(model_dir).unwrap(),
+            // Fixture models have no tokenizer; any tokenizer whose vocabulary covers theirs
+            // serves the detokenizer, and outputs are compared as token ids.
+            tokenizer: Arc::new(Tokenizer::from_dir(repo().join("models/stories260K")).unwrap()),
+        }
+    }
+
+    fn core(&self, block_size: usize, num_blocks: usize, limits: BatchLimits) -> EngineCore {
+        let backend = create_backend(Device::Cpu, &self.model, block_size, num_blocks).unwrap();
+        EngineCore::new(&self.model, Arc::clone(&self.tokenizer), backend, limits).unwrap()
+    }
+}
+
+fn random_requests(n: usize, vocab: u32, sampled: bool) -> Vec<GenerationRequest> {
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    (0..n)
+        .map(|i| {
+            let len = rng.random_range(3..160);
+            GenerationRequest {
+                prompt_ids: (0..len).map(|_| rng.random_range(3..vocab)).collect(),
+                sampling: if sampled {
+                    SamplingParams {
+                        temperature: 0.9,
+                        top_p: 0.9,
+                        top_k: 40,
+                        seed: Some(1000 + i as u64),
+                        ..SamplingParams::default()
+                    }
+                } else {
+                    SamplingParams::greedy()
+                },
+                stop: StopConditions {
+                    max_tokens: rng.random_range(1..48),
+                    ignore_eos: true,
+                    ..StopConditions::default()
+                },
+                skip_special_tokens: true,
+            }
+        })
+        .collect()
+}
+
+fn drain(events: &mut UnboundedReceiver<StreamEvent>) -> Vec<u32> {
+    let mut ids = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match event {
+            StreamEvent::Token(t) => ids.push(t.token_id),
+            StreamEvent::Finished(_) => return ids,
+            StreamEvent::Error(e) => panic!("request failed: {e}"),
+        }
+    }
+    panic!("stream did not finish")
+}
+
+/// Runs `requests` together; returns their token ids and the number of preemptions seen.
+fn run_together(core: &mut EngineCore, requests: &[GenerationRequest]) -> (Vec<Vec<u32>>, usize) {
+    let mut streams = Vec::new();
+    for r in requests {
+        let (tx, rx) = unbounded_channel();
+        core.add_request(r.clone(), tx, Instant::now()).unwrap();
+        streams.push(rx);
+    }
+    let mut preemptions = 0;
+    while core.has_work() {
+        preemptions += core.step().num_preempted;
+        core.scheduler().check_invariants();
+    }
+    assert_eq!(core.scheduler().allocator().num_used(), 0, "blocks leaked");
+    (streams.iter_mut().map(drain).collect(), preemptions)
+}
+
+fn check_batching_is_invisible(model_dir: &Path, sampled: bool) {
+    let setup = Setup::new(model_dir);
+    let vocab = setup.model.config.vocab_size as u32;
+    let requests = random_requests(64, vocab, sampled);
+    // Small step budget and pool: prompts are chunked and sequences preempted.
+    let tight = BatchLimits {
+        max_num_batched_tokens: 64,
+        max_num_seqs: 64,
+    };
+    let mut together = setup.core(4, 96, tight);
+    let (batched, preemptions) = run_together(&mut together, &requests);
+    assert!(preemptions > 0, "the pool was meant to force preemption");
+    let roomy = BatchLimits {
+        max_num_batched_tokens: 4096,
+        max_num_seqs: 8,
+    };
+    for (i, request) in requests.iter().enumerate() {
+        let mut alone = setup.core(16, 64, roomy);
+        let (single, _) = run_together(&mut alone, std::slice::from_ref(request));
+        assert_eq!(
+            batched[i], single[0],
+            "request {i} differs between batched and alone"
+        );
+        assert_eq!(batched[i].len(), request.stop.max_tokens);
+    }
+}
+
+#[test]
+fn greedy_outputs_are_the_same_alone_and_batched_on_stories260k() {
+    check_batching_is_invisible(&repo().join("models/stories260K"), false);
+}
+
+#[test]
+fn seeded_sampling_is_the_same_alone_and_batched_on_stories260k() {
+    check_batching_is_invisible(&repo().join("models/stories260K"), true);
+}
+
+#[test]
+fn greedy_outputs_are_the_same_alone_and_batched_on_a_qwen3_fixture() {
+    check_batching_is_invisible(&repo().join("engine/tests/fixtures/qwen3_qknorm"), false);
+}
