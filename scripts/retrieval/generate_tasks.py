@@ -11,18 +11,21 @@ Tasks (RULER's retrieval family):
                    in order of appearance in the text.
   niah_multiquery  3 needles with different keys; ask all 3 keys; answer the values comma-separated in the
                    order the keys are asked.
-  vt               variable tracking: a chain "VAR A = 48271." "VAR B = VAR A." "VAR C = VAR B." plus one
-                   distractor chain; ask the value of the last variable. The answer is the chain walked
-                   back to the number, "B, A, 48271" (--vt-answer trace, default; one lookup per answer
-                   item) or just "48271" (--vt-answer value).
+  vt               variable tracking: a chain "VAR A = 482719." "VAR B = VAR A." "VAR C = VAR B." plus one
+                   distractor chain; ask the value of the last variable. The prompt ends with
+                   "Answer: VAR C = " and the answer is the chain walked back to the number,
+                   "VAR B = VAR A = 482719" (--vt-answer trace, default: one lookup per step, like RULER's
+                   answer that lists the chain) or just "482719" (--vt-answer value: all hops at once).
 
 Tokeniser: byte level (`ByteTokenizer`): <pad>=0, <s>=1, </s>=2, byte b -> 3 + b (vocabulary 259).
 `context_tokens` is the prompt length in tokens including <s>; the generator fills the haystack up to
 the requested length and cuts it at a word boundary, so the actual length is at most the requested one
-(and within a few tokens of it). The question comes at the end of the prompt; the prompt ends with
-"Answer: " and the model answers with `answer` followed by </s>.
+(and within a few tokens of it). The question comes at the end of the prompt, followed, as in RULER, by
+an answer prefix that restates the query ("Answer: The special magic number for KEY is: "); the model
+answers with `answer` followed by </s>.
 
-Output: JSONL lines {"prompt", "answer", "task", "context_tokens", "depth", "needle_depths", "id"}.
+Output: JSONL lines {"prompt", "answer", "task", "context_tokens", "depth", "needle_depths",
+"context_tokens_target", "id"} (`context_tokens` = actual prompt tokens, `context_tokens_target` = requested).
 `depth` is the depth percent (0 = start of the haystack, 100 = end) of the needle that holds the answer
 (the asked needle; for multi-value a random one of the values; for multi-query the first asked key;
 for vt the statement holding the number); `needle_depths` lists the depth of every inserted needle.
@@ -183,12 +186,13 @@ class Haystack:
 
 
 def _sentence_boundaries(text):
-    """Character offsets where a needle may be inserted: 0, after each sentence end, len(text)."""
+    """Character offsets where a needle may be inserted: 0 and after each sentence end."""
     b = [0]
     for i in range(1, len(text)):
         if text[i] in " \n" and text[i - 1] in ".?!":
             b.append(i)
-    b.append(len(text))
+    if text and text[-1] in ".?!":
+        b.append(len(text))
     return b
 
 
@@ -272,9 +276,8 @@ def random_var(rng, used):
 # --------------------------------------------------------------------------------------------------
 # Instances
 
-NIAH_PREFIX = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
-               "I will quiz you about the numbers afterwards.\n")
-VT_PREFIX = "Memorize and track the chains of variable assignments hidden in the following text.\n"
+NIAH_PREFIX = "Some special magic numbers are hidden within the following text. Memorize them.\n"
+VT_PREFIX = "Track the chains of variable assignments hidden in the following text.\n"
 
 
 def _needle(key, value):
@@ -299,6 +302,7 @@ def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4
         vals = [random_value(rng, used_v, digits) for _ in range(n)]
         needles = [(d0 if i == 0 else rng.uniform(0, 100), _needle(k, v)) for i, (k, v) in enumerate(zip(keys, vals))]
         question = f"What is the special magic number for {keys[0]} mentioned in the provided text?"
+        answer_prefix = f"The special magic number for {keys[0]} is: "
         answer = vals[0]
         prefix = NIAH_PREFIX
     elif task == "niah_multivalue":
@@ -307,6 +311,7 @@ def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4
         depths = [d0] + [rng.uniform(0, 100) for _ in range(num_values - 1)]
         needles = [(dp, _needle(key, v)) for dp, v in zip(depths, vals)]
         question = f"What are all the special magic numbers for {key} mentioned in the provided text?"
+        answer_prefix = f"The special magic numbers for {key} are: "
         answer = None  # order of appearance, known after insertion
         prefix = NIAH_PREFIX
     elif task == "niah_multiquery":
@@ -314,6 +319,7 @@ def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4
         vals = [random_value(rng, used_v, digits) for _ in range(num_queries)]
         needles = [(d0 if i == 0 else rng.uniform(0, 100), _needle(k, v)) for i, (k, v) in enumerate(zip(keys, vals))]
         question = f"What are all the special magic numbers for {_join_keys(keys)} mentioned in the provided text?"
+        answer_prefix = f"The special magic numbers for {_join_keys(keys)} are: "
         answer = ", ".join(vals)
         prefix = NIAH_PREFIX
     else:  # vt
@@ -329,13 +335,14 @@ def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4
                 needles.append((d0 if (c == 0 and i == 0) else rng.uniform(0, 100), s))
         names, value, _ = chains[0]
         question = f"What is the value of VAR {names[-1]}?"
+        answer_prefix = f"VAR {names[-1]} = "
         if vt_answer == "trace":
             question += " Follow the chain of assignments back to the number."
-            answer = ", ".join(list(reversed(names[:-1])) + [value])
+            answer = " = ".join([f"VAR {n}" for n in reversed(names[:-1])] + [value])
         else:
             answer = value
         prefix = VT_PREFIX
-    suffix = f"\n{question} Answer: "
+    suffix = f"\n{question}\nAnswer: {answer_prefix}"
     fixed = 1 + len(prefix.encode()) + len(suffix.encode()) + sum(len(s.encode()) + 1 for _, s in needles)
     budget = context_tokens - fixed
     if budget < 0:
@@ -348,7 +355,7 @@ def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4
     prompt = prefix + text + suffix
     n_tok = len(prompt.encode("utf-8")) + 1
     return {"prompt": prompt, "answer": answer, "task": task, "context_tokens": n_tok,
-            "depth": depths[0], "needle_depths": depths}
+            "depth": depths[0], "needle_depths": depths, "context_tokens_target": context_tokens}
 
 
 def instance_rng(seed, task, context_tokens, split, index):
