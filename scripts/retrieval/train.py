@@ -96,7 +96,7 @@ def encode_row(inst):
     return p, a
 
 
-def make_batch(seed, step, ctx, bs, tasks, lm_rows, split="train", gen_kw=None):
+def make_batch(seed, step, ctx, bs, tasks, lm_rows, split="train", gen_kw=None, weights=None):
     """Returns dict of numpy arrays: inp [bs,T], tgt [bs,T] (-100 = ignore), amask [bs,T] (answer targets),
     task [bs] (index into tasks, -1 = plain text row)."""
     gen_kw = gen_kw or {}
@@ -114,7 +114,7 @@ def make_batch(seed, step, ctx, bs, tasks, lm_rows, split="train", gen_kw=None):
             inp[r] = seq[:-1]
             tgt[r] = seq[1:]
             continue
-        ti = rng.randrange(len(tasks))
+        ti = rng.choices(range(len(tasks)), weights)[0] if weights else rng.randrange(len(tasks))
         inst = gt.make_instance(rng, hay, tasks[ti], ctx, None, **gen_kw)
         p, a = encode_row(inst)
         seq = p + a
@@ -128,15 +128,16 @@ def make_batch(seed, step, ctx, bs, tasks, lm_rows, split="train", gen_kw=None):
 
 
 class StepData(torch.utils.data.Dataset):
-    def __init__(self, plan, seed, tasks, lm_rows, gen_kw):
+    def __init__(self, plan, seed, tasks, lm_rows, gen_kw, weights=None):
         self.plan, self.seed, self.tasks, self.lm_rows, self.gen_kw = plan, seed, tasks, lm_rows, gen_kw
+        self.weights = weights
 
     def __len__(self):
         return len(self.plan)
 
     def __getitem__(self, step):
         ctx, bs = self.plan[step]
-        b = make_batch(self.seed, step, ctx, bs, self.tasks, self.lm_rows, "train", self.gen_kw)
+        b = make_batch(self.seed, step, ctx, bs, self.tasks, self.lm_rows, "train", self.gen_kw, self.weights)
         return {k: torch.from_numpy(v) for k, v in b.items()}
 
 
@@ -239,7 +240,7 @@ def calibrate(model, a, phases, tasks, gen_kw, device, autocast_dtype):
     times = {}
     for ctx, _ in phases:
         bs = max(1, a.tokens_per_step // ctx)
-        b = make_batch(a.seed + 99991, 0, ctx, bs, tasks, a.lm_rows, "train", gen_kw)
+        b = make_batch(a.seed + 99991, 0, ctx, bs, tasks, a.lm_rows, "train", gen_kw, a.weights)
         b = {k: torch.from_numpy(v) for k, v in b.items()}
         ts = []
         for i in range(2 + a.calib_steps):
@@ -405,6 +406,7 @@ def main(argv=None):
     p.add_argument("--max-pos", type=int, default=4096)
     # data
     p.add_argument("--tasks", default="all")
+    p.add_argument("--task-weights", default="", help="sampling weights of the tasks, comma-separated (default uniform)")
     p.add_argument("--curriculum", default="768:0.2,1280:0.2,2048:0.6",
                    help="ctx:share of steps, in order")
     p.add_argument("--mix-shorter", type=float, default=0.2)
@@ -456,9 +458,13 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     tasks = gt.TASKS if a.tasks == "all" else a.tasks.split(",")
+    a.weights = [float(x) for x in a.task_weights.split(",")] if a.task_weights else None
+    if a.weights and len(a.weights) != len(tasks):
+        raise SystemExit(f"--task-weights needs {len(tasks)} values for {tasks}")
     gen_kw = {}
     phases = parse_curriculum(a.curriculum)
-    assert max(c for c, _ in phases) + ANS_PAD <= a.max_pos + ANS_PAD
+    if max(c for c, _ in phases) + ANS_PAD > a.max_pos:
+        raise SystemExit(f"curriculum lengths + {ANS_PAD} answer tokens must fit --max-pos {a.max_pos}")
 
     model = build_model(a).to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -482,7 +488,7 @@ def main(argv=None):
         plan.append((ctx, max(1, a.tokens_per_step // ctx)))
     run_steps = min(total, a.stop_at_step) if a.stop_at_step > 0 else total
 
-    ds = StepData(plan, a.seed, tasks, a.lm_rows, gen_kw)
+    ds = StepData(plan, a.seed, tasks, a.lm_rows, gen_kw, a.weights)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(ds, range(run_steps)), batch_size=None, shuffle=False, num_workers=a.workers,
         pin_memory=device.type == "cuda", prefetch_factor=8 if a.workers > 0 else None,
@@ -550,7 +556,7 @@ def main(argv=None):
     # the command that reproduces these weights without timing
     repro = ["python", "scripts/retrieval/train.py"]
     for k, v in vars(a).items():
-        if k in ("steps", "time_budget_seconds", "stop_at_step", "out"):
+        if k in ("steps", "time_budget_seconds", "stop_at_step", "out", "weights") or v == "":
             continue
         repro += [f"--{k.replace('_', '-')}", str(v)]
     repro += ["--steps", str(total), "--out", "OUT"]

@@ -19,7 +19,7 @@ exec timeout --signal=TERM --kill-after=15 "${HARD_LIMIT:-480}" "$PYTHON" script
   --out "$OUT" --device cuda --seed 1 \
   --layers 6 --hidden 256 --intermediate 768 --heads 8 --kv-heads 4 --rope-theta 10000 --max-pos 4096 \
   --curriculum 768:0.2,1280:0.2,2048:0.6 --mix-shorter 0.2 --tokens-per-step 65536 \
-  --lm-rows 0.1 --lm-weight 0.2 \
+  --task-weights 0.5,1,1.25,1.25,1 --lm-rows 0.1 --lm-weight 0.2 \
   --lr 2e-3 --warmup 150 --min-lr-frac 0.05 --weight-decay 0.05 --grad-clip 1.0 \
   --precision bf16 --deterministic 1 --save-dtype bfloat16 \
   --steps 0 --time-budget-seconds "${TRAIN_SECONDS:-330}" --budget-safety 0.93 \
