@@ -419,6 +419,9 @@ def main(argv=None):
     p.add_argument("--time-budget-seconds", type=float, default=0, help="training loop wall-clock budget (0 = none)")
     p.add_argument("--budget-safety", type=float, default=0.93, help="share of the budget planned with --steps 0")
     p.add_argument("--calib-steps", type=int, default=3)
+    p.add_argument("--min-steps", type=int, default=0,
+                   help="with --steps 0: halve --tokens-per-step while the budget buys fewer steps than this")
+    p.add_argument("--min-tokens-per-step", type=int, default=16384)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr-frac", type=float, default=0.05)
     p.add_argument("--warmup", type=int, default=100)
@@ -477,11 +480,19 @@ def main(argv=None):
     if total <= 0:
         if a.time_budget_seconds <= 0:
             raise SystemExit("--steps 0 needs --time-budget-seconds")
-        calib = calibrate(model, a, phases, tasks, gen_kw, device, autocast_dtype)
-        per = expected_step_time(phases, calib, a.mix_shorter)
-        total = max(50, int(a.time_budget_seconds * a.budget_safety / per))
-        log("calibration s/step: " + ", ".join(f"{c}: {t * 1000:.1f}ms" for c, t in calib.items())
-            + f" -> expected {per * 1000:.1f} ms/step, planning {total} steps")
+        while True:
+            calib = calibrate(model, a, phases, tasks, gen_kw, device, autocast_dtype)
+            per = expected_step_time(phases, calib, a.mix_shorter)
+            total = max(50, int(a.time_budget_seconds * a.budget_safety / per))
+            log(f"calibration at {a.tokens_per_step} tokens/step, s/step: "
+                + ", ".join(f"{c}: {t * 1000:.1f}ms" for c, t in calib.items())
+                + f" -> expected {per * 1000:.1f} ms/step, {total} steps")
+            # the retrieval transition needs optimizer steps more than tokens: if the budget buys too few
+            # steps, use smaller steps (recorded in the reproduction command)
+            if total >= a.min_steps or a.tokens_per_step // 2 < a.min_tokens_per_step:
+                break
+            a.tokens_per_step //= 2
+        log(f"planning {total} steps of {a.tokens_per_step} tokens")
     plan = []
     for s in range(total):
         ctx, _ = ctx_for_step(s, total, phases, a.mix_shorter, a.seed)
@@ -556,7 +567,8 @@ def main(argv=None):
     # the command that reproduces these weights without timing
     repro = ["python", "scripts/retrieval/train.py"]
     for k, v in vars(a).items():
-        if k in ("steps", "time_budget_seconds", "stop_at_step", "out", "weights") or v == "":
+        if k in ("steps", "time_budget_seconds", "stop_at_step", "out", "weights", "min_steps",
+                 "min_tokens_per_step") or v == "":
             continue
         repro += [f"--{k.replace('_', '-')}", str(v)]
     repro += ["--steps", str(total), "--out", "OUT"]

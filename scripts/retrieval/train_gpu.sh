@@ -22,6 +22,6 @@ exec timeout --signal=TERM --kill-after=15 "${HARD_LIMIT:-480}" "$PYTHON" script
   --task-weights 0.5,1,1.25,1.25,1 --lm-rows 0.1 --lm-weight 0.2 \
   --lr 2e-3 --warmup 150 --min-lr-frac 0.05 --weight-decay 0.05 --grad-clip 1.0 \
   --precision bf16 --deterministic 1 --save-dtype bfloat16 \
-  --steps 0 --time-budget-seconds "${TRAIN_SECONDS:-330}" --budget-safety 0.93 \
+  --steps 0 --time-budget-seconds "${TRAIN_SECONDS:-330}" --budget-safety 0.93 --min-steps 3000 \
   --workers "${WORKERS:-12}" --log-every 50 --save-every-seconds 90 \
   --eval-ctx 1024,2048,3968 --eval-num 200 --eval-generate-num 16 --eval-time-budget "${EVAL_SECONDS:-60}"
