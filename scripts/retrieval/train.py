@@ -444,6 +444,12 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     t_start = time.time()
+    try:  # keep the log to progress lines
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
