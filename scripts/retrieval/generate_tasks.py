@@ -129,8 +129,6 @@ class ByteTokenizer:
         }
         with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
             json.dump(cfg, f, indent=1)
-        with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
-            json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, f, indent=1)
 
 
 TOKENIZER = ByteTokenizer()

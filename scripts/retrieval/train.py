@@ -17,7 +17,7 @@ reproduces the run without timing (same weights up to nondeterministic GPU kerne
 also stops the loop early as a safety net (then the schedule is cut short; train_meta.json says so).
 
 Writes into --out: config.json, model.safetensors, generation_config.json, tokenizer.json,
-tokenizer_config.json, special_tokens_map.json, train_meta.json, eval.json (held-out accuracy per task x
+tokenizer_config.json, train_meta.json, eval.json (held-out accuracy per task x
 context length, exact answer match; computed teacher-forced, which equals greedy decoding's exact match,
 and cross-checked with real greedy generation on a subset).
 
