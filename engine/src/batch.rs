@@ -80,6 +80,19 @@ pub struct ForwardOutput {
     pub logits: Vec<f32>,
     /// For each sequence of the batch, its first row in `logits` and how many rows it has.
     pub rows: Vec<RowRange>,
+    /// Where the forward pass spent its time.
+    pub profile: ForwardProfile,
+}
+
+/// Wall time of one forward pass by kind of work, so benchmarks can say where a step goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ForwardProfile {
+    /// Linear layers (including the output projection).
+    pub matmul: std::time::Duration,
+    /// Attention over the paged cache, including writing the new K/V.
+    pub attention: std::time::Duration,
+    /// Everything else: embedding, norms, RoPE, activations, residuals.
+    pub other: std::time::Duration,
 }
 
 /// Where one sequence's logits rows sit in [`ForwardOutput::logits`].

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glimpse_engine::backend::Backend;
-use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use glimpse_engine::batch::{
+    ForwardBatch, ForwardOutput, ForwardProfile, LogitsRequest, SequenceInput,
+};
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_scheduler::{
@@ -55,6 +57,8 @@ pub struct StepReport {
     pub num_decode_tokens: usize,
     pub num_preempted: usize,
     pub forward_time: Duration,
+    /// How the forward pass split between matmuls, attention and the rest.
+    pub forward_profile: ForwardProfile,
     pub sampling_time: Duration,
     pub scheduling_time: Duration,
     /// Gaps between a request's previous token and the one produced this step.
@@ -204,6 +208,7 @@ impl EngineCore {
         }
         let forwarded = Instant::now();
         report.forward_time = forwarded - scheduled;
+        report.forward_profile = self.output.profile;
         self.sample_and_stream(forwarded, &mut report);
         report.sampling_time = forwarded.elapsed();
         report

@@ -11,12 +11,13 @@ pub mod linear;
 mod ops;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use attention::{AttentionShape, QueryContext, paged_attention};
 use kv_cache::CpuKvCache;
 
 use super::{Backend, KvGeometry};
-use crate::batch::{ForwardBatch, ForwardOutput, LogitsRequest, RowRange};
+use crate::batch::{ForwardBatch, ForwardOutput, ForwardProfile, LogitsRequest, RowRange};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::model::{Linear, Model, ModelWeights, RopeTables};
@@ -63,6 +64,9 @@ struct StepBuffers {
     activated: Vec<f32>,
     /// Final hidden states of the rows that want logits `[R, hidden]`.
     logits_hidden: Vec<f32>,
+    /// Time in GEMMs and attention during the current forward pass.
+    matmul_time: Duration,
+    attention_time: Duration,
 }
 
 impl CpuBackend {
@@ -171,7 +175,10 @@ impl CpuBackend {
         // 1. Attention block: norm → fused qkv → (q/k norm) → RoPE → cache write → attention → o_proj.
         resize(&mut b.normed, tokens * c.hidden_size);
         ops::rms_norm(&b.hidden, &w.input_layernorm, c.rms_norm_eps, &mut b.normed);
-        linear(&b.normed, tokens, &w.qkv_proj, &mut b.qkv);
+        timed(&mut b.matmul_time, || {
+            linear(&b.normed, tokens, &w.qkv_proj, &mut b.qkv)
+        });
+        let attention_start = Instant::now();
         resize(&mut b.queries, tokens * q_width);
         let qkv_width = c.qkv_width();
         for (t, slot) in b.slots.iter().enumerate() {
@@ -213,7 +220,10 @@ impl CpuBackend {
             shape,
             &mut b.attention,
         );
-        linear(&b.attention, tokens, &w.o_proj, &mut b.projected);
+        b.attention_time += attention_start.elapsed();
+        timed(&mut b.matmul_time, || {
+            linear(&b.attention, tokens, &w.o_proj, &mut b.projected)
+        });
         ops::add_in_place(&mut b.hidden, &b.projected);
 
         // 2. MLP block: norm → fused gate/up → SwiGLU → down.
@@ -223,10 +233,14 @@ impl CpuBackend {
             c.rms_norm_eps,
             &mut b.normed,
         );
-        linear(&b.normed, tokens, &w.gate_up_proj, &mut b.gate_up);
+        timed(&mut b.matmul_time, || {
+            linear(&b.normed, tokens, &w.gate_up_proj, &mut b.gate_up)
+        });
         resize(&mut b.activated, tokens * c.intermediate_size);
         ops::silu_mul(&b.gate_up, c.intermediate_size, &mut b.activated);
-        linear(&b.activated, tokens, &w.down_proj, &mut b.projected);
+        timed(&mut b.matmul_time, || {
+            linear(&b.activated, tokens, &w.down_proj, &mut b.projected)
+        });
         ops::add_in_place(&mut b.hidden, &b.projected);
     }
 
@@ -262,6 +276,7 @@ impl CpuBackend {
         );
         out.vocab_size = self.config.vocab_size;
         resize(&mut out.logits, rows * self.config.vocab_size);
+        let started = Instant::now();
         match &self.weights.lm_head {
             Some(lm_head) => linear(&b.normed[..rows * h], rows, lm_head, &mut out.logits),
             None => linear::matmul_nt(
@@ -273,6 +288,7 @@ impl CpuBackend {
                 &mut out.logits,
             ),
         }
+        b.matmul_time += started.elapsed();
     }
 }
 
@@ -283,14 +299,30 @@ impl Backend for CpuBackend {
 
     fn forward(&mut self, batch: &ForwardBatch<'_>, out: &mut ForwardOutput) -> Result<()> {
         self.validate(batch)?;
+        let started = Instant::now();
+        self.buffers.matmul_time = Duration::ZERO;
+        self.buffers.attention_time = Duration::ZERO;
         self.plan_slots(batch);
         self.embed(batch);
         for layer in 0..self.config.num_layers {
             self.layer(layer, batch);
         }
         self.logits(batch, out);
+        let (matmul, attention) = (self.buffers.matmul_time, self.buffers.attention_time);
+        out.profile = ForwardProfile {
+            matmul,
+            attention,
+            other: started.elapsed().saturating_sub(matmul + attention),
+        };
         Ok(())
     }
+}
+
+/// Runs `f`, adding its wall time to `total`.
+fn timed(total: &mut Duration, f: impl FnOnce()) {
+    let started = Instant::now();
+    f();
+    *total += started.elapsed();
 }
 
 /// Sets `buf` to `len` elements, reusing its allocation.
