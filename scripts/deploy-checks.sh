@@ -158,10 +158,11 @@ validate "$RENDER/prometheus-adapter.yaml"
 step "grafana: dashboard structure, metric names, runbook links"
 "$PY" -c 'import json,sys; json.load(open(sys.argv[1]))' deploy/grafana/glimpse.json || die "glimpse.json is not JSON"
 "$PY" scripts/deploy/dashboard_queries.py --check || die "dashboard / alert checks"
-n_queries="$("$PY" scripts/deploy/dashboard_queries.py --list | wc -l)"
+"$PY" scripts/deploy/dashboard_queries.py --list >"$WORK/dashboard-queries.tsv" || die "dashboard_queries.py --list"
+n_queries="$(wc -l <"$WORK/dashboard-queries.tsv")"
 [ "$n_queries" -gt 0 ] || die "dashboard_queries.py --list printed no queries"
-echo "dashboard_queries.py --list: $n_queries (panel, expr) pairs; first three:"
-"$PY" scripts/deploy/dashboard_queries.py --list | head -n 3
+echo "dashboard_queries.py --list: $n_queries (panel, expr) pairs in $WORK/dashboard-queries.tsv; first three:"
+head -n 3 "$WORK/dashboard-queries.tsv"
 
 # ---------------------------------------------------------------- promql
 step "promql: every dashboard and alert expression evaluated by a real Prometheus"
