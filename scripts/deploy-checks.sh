@@ -9,6 +9,7 @@
 # failing check stops the script with a non-zero status and says which.
 #
 # What it checks:
+#   0. this script (shellcheck) and the helper scripts (Python syntax)
 #   1. Prometheus: promtool check config / check rules / test rules
 #   2. Compose file: docker-compose config (schema and interpolation)
 #   3. Dockerfiles: hadolint, then the project's own rules
@@ -39,7 +40,17 @@ die() {
 	printf '\ndeploy-checks: FAIL: %s\n' "$*" >&2
 	exit 1
 }
-trap 'rc=$?; if [ "$rc" -ne 0 ]; then printf "\ndeploy-checks: FAILED (exit %s)\n" "$rc" >&2; fi' EXIT
+PROM_PID=""
+on_exit() {
+	local rc=$?
+	if [ -n "$PROM_PID" ]; then
+		kill "$PROM_PID" 2>/dev/null || true
+	fi
+	if [ "$rc" -ne 0 ]; then
+		printf '\ndeploy-checks: FAILED (exit %s)\n' "$rc" >&2
+	fi
+}
+trap on_exit EXIT
 
 APT_UPDATED=0
 apt_install() {
@@ -62,8 +73,10 @@ apt_install() {
 # ---------------------------------------------------------------- tools
 step "tools"
 # prometheus: promtool and a server for the PromQL check; docker-compose: the
-# Compose file check (no container engine is needed for `config`).
-apt_install prometheus docker-compose ca-certificates curl
+# Compose file check (no container engine is needed for `config`); shellcheck:
+# this script.
+apt_install prometheus docker-compose shellcheck ca-certificates curl
+command -v python3 >/dev/null || apt_install python3 python3-venv
 command -v promtool >/dev/null || die "promtool not found after installing the prometheus package"
 command -v docker-compose >/dev/null || die "docker-compose not found after installing it"
 
@@ -95,6 +108,12 @@ docker-compose version --short
 echo
 "$HADOLINT" --version
 echo "kubernetes-validate $("$KVALIDATE" --version 2>&1), schemas of Kubernetes $K8S_VERSION"
+
+# ---------------------------------------------------------------- scripts
+step "scripts: shellcheck, Python syntax"
+shellcheck scripts/deploy-checks.sh || die "shellcheck scripts/deploy-checks.sh"
+"$PY" -m py_compile scripts/deploy/*.py || die "Python syntax"
+echo "ok"
 
 # ---------------------------------------------------------------- prometheus
 step "prometheus: config, rules, rule unit tests"
@@ -178,7 +197,6 @@ YAML
 prometheus --config.file="$PROM_DIR/prometheus.yml" --storage.tsdb.path="$PROM_DIR/data" \
 	--web.listen-address="127.0.0.1:$PROM_PORT" >"$PROM_DIR/log" 2>&1 &
 PROM_PID=$!
-trap 'rc=$?; kill "$PROM_PID" 2>/dev/null || true; if [ "$rc" -ne 0 ]; then printf "\ndeploy-checks: FAILED (exit %s)\n" "$rc" >&2; fi' EXIT
 for _ in $(seq 1 60); do
 	curl -fsS "http://127.0.0.1:$PROM_PORT/-/ready" >/dev/null 2>&1 && break
 	kill -0 "$PROM_PID" 2>/dev/null || {
@@ -195,5 +213,6 @@ curl -fsS "http://127.0.0.1:$PROM_PORT/-/ready" >/dev/null || die "prometheus di
 tail -n 1 "$PROM_DIR/queries.log"
 kill "$PROM_PID" 2>/dev/null || true
 wait "$PROM_PID" 2>/dev/null || true
+PROM_PID=""
 
 printf '\ndeploy-checks: all checks passed\n'

@@ -350,6 +350,9 @@ def prom_query(base_url: str, expr: str, timeout: float):
 
 def run_live(base_url, dash, rules, interval, timeout, parse_only=False) -> int:
     variables = template_values(dash)
+    probe, err = prom_query(base_url, "vector(1)", timeout)
+    if err:
+        raise Failure(f"cannot query Prometheus at {base_url}: {err}")
     failures = []
     n = 0
     for title, ref, expr in query_panels(dash):
