@@ -9,7 +9,7 @@
 # failing check stops the script with a non-zero status and says which.
 #
 # What it checks:
-#   0. this script (shellcheck) and the helper scripts (Python syntax)
+#   0. this script (shellcheck) and scripts/deploy/*.py (Python syntax)
 #   1. Prometheus: promtool check config / check rules / test rules
 #   2. Compose file: docker-compose config (schema and interpolation)
 #   3. Dockerfiles: hadolint, then the project's own rules
