@@ -73,12 +73,14 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-/// Bytes moved per second by `copy_from_slice` of a 512 MiB buffer (read + write counted, as STREAM
-/// Copy does).
+/// Buffer size for the bandwidth probes: 512 MiB, far beyond any cache.
+const PROBE_FLOATS: usize = 128 << 20;
+
+/// Bytes copied per second by `copy_from_slice` of a 512 MiB buffer (buffer size ÷ time; STREAM's
+/// Copy figure, which counts read + write, is twice this).
 fn copy_bandwidth(repeats: usize) -> f64 {
-    let len = 128 << 20;
-    let src = vec![1.0f32; len];
-    let mut dst = vec![0.0f32; len];
+    let src = vec![1.0f32; PROBE_FLOATS];
+    let mut dst = vec![0.0f32; PROBE_FLOATS];
     let times: Vec<f64> = (0..repeats.max(3))
         .map(|_| {
             let t = Instant::now();
@@ -87,7 +89,34 @@ fn copy_bandwidth(repeats: usize) -> f64 {
             t.elapsed().as_secs_f64()
         })
         .collect();
-    2.0 * (len * 4) as f64 / median(times)
+    (PROBE_FLOATS * 4) as f64 / median(times)
+}
+
+/// Bytes read per second summing a 512 MiB buffer on all threads: what decode, which only reads
+/// weights, is bounded by.
+fn read_bandwidth(repeats: usize) -> f64 {
+    use rayon::prelude::*;
+    let src = vec![1.0f32; PROBE_FLOATS];
+    let times: Vec<f64> = (0..repeats.max(3))
+        .map(|_| {
+            let t = Instant::now();
+            let sum: f32 = src
+                .par_chunks(1 << 16)
+                .map(|c| {
+                    let mut acc = [0.0f32; 16];
+                    for v in c.chunks_exact(16) {
+                        for l in 0..16 {
+                            acc[l] += v[l];
+                        }
+                    }
+                    acc.iter().sum::<f32>()
+                })
+                .sum();
+            std::hint::black_box(sum);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    (PROBE_FLOATS * 4) as f64 / median(times)
 }
 
 fn blocks_for(tokens: usize, block_size: usize) -> usize {
@@ -185,7 +214,12 @@ fn main() {
     );
 
     let bandwidth = copy_bandwidth(args.repeats);
-    eprintln!("copy bandwidth: {:.2} GB/s", bandwidth / 1e9);
+    let read = read_bandwidth(args.repeats);
+    eprintln!(
+        "copy bandwidth: {:.2} GB/s copied, read bandwidth {:.2} GB/s",
+        bandwidth / 1e9,
+        read / 1e9
+    );
     let weight_bytes = model.weights.num_bytes_f32() as f64;
 
     let mut prefill = Vec::new();
@@ -229,6 +263,7 @@ fn main() {
             "batch": b, "seconds": secs, "tokens_per_second": tps,
             "weight_bytes_per_second": weight_bytes * steps_per_second,
             "fraction_of_copy_bandwidth": weight_bytes * steps_per_second / bandwidth,
+            "fraction_of_read_bandwidth": weight_bytes * steps_per_second / read,
         }));
     }
     let report = serde_json::json!({
@@ -237,6 +272,7 @@ fn main() {
         "parameters": model.weights.num_parameters(),
         "weight_bytes": weight_bytes,
         "copy_bandwidth_bytes_per_second": bandwidth,
+        "read_bandwidth_bytes_per_second": read,
         "decode_prompt_tokens": args.decode_prompt,
         "decode_new_tokens": args.decode_tokens,
         "prefill": prefill,
