@@ -11,6 +11,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod loader;
+pub mod math;
 pub mod model;
 pub mod sampling;
 pub mod tokenizer;

@@ -1,7 +1,9 @@
 //! Branch-free loops over a whole logit row, written so the compiler vectorises them: argmax,
-//! `exp` of non-positive numbers, and a sum of exponentials. A row is up to ~152K entries and is
+//! a sum of exponentials (through [`crate::math::exp_nonpositive`]), and the row maximum. A row is up to ~152K entries and is
 //! walked once per sequence per step, so these dominate sampling's cost; `f32::exp` is a libm call
 //! per element that no loop around it can vectorise.
+
+pub(crate) use crate::math::exp_nonpositive;
 
 /// Lanes processed side by side; independent accumulators let the compiler use vector registers
 /// without reordering any single floating-point sum.
@@ -38,37 +40,6 @@ pub(crate) fn argmax(row: &[f32]) -> u32 {
         }
     }
     winner.1
-}
-
-/// 1.5 * 2^23: adding it to a float of magnitude below 2^22 rounds it to an integer.
-const ROUNDING_MAGIC: f32 = 12_582_912.0;
-
-/// `exp(x)` for `x <= 0` (Cephes `expf`: range reduction by `ln 2`, degree-6 polynomial; relative
-/// error about 2e-7). `x < -87` and `-inf` give 0, whose true value is below 2e-38. Not for NaN
-/// or positive `x`.
-#[inline(always)]
-pub(crate) fn exp_nonpositive(x: f32) -> f32 {
-    debug_assert!(
-        x <= 0.0 || x.is_nan(),
-        "exp_nonpositive takes x <= 0, got {x}"
-    );
-    let clamped = x.max(-87.0);
-    // Nearest integer n to x / ln 2 by the 1.5 * 2^23 trick: adding it leaves n in the low
-    // mantissa bits (plain float and integer ops, which vectorise; `as i32` saturates and does not).
-    let shifted = clamped * std::f32::consts::LOG2_E + ROUNDING_MAGIC;
-    let n = (shifted.to_bits() as i32).wrapping_sub(ROUNDING_MAGIC.to_bits() as i32);
-    let nf = shifted - ROUNDING_MAGIC;
-    // r = x - n ln 2, with ln 2 split in two so the product is exact.
-    let r = clamped - nf * 0.693_359_4 + nf * 2.121_944_4e-4;
-    let poly = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let exp_r = poly * (r * r) + r + 1.0;
-    // n is in [-126, 0] after the clamp, so 2^n is a normal f32.
-    let two_to_n = f32::from_bits(((n + 127) as u32) << 23);
-    if x < -87.0 { 0.0 } else { exp_r * two_to_n }
 }
 
 /// `sum(exp((row[i] - max) * scale))`, for `row[i] <= max`, `scale > 0`, no NaN. Lanes sum in f32
@@ -117,26 +88,6 @@ pub(crate) fn max(row: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_nonpositive_matches_std_exp_to_a_few_ulp() {
-        let mut x = 0.0f32;
-        while x > -90.0 {
-            let want = x.exp();
-            let got = exp_nonpositive(x);
-            if x >= -87.0 {
-                assert!(
-                    ((got - want) / want).abs() < 4e-7,
-                    "exp({x}): got {got}, want {want}"
-                );
-            } else {
-                assert_eq!(got, 0.0);
-            }
-            x -= 0.003_7;
-        }
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
-    }
 
     #[test]
     fn argmax_returns_the_first_maximum_across_lanes_and_tail() {

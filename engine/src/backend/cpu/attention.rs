@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::kv_cache::LayerView;
+use crate::math::exp_nonpositive;
 
 /// What one query row attends to.
 #[derive(Debug, Clone, Copy)]
@@ -97,7 +98,42 @@ impl Scratch {
     }
 }
 
+/// Runs [`attend_group_generic`] compiled for the widest vector unit the CPU has.
 fn attend_group(
+    q: &[f32],
+    ctx: &QueryContext<'_>,
+    cache: LayerView<'_>,
+    kv_head: usize,
+    shape: AttentionShape,
+    s: &mut Scratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected at run time.
+        return unsafe { attend_group_avx512(q, ctx, cache, kv_head, shape, s) };
+    }
+    attend_group_generic(q, ctx, cache, kv_head, shape, s)
+}
+
+/// The same code as [`attend_group_generic`], vectorised with AVX-512 by the compiler.
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_group_avx512(
+    q: &[f32],
+    ctx: &QueryContext<'_>,
+    cache: LayerView<'_>,
+    kv_head: usize,
+    shape: AttentionShape,
+    s: &mut Scratch,
+) {
+    attend_group_generic(q, ctx, cache, kv_head, shape, s)
+}
+
+#[inline(always)]
+fn attend_group_generic(
     q: &[f32],
     ctx: &QueryContext<'_>,
     cache: LayerView<'_>,
@@ -132,9 +168,13 @@ fn attend_group(
             if rescale != 1.0 {
                 acc.iter_mut().for_each(|a| *a *= rescale);
             }
-            for (score, v) in scores.iter_mut().zip(values.chunks_exact(d)) {
-                let p = (*score - new_max).exp();
-                s.sum[h] += p;
+            let mut block_sum = 0.0;
+            for score in scores.iter_mut() {
+                *score = exp_nonpositive(*score - new_max);
+                block_sum += *score;
+            }
+            s.sum[h] += block_sum;
+            for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
                 for (a, &vv) in acc.iter_mut().zip(v) {
                     *a += p * vv;
                 }
@@ -143,7 +183,7 @@ fn attend_group(
     }
 }
 
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut ac = a.chunks_exact(8);
