@@ -237,7 +237,7 @@ fn window_and_kernel(window: usize, kernel: usize, budget: usize) -> Result<()> 
         ));
     }
     below_budget("eviction.window", window, budget)?;
-    if kernel % 2 == 0 {
+    if kernel.is_multiple_of(2) {
         return Err(invalid(
             "eviction.kernel",
             format!("must be odd (padding kernel/2 keeps the length), got {kernel}"),

@@ -57,7 +57,7 @@ pub fn avg_pool1d(input: &[f32], kernel: usize, count_include_pad: bool, out: &m
 
 fn assert_window(input: &[f32], kernel: usize, out: &[f32]) {
     assert!(
-        kernel % 2 == 1,
+        !kernel.is_multiple_of(2),
         "pooling kernel must be odd (validated policy), got {kernel}"
     );
     assert_eq!(input.len(), out.len(), "pooling keeps the row length");

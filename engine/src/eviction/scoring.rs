@@ -39,7 +39,7 @@ impl<'a> ContiguousKeys<'a> {
     /// Fails when `keys` is not a whole number of `[num_kv_heads, head_dim]` rows.
     pub fn new(keys: &'a [f32], num_kv_heads: usize, head_dim: usize) -> Result<Self> {
         let row = num_kv_heads * head_dim;
-        if row == 0 || keys.len() % row != 0 {
+        if row == 0 || !keys.len().is_multiple_of(row) {
             return Err(shape_error(format!(
                 "keys hold {} floats, not a multiple of num_kv_heads × head_dim = {row}",
                 keys.len()
@@ -260,13 +260,13 @@ fn check_shapes<K: KeySource + ?Sized>(
         num_kv_heads,
         head_dim,
     } = layout;
-    if num_kv_heads == 0 || head_dim == 0 || num_heads % num_kv_heads != 0 {
+    if num_kv_heads == 0 || head_dim == 0 || !num_heads.is_multiple_of(num_kv_heads) {
         return Err(shape_error(format!(
             "{num_heads} query heads cannot be grouped over {num_kv_heads} KV heads of dim {head_dim}"
         )));
     }
     let row = num_heads * head_dim;
-    if request.queries.is_empty() || request.queries.len() % row != 0 {
+    if request.queries.is_empty() || !request.queries.len().is_multiple_of(row) {
         return Err(shape_error(format!(
             "queries hold {} floats, not a positive multiple of num_heads × head_dim = {row}",
             request.queries.len()
