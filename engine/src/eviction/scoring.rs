@@ -220,7 +220,9 @@ fn query_row_probs<K: KeySource + ?Sized>(
         QueryRows::AfterPrompt { extra_keys } => (prompt_len, extra_keys),
     };
     for (entry, p) in probs[..visible_prompt].iter_mut().enumerate() {
-        *p = dot(q, keys.key(kv_head, entry)) * scale;
+        let key = keys.key(kv_head, entry);
+        debug_assert_eq!(key.len(), d, "KeySource returns head_dim floats per key");
+        *p = dot(q, key) * scale;
     }
     let mut len = visible_prompt;
     if let Some(extra) = extra {

@@ -316,6 +316,71 @@ fn gqa_scores_are_the_mean_of_the_group() {
     }
 }
 
+/// Keys scattered over fixed-size blocks in a shuffled order, as a paged cache holds them.
+struct BlockKeys {
+    blocks: Vec<Vec<f32>>,
+    block_table: Vec<usize>,
+    block_size: usize,
+    num_entries: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl KeySource for BlockKeys {
+    fn num_entries(&self) -> usize {
+        self.num_entries
+    }
+
+    fn key(&self, kv_head: usize, entry: usize) -> &[f32] {
+        let block = &self.blocks[self.block_table[entry / self.block_size]];
+        let start = ((entry % self.block_size) * self.num_kv_heads + kv_head) * self.head_dim;
+        &block[start..start + self.head_dim]
+    }
+}
+
+#[test]
+fn scoring_reads_keys_in_place_from_paged_blocks() {
+    let (n, block_size, d) = (22, 4, 4);
+    let layout = HeadLayout {
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: d,
+    };
+    let contiguous = pseudo_random(n * 2 * d, 8);
+    let block_table = vec![5, 0, 3, 1, 4, 2];
+    let mut blocks = vec![vec![0.0; block_size * 2 * d]; block_table.len()];
+    for (logical, &physical) in block_table.iter().enumerate() {
+        let rows = (n - logical * block_size).min(block_size) * 2 * d;
+        let src = logical * block_size * 2 * d;
+        blocks[physical][..rows].copy_from_slice(&contiguous[src..src + rows]);
+    }
+    let paged = BlockKeys {
+        blocks,
+        block_table,
+        block_size,
+        num_entries: n,
+        num_kv_heads: 2,
+        head_dim: d,
+    };
+    let queries = pseudo_random(5 * 4 * d, 9);
+    let request = ScoringRequest {
+        queries: &queries,
+        rows: QueryRows::PromptSuffix,
+        scored_entries: n - 5,
+        reduction: QueryReduction::Sum,
+        pooling: Some(Pooling {
+            pool: Pool::Max,
+            kernel: 7,
+        }),
+    };
+    let from_blocks = score_prompt(layout, &request, &paged).expect("paged scores");
+    let keys = ContiguousKeys::new(&contiguous, 2, d).expect("keys");
+    assert_eq!(
+        from_blocks,
+        score_prompt(layout, &request, &keys).expect("scores")
+    );
+}
+
 #[test]
 fn window_queries_see_only_keys_up_to_their_position() {
     let (n, d) = (6, 2);
