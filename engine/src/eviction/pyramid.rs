@@ -12,6 +12,11 @@
 /// budget). Otherwise layer `l` gets `round(max − l·(max − min)/(L − 1))`, rounding half to even
 /// as Python's `round`. kvpress states the budget as `n·(1 − ratio)`, which is `B` here.
 ///
+/// Consequence of the `min ≥ w` condition (kvpress's, absent from KVCache-Factory, which adds the
+/// window on top of `max − l·steps` instead): unless `B ≥ β·w` or the prompt is short enough for
+/// `max` to clamp (`2B − B/β ≥ n − w`), the pyramid is flat. With the defaults (β = 20, w = 32),
+/// budgets below 640 on long prompts behave exactly as SnapKV.
+///
 /// The sum is `L·B` whenever the pyramid applies: layers `l` and `L−1−l` pair to `2B`, and
 /// half-to-even rounding sends the two halves of such a pair opposite ways.
 pub fn pyramid_budgets(
