@@ -10,6 +10,7 @@ pub mod backend;
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod eviction;
 pub mod loader;
 pub mod math;
 pub mod model;

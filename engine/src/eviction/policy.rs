@@ -1,0 +1,247 @@
+//! Eviction policy configuration: which policy, its knobs, the budget, and what the backend must
+//! compute for it. Validated once, independent of any prompt (STYLE rule 2).
+
+use crate::error::{EngineError, Result};
+
+use super::pooling::{Pool, Pooling};
+use super::scoring::QueryReduction;
+
+/// Which prompt entries a policy looks at, with its knobs. Defaults (constructors below) are
+/// DESIGN §4's, the LookaheadKV paper's baseline settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Keep the whole prompt.
+    Full,
+    /// StreamingLLM: the first `sinks` entries plus the most recent ones. No position shift: kept
+    /// keys keep the rotation of their original positions.
+    StreamingLlm { sinks: usize },
+    /// SnapKV: the last `window` prompt queries' softmax over the prompt keys, summed over the
+    /// window, 1-D pooled (odd `kernel`, padding `kernel / 2`, stride 1); the window is always kept.
+    SnapKv {
+        window: usize,
+        kernel: usize,
+        pool: Pool,
+    },
+    /// PyramidKV: SnapKV scores with a per-layer budget decreasing linearly with depth
+    /// (see [`super::pyramid::pyramid_budgets`]).
+    PyramidKv {
+        window: usize,
+        kernel: usize,
+        pool: Pool,
+        beta: usize,
+    },
+    /// LookaheadKV: the mean over `num_tokens` lookahead queries of their softmax attention to the
+    /// prompt keys; the last `window` prompt entries are kept as well when `window > 0`.
+    Lookahead { num_tokens: usize, window: usize },
+}
+
+impl Policy {
+    /// StreamingLLM with 4 sinks.
+    pub const fn streaming_llm() -> Self {
+        Policy::StreamingLlm { sinks: 4 }
+    }
+
+    /// SnapKV with window 32 and max-pool kernel 7.
+    pub const fn snapkv() -> Self {
+        Policy::SnapKv {
+            window: 32,
+            kernel: 7,
+            pool: Pool::Max,
+        }
+    }
+
+    /// PyramidKV with SnapKV's defaults and β = 20.
+    pub const fn pyramidkv() -> Self {
+        Policy::PyramidKv {
+            window: 32,
+            kernel: 7,
+            pool: Pool::Max,
+            beta: 20,
+        }
+    }
+
+    /// LookaheadKV with 32 lookahead tokens and no window.
+    pub const fn lookahead() -> Self {
+        Policy::Lookahead {
+            num_tokens: 32,
+            window: 0,
+        }
+    }
+
+    /// The policy's name as metrics label it (`glimpse_kv_evicted_tokens_total{policy}`).
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Policy::Full => "full",
+            Policy::StreamingLlm { .. } => "streaming_llm",
+            Policy::SnapKv { .. } => "snapkv",
+            Policy::PyramidKv { .. } => "pyramidkv",
+            Policy::Lookahead { .. } => "lookahead",
+        }
+    }
+
+    /// Entries at the end of the prompt that are always kept.
+    pub const fn window(&self) -> usize {
+        match *self {
+            Policy::Full | Policy::StreamingLlm { .. } => 0,
+            Policy::SnapKv { window, .. }
+            | Policy::PyramidKv { window, .. }
+            | Policy::Lookahead { window, .. } => window,
+        }
+    }
+}
+
+/// A policy with its budget: the number of prompt entries kept per (layer, KV head), window
+/// included (for PyramidKV, the per-layer average).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvictionPolicy {
+    pub policy: Policy,
+    pub budget: usize,
+}
+
+impl Default for EvictionPolicy {
+    /// No eviction.
+    fn default() -> Self {
+        EvictionPolicy {
+            policy: Policy::Full,
+            budget: 0,
+        }
+    }
+}
+
+/// Which queries score the prompt, as the backend must provide them to
+/// [`super::scoring::score_prompt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoringQueries {
+    /// The last `window` prompt rows' queries ([`super::scoring::QueryRows::PromptSuffix`]).
+    PromptWindow { window: usize },
+    /// The lookahead rows' queries, appended after the prompt
+    /// ([`super::scoring::QueryRows::AfterPrompt`]).
+    Lookahead { num_tokens: usize },
+}
+
+/// What scoring a policy needs for one prompt: the same for every layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoringPlan {
+    pub queries: ScoringQueries,
+    /// Leading prompt entries that get a score; the rest (the window) are kept unconditionally.
+    pub scored_entries: usize,
+    pub reduction: QueryReduction,
+    pub pooling: Option<Pooling>,
+}
+
+impl EvictionPolicy {
+    /// Checks the knobs against each other, whatever the prompt. Errors name the field, the limit
+    /// and the value given.
+    pub fn validate(&self) -> Result<()> {
+        let budget = self.budget;
+        match self.policy {
+            Policy::Full => return Ok(()),
+            _ if budget == 0 => {
+                return Err(invalid(
+                    "eviction.budget",
+                    "must be at least 1, got 0".into(),
+                ));
+            }
+            Policy::StreamingLlm { sinks } => below_budget("eviction.sinks", sinks, budget)?,
+            Policy::SnapKv { window, kernel, .. } => {
+                window_and_kernel(window, kernel, budget)?;
+            }
+            Policy::PyramidKv {
+                window,
+                kernel,
+                beta,
+                ..
+            } => {
+                window_and_kernel(window, kernel, budget)?;
+                if beta == 0 {
+                    return Err(invalid("eviction.beta", "must be at least 1, got 0".into()));
+                }
+            }
+            Policy::Lookahead { num_tokens, window } => {
+                if num_tokens == 0 {
+                    return Err(invalid(
+                        "eviction.num_tokens",
+                        "must be at least 1, got 0".into(),
+                    ));
+                }
+                below_budget("eviction.window", window, budget)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a prompt of `prompt_len` entries is evicted at all: prompts no longer than the
+    /// budget (and every prompt under [`Policy::Full`]) are left untouched.
+    pub fn applies_to(&self, prompt_len: usize) -> bool {
+        !matches!(self.policy, Policy::Full) && prompt_len > self.budget
+    }
+
+    /// Entries kept per KV head in each of `num_layers` layers: the budget everywhere except under
+    /// PyramidKV. The caller owes a prompt the policy [`applies_to`](Self::applies_to).
+    pub fn layer_budgets(&self, prompt_len: usize, num_layers: usize) -> Vec<usize> {
+        match self.policy {
+            Policy::PyramidKv { window, beta, .. } => {
+                super::pyramid::pyramid_budgets(self.budget, window, beta, prompt_len, num_layers)
+            }
+            _ => vec![self.budget; num_layers],
+        }
+    }
+
+    /// What the backend must score for this prompt, or `None` when the policy needs no scores
+    /// (Full, StreamingLLM) or the prompt is within budget.
+    pub fn scoring_plan(&self, prompt_len: usize) -> Option<ScoringPlan> {
+        if !self.applies_to(prompt_len) {
+            return None;
+        }
+        let window = self.policy.window();
+        let scored_entries = prompt_len - window;
+        match self.policy {
+            Policy::Full | Policy::StreamingLlm { .. } => None,
+            Policy::SnapKv { kernel, pool, .. } | Policy::PyramidKv { kernel, pool, .. } => {
+                Some(ScoringPlan {
+                    queries: ScoringQueries::PromptWindow { window },
+                    scored_entries,
+                    reduction: QueryReduction::Sum,
+                    pooling: Some(Pooling { pool, kernel }),
+                })
+            }
+            Policy::Lookahead { num_tokens, .. } => Some(ScoringPlan {
+                queries: ScoringQueries::Lookahead { num_tokens },
+                scored_entries,
+                reduction: QueryReduction::Mean,
+                pooling: None,
+            }),
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: String) -> EngineError {
+    EngineError::InvalidParameter { field, message }
+}
+
+fn below_budget(field: &'static str, value: usize, budget: usize) -> Result<()> {
+    if value >= budget {
+        return Err(invalid(
+            field,
+            format!("must be below the budget ({budget}), got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn window_and_kernel(window: usize, kernel: usize, budget: usize) -> Result<()> {
+    if window == 0 {
+        return Err(invalid(
+            "eviction.window",
+            "must be at least 1 (the window's queries score the prompt), got 0".into(),
+        ));
+    }
+    below_budget("eviction.window", window, budget)?;
+    if kernel.is_multiple_of(2) {
+        return Err(invalid(
+            "eviction.kernel",
+            format!("must be odd (padding kernel/2 keeps the length), got {kernel}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,673 @@
+//! Unit tests for the eviction module, and parity with kvpress / the numpy reference on the
+//! committed fixtures (`engine/tests/data/eviction/`, `scripts/fixtures/make_kvpress_fixtures.py`).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::*;
+use crate::error::EngineError;
+
+fn snapkv(window: usize, kernel: usize, pool: Pool, budget: usize) -> EvictionPolicy {
+    EvictionPolicy {
+        policy: Policy::SnapKv {
+            window,
+            kernel,
+            pool,
+        },
+        budget,
+    }
+}
+
+/// A deterministic pseudo-random vector (xorshift), values in [-1, 1).
+fn pseudo_random(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+#[test]
+fn defaults_follow_the_design() {
+    assert_eq!(EvictionPolicy::default().policy, Policy::Full);
+    assert_eq!(Policy::streaming_llm(), Policy::StreamingLlm { sinks: 4 });
+    assert_eq!(
+        Policy::snapkv(),
+        Policy::SnapKv {
+            window: 32,
+            kernel: 7,
+            pool: Pool::Max
+        }
+    );
+    assert!(matches!(
+        Policy::pyramidkv(),
+        Policy::PyramidKv {
+            beta: 20,
+            window: 32,
+            kernel: 7,
+            pool: Pool::Max
+        }
+    ));
+    assert_eq!(
+        Policy::lookahead(),
+        Policy::Lookahead {
+            num_tokens: 32,
+            window: 0
+        }
+    );
+}
+
+#[test]
+fn validation_names_field_limit_and_value() {
+    let cases = [
+        (snapkv(32, 7, Pool::Max, 0), "eviction.budget", "0"),
+        (snapkv(32, 7, Pool::Max, 32), "eviction.window", "32"),
+        (snapkv(0, 7, Pool::Max, 32), "eviction.window", "0"),
+        (snapkv(8, 6, Pool::Max, 32), "eviction.kernel", "6"),
+        (
+            EvictionPolicy {
+                policy: Policy::StreamingLlm { sinks: 4 },
+                budget: 4,
+            },
+            "eviction.sinks",
+            "4",
+        ),
+        (
+            EvictionPolicy {
+                policy: Policy::PyramidKv {
+                    window: 8,
+                    kernel: 7,
+                    pool: Pool::Avg,
+                    beta: 0,
+                },
+                budget: 32,
+            },
+            "eviction.beta",
+            "0",
+        ),
+        (
+            EvictionPolicy {
+                policy: Policy::Lookahead {
+                    num_tokens: 0,
+                    window: 0,
+                },
+                budget: 32,
+            },
+            "eviction.num_tokens",
+            "0",
+        ),
+    ];
+    for (policy, want_field, value) in cases {
+        match policy.validate() {
+            Err(EngineError::InvalidParameter { field, message }) => {
+                assert_eq!(field, want_field, "{policy:?}");
+                assert!(message.ends_with(value), "{field}: {message}");
+            }
+            other => panic!("{policy:?} validated as {other:?}"),
+        }
+    }
+    for policy in [
+        EvictionPolicy::default(),
+        snapkv(32, 7, Pool::Max, 64),
+        EvictionPolicy {
+            policy: Policy::lookahead(),
+            budget: 1,
+        },
+    ] {
+        policy.validate().expect("valid policy");
+    }
+}
+
+#[test]
+fn prompts_within_budget_are_untouched() {
+    let policy = snapkv(4, 3, Pool::Max, 16);
+    assert!(!policy.applies_to(16));
+    assert!(policy.applies_to(17));
+    assert_eq!(policy.scoring_plan(16), None);
+    let selection = policy
+        .select_layer(16, 16, 2, None)
+        .expect("no scores needed");
+    assert_eq!(selection.kept, vec![(0..16).collect::<Vec<_>>(); 2]);
+    let full = EvictionPolicy::default();
+    assert!(!full.applies_to(100_000));
+}
+
+#[test]
+fn streaming_keeps_sinks_and_recent() {
+    let policy = EvictionPolicy {
+        policy: Policy::streaming_llm(),
+        budget: 10,
+    };
+    let selection = policy.select_layer(10, 50, 3, None).expect("streaming");
+    let want: Vec<usize> = (0..4).chain(44..50).collect();
+    assert_eq!(selection.kept, vec![want; 3]);
+}
+
+#[test]
+fn snapkv_always_keeps_the_window() {
+    let (n, window, budget) = (40, 8, 12);
+    let policy = snapkv(window, 7, Pool::Max, budget);
+    // Window scores would lose to everything else if they were ranked: they are not ranked.
+    let mut scores = vec![1.0f32; n - window];
+    scores[3] = 5.0;
+    let scores = KvHeadScores::from_vec(1, n - window, scores).expect("shape");
+    let kept = policy
+        .select_layer(budget, n, 1, Some(&scores))
+        .expect("select");
+    let kept = &kept.kept[0];
+    assert_eq!(kept.len(), budget);
+    assert!((n - window..n).all(|i| kept.contains(&i)));
+    assert!(kept.contains(&3));
+}
+
+#[test]
+fn ties_prefer_the_lower_index() {
+    let scores = [0.5, 1.0, 0.5, 1.0, 0.5, 0.2];
+    assert_eq!(top_k(&scores, 3), vec![0, 1, 3]);
+    assert_eq!(top_k(&scores, 4), vec![0, 1, 2, 3]);
+    assert_eq!(top_k(&scores, 0), Vec::<usize>::new());
+    assert_eq!(top_k(&scores, 9), (0..6).collect::<Vec<_>>());
+}
+
+#[test]
+fn max_pool_matches_torch_padding_semantics() {
+    // torch.nn.functional.max_pool1d(x, 3, stride=1, padding=1) and kernel 5, padding 2.
+    let x = [1.0, 3.0, 2.0, 5.0, 4.0, -1.0];
+    let mut out = [0.0; 6];
+    max_pool1d(&x, 3, &mut out);
+    assert_eq!(out, [3.0, 3.0, 5.0, 5.0, 5.0, 4.0]);
+    max_pool1d(&x, 5, &mut out);
+    assert_eq!(out, [3.0, 5.0, 5.0, 5.0, 5.0, 5.0]);
+    // Padding is −∞, never 0: an all-negative row keeps its values at the edges.
+    let negative = [-3.0, -1.0, -2.0];
+    let mut out = [0.0; 3];
+    max_pool1d(&negative, 3, &mut out);
+    assert_eq!(out, [-1.0, -1.0, -1.0]);
+}
+
+#[test]
+fn avg_pool_matches_torch_padding_semantics() {
+    // torch avg_pool1d(x, 3, stride=1, padding=1, count_include_pad=True / False).
+    let x = [1.0, 3.0, 2.0, 5.0, 4.0];
+    let mut out = [0.0; 5];
+    avg_pool1d(&x, 3, true, &mut out);
+    assert_eq!(out, [4.0 / 3.0, 2.0, 10.0 / 3.0, 11.0 / 3.0, 3.0]);
+    avg_pool1d(&x, 3, false, &mut out);
+    assert_eq!(out, [2.0, 2.0, 10.0 / 3.0, 11.0 / 3.0, 4.5]);
+    pool1d(
+        &x,
+        Pooling {
+            pool: Pool::Avg,
+            kernel: 1,
+        },
+        &mut out,
+    );
+    assert_eq!(out, x);
+}
+
+#[test]
+fn pyramid_budgets_sum_to_uniform_total() {
+    for (budget, window, beta, n, layers) in [
+        (32, 8, 20, 64, 2),
+        (24, 4, 2, 80, 2),
+        (128, 32, 20, 4096, 32),
+        (100, 8, 3, 1000, 7),
+        (2048, 32, 20, 8000, 28),
+    ] {
+        let per_layer = pyramid_budgets(budget, window, beta, n, layers);
+        assert_eq!(per_layer.len(), layers);
+        assert_eq!(
+            per_layer.iter().sum::<usize>(),
+            budget * layers,
+            "{per_layer:?}"
+        );
+        assert!(per_layer.windows(2).all(|w| w[0] >= w[1]), "{per_layer:?}");
+        assert!(per_layer.iter().all(|&b| b >= window && b <= n));
+    }
+    assert_eq!(pyramid_budgets(32, 8, 20, 64, 2), vec![56, 8]);
+    assert_eq!(pyramid_budgets(24, 4, 2, 80, 2), vec![36, 12]);
+}
+
+#[test]
+fn pyramid_falls_back_to_uniform_when_the_shape_does_not_fit() {
+    // min = 24/20 < window 8, and max = 46.8 < n − w: kvpress keeps SnapKV's uniform budget.
+    assert_eq!(pyramid_budgets(24, 8, 20, 64, 3), vec![24; 3]);
+}
+
+fn scores_for(
+    layout: HeadLayout,
+    queries: &[f32],
+    keys: &[f32],
+    rows: QueryRows<'_>,
+    reduction: QueryReduction,
+    pooling: Option<Pooling>,
+    scored_entries: usize,
+) -> KvHeadScores {
+    let keys = ContiguousKeys::new(keys, layout.num_kv_heads, layout.head_dim).expect("keys");
+    let request = ScoringRequest {
+        queries,
+        rows,
+        scored_entries,
+        reduction,
+        pooling,
+    };
+    score_prompt(layout, &request, &keys).expect("scores")
+}
+
+#[test]
+fn gqa_scores_are_the_mean_of_the_group() {
+    let (n, nq, d) = (20, 3, 4);
+    let grouped = HeadLayout {
+        num_heads: 2,
+        num_kv_heads: 1,
+        head_dim: d,
+    };
+    let single = HeadLayout {
+        num_heads: 1,
+        ..grouped
+    };
+    let queries = pseudo_random(nq * 2 * d, 1);
+    let keys = pseudo_random(n * d, 2);
+    let pooling = Some(Pooling {
+        pool: Pool::Max,
+        kernel: 3,
+    });
+    let rows = QueryRows::PromptSuffix;
+    let both = scores_for(
+        grouped,
+        &queries,
+        &keys,
+        rows,
+        QueryReduction::Sum,
+        pooling,
+        n - nq,
+    );
+    let head_queries = |h: usize| -> Vec<f32> {
+        (0..nq)
+            .flat_map(|i| queries[(i * 2 + h) * d..(i * 2 + h + 1) * d].to_vec())
+            .collect()
+    };
+    let h0 = scores_for(
+        single,
+        &head_queries(0),
+        &keys,
+        rows,
+        QueryReduction::Sum,
+        pooling,
+        n - nq,
+    );
+    let h1 = scores_for(
+        single,
+        &head_queries(1),
+        &keys,
+        rows,
+        QueryReduction::Sum,
+        pooling,
+        n - nq,
+    );
+    for j in 0..n - nq {
+        let mean = (h0.head(0)[j] + h1.head(0)[j]) / 2.0;
+        assert!((both.head(0)[j] - mean).abs() <= 1e-6, "entry {j}");
+    }
+}
+
+/// Keys scattered over fixed-size blocks in a shuffled order, as a paged cache holds them.
+struct BlockKeys {
+    blocks: Vec<Vec<f32>>,
+    block_table: Vec<usize>,
+    block_size: usize,
+    num_entries: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl KeySource for BlockKeys {
+    fn num_entries(&self) -> usize {
+        self.num_entries
+    }
+
+    fn key(&self, kv_head: usize, entry: usize) -> &[f32] {
+        let block = &self.blocks[self.block_table[entry / self.block_size]];
+        let start = ((entry % self.block_size) * self.num_kv_heads + kv_head) * self.head_dim;
+        &block[start..start + self.head_dim]
+    }
+}
+
+#[test]
+fn scoring_reads_keys_in_place_from_paged_blocks() {
+    let (n, block_size, d) = (22, 4, 4);
+    let layout = HeadLayout {
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: d,
+    };
+    let contiguous = pseudo_random(n * 2 * d, 8);
+    let block_table = vec![5, 0, 3, 1, 4, 2];
+    let mut blocks = vec![vec![0.0; block_size * 2 * d]; block_table.len()];
+    for (logical, &physical) in block_table.iter().enumerate() {
+        let rows = (n - logical * block_size).min(block_size) * 2 * d;
+        let src = logical * block_size * 2 * d;
+        blocks[physical][..rows].copy_from_slice(&contiguous[src..src + rows]);
+    }
+    let paged = BlockKeys {
+        blocks,
+        block_table,
+        block_size,
+        num_entries: n,
+        num_kv_heads: 2,
+        head_dim: d,
+    };
+    let queries = pseudo_random(5 * 4 * d, 9);
+    let request = ScoringRequest {
+        queries: &queries,
+        rows: QueryRows::PromptSuffix,
+        scored_entries: n - 5,
+        reduction: QueryReduction::Sum,
+        pooling: Some(Pooling {
+            pool: Pool::Max,
+            kernel: 7,
+        }),
+    };
+    let from_blocks = score_prompt(layout, &request, &paged).expect("paged scores");
+    let keys = ContiguousKeys::new(&contiguous, 2, d).expect("keys");
+    assert_eq!(
+        from_blocks,
+        score_prompt(layout, &request, &keys).expect("scores")
+    );
+}
+
+#[test]
+fn window_queries_see_only_keys_up_to_their_position() {
+    let (n, d) = (6, 2);
+    let layout = HeadLayout {
+        num_heads: 1,
+        num_kv_heads: 1,
+        head_dim: d,
+    };
+    // Zero queries: uniform attention over whatever each query sees.
+    let queries = vec![0.0; 2 * d];
+    let keys = pseudo_random(n * d, 3);
+    let s = scores_for(
+        layout,
+        &queries,
+        &keys,
+        QueryRows::PromptSuffix,
+        QueryReduction::Sum,
+        None,
+        n,
+    );
+    // Query 0 sits at position 4 (sees 5 keys), query 1 at position 5 (sees 6).
+    let want = [1.0 / 5.0 + 1.0 / 6.0; 5];
+    for (got, want) in s.head(0)[..5].iter().zip(want) {
+        assert!((got - want).abs() < 1e-6);
+    }
+    assert!((s.head(0)[5] - 1.0 / 6.0).abs() < 1e-6);
+}
+
+#[test]
+fn lookahead_keys_enter_the_denominator_but_are_never_scored() {
+    let (n, m, d) = (5, 3, 2);
+    let layout = HeadLayout {
+        num_heads: 1,
+        num_kv_heads: 1,
+        head_dim: d,
+    };
+    let queries = vec![0.0; m * d];
+    let keys = pseudo_random(n * d, 4);
+    let extra = pseudo_random(m * d, 5);
+    let mean = QueryReduction::Mean;
+    let without = scores_for(
+        layout,
+        &queries,
+        &keys,
+        QueryRows::AfterPrompt { extra_keys: None },
+        mean,
+        None,
+        n,
+    );
+    let with = scores_for(
+        layout,
+        &queries,
+        &keys,
+        QueryRows::AfterPrompt {
+            extra_keys: Some(&extra),
+        },
+        mean,
+        None,
+        n,
+    );
+    // Lookahead query i sees all 5 prompt keys and i + 1 lookahead keys.
+    let want_with = (0..m).map(|i| 1.0 / (n + i + 1) as f32).sum::<f32>() / m as f32;
+    for j in 0..n {
+        assert!((without.head(0)[j] - 0.2).abs() < 1e-6);
+        assert!((with.head(0)[j] - want_with).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn sum_and_mean_over_queries_select_the_same_entries() {
+    let (n, nq, d, budget) = (48, 6, 8, 20);
+    let layout = HeadLayout {
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: d,
+    };
+    let queries = pseudo_random(nq * 4 * d, 6);
+    let keys = pseudo_random(n * 2 * d, 7);
+    let pooling = Some(Pooling {
+        pool: Pool::Avg,
+        kernel: 5,
+    });
+    let policy = snapkv(nq, 5, Pool::Avg, budget);
+    let select = |reduction| {
+        let s = scores_for(
+            layout,
+            &queries,
+            &keys,
+            QueryRows::PromptSuffix,
+            reduction,
+            pooling,
+            n - nq,
+        );
+        policy.select_layer(budget, n, 2, Some(&s)).expect("select")
+    };
+    assert_eq!(select(QueryReduction::Sum), select(QueryReduction::Mean));
+}
+
+#[test]
+fn scoring_rejects_inconsistent_shapes() {
+    let layout = HeadLayout {
+        num_heads: 3,
+        num_kv_heads: 2,
+        head_dim: 4,
+    };
+    let keys = vec![0.0; 10 * 2 * 4];
+    let keys = ContiguousKeys::new(&keys, 2, 4).expect("keys");
+    let request = ScoringRequest {
+        queries: &[0.0; 12],
+        rows: QueryRows::PromptSuffix,
+        scored_entries: 10,
+        reduction: QueryReduction::Sum,
+        pooling: None,
+    };
+    assert!(score_prompt(layout, &request, &keys).is_err());
+    assert!(ContiguousKeys::new(&[0.0; 7], 2, 4).is_err());
+    let policy = snapkv(4, 3, Pool::Max, 8);
+    assert!(policy.select_layer(8, 20, 2, None).is_err());
+}
+
+// ------------------------------------------------------------------ kvpress fixture parity
+
+struct Fixture {
+    doc: Value,
+    tensors: Vec<u8>,
+}
+
+impl Fixture {
+    fn load(model: &str) -> Fixture {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/eviction");
+        let json = std::fs::read_to_string(dir.join(format!("kvpress_{model}.json")))
+            .expect("fixture json");
+        let tensors = std::fs::read(dir.join(format!("kvpress_{model}.safetensors")))
+            .expect("fixture tensors");
+        Fixture {
+            doc: serde_json::from_str(&json).expect("fixture json parses"),
+            tensors,
+        }
+    }
+
+    fn tensor(&self, name: &str) -> Vec<f32> {
+        let st = safetensors::SafeTensors::deserialize(&self.tensors).expect("safetensors");
+        let view = st.tensor(name).expect(name);
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    fn usize(&self, key: &str) -> usize {
+        self.doc[key].as_u64().expect(key) as usize
+    }
+}
+
+fn as_usize(v: &Value) -> usize {
+    v.as_u64().expect("unsigned integer") as usize
+}
+
+fn case_policy(case: &Value) -> EvictionPolicy {
+    let pool = || match case["pool"].as_str() {
+        Some("max") => Pool::Max,
+        Some("avg") => Pool::Avg,
+        other => panic!("pool {other:?}"),
+    };
+    let policy = match case["policy"].as_str().expect("policy") {
+        "snapkv" => Policy::SnapKv {
+            window: as_usize(&case["window"]),
+            kernel: as_usize(&case["kernel"]),
+            pool: pool(),
+        },
+        "pyramidkv" => Policy::PyramidKv {
+            window: as_usize(&case["window"]),
+            kernel: as_usize(&case["kernel"]),
+            pool: pool(),
+            beta: as_usize(&case["beta"]),
+        },
+        "streaming_llm" => Policy::StreamingLlm {
+            sinks: as_usize(&case["sinks"]),
+        },
+        "lookahead" => Policy::Lookahead {
+            num_tokens: as_usize(&case["num_tokens"]),
+            window: 0,
+        },
+        other => panic!("policy {other}"),
+    };
+    EvictionPolicy {
+        policy,
+        budget: as_usize(&case["budget"]),
+    }
+}
+
+fn layer_scores(fx: &Fixture, case: &Value, plan: ScoringPlan, layer: usize) -> KvHeadScores {
+    let layout = HeadLayout {
+        num_heads: fx.usize("num_heads"),
+        num_kv_heads: fx.usize("num_kv_heads"),
+        head_dim: fx.usize("head_dim"),
+    };
+    let keys = fx.tensor(&format!("layers.{layer}.keys"));
+    let extra = fx.tensor(&format!("layers.{layer}.lookahead_keys"));
+    let (queries, rows) = match plan.queries {
+        ScoringQueries::PromptWindow { .. } => (
+            fx.tensor(&format!("layers.{layer}.window_queries")),
+            QueryRows::PromptSuffix,
+        ),
+        ScoringQueries::Lookahead { .. } => {
+            let with_keys = case["with_lookahead_keys"]
+                .as_bool()
+                .expect("denominator choice");
+            (
+                fx.tensor(&format!("layers.{layer}.lookahead_queries")),
+                QueryRows::AfterPrompt {
+                    extra_keys: with_keys.then_some(extra.as_slice()),
+                },
+            )
+        }
+    };
+    scores_for(
+        layout,
+        &queries,
+        &keys,
+        rows,
+        plan.reduction,
+        plan.pooling,
+        plan.scored_entries,
+    )
+}
+
+fn check_fixture(model: &str) {
+    let fx = Fixture::load(model);
+    let (n, layers, kv_heads) = (
+        fx.usize("prompt_len"),
+        fx.usize("num_layers"),
+        fx.usize("num_kv_heads"),
+    );
+    let cases = fx.doc["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 20, "{model}: {} cases", cases.len());
+    for case in cases {
+        let policy = case_policy(case);
+        policy.validate().expect("fixture policy is valid");
+        assert!(policy.applies_to(n));
+        let budgets = policy.layer_budgets(n, layers);
+        if let Some(want) = case["layer_budgets"].as_array() {
+            assert_eq!(
+                budgets,
+                want.iter().map(as_usize).collect::<Vec<_>>(),
+                "{model} {case}"
+            );
+        }
+        for (layer, layer_budget) in budgets.iter().copied().enumerate() {
+            let scores = policy
+                .scoring_plan(n)
+                .map(|plan| layer_scores(&fx, case, plan, layer));
+            let got = policy
+                .select_layer(layer_budget, n, kv_heads, scores.as_ref())
+                .expect("select");
+            let want: Vec<Vec<usize>> = case["kept"][layer]
+                .as_array()
+                .expect("kept per layer")
+                .iter()
+                .map(|h| {
+                    h.as_array()
+                        .expect("kept per head")
+                        .iter()
+                        .map(as_usize)
+                        .collect()
+                })
+                .collect();
+            assert_eq!(
+                got.kept, want,
+                "{model} {} ({}) budget {} layer {layer}",
+                case["policy"], case["source"], case["budget"]
+            );
+        }
+    }
+}
+
+#[test]
+fn selections_match_kvpress_on_llama_gqa() {
+    check_fixture("llama_gqa");
+}
+
+#[test]
+fn selections_match_kvpress_on_qwen3_qknorm() {
+    check_fixture("qwen3_qknorm");
+}
+
+#[test]
+fn selections_match_kvpress_on_llama3_rope_tied() {
+    check_fixture("llama3_rope_tied");
+}
