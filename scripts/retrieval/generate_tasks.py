@@ -17,6 +17,10 @@ Tasks (RULER's retrieval family):
                    "VAR B = VAR A = 482719" (--vt-answer trace, default: one lookup per step, like RULER's
                    answer that lists the chain) or just "482719" (--vt-answer value: all hops at once).
 
+--template compact: needles "The magic number for KEY is: VALUE.", no instruction line and no question
+sentence; the prompt ends with a new line holding the answer prefix alone ("The magic number for KEY is: ",
+"VAR C = ", ...), so retrieval is a content match of the prompt's end against a needle. Same answers.
+
 Tokeniser: byte level (`ByteTokenizer`): <pad>=0, <s>=1, </s>=2, byte b -> 3 + b (vocabulary 259).
 `context_tokens` is the prompt length in tokens including <s>; the generator fills the haystack up to
 the requested length and cuts it at a word boundary, so the actual length is at most the requested one
