@@ -365,7 +365,11 @@ def evaluate(model, a, tasks, device, gen_kw, deadline):
             if deadline and time.time() > deadline:
                 log(f"eval: time budget reached, skipping ctx {ctx} task {task}")
                 continue
-            insts = list(gt.generate(a.eval_seed, [task], ctx, a.eval_num, "test", depths, **gen_kw))
+            try:
+                insts = list(gt.generate(a.eval_seed, [task], ctx, a.eval_num, "test", depths, **gen_kw))
+            except ValueError as e:  # length too short for this task's needles
+                log(f"eval: skipping ctx {ctx} task {task}: {e}")
+                continue
             ok = teacher_forced_exact(model, insts, device, a.eval_tokens_per_batch)
             by_depth = {}
             for x, o in zip(insts, ok):

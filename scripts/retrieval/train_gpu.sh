@@ -23,7 +23,7 @@ exec timeout --signal=TERM --kill-after=10 "${HARD_LIMIT:-230}" "$PYTHON" script
   --out "$OUT" --device cuda --seed 1 \
   --layers 6 --hidden 256 --intermediate 768 --heads 8 --kv-heads 4 --rope-theta 10000 --max-pos 4096 \
   --template compact \
-  --curriculum 256:0.15,512:0.15,1024:0.2,2048:0.5 --mix-shorter 0.2 --tokens-per-step 65536 \
+  --curriculum 256:0.2,512:0.15,1024:0.15,2048:0.5 --mix-shorter 0.2 --tokens-per-step 65536 \
   --first-task-weights 3,2,1,1,1 --task-weights 0.5,1,1.25,1.25,1 --lm-rows 0 --lm-weight 0.3 --lm-scope needles \
   --lr 2e-3 --warmup 150 --min-lr-frac 0.05 --weight-decay 0.05 --grad-clip 1.0 \
   --precision bf16 --deterministic 1 --save-dtype bfloat16 \
