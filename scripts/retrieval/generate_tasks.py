@@ -17,6 +17,10 @@ Tasks (RULER's retrieval family):
                    "VAR B = VAR A = 482719" (--vt-answer trace, default: one lookup per step, like RULER's
                    answer that lists the chain) or just "482719" (--vt-answer value: all hops at once).
 
+--template compact: needles "The magic number for KEY is: VALUE.", no instruction line and no question
+sentence; the prompt ends with a new line holding the answer prefix alone ("The magic number for KEY is: ",
+"VAR C = ", ...), so retrieval is a content match of the prompt's end against a needle. Same answers.
+
 Tokeniser: byte level (`ByteTokenizer`): <pad>=0, <s>=1, </s>=2, byte b -> 3 + b (vocabulary 259).
 `context_tokens` is the prompt length in tokens including <s>; the generator fills the haystack up to
 the requested length and cuts it at a word boundary, so the actual length is at most the requested one
@@ -275,10 +279,13 @@ def random_var(rng, used):
 # Instances
 
 NIAH_PREFIX = "Some special magic numbers are hidden within the following text. Memorize them.\n"
+TEMPLATES = ["ruler", "compact"]
 VT_PREFIX = "Track the chains of variable assignments hidden in the following text.\n"
 
 
-def _needle(key, value):
+def _needle(key, value, template="ruler"):
+    if template == "compact":
+        return f"The magic number for {key} is: {value}."
     return f"One of the special magic numbers for {key} is: {value}."
 
 
@@ -287,10 +294,13 @@ def _join_keys(keys):
 
 
 def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4, num_values=3,
-                  num_queries=3, vt_hops=2, vt_chains=2, vt_answer="trace", digits=6):
+                  num_queries=3, vt_hops=2, vt_chains=2, vt_answer="trace", digits=6, template="ruler"):
     """One instance as a dict. `depth` (percent) places the answer needle; None = uniform random."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; choose from {TEMPLATES}")
+    compact = template == "compact"
     d0 = rng.uniform(0, 100) if depth is None else float(depth)
     used_k, used_v = set(), set()
     needles = []  # (depth, sentence); needles[0] holds the answer
@@ -298,7 +308,7 @@ def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4
         n = 1 if task == "niah_single" else num_keys
         keys = [random_key(rng, used_k) for _ in range(n)]
         vals = [random_value(rng, used_v, digits) for _ in range(n)]
-        needles = [(d0 if i == 0 else rng.uniform(0, 100), _needle(k, v)) for i, (k, v) in enumerate(zip(keys, vals))]
+        needles = [(d0 if i == 0 else rng.uniform(0, 100), _needle(k, v, template)) for i, (k, v) in enumerate(zip(keys, vals))]
         question = f"What is the special magic number for {keys[0]} mentioned in the provided text?"
         answer_prefix = f"The special magic number for {keys[0]} is: "
         answer = vals[0]
@@ -307,7 +317,7 @@ def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4
         key = random_key(rng, used_k)
         vals = [random_value(rng, used_v, digits) for _ in range(num_values)]
         depths = [d0] + [rng.uniform(0, 100) for _ in range(num_values - 1)]
-        needles = [(dp, _needle(key, v)) for dp, v in zip(depths, vals)]
+        needles = [(dp, _needle(key, v, template)) for dp, v in zip(depths, vals)]
         question = f"What are all the special magic numbers for {key} mentioned in the provided text?"
         answer_prefix = f"The special magic numbers for {key} are: "
         answer = None  # order of appearance, known after insertion
@@ -315,7 +325,7 @@ def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4
     elif task == "niah_multiquery":
         keys = [random_key(rng, used_k) for _ in range(num_queries)]
         vals = [random_value(rng, used_v, digits) for _ in range(num_queries)]
-        needles = [(d0 if i == 0 else rng.uniform(0, 100), _needle(k, v)) for i, (k, v) in enumerate(zip(keys, vals))]
+        needles = [(d0 if i == 0 else rng.uniform(0, 100), _needle(k, v, template)) for i, (k, v) in enumerate(zip(keys, vals))]
         question = f"What are all the special magic numbers for {_join_keys(keys)} mentioned in the provided text?"
         answer_prefix = f"The special magic numbers for {_join_keys(keys)} are: "
         answer = ", ".join(vals)
@@ -340,7 +350,11 @@ def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4
         else:
             answer = value
         prefix = VT_PREFIX
-    suffix = f"\n{question}\nAnswer: {answer_prefix}"
+    if compact:  # no instruction line; the question is the answer prefix itself
+        prefix = ""
+        suffix = "\n" + (answer_prefix.replace("special magic", "magic") if task != "vt" else answer_prefix)
+    else:
+        suffix = f"\n{question}\nAnswer: {answer_prefix}"
     fixed = 1 + len(prefix.encode()) + len(suffix.encode()) + sum(len(s.encode()) + 1 for _, s in needles)
     budget = context_tokens - fixed
     if budget < 0:
@@ -353,7 +367,8 @@ def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4
     prompt = prefix + text + suffix
     n_tok = len(prompt.encode("utf-8")) + 1
     return {"prompt": prompt, "answer": answer, "task": task, "context_tokens": n_tok,
-            "depth": depths[0], "needle_depths": depths, "context_tokens_target": context_tokens}
+            "depth": depths[0], "needle_depths": depths, "context_tokens_target": context_tokens,
+            "needles": [sent for _, sent in needles]}
 
 
 def instance_rng(seed, task, context_tokens, split, index):
@@ -399,6 +414,9 @@ def main(argv=None):
     p.add_argument("--vt-chains", type=int, default=2)
     p.add_argument("--vt-answer", default="trace", choices=["trace", "value"])
     p.add_argument("--digits", type=int, default=6)
+    p.add_argument("--template", default="ruler", choices=TEMPLATES,
+                   help="ruler: RULER's long needles, question and answer prefix; compact: short needles, "
+                        "the prompt ends with the answer prefix alone")
     p.add_argument("--lm-samples", type=int, default=0, help="write this many plain haystack samples instead of tasks")
     p.add_argument("--write-tokenizer", default=None, metavar="DIR", help="write tokenizer.json/tokenizer_config.json to DIR and exit")
     p.add_argument("--out", default="-")
@@ -415,7 +433,8 @@ def main(argv=None):
         depths = [float(x) for x in a.depths.split(",")] if a.depths else ([a.depth] if a.depth is not None else None)
         rows = generate(a.seed, tasks, ctxs, a.num, a.split, depths, a.essays, num_keys=a.num_keys,
                         num_values=a.num_values, num_queries=a.num_queries, vt_hops=a.vt_hops,
-                        vt_chains=a.vt_chains, vt_answer=a.vt_answer, digits=a.digits)
+                        vt_chains=a.vt_chains, vt_answer=a.vt_answer, digits=a.digits,
+                        template=a.template)
     for r in rows:
         out.write(json.dumps(r, ensure_ascii=False) + "\n")
     if out is not sys.stdout:

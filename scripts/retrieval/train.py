@@ -96,7 +96,7 @@ def encode_row(inst):
     return p, a
 
 
-def make_batch(seed, step, ctx, bs, tasks, lm_rows, split="train", gen_kw=None, weights=None):
+def make_batch(seed, step, ctx, bs, tasks, lm_rows, split="train", gen_kw=None, weights=None, lm_scope="all"):
     """Returns dict of numpy arrays: inp [bs,T], tgt [bs,T] (-100 = ignore), amask [bs,T] (answer targets),
     task [bs] (index into tasks, -1 = plain text row)."""
     gen_kw = gen_kw or {}
@@ -122,22 +122,33 @@ def make_batch(seed, step, ctx, bs, tasks, lm_rows, split="train", gen_kw=None, 
         assert n <= T, (n, T)
         inp[r, :n] = seq[:-1]
         tgt[r, :n] = seq[1:]
+        if lm_scope == "needles":  # LM targets only inside the needles and the question, never essay text
+            keep = np.zeros(len(seq), dtype=bool)
+            pb = inst["prompt"].encode("utf-8")
+            for sent in inst["needles"]:
+                o = pb.find(sent.encode("utf-8"))
+                keep[1 + o:1 + o + len(sent.encode("utf-8"))] = True
+            keep[1 + len(pb) - len(inst["prompt"].rsplit("\n", 1)[-1].encode("utf-8")) - 1:] = True
+            tgt[r, :n][~keep[1:n + 1]] = -100
         amask[r, len(p) - 1:n] = True
         task_ix[r] = ti
     return {"inp": inp, "tgt": tgt, "amask": amask, "task": task_ix}
 
 
 class StepData(torch.utils.data.Dataset):
-    def __init__(self, plan, seed, tasks, lm_rows, gen_kw, weights=None):
+    def __init__(self, plan, seed, tasks, lm_rows, gen_kw, weights=None, first_weights=None, first_steps=0,
+                 lm_scope="all"):
+        self.lm_scope = lm_scope
         self.plan, self.seed, self.tasks, self.lm_rows, self.gen_kw = plan, seed, tasks, lm_rows, gen_kw
-        self.weights = weights
+        self.weights, self.first_weights, self.first_steps = weights, first_weights, first_steps
 
     def __len__(self):
         return len(self.plan)
 
     def __getitem__(self, step):
         ctx, bs = self.plan[step]
-        b = make_batch(self.seed, step, ctx, bs, self.tasks, self.lm_rows, "train", self.gen_kw, self.weights)
+        w = self.first_weights if (self.first_weights and step < self.first_steps) else self.weights
+        b = make_batch(self.seed, step, ctx, bs, self.tasks, self.lm_rows, "train", self.gen_kw, w, self.lm_scope)
         return {k: torch.from_numpy(v) for k, v in b.items()}
 
 
@@ -240,7 +251,7 @@ def calibrate(model, a, phases, tasks, gen_kw, device, autocast_dtype):
     times = {}
     for ctx, _ in phases:
         bs = max(1, a.tokens_per_step // ctx)
-        b = make_batch(a.seed + 99991, 0, ctx, bs, tasks, a.lm_rows, "train", gen_kw, a.weights)
+        b = make_batch(a.seed + 99991, 0, ctx, bs, tasks, a.lm_rows, "train", gen_kw, a.weights, a.lm_scope)
         b = {k: torch.from_numpy(v) for k, v in b.items()}
         ts = []
         for i in range(2 + a.calib_steps):
@@ -354,7 +365,11 @@ def evaluate(model, a, tasks, device, gen_kw, deadline):
             if deadline and time.time() > deadline:
                 log(f"eval: time budget reached, skipping ctx {ctx} task {task}")
                 continue
-            insts = list(gt.generate(a.eval_seed, [task], ctx, a.eval_num, "test", depths, **gen_kw))
+            try:
+                insts = list(gt.generate(a.eval_seed, [task], ctx, a.eval_num, "test", depths, **gen_kw))
+            except ValueError as e:  # length too short for this task's needles
+                log(f"eval: skipping ctx {ctx} task {task}: {e}")
+                continue
             ok = teacher_forced_exact(model, insts, device, a.eval_tokens_per_batch)
             by_depth = {}
             for x, o in zip(insts, ok):
@@ -407,12 +422,19 @@ def main(argv=None):
     # data
     p.add_argument("--tasks", default="all")
     p.add_argument("--task-weights", default="", help="sampling weights of the tasks, comma-separated (default uniform)")
+    p.add_argument("--first-task-weights", default="",
+                   help="task sampling weights during the first curriculum phase (default: --task-weights)")
     p.add_argument("--curriculum", default="768:0.2,1280:0.2,2048:0.6",
                    help="ctx:share of steps, in order")
     p.add_argument("--mix-shorter", type=float, default=0.2)
     p.add_argument("--tokens-per-step", type=int, default=65536)
     p.add_argument("--lm-rows", type=float, default=0.1, help="share of rows that are plain essay text")
     p.add_argument("--lm-weight", type=float, default=0.2)
+    p.add_argument("--lm-scope", default="all", choices=["all", "needles"],
+                   help="task-row tokens under the --lm-weight loss: all non-answer tokens, or only the needles "
+                        "and the final question line (the keys' second occurrence is a copying target)")
+    p.add_argument("--template", default="ruler", choices=gt.TEMPLATES,
+                   help="task text: RULER's long needles and question, or compact needles ending in the answer prefix")
     # optimisation
     p.add_argument("--steps", type=int, default=0, help="total steps (0 = fit --time-budget-seconds by timing)")
     p.add_argument("--stop-at-step", type=int, default=0, help="stop after this many steps (schedule unchanged)")
@@ -470,7 +492,10 @@ def main(argv=None):
     a.weights = [float(x) for x in a.task_weights.split(",")] if a.task_weights else None
     if a.weights and len(a.weights) != len(tasks):
         raise SystemExit(f"--task-weights needs {len(tasks)} values for {tasks}")
-    gen_kw = {}
+    a.first_weights = [float(x) for x in a.first_task_weights.split(",")] if a.first_task_weights else None
+    if a.first_weights and len(a.first_weights) != len(tasks):
+        raise SystemExit(f"--first-task-weights needs {len(tasks)} values for {tasks}")
+    gen_kw = {"template": a.template}
     phases = parse_curriculum(a.curriculum)
     if max(c for c, _ in phases) + ANS_PAD > a.max_pos:
         raise SystemExit(f"curriculum lengths + {ANS_PAD} answer tokens must fit --max-pos {a.max_pos}")
@@ -505,7 +530,8 @@ def main(argv=None):
         plan.append((ctx, max(1, a.tokens_per_step // ctx)))
     run_steps = min(total, a.stop_at_step) if a.stop_at_step > 0 else total
 
-    ds = StepData(plan, a.seed, tasks, a.lm_rows, gen_kw, a.weights)
+    first_steps = sum(1 for s in range(total) if ctx_for_step(s, total, phases, 0.0, a.seed)[1] == 0)
+    ds = StepData(plan, a.seed, tasks, a.lm_rows, gen_kw, a.weights, a.first_weights, first_steps, a.lm_scope)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(ds, range(run_steps)), batch_size=None, shuffle=False, num_workers=a.workers,
         pin_memory=device.type == "cuda", prefetch_factor=8 if a.workers > 0 else None,
@@ -573,7 +599,7 @@ def main(argv=None):
     # the command that reproduces these weights without timing
     repro = ["python", "scripts/retrieval/train.py"]
     for k, v in vars(a).items():
-        if k in ("steps", "time_budget_seconds", "stop_at_step", "out", "weights", "min_steps",
+        if k in ("steps", "time_budget_seconds", "stop_at_step", "out", "weights", "first_weights", "min_steps",
                  "min_tokens_per_step") or v == "":
             continue
         repro += [f"--{k.replace('_', '-')}", str(v)]
