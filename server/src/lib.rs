@@ -1,0 +1,3 @@
+//! Library side of the `glimpse` binary.
+
+pub mod bench;
