@@ -157,3 +157,154 @@ fn progress_bar(label: &str, len: usize) -> ProgressBar {
         .with_style(style)
         .with_prefix(label.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use glimpse_proto::v1::generation_server::{Generation, GenerationServer};
+    use glimpse_proto::v1::{self, FinishReason, GenerateResponse, KvPolicy, generate_response};
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+    use crate::bench::dataset::PromptInput;
+    use crate::bench::stats;
+
+    /// Streams tokens 7, 8, 9 as "a", "b", "c" and a LENGTH `Final`; refuses `bench-2`.
+    struct FakeServer;
+
+    type Stream = tokio_stream::Iter<std::vec::IntoIter<Result<GenerateResponse, Status>>>;
+
+    #[tonic::async_trait]
+    impl Generation for FakeServer {
+        type GenerateStream = Stream;
+
+        async fn generate(
+            &self,
+            request: Request<v1::GenerateRequest>,
+        ) -> Result<Response<Stream>, Status> {
+            if request.get_ref().request_id.as_deref() == Some("bench-2") {
+                return Err(Status::resource_exhausted("no KV blocks left"));
+            }
+            let chunk = |id: u32, text: &str| {
+                let chunk = v1::Chunk {
+                    token_ids: vec![id],
+                    text: text.into(),
+                    logprobs: vec![],
+                };
+                Ok(GenerateResponse {
+                    kind: Some(generate_response::Kind::Chunk(chunk)),
+                })
+            };
+            let last = v1::Final {
+                finish_reason: FinishReason::Length.into(),
+                usage: Some(v1::Usage {
+                    prompt_tokens: 5,
+                    completion_tokens: 3,
+                    kv_entries_kept: 5,
+                    kv_blocks_freed: 0,
+                }),
+                ..Default::default()
+            };
+            let messages = vec![
+                chunk(7, "a"),
+                chunk(8, "b"),
+                chunk(9, "c"),
+                Ok(GenerateResponse {
+                    kind: Some(generate_response::Kind::Final(last)),
+                }),
+            ];
+            Ok(Response::new(tokio_stream::iter(messages)))
+        }
+
+        async fn tokenize(
+            &self,
+            _: Request<v1::TokenizeRequest>,
+        ) -> Result<Response<v1::TokenizeResponse>, Status> {
+            Err(Status::unimplemented("not faked"))
+        }
+
+        async fn detokenize(
+            &self,
+            _: Request<v1::DetokenizeRequest>,
+        ) -> Result<Response<v1::DetokenizeResponse>, Status> {
+            Err(Status::unimplemented("not faked"))
+        }
+
+        async fn get_model_info(
+            &self,
+            _: Request<v1::GetModelInfoRequest>,
+        ) -> Result<Response<v1::ModelInfo>, Status> {
+            Err(Status::unimplemented("not faked"))
+        }
+    }
+
+    async fn serve_fake() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback bind");
+        let address = listener.local_addr().expect("bound address");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(GenerationServer::new(FakeServer))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn a_run_against_a_fake_server_records_every_request_in_prompt_order() {
+        let client = client::connect(&serve_fake().await)
+            .await
+            .expect("fake server is up");
+        let prompt = Prompt {
+            input: PromptInput::Text("hi".into()),
+            max_tokens: 3,
+            answer: None,
+        };
+        let prompts = vec![prompt; 4];
+        let plan = RunPlan {
+            label: "full".into(),
+            prompts: &prompts,
+            offsets_secs: &[0.0; 4],
+            max_concurrency: Some(2),
+            settings: RequestSettings {
+                temperature: Some(0.0),
+                seed: 0,
+                ignore_eos: false,
+                policy: KvPolicy::Full,
+                budget: None,
+            },
+            num_warmups: 1,
+        };
+        assert_eq!(warm_up(&client, &plan).await, 0);
+        let run = run_policy(&client, &plan, None)
+            .await
+            .expect("no scraper, no scrape error");
+
+        let indices: Vec<usize> = run.records.iter().map(|r| r.index).collect();
+        assert_eq!(indices, [0, 1, 2, 3]);
+        let refused = run.records[2]
+            .outcome
+            .as_ref()
+            .expect_err("bench-2 is refused");
+        assert_eq!(refused.code, "ResourceExhausted");
+        let done = run.records[0].outcome.as_ref().expect("bench-0 completes");
+        assert_eq!(
+            (done.output_ids.as_slice(), done.text.as_str()),
+            (&[7, 8, 9][..], "abc")
+        );
+        assert_eq!(
+            (done.itl_secs.len(), done.prompt_tokens, done.finish_reason),
+            (2, 5, FinishReason::Length)
+        );
+        let intervals: Vec<(f64, f64)> = run
+            .records
+            .iter()
+            .map(|r| (r.start_secs, r.end_secs))
+            .collect();
+        assert!(
+            stats::peak_concurrency(&intervals) <= 2,
+            "--max-concurrency 2 holds"
+        );
+    }
+}
