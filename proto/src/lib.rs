@@ -23,16 +23,32 @@ mod tests {
     use super::v1;
 
     #[test]
-    fn descriptor_set_describes_the_generation_service() {
-        let fds = prost_types_free_decode(v1::FILE_DESCRIPTOR_SET);
-        assert!(fds.contains("glimpse.v1"), "package name missing");
-        assert!(fds.contains("Generation"), "service name missing");
-        assert!(fds.contains("GetModelInfo"), "rpc missing");
-    }
-
-    /// The descriptor is checked as bytes, so this crate needs no `prost-types`.
-    fn prost_types_free_decode(bytes: &[u8]) -> String {
-        String::from_utf8_lossy(bytes).into_owned()
+    fn descriptor_set_describes_the_generation_service_with_its_comments() {
+        let fds = prost_types::FileDescriptorSet::decode(v1::FILE_DESCRIPTOR_SET)
+            .expect("the build script wrote an encoded FileDescriptorSet");
+        let file = fds
+            .file
+            .iter()
+            .find(|f| f.package() == "glimpse.v1")
+            .expect("glimpse.v1 is in the set");
+        let service = &file.service[0];
+        assert_eq!(service.name(), "Generation");
+        let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+        assert_eq!(
+            methods,
+            ["Generate", "Tokenize", "Detokenize", "GetModelInfo"]
+        );
+        assert!(service.method[0].server_streaming());
+        let comments = file
+            .source_code_info
+            .as_ref()
+            .expect("source info is kept for reflection clients");
+        assert!(
+            comments
+                .location
+                .iter()
+                .any(|l| l.leading_comments.is_some())
+        );
     }
 
     #[test]

@@ -1,3 +1,4 @@
-//! Glimpse server library: the engine loop, and (in the binary) the CLI, gRPC service and metrics.
+//! Glimpse server library: the engine loop and the load-test client; the binary adds the CLI.
 
+pub mod bench;
 pub mod engine_loop;

@@ -1,0 +1,461 @@
+//! `glimpse bench`: a load-test client for a running `glimpse serve`, in the manner of
+//! `vllm bench serve`, that compares KV eviction policies side by side.
+//!
+//! Every requested policy runs the same prompts on the same arrival schedule, one policy
+//! after another, so differences in throughput, latency, peak KV usage and (greedy)
+//! agreement with the full cache come from the policy alone. The harness links no engine:
+//! it speaks only the public `glimpse.v1` gRPC API and reads `/metrics`.
+//!
+//! Modules: `schedule` (arrival times), `dataset` (prompts), `client` (one request),
+//! `runner` (one policy run), `scrape` (KV gauges), `stats` and `report` (the numbers).
+
+pub mod client;
+pub mod dataset;
+pub mod report;
+pub mod runner;
+pub mod schedule;
+pub mod scrape;
+pub mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use glimpse_proto::v1::{KvPolicy, ModelInfo};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::Serialize;
+
+use client::{Connection, RequestSettings};
+use dataset::{Prompt, RandomShape, TokenSampler, TokenizedCorpus};
+use report::{BenchReport, ModelSummary, PolicyRun};
+use runner::{RunPlan, Scraper};
+use schedule::ArrivalProcess;
+use scrape::MetricsUrl;
+use stats::Slo;
+
+/// Where prompts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// Random token ids of `--input-len` (± `--range-ratio`).
+    Random,
+    /// Lines of `--dataset-path`: `{"prompt", "max_tokens"?, "answer"?}`.
+    Jsonl,
+    /// Windows of the `.txt` files in `--text-dir`, each ending with `--question`.
+    LongContext,
+    /// A `--prefix-len` random prefix shared by all prompts plus a unique suffix.
+    SharedPrefix,
+}
+
+/// How long-context windows are measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CutBy {
+    /// Exact token counts, using the server's `Tokenize` RPC.
+    Tokens,
+    /// About four characters per token; no tokenizer call.
+    Chars,
+}
+
+/// A KV policy to benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchPolicy {
+    /// Whatever the server uses when a request names none.
+    Default,
+    Full,
+    #[value(alias = "streaming_llm", alias = "streamingllm")]
+    StreamingLlm,
+    Snapkv,
+    Pyramidkv,
+    Lookahead,
+}
+
+impl BenchPolicy {
+    fn wire(self) -> KvPolicy {
+        match self {
+            Self::Default => KvPolicy::Unspecified,
+            Self::Full => KvPolicy::Full,
+            Self::StreamingLlm => KvPolicy::StreamingLlm,
+            Self::Snapkv => KvPolicy::Snapkv,
+            Self::Pyramidkv => KvPolicy::Pyramidkv,
+            Self::Lookahead => KvPolicy::Lookahead,
+        }
+    }
+
+    fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .expect("no variant is skipped")
+            .get_name()
+            .to_owned()
+    }
+}
+
+/// Flags of `glimpse bench`.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct BenchArgs {
+    /// gRPC endpoint of the server.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub endpoint: String,
+    /// Prometheus endpoint of the server; scraped before, during and after each run for
+    /// peak KV usage.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+    /// Milliseconds between scrapes during a run.
+    #[arg(long, default_value_t = 250)]
+    pub scrape_interval_ms: u64,
+    /// Requests per second; `inf` sends all at once.
+    #[arg(long, default_value_t = f64::INFINITY)]
+    pub request_rate: f64,
+    /// Gamma shape of inter-arrival gaps: 1 is Poisson, lower is burstier.
+    #[arg(long, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// Most requests in flight at once (unbounded if unset).
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
+    /// Prompts per policy run.
+    #[arg(long, default_value_t = 100)]
+    pub num_prompts: usize,
+    /// Unrecorded requests sent one by one before each policy run.
+    #[arg(long, default_value_t = 0)]
+    pub num_warmups: usize,
+    /// Seed of prompts, schedule and per-request sampling seeds.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Prompt source.
+    #[arg(long, value_enum, default_value_t = DatasetKind::Random)]
+    pub dataset: DatasetKind,
+    /// JSONL file for `--dataset jsonl`.
+    #[arg(long)]
+    pub dataset_path: Option<PathBuf>,
+    /// Directory of `.txt` files for `--dataset long-context`.
+    #[arg(long)]
+    pub text_dir: Option<PathBuf>,
+    /// Question appended to each long-context prompt.
+    #[arg(
+        long,
+        default_value = "\n\nIn one sentence, what is the main point of the text above?"
+    )]
+    pub question: String,
+    /// How long-context prompts are cut to `--input-len`.
+    #[arg(long, value_enum, default_value_t = CutBy::Tokens)]
+    pub cut_by: CutBy,
+    /// Prompt tokens (random, long-context; the unique suffix for shared-prefix).
+    #[arg(long, default_value_t = 1024)]
+    pub input_len: usize,
+    /// Tokens to generate (jsonl: for lines without `max_tokens`).
+    #[arg(long, default_value_t = 128)]
+    pub output_len: usize,
+    /// Random lengths are uniform in `len·(1 ± ratio)`, ratio in [0, 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub range_ratio: f64,
+    /// Shared prefix tokens for `--dataset shared-prefix`.
+    #[arg(long, default_value_t = 256)]
+    pub prefix_len: usize,
+    /// KV policies to compare, comma-separated; each runs the same prompts in turn.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "full")]
+    pub policies: Vec<BenchPolicy>,
+    /// Prompt KV entries kept per layer and KV head (server default if unset).
+    #[arg(long)]
+    pub budget: Option<u32>,
+    /// Report each policy's greedy agreement with the `full` run (added first if
+    /// missing); needs `--temperature 0`.
+    #[arg(long)]
+    pub compare_to_full: bool,
+    /// Sampling temperature; 0 is greedy, so runs are comparable token for token.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Generate exactly the requested output length, ignoring EOS.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Goodput SLOs in ms, e.g. `ttft:500,tpot:50` (also `e2el`).
+    #[arg(long)]
+    pub slo: Option<Slo>,
+    /// Also write the full report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Flag combinations that cannot run.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ArgsError {
+    #[error("--compare-to-full needs greedy decoding (--temperature 0), got {0}")]
+    CompareNeedsGreedy(f32),
+    #[error("--dataset {dataset} needs {flag}")]
+    Missing {
+        dataset: &'static str,
+        flag: &'static str,
+    },
+    #[error("--{flag} must be at least 1")]
+    Zero { flag: &'static str },
+}
+
+impl BenchArgs {
+    fn validate(&self) -> Result<(), ArgsError> {
+        if self.compare_to_full && self.temperature != 0.0 {
+            return Err(ArgsError::CompareNeedsGreedy(self.temperature));
+        }
+        if self.dataset == DatasetKind::Jsonl && self.dataset_path.is_none() {
+            return Err(ArgsError::Missing {
+                dataset: "jsonl",
+                flag: "--dataset-path",
+            });
+        }
+        if self.dataset == DatasetKind::LongContext && self.text_dir.is_none() {
+            return Err(ArgsError::Missing {
+                dataset: "long-context",
+                flag: "--text-dir",
+            });
+        }
+        for (flag, value) in [
+            ("num-prompts", self.num_prompts),
+            ("max-concurrency", self.max_concurrency.unwrap_or(1)),
+        ] {
+            if value == 0 {
+                return Err(ArgsError::Zero { flag });
+            }
+        }
+        Ok(())
+    }
+
+    /// Policies in run order, each once; `full` first when others are compared to it.
+    fn policy_order(&self) -> Vec<BenchPolicy> {
+        let mut order = Vec::new();
+        if self.compare_to_full {
+            order.push(BenchPolicy::Full);
+        }
+        for &p in &self.policies {
+            if !order.contains(&p) {
+                order.push(p);
+            }
+        }
+        order
+    }
+}
+
+/// Runs the benchmark and prints the report. Fails on bad flags, an unreachable server
+/// or unreadable data; failed requests are counted in the report instead.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let arrival = ArrivalProcess::new(args.request_rate, args.burstiness)?;
+    let scraper = match &args.metrics_url {
+        Some(url) => Some(Scraper {
+            url: url.parse::<MetricsUrl>()?,
+            interval: Duration::from_millis(args.scrape_interval_ms.max(1)),
+        }),
+        None => None,
+    };
+    let mut client = client::connect(&args.endpoint).await?;
+    let info = client::model_info(&mut client).await?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let prompts = build_prompts(&args, &info, &mut client, &mut rng).await?;
+    let offsets = arrival.offsets_secs(prompts.len(), &mut rng);
+
+    let mut runs: Vec<PolicyRun> = Vec::new();
+    for policy in args.policy_order() {
+        let plan = RunPlan {
+            label: policy.name(),
+            prompts: &prompts,
+            offsets_secs: &offsets,
+            max_concurrency: args.max_concurrency,
+            settings: RequestSettings {
+                temperature: Some(args.temperature),
+                seed: args.seed,
+                ignore_eos: args.ignore_eos,
+                policy: policy.wire(),
+                budget: if policy == BenchPolicy::Full {
+                    None
+                } else {
+                    args.budget
+                },
+            },
+            num_warmups: args.num_warmups,
+        };
+        let failed_warmups = runner::warm_up(&client, &plan).await;
+        if failed_warmups > 0 {
+            eprintln!(
+                "{}: {failed_warmups} of {} warm-up requests failed",
+                plan.label, args.num_warmups
+            );
+        }
+        runs.push(runner::run_policy(&client, &plan, scraper.as_ref()).await?);
+    }
+
+    let answers: Vec<Option<&str>> = prompts.iter().map(|p| p.answer.as_deref()).collect();
+    let full = runs
+        .iter()
+        .position(|r| r.policy == BenchPolicy::Full.name())
+        .filter(|_| args.compare_to_full);
+    let reports: Vec<_> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, run)| {
+            let reference = full.filter(|&f| f != i).map(|f| &runs[f]);
+            report::summarize(run, args.slo.as_ref(), &answers, reference)
+        })
+        .collect();
+    println!("{}", report::markdown(&reports));
+    if let Some(path) = &args.json {
+        let report = BenchReport {
+            args: &args,
+            model: model_summary(&info),
+            policies: reports,
+        };
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn model_summary(info: &ModelInfo) -> ModelSummary {
+    ModelSummary {
+        model_name: info.model_name.clone(),
+        architecture: info.architecture.clone(),
+        max_model_len: info.max_model_len,
+        block_size: info.block_size,
+        num_kv_blocks: info.num_kv_blocks,
+        kv_cache_bytes: info.kv_cache_bytes,
+        lookahead_name: info.lookahead_name.clone(),
+    }
+}
+
+/// The prompts of `args.dataset`, `args.num_prompts` of them (jsonl: the first ones).
+async fn build_prompts(
+    args: &BenchArgs,
+    info: &ModelInfo,
+    client: &mut Connection,
+    rng: &mut StdRng,
+) -> anyhow::Result<Vec<Prompt>> {
+    let shape = RandomShape {
+        num_prompts: args.num_prompts,
+        input_len: args.input_len,
+        output_len: args.output_len,
+        range_ratio: args.range_ratio,
+    };
+    let max_tokens = u32::try_from(args.output_len).context("--output-len is too large")?;
+    Ok(match args.dataset {
+        DatasetKind::Random => dataset::random_prompts(
+            shape,
+            &TokenSampler::new(info.vocab_size, &info.eos_token_ids)?,
+            rng,
+        )?,
+        DatasetKind::SharedPrefix => {
+            let tokens = TokenSampler::new(info.vocab_size, &info.eos_token_ids)?;
+            dataset::shared_prefix_prompts(shape, args.prefix_len, &tokens, rng)?
+        }
+        DatasetKind::Jsonl => {
+            let path = args
+                .dataset_path
+                .as_deref()
+                .expect("validated: jsonl has a path");
+            let mut prompts = dataset::load_jsonl(path, max_tokens)?;
+            prompts.truncate(args.num_prompts);
+            prompts
+        }
+        DatasetKind::LongContext => {
+            let dir = args
+                .text_dir
+                .as_deref()
+                .expect("validated: long-context has a dir");
+            let corpus = dataset::read_text_dir(dir)?;
+            match args.cut_by {
+                CutBy::Chars => dataset::long_context_by_chars(
+                    &corpus,
+                    &args.question,
+                    args.input_len,
+                    max_tokens,
+                    args.num_prompts,
+                    rng,
+                )?,
+                CutBy::Tokens => {
+                    let tokenized = TokenizedCorpus {
+                        prefix: client::tokenize(client, "", true).await?,
+                        corpus: client::tokenize(client, &corpus, false).await?,
+                        question: client::tokenize(client, &args.question, false).await?,
+                    };
+                    dataset::long_context_by_tokens(
+                        &tokenized,
+                        args.input_len,
+                        max_tokens,
+                        args.num_prompts,
+                        rng,
+                    )?
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(flags: &[&str]) -> BenchArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))
+            .expect("flags parse")
+            .bench
+    }
+
+    #[test]
+    fn defaults_send_random_prompts_all_at_once_with_the_full_cache() {
+        let args = parse(&[]);
+        assert!(args.request_rate.is_infinite());
+        assert_eq!(args.dataset, DatasetKind::Random);
+        assert_eq!(args.policies, vec![BenchPolicy::Full]);
+        assert_eq!(args.validate(), Ok(()));
+    }
+
+    #[test]
+    fn policies_are_comma_separated_and_full_runs_first_when_compared() {
+        let args = parse(&[
+            "--policies",
+            "lookahead,streaming_llm,snapkv",
+            "--compare-to-full",
+            "--slo",
+            "ttft:500",
+        ]);
+        assert_eq!(
+            args.policy_order(),
+            vec![
+                BenchPolicy::Full,
+                BenchPolicy::Lookahead,
+                BenchPolicy::StreamingLlm,
+                BenchPolicy::Snapkv
+            ]
+        );
+        assert_eq!(args.slo.unwrap().ttft_ms, Some(500.0));
+        assert_eq!(BenchPolicy::StreamingLlm.name(), "streaming-llm");
+    }
+
+    #[test]
+    fn comparing_to_full_refuses_sampled_decoding() {
+        let args = parse(&["--compare-to-full", "--temperature", "0.7"]);
+        assert_eq!(args.validate(), Err(ArgsError::CompareNeedsGreedy(0.7)));
+    }
+
+    #[test]
+    fn file_datasets_need_their_path() {
+        let args = parse(&["--dataset", "long-context"]);
+        assert_eq!(
+            args.validate(),
+            Err(ArgsError::Missing {
+                dataset: "long-context",
+                flag: "--text-dir"
+            })
+        );
+        assert!(
+            parse(&["--dataset", "jsonl", "--dataset-path", "p.jsonl"])
+                .validate()
+                .is_ok()
+        );
+    }
+}
