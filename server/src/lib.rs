@@ -2,3 +2,5 @@
 
 pub mod bench;
 pub mod engine_loop;
+pub mod grpc;
+pub mod metrics;

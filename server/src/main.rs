@@ -1,4 +1,6 @@
-//! The `glimpse` command line: `generate` runs prompts offline through the engine loop.
+//! The `glimpse` command line: `generate` runs prompts offline, `serve` runs the gRPC server,
+//! `health` probes a server,
+//! `bench` load-tests one.
 
 mod cli;
 
@@ -27,6 +29,12 @@ struct Cli {
 enum Command {
     /// Generate completions for one or more prompts offline, through the engine loop.
     Generate(cli::generate::GenerateArgs),
+    /// Serve the gRPC generation API with Prometheus metrics.
+    Serve(cli::serve::ServeArgs),
+    /// Check a server's gRPC health (exit 0 when SERVING).
+    Health(cli::health::HealthArgs),
+    /// Load-test a running server like `vllm bench serve` (a gRPC client; no engine inside).
+    Bench(glimpse_server::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +42,11 @@ fn main() -> anyhow::Result<()> {
     cli::init_logging(cli.log_format);
     match cli.command {
         Command::Generate(args) => cli::generate::run(args),
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Health(args) => cli::health::run(args),
+        Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(glimpse_server::bench::run(args)),
     }
 }

@@ -2,6 +2,8 @@
 //! logging.
 
 pub mod generate;
+pub mod health;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,8 +73,9 @@ pub struct EngineArgs {
     pub max_num_seqs: usize,
 }
 
-/// A loaded tokenizer and an engine core ready to run.
+/// A loaded model and tokenizer, and an engine core ready to run.
 pub struct LoadedEngine {
+    pub model: Model,
     pub tokenizer: Arc<Tokenizer>,
     pub core: EngineCore,
 }
@@ -116,7 +119,11 @@ impl EngineArgs {
             max_num_seqs: self.max_num_seqs,
         };
         let core = EngineCore::new(&model, Arc::clone(&tokenizer), backend, limits)?;
-        Ok(LoadedEngine { tokenizer, core })
+        Ok(LoadedEngine {
+            model,
+            tokenizer,
+            core,
+        })
     }
 }
 

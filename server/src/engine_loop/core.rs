@@ -55,6 +55,8 @@ pub struct CompletedRequest {
 pub struct StepReport {
     pub num_prefill_tokens: usize,
     pub num_decode_tokens: usize,
+    /// Tokens sampled this step (one per sequence that finished a prefill or decoded).
+    pub num_sampled: usize,
     pub num_preempted: usize,
     pub forward_time: Duration,
     /// How the forward pass split between matmuls, attention and the rest.
@@ -322,6 +324,7 @@ impl EngineCore {
                 mask_stop_tokens(logits, eos, &request.stop.stop_token_ids);
             }
             let token = request.sampler.sample(logits);
+            report.num_sampled += 1;
             if let Some(previous) = request.times.last_token {
                 report.inter_token_latencies.push(now - previous);
             }

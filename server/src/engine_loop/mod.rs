@@ -48,11 +48,21 @@ impl EngineHandle {
     /// Submits a request; its events arrive on the returned receiver, ending with `Finished` or
     /// `Error`. Dropping the receiver aborts the request.
     pub fn submit(&self, request: GenerationRequest) -> UnboundedReceiver<StreamEvent> {
+        self.submit_at(request, Instant::now())
+    }
+
+    /// Like [`EngineHandle::submit`], for a request that arrived at `arrival` (TTFT and queue time
+    /// are measured from it, e.g. from gRPC receipt).
+    pub fn submit_at(
+        &self,
+        request: GenerationRequest,
+        arrival: Instant,
+    ) -> UnboundedReceiver<StreamEvent> {
         let (events, receiver) = mpsc::unbounded_channel();
         let command = Command::Submit {
             request,
             events: events.clone(),
-            arrival: Instant::now(),
+            arrival,
         };
         if self.commands.send(command).is_err() {
             let _ = events.send(StreamEvent::Error(RequestError::ShuttingDown));

@@ -1,0 +1,211 @@
+//! `glimpse serve`: the gRPC generation service, the standard health and reflection services and
+//! the Prometheus endpoint, over one engine thread. Health turns SERVING only after the model is
+//! loaded and a warm-up generation succeeded. SIGTERM/SIGINT stop admissions (health NOT_SERVING,
+//! new requests UNAVAILABLE), let running requests finish for a grace period, then exit.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use glimpse_engine::sampling::SamplingParams;
+use glimpse_proto::v1;
+use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions};
+use glimpse_server::grpc::{Admission, GenerationService};
+use glimpse_server::metrics::{self, BuildInfo, EngineMetrics};
+use tonic::transport::Server;
+
+use super::{EngineArgs, LoadedEngine};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Address to bind (use 0.0.0.0 in containers).
+    #[arg(long, default_value = "127.0.0.1", env = "GLIMPSE_HOST")]
+    host: IpAddr,
+    /// gRPC port (0 picks a free one and logs it).
+    #[arg(long, default_value_t = 50051, env = "GLIMPSE_PORT")]
+    port: u16,
+    /// Port of the Prometheus `/metrics` endpoint.
+    #[arg(long, default_value_t = 9400, env = "GLIMPSE_METRICS_PORT")]
+    metrics_port: u16,
+    /// Requests that may wait for a slot beyond `max_num_seqs` running ones; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 1024, env = "GLIMPSE_MAX_WAITING")]
+    max_waiting: usize,
+    /// Seconds running requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30, env = "GLIMPSE_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: u64,
+    /// Name the model is served under (default: its folder name).
+    #[arg(long, env = "GLIMPSE_MODEL_NAME")]
+    model_name: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let LoadedEngine {
+        model,
+        tokenizer,
+        core,
+    } = args.engine.load()?;
+    let geometry = *core.backend().geometry();
+    let model_name = args.model_name.clone().unwrap_or_else(|| {
+        model
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    let metrics_addr = SocketAddr::new(args.host, args.metrics_port);
+    metrics::install(
+        metrics_addr,
+        &BuildInfo {
+            model: &model_name,
+            device: &args.engine.device,
+            block_size: geometry.block_size,
+            num_blocks: geometry.num_blocks,
+            kv_cache_bytes: geometry.total_bytes(),
+            max_model_len: model.config.max_model_len,
+        },
+    )
+    .context("starting the metrics endpoint")?;
+    let (engine, engine_thread) = engine_loop::spawn(core, EngineMetrics);
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_not_serving::<v1::generation_server::GenerationServer<GenerationService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let admission = Arc::new(Admission::new(args.engine.max_num_seqs + args.max_waiting));
+    let model_info = v1::ModelInfo {
+        model_name: model_name.clone(),
+        model_path: model.dir.display().to_string(),
+        architecture: format!("{:?}ForCausalLM", model.config.architecture),
+        vocab_size: model.config.vocab_size as u32,
+        max_model_len: model.config.max_model_len as u32,
+        num_layers: model.config.num_layers as u32,
+        num_kv_heads: model.config.num_kv_heads as u32,
+        block_size: geometry.block_size as u32,
+        num_kv_blocks: geometry.num_blocks as u32,
+        kv_cache_bytes: geometry.total_bytes() as u64,
+        default_policy: Some(v1::KvCachePolicy {
+            policy: v1::KvPolicy::Full.into(),
+            ..Default::default()
+        }),
+        supported_policies: vec![v1::KvPolicy::Full.into()],
+        lookahead_loaded: false,
+        lookahead_name: None,
+        eos_token_ids: model.eos_token_ids(),
+        dtype: "f32".into(),
+        device: args.engine.device.clone(),
+    };
+    let service = GenerationService {
+        engine: engine.clone(),
+        tokenizer: Arc::clone(&tokenizer),
+        generation_defaults: model.generation.clone(),
+        model_info,
+        admission: Arc::clone(&admission),
+    };
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
+        .await
+        .with_context(|| format!("binding gRPC port {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(v1::generation_server::GenerationServer::new(service))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
+    );
+    tracing::info!(grpc = %addr, metrics = %metrics_addr, model = %model_name, "listening");
+
+    warm_up(&engine, &tokenizer)
+        .await
+        .context("warm-up generation failed")?;
+    reporter
+        .set_serving::<v1::generation_server::GenerationServer<GenerationService>>()
+        .await;
+    tracing::info!("warm-up done; serving");
+
+    shutdown_signal().await;
+    tracing::info!(
+        in_flight = admission.in_flight(),
+        "shutting down: draining running requests"
+    );
+    admission.start_draining();
+    reporter
+        .set_not_serving::<v1::generation_server::GenerationServer<GenerationService>>()
+        .await;
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    let drained = tokio::time::timeout(grace, async {
+        while admission.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            in_flight = admission.in_flight(),
+            "grace period over; closing remaining streams"
+        );
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    drop(engine);
+    drop(engine_thread);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// One short greedy generation through the whole engine before reporting SERVING.
+async fn warm_up(
+    engine: &engine_loop::EngineHandle,
+    tokenizer: &glimpse_engine::tokenizer::Tokenizer,
+) -> anyhow::Result<()> {
+    let request = GenerationRequest {
+        prompt_ids: tokenizer.encode("Hello", true)?,
+        sampling: SamplingParams::greedy(),
+        stop: StopConditions {
+            max_tokens: 1,
+            ignore_eos: true,
+            ..StopConditions::default()
+        },
+        skip_special_tokens: true,
+    };
+    engine_loop::collect(engine.submit(request)).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,187 @@
+//! Prometheus metrics (DESIGN §5): names with the `glimpse_` prefix in base units, histograms with
+//! vLLM's bucket edges so dashboards port. The engine thread records through [`EngineMetrics`] (a
+//! [`StepObserver`]); gRPC handlers count errors with [`record_error`]. The exporter serves
+//! `/metrics` on its own port.
+
+use std::net::SocketAddr;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::engine_loop::{EngineCore, StepObserver, StepReport};
+
+/// vLLM's TTFT buckets (seconds).
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+/// vLLM's inter-token latency buckets (seconds).
+const ITL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+/// vLLM's request-latency buckets (seconds): e2e, queue, prefill.
+const REQUEST_LATENCY_BUCKETS: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
+];
+/// Eviction time is milliseconds-scale: the TTFT buckets fit it.
+const EVICTION_BUCKETS: &[f64] = TTFT_BUCKETS;
+/// vLLM's iteration-token buckets.
+const ITERATION_TOKEN_BUCKETS: &[f64] = &[
+    1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+];
+
+pub const TTFT: &str = "glimpse_time_to_first_token_seconds";
+pub const ITL: &str = "glimpse_inter_token_latency_seconds";
+pub const E2E: &str = "glimpse_e2e_request_latency_seconds";
+pub const QUEUE_TIME: &str = "glimpse_request_queue_time_seconds";
+pub const PREFILL_TIME: &str = "glimpse_request_prefill_time_seconds";
+pub const EVICTION_TIME: &str = "glimpse_kv_eviction_seconds";
+pub const PROMPT_TOKENS: &str = "glimpse_request_prompt_tokens";
+pub const GENERATION_TOKENS: &str = "glimpse_request_generation_tokens";
+pub const ITERATION_TOKENS: &str = "glimpse_iteration_tokens";
+
+/// 1-2-5 buckets up to `max` (vLLM's token-count histograms).
+fn one_two_five(max: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut decade = 1.0;
+    while decade <= max as f64 {
+        for m in [1.0, 2.0, 5.0] {
+            if m * decade <= max as f64 {
+                out.push(m * decade);
+            }
+        }
+        decade *= 10.0;
+    }
+    out
+}
+
+/// Static facts exported once as `glimpse_build_info`.
+pub struct BuildInfo<'a> {
+    pub model: &'a str,
+    pub device: &'a str,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub kv_cache_bytes: usize,
+    pub max_model_len: usize,
+}
+
+/// Installs the Prometheus exporter on `addr` and registers every series at zero, so dashboards
+/// and alerts have data before the first request.
+pub fn install(addr: SocketAddr, info: &BuildInfo<'_>) -> anyhow::Result<()> {
+    let token_buckets = one_two_five(info.max_model_len);
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Full(TTFT.into()), TTFT_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(ITL.into()), ITL_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(E2E.into()), REQUEST_LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(QUEUE_TIME.into()), REQUEST_LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(PREFILL_TIME.into()), REQUEST_LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(EVICTION_TIME.into()), EVICTION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(PROMPT_TOKENS.into()), &token_buckets)?
+        .set_buckets_for_metric(Matcher::Full(GENERATION_TOKENS.into()), &token_buckets)?
+        .set_buckets_for_metric(
+            Matcher::Full(ITERATION_TOKENS.into()),
+            ITERATION_TOKEN_BUCKETS,
+        )?
+        .install()?;
+    gauge!(
+        "glimpse_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "model" => info.model.to_string(),
+        "device" => info.device.to_string(),
+        "block_size" => info.block_size.to_string(),
+    )
+    .set(1.0);
+    gauge!("glimpse_kv_blocks_total").set(info.num_blocks as f64);
+    gauge!("glimpse_kv_cache_bytes").set(info.kv_cache_bytes as f64);
+    gauge!("glimpse_kv_blocks_used").set(0.0);
+    gauge!("glimpse_kv_cache_usage_ratio").set(0.0);
+    gauge!("glimpse_num_requests_running").set(0.0);
+    gauge!("glimpse_num_requests_waiting").set(0.0);
+    for name in [
+        "glimpse_prompt_tokens_total",
+        "glimpse_generation_tokens_total",
+        "glimpse_num_preemptions_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    for reason in ["stop", "length", "abort"] {
+        counter!("glimpse_request_success_total", "finished_reason" => reason).absolute(0);
+    }
+    counter!("glimpse_kv_evicted_tokens_total", "policy" => "full").absolute(0);
+    counter!("glimpse_kv_blocks_freed_by_eviction_total", "policy" => "full").absolute(0);
+    for name in [
+        TTFT,
+        ITL,
+        E2E,
+        QUEUE_TIME,
+        PREFILL_TIME,
+        EVICTION_TIME,
+        PROMPT_TOKENS,
+        GENERATION_TOKENS,
+        ITERATION_TOKENS,
+    ] {
+        // Touch each histogram so its series exists from start-up.
+        let _ = histogram!(name);
+    }
+    Ok(())
+}
+
+/// Counts a request that failed with gRPC status `code` (e.g. `INVALID_ARGUMENT`).
+pub fn record_error(code: &'static str) {
+    counter!("glimpse_request_errors_total", "code" => code).increment(1);
+}
+
+/// Records what every engine step did.
+pub struct EngineMetrics;
+
+impl StepObserver for EngineMetrics {
+    fn on_step(&mut self, core: &EngineCore, report: &StepReport) {
+        let scheduler = core.scheduler();
+        let allocator = scheduler.allocator();
+        let geometry = core.backend().geometry();
+        gauge!("glimpse_num_requests_running").set(scheduler.num_running() as f64);
+        gauge!("glimpse_num_requests_waiting").set(scheduler.num_waiting() as f64);
+        gauge!("glimpse_kv_blocks_used").set(allocator.num_used() as f64);
+        gauge!("glimpse_kv_cache_usage_ratio")
+            .set(allocator.num_used() as f64 / geometry.num_blocks as f64);
+        let tokens = report.num_prefill_tokens + report.num_decode_tokens;
+        if tokens > 0 {
+            histogram!(ITERATION_TOKENS).record(tokens as f64);
+        }
+        counter!("glimpse_prompt_tokens_total").increment(report.num_prefill_tokens as u64);
+        counter!("glimpse_generation_tokens_total").increment(report.num_sampled as u64);
+        counter!("glimpse_num_preemptions_total").increment(report.num_preempted as u64);
+        for itl in &report.inter_token_latencies {
+            histogram!(ITL).record(itl.as_secs_f64());
+        }
+        for done in &report.completed {
+            let t = &done.timings;
+            counter!("glimpse_request_success_total", "finished_reason" => done.reason.label())
+                .increment(1);
+            histogram!(E2E).record(t.total.as_secs_f64());
+            histogram!(QUEUE_TIME).record(t.queue.as_secs_f64());
+            histogram!(PROMPT_TOKENS).record(done.usage.prompt_tokens as f64);
+            histogram!(GENERATION_TOKENS).record(done.usage.completion_tokens as f64);
+            if done.usage.completion_tokens > 0 {
+                histogram!(TTFT).record(t.time_to_first_token.as_secs_f64());
+                histogram!(PREFILL_TIME).record(t.prefill.as_secs_f64());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_buckets_follow_one_two_five_up_to_the_limit() {
+        assert_eq!(
+            one_two_five(512),
+            vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]
+        );
+    }
+}
