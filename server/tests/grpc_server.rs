@@ -1,0 +1,393 @@
+//! The real `glimpse serve` binary on loopback with the bundled model, driven by a tonic client:
+//! health, reflection, streamed text, 64 concurrent streams, every invalid parameter's status code,
+//! and a cancelled stream's blocks coming back. (It lives beside the binary so the test can start
+//! it through `CARGO_BIN_EXE_glimpse`.)
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use glimpse_proto::v1::{self, generation_client::GenerationClient};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A server process on free loopback ports, killed on drop.
+struct Server {
+    child: Child,
+    grpc: String,
+    metrics_port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    fn start() -> Self {
+        let (port, metrics_port) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .args([
+                "serve",
+                "--port",
+                &port.to_string(),
+                "--metrics-port",
+                &metrics_port.to_string(),
+            ])
+            .args(["--kv-memory-bytes", "20000000", "--max-waiting", "200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("glimpse serve starts");
+        let server = Self {
+            child,
+            grpc: format!("http://127.0.0.1:{port}"),
+            metrics_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if server.metric("glimpse_kv_blocks_total").is_some()
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not come up");
+    }
+
+    async fn client(&self) -> GenerationClient<Channel> {
+        GenerationClient::connect(self.grpc.clone()).await.unwrap()
+    }
+
+    /// The value of a series (name with labels, as exported) from `/metrics`.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn greedy(text: &str, max_tokens: u32) -> v1::GenerateRequest {
+    v1::GenerateRequest {
+        input: Some(v1::generate_request::Input::Text(text.into())),
+        sampling: Some(v1::SamplingParameters {
+            temperature: Some(0.0),
+            ..Default::default()
+        }),
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    }
+}
+
+/// Streams a request to the end: the text and the final message.
+async fn generate(
+    client: &mut GenerationClient<Channel>,
+    request: v1::GenerateRequest,
+) -> Result<(String, v1::Final), tonic::Status> {
+    let mut stream = client.generate(request).await?.into_inner();
+    let mut text = String::new();
+    while let Some(message) = stream.message().await? {
+        match message.kind {
+            Some(v1::generate_response::Kind::Chunk(c)) => text.push_str(&c.text),
+            Some(v1::generate_response::Kind::Final(f)) => return Ok((text, f)),
+            None => {}
+        }
+    }
+    panic!("the stream ended without a final message")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn health_is_serving_and_reflection_lists_the_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = Server::start();
+    runtime().block_on(async {
+        let channel = Channel::from_shared(server.grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "glimpse.v1.Generation".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            health.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
+
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = responses.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("reflection did not list services");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(
+            names.contains(&"glimpse.v1.Generation".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"grpc.health.v1.Health".to_string()),
+            "{names:?}"
+        );
+    });
+}
+
+#[test]
+fn streamed_text_is_the_offline_greedy_continuation() {
+    let server = Server::start();
+    runtime().block_on(async {
+        let mut client = server.client().await;
+        let (text, last) = generate(&mut client, greedy("Once upon a time", 64))
+            .await
+            .unwrap();
+        let golden: serde_json::Value =
+            serde_json::from_str(include_str!("../../models/stories260K/golden.json")).unwrap();
+        let expected = golden["generation_cases"][1]["greedy_text"]
+            .as_str()
+            .unwrap();
+        assert_eq!(format!("Once upon a time{text}"), expected);
+        assert_eq!(last.finish_reason(), v1::FinishReason::Length);
+        let usage = last.usage.unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 64));
+        let timings = last.timings.unwrap();
+        assert!(timings.time_to_first_token_secs > 0.0);
+        assert!(timings.time_to_first_token_secs <= timings.total_secs);
+    });
+}
+
+#[test]
+fn sixty_four_concurrent_streams_all_complete() {
+    let server = Server::start();
+    runtime().block_on(async {
+        let client = server.client().await;
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let mut client = client.clone();
+                let request = greedy(&format!("Lily and Tom {i}"), 24);
+                tokio::spawn(async move { generate(&mut client, request).await })
+            })
+            .collect();
+        for task in tasks {
+            let (_, last) = task.await.unwrap().unwrap();
+            assert_eq!(last.usage.unwrap().completion_tokens, 24);
+        }
+    });
+    assert_eq!(server.metric("glimpse_kv_blocks_used"), Some(0.0));
+}
+
+#[test]
+fn every_invalid_parameter_gets_its_status_code_naming_the_field() {
+    let server = Server::start();
+    runtime().block_on(async {
+        let mut client = server.client().await;
+        let sampling = |s: v1::SamplingParameters| v1::GenerateRequest {
+            sampling: Some(s),
+            ..greedy("Hi", 4)
+        };
+        let params = v1::SamplingParameters::default;
+        let ids = |ids: Vec<u32>| v1::GenerateRequest {
+            input: Some(v1::generate_request::Input::TokenIds(v1::TokenIds { ids })),
+            ..greedy("", 4)
+        };
+        let cases: Vec<(v1::GenerateRequest, Code, &str)> = vec![
+            (
+                sampling(v1::SamplingParameters {
+                    temperature: Some(-1.0),
+                    ..params()
+                }),
+                Code::InvalidArgument,
+                "temperature",
+            ),
+            (
+                sampling(v1::SamplingParameters {
+                    top_p: Some(1.5),
+                    ..params()
+                }),
+                Code::InvalidArgument,
+                "top_p",
+            ),
+            (
+                sampling(v1::SamplingParameters {
+                    min_p: Some(2.0),
+                    ..params()
+                }),
+                Code::InvalidArgument,
+                "min_p",
+            ),
+            (
+                sampling(v1::SamplingParameters {
+                    repetition_penalty: Some(0.0),
+                    ..params()
+                }),
+                Code::InvalidArgument,
+                "repetition_penalty",
+            ),
+            (
+                sampling(v1::SamplingParameters {
+                    presence_penalty: Some(3.0),
+                    ..params()
+                }),
+                Code::InvalidArgument,
+                "presence_penalty",
+            ),
+            (
+                sampling(v1::SamplingParameters {
+                    frequency_penalty: Some(-3.0),
+                    ..params()
+                }),
+                Code::InvalidArgument,
+                "frequency_penalty",
+            ),
+            (
+                sampling(v1::SamplingParameters {
+                    logprobs: true,
+                    top_logprobs: 100,
+                    ..params()
+                }),
+                Code::InvalidArgument,
+                "logprobs",
+            ),
+            (
+                v1::GenerateRequest {
+                    max_tokens: Some(0),
+                    ..greedy("Hi", 4)
+                },
+                Code::InvalidArgument,
+                "max_tokens",
+            ),
+            (
+                v1::GenerateRequest {
+                    min_tokens: 9,
+                    ..greedy("Hi", 4)
+                },
+                Code::InvalidArgument,
+                "min_tokens",
+            ),
+            (
+                v1::GenerateRequest {
+                    stop: vec![String::new()],
+                    ..greedy("Hi", 4)
+                },
+                Code::InvalidArgument,
+                "stop",
+            ),
+            (
+                v1::GenerateRequest {
+                    stop_token_ids: vec![99_999],
+                    ..greedy("Hi", 4)
+                },
+                Code::InvalidArgument,
+                "stop_token_ids",
+            ),
+            (
+                v1::GenerateRequest {
+                    input: None,
+                    ..greedy("Hi", 4)
+                },
+                Code::InvalidArgument,
+                "input",
+            ),
+            (ids(vec![1, 70_000]), Code::InvalidArgument, "prompt"),
+            (ids(vec![]), Code::InvalidArgument, "prompt"),
+            (greedy("Hi", 600), Code::InvalidArgument, "512"),
+            (
+                v1::GenerateRequest {
+                    kv_cache: Some(v1::KvCachePolicy {
+                        policy: 42,
+                        ..Default::default()
+                    }),
+                    ..greedy("Hi", 4)
+                },
+                Code::InvalidArgument,
+                "kv_cache.policy",
+            ),
+        ];
+        for (request, code, field) in cases {
+            let status = generate(&mut client, request).await.unwrap_err();
+            assert_eq!(status.code(), code, "{field}: {status:?}");
+            assert!(
+                status.message().contains(field),
+                "`{}` does not name `{field}`",
+                status.message()
+            );
+        }
+        // The server keeps serving after all of that.
+        assert!(generate(&mut client, greedy("Hi", 4)).await.is_ok());
+    });
+    assert!(
+        server
+            .metric("glimpse_request_errors_total{code=\"INVALID_ARGUMENT\"}")
+            .unwrap()
+            >= 16.0
+    );
+}
+
+#[test]
+fn a_cancelled_stream_frees_its_blocks() {
+    let server = Server::start();
+    runtime().block_on(async {
+        let mut client = server.client().await;
+        let request = v1::GenerateRequest {
+            ignore_eos: true,
+            ..greedy("Once upon a time", 400)
+        };
+        let mut stream = client.generate(request).await.unwrap().into_inner();
+        for _ in 0..3 {
+            stream.message().await.unwrap().unwrap();
+        }
+        assert!(server.metric("glimpse_kv_blocks_used").unwrap() > 0.0);
+        drop(stream);
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metric("glimpse_kv_blocks_used") != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "blocks still used after the stream was cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        server.metric("glimpse_request_success_total{finished_reason=\"abort\"}"),
+        Some(1.0)
+    );
+}
