@@ -14,3 +14,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests"
 cargo test --workspace --locked
+
+step "deployment files (Prometheus rules, dashboard, Kubernetes manifests, Dockerfiles)"
+scripts/deploy-checks.sh
