@@ -17,3 +17,9 @@ cargo test --workspace --locked
 
 step "deployment files (Prometheus rules, dashboard, Kubernetes manifests, Dockerfiles)"
 scripts/deploy-checks.sh
+
+step "live metrics: real server + real Prometheus + glimpse bench; every dashboard panel returns data"
+scripts/live-metrics-check.sh
+
+step "a Python grpcio client generated from the .proto streams one request"
+scripts/grpc-python-check.sh
