@@ -391,3 +391,46 @@ fn a_cancelled_stream_frees_its_blocks() {
         Some(1.0)
     );
 }
+
+#[test]
+fn sigterm_drains_running_requests_and_refuses_new_ones() {
+    let mut server = Server::start();
+    runtime().block_on(async {
+        let mut client = server.client().await;
+        let request = v1::GenerateRequest {
+            ignore_eos: true,
+            ..greedy("Once upon a time", 480)
+        };
+        let mut running = client.generate(request).await.unwrap().into_inner();
+        running.message().await.unwrap().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let refused = generate(&mut client, greedy("Hi", 4)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        let mut finished = None;
+        while let Some(message) = running.message().await.unwrap() {
+            if let Some(v1::generate_response::Kind::Final(f)) = message.kind {
+                finished = Some(f);
+            }
+        }
+        let finished = finished.expect("the running request finished during the drain");
+        assert_eq!(finished.finish_reason(), v1::FinishReason::Length);
+        assert_eq!(finished.usage.unwrap().completion_tokens, 480);
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "the server exited with {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
