@@ -99,7 +99,7 @@ mod tests {
     fn the_earliest_of_several_stop_strings_wins() {
         assert_eq!(
             stream(&["b", "abc"], &["xxabcd"]),
-            ("xxa".to_string(), Some("b".to_string()))
+            ("xx".to_string(), Some("abc".to_string()))
         );
     }
 
