@@ -161,7 +161,7 @@ impl CpuBackend {
         }
     }
 
-    fn layer(&mut self, layer_index: usize, batch: &ForwardBatch<'_>) {
+    fn layer(&mut self, layer_index: usize, contexts: &[QueryContext<'_>]) {
         let c = &self.config;
         let w = &self.weights.layers[layer_index];
         let b = &mut self.buffers;
@@ -197,14 +197,6 @@ impl CpuBackend {
                 .write(layer_index, slot.block, slot.offset_in_block, k, v);
             b.queries[t * q_width..(t + 1) * q_width].copy_from_slice(q);
         }
-        let contexts: Vec<QueryContext<'_>> = b
-            .slots
-            .iter()
-            .map(|slot| QueryContext {
-                block_table: batch.sequences[slot.sequence].block_table,
-                num_entries: slot.num_entries,
-            })
-            .collect();
         resize(&mut b.attention, tokens * q_width);
         let shape = AttentionShape {
             num_heads: c.num_heads,
@@ -215,7 +207,7 @@ impl CpuBackend {
         };
         paged_attention(
             &b.queries,
-            &contexts,
+            contexts,
             self.cache.layer(layer_index),
             shape,
             &mut b.attention,
@@ -304,8 +296,18 @@ impl Backend for CpuBackend {
         self.buffers.attention_time = Duration::ZERO;
         self.plan_slots(batch);
         self.embed(batch);
+        // What each token attends to is the same in every layer: built once per pass.
+        let contexts: Vec<QueryContext<'_>> = self
+            .buffers
+            .slots
+            .iter()
+            .map(|slot| QueryContext {
+                block_table: batch.sequences[slot.sequence].block_table,
+                num_entries: slot.num_entries,
+            })
+            .collect();
         for layer in 0..self.config.num_layers {
-            self.layer(layer, batch);
+            self.layer(layer, &contexts);
         }
         self.logits(batch, out);
         let (matmul, attention) = (self.buffers.matmul_time, self.buffers.attention_time);
