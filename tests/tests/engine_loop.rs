@@ -10,9 +10,9 @@ use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_server::engine_loop::{
     self, BatchLimits, EngineCore, FinishReason, FinishedEvent, GenerationRequest, RequestError,
-    StopConditions, StreamEvent,
+    StopConditions,
 };
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::unbounded_channel;
 
 fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K")
@@ -42,30 +42,16 @@ fn request(tokenizer: &Tokenizer, prompt: &str, stop: StopConditions) -> Generat
 }
 
 fn run(core: &mut EngineCore, request: GenerationRequest) -> (Vec<u32>, String, FinishedEvent) {
-    let (tx, mut rx) = unbounded_channel();
+    let (tx, rx) = unbounded_channel();
     core.add_request(request, tx, Instant::now()).unwrap();
     while core.has_work() {
         core.step();
     }
-    finish(&mut rx)
-}
-
-fn finish(rx: &mut UnboundedReceiver<StreamEvent>) -> (Vec<u32>, String, FinishedEvent) {
-    let (mut ids, mut text) = (Vec::new(), String::new());
-    while let Ok(event) = rx.try_recv() {
-        match event {
-            StreamEvent::Token(t) => {
-                ids.push(t.token_id);
-                text.push_str(&t.text_delta);
-            }
-            StreamEvent::Finished(f) => {
-                text.push_str(&f.text_delta);
-                return (ids, text, f);
-            }
-            StreamEvent::Error(e) => panic!("{e}"),
-        }
-    }
-    panic!("no final event")
+    // Every event is queued by now; `collect` reads them up to the final one.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(engine_loop::collect(rx)).unwrap()
 }
 
 fn max_tokens(n: usize) -> StopConditions {

@@ -229,13 +229,7 @@ impl EngineCore {
     }
 
     fn stamp_first_scheduled(&mut self, now: Instant) {
-        let plan = &self.plan;
-        let seqs = plan
-            .prefills
-            .iter()
-            .map(|c| c.seq)
-            .chain(plan.decodes.iter().map(|d| d.seq));
-        for seq in seqs {
+        for seq in planned_seqs(&self.plan) {
             if let Some(r) = self.requests.get_mut(&seq) {
                 r.times.first_scheduled.get_or_insert(now);
             }
@@ -247,12 +241,7 @@ impl EngineCore {
         let plan = &self.plan;
         self.tables.clear();
         let mut spans = Vec::with_capacity(plan.prefills.len() + plan.decodes.len());
-        let seqs = plan
-            .prefills
-            .iter()
-            .map(|c| c.seq)
-            .chain(plan.decodes.iter().map(|d| d.seq));
-        for seq in seqs {
+        for seq in planned_seqs(plan) {
             let table = self
                 .scheduler
                 .block_table(seq)
@@ -364,13 +353,7 @@ impl EngineCore {
 
     /// Fails every request of the current plan (after a backend error) and frees their blocks.
     fn fail_planned(&mut self, error: RequestError) {
-        let plan = &self.plan;
-        let seqs: Vec<SeqId> = plan
-            .prefills
-            .iter()
-            .map(|c| c.seq)
-            .chain(plan.decodes.iter().map(|d| d.seq))
-            .collect();
+        let seqs: Vec<SeqId> = planned_seqs(&self.plan).collect();
         for seq in seqs {
             self.scheduler.abort(seq);
             if let Some(request) = self.requests.remove(&seq) {
@@ -378,6 +361,12 @@ impl EngineCore {
             }
         }
     }
+}
+
+/// The sequences a plan runs, in batch order: prefill chunks, then decodes.
+fn planned_seqs(plan: &Plan) -> impl Iterator<Item = SeqId> + '_ {
+    let prefills = plan.prefills.iter().map(|c| c.seq);
+    prefills.chain(plan.decodes.iter().map(|d| d.seq))
 }
 
 /// Keeps a sequence below `min_tokens` from choosing a token that would stop it.

@@ -19,17 +19,17 @@ pub fn prompt_ids(
     add_special_tokens: Option<bool>,
 ) -> Result<Vec<u32>, Status> {
     use v1::generate_request::Input;
-    let internal = |e: glimpse_engine::EngineError| Status::invalid_argument(e.to_string());
+    let invalid = |e: glimpse_engine::EngineError| Status::invalid_argument(e.to_string());
     match input {
         Some(Input::Text(text)) => tokenizer
             .encode(text, add_special_tokens.unwrap_or(true))
-            .map_err(internal),
+            .map_err(invalid),
         Some(Input::TokenIds(ids)) => Ok(ids.ids.clone()),
         Some(Input::Chat(chat)) => {
             let text = render_chat(tokenizer, chat)?;
             tokenizer
                 .encode(&text, add_special_tokens.unwrap_or(false))
-                .map_err(internal)
+                .map_err(invalid)
         }
         None => Err(Status::invalid_argument(
             "invalid `input`: set one of `text`, `token_ids` or `chat`",
