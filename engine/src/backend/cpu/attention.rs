@@ -9,11 +9,34 @@ use super::kv_cache::LayerView;
 use crate::math::exp_nonpositive;
 
 /// What one query row attends to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct QueryContext<'a> {
     pub block_table: &'a [u32],
     /// Number of cache entries attended (the row's own entry is the last one).
     pub num_entries: usize,
+    /// Entries inside `0..num_entries` that are not attended: the unused tail of a compacted
+    /// prefix in a layer that kept fewer entries than the sequence's blocks hold (PyramidKV).
+    /// Empty for every other row.
+    pub skip: std::ops::Range<usize>,
+}
+
+impl QueryContext<'_> {
+    /// Calls `f(block, first_slot, count)` for each run of attended entries that is contiguous
+    /// within one block, in entry order.
+    #[inline(always)]
+    fn for_each_run(&self, block_size: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let skip_start = self.skip.start.min(self.num_entries);
+        let skip_end = self.skip.end.clamp(skip_start, self.num_entries);
+        for range in [0..skip_start, skip_end..self.num_entries] {
+            let mut entry = range.start;
+            while entry < range.end {
+                let (block_index, slot) = (entry / block_size, entry % block_size);
+                let count = (block_size - slot).min(range.end - entry);
+                f(self.block_table[block_index] as usize, slot, count);
+                entry += count;
+            }
+        }
+    }
 }
 
 /// Attention shape parameters.
@@ -143,13 +166,8 @@ fn attend_group_generic(
 ) {
     let (d, bs, group) = (shape.head_dim, shape.block_size, s.group);
     s.reset();
-    for (block_index, &block) in ctx.block_table.iter().enumerate() {
-        let first = block_index * bs;
-        if first >= ctx.num_entries {
-            break;
-        }
-        let n = bs.min(ctx.num_entries - first);
-        let base = cache.head_offset(block as usize, kv_head);
+    ctx.for_each_run(bs, |block, slot, n| {
+        let base = cache.head_offset(block, kv_head) + slot * d;
         let keys = &cache.keys[base..base + n * d];
         let values = &cache.values[base..base + n * d];
         for h in 0..group {
@@ -180,7 +198,7 @@ fn attend_group_generic(
                 }
             }
         }
-    }
+    });
 }
 
 #[inline(always)]

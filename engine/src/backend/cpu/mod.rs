@@ -304,6 +304,7 @@ impl Backend for CpuBackend {
             .map(|slot| QueryContext {
                 block_table: batch.sequences[slot.sequence].block_table,
                 num_entries: slot.num_entries,
+                skip: 0..0,
             })
             .collect();
         for layer in 0..self.config.num_layers {
