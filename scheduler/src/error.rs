@@ -54,6 +54,16 @@ pub enum SchedulerError {
         limit: usize,
         value: usize,
     },
+    /// The request's last prefill chunk (scoring window plus lookahead rows) needs more rows
+    /// than one step may batch.
+    #[error(
+        "{seq}: the last prefill chunk needs {value} rows (eviction window + lookahead rows) but a step batches at most {limit} (max_num_batched_tokens)"
+    )]
+    LastChunkExceedsBudget {
+        seq: SeqId,
+        limit: usize,
+        value: usize,
+    },
     /// At its largest (a full recompute after preemption) the request needs more blocks than
     /// the whole pool holds, so it could never run to completion.
     #[error("{seq}: needs up to {value} KV blocks but the pool holds {limit}")]

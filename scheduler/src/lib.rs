@@ -14,7 +14,7 @@
 //! use glimpse_scheduler::{Request, Scheduler, SchedulerConfig, SeqId, SeqOutput, StepResult};
 //!
 //! let mut scheduler = Scheduler::new(SchedulerConfig::default())?;
-//! scheduler.add(Request { id: SeqId(7), num_prompt_tokens: 100, max_tokens: 2 })?;
+//! scheduler.add(Request { id: SeqId(7), num_prompt_tokens: 100, max_tokens: 2, last_chunk: Default::default() })?;
 //! while scheduler.has_unfinished() {
 //!     let plan = scheduler.schedule();
 //!     // The engine runs `plan` here: each chunk's tokens go to positions `first_position..`
@@ -47,4 +47,4 @@ pub use ids::{BlockId, SeqId};
 pub use plan::{DecodeStep, FinishedSeq, Plan, PrefillChunk, SeqOutput, StepResult};
 pub use pool_sizing::{KvPoolSize, num_blocks_for_budget};
 pub use scheduler::{EvictionOutcome, Scheduler};
-pub use sequence::{FinishReason, Request, SeqStatus, SequenceInfo};
+pub use sequence::{FinishReason, LastChunk, Request, SeqStatus, SequenceInfo};

@@ -51,7 +51,8 @@ pub struct Plan {
     pub preempted: Vec<SeqId>,
     /// Finished or aborted since the previous plan.
     pub finished: Vec<FinishedSeq>,
-    /// Tokens in `prefills` and `decodes` together; at most `max_num_batched_tokens`.
+    /// Rows of work in `prefills` and `decodes` together, last chunks' extra rows
+    /// ([`crate::LastChunk::extra_rows`]) included; at most `max_num_batched_tokens`.
     pub num_batched_tokens: usize,
 }
 

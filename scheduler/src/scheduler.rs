@@ -156,6 +156,14 @@ impl Scheduler {
                 value: peak_blocks,
             });
         }
+        let last_chunk = request.last_chunk.min_tokens.max(1) + request.last_chunk.extra_rows;
+        if last_chunk > self.config.max_num_batched_tokens {
+            return Err(SchedulerError::LastChunkExceedsBudget {
+                seq,
+                limit: self.config.max_num_batched_tokens,
+                value: last_chunk,
+            });
+        }
         if self.seqs.contains_key(&seq) {
             return Err(SchedulerError::DuplicateSequence { seq });
         }
@@ -210,26 +218,34 @@ impl Scheduler {
             plan.finished.push(FinishedSeq { seq, reason });
         }
         let mut budget = self.config.max_num_batched_tokens;
-        self.schedule_running(plan, &mut budget);
+        let prefill_waits = self.schedule_running(plan, &mut budget);
         // vLLM's rule. Reserving prompts whole already implies it (the victim requeued at the
         // head needs more blocks than its preemption left free), the check keeps it explicit.
-        if plan.preempted.is_empty() {
+        if plan.preempted.is_empty() && !prefill_waits {
             self.admit_waiting(plan, &mut budget);
         }
         plan.num_batched_tokens = self.config.max_num_batched_tokens - budget;
     }
 
-    /// Step 1 of the policy; preemptions land in `plan.preempted`.
-    fn schedule_running(&mut self, plan: &mut Plan, budget: &mut usize) {
+    /// Step 1 of the policy; preemptions land in `plan.preempted`. Returns whether a prefill
+    /// is left unfinished this step (a partial chunk, or a last chunk whose window or extra
+    /// rows did not fit): later prefills then wait too, so no request overtakes an earlier one
+    /// to its first token.
+    fn schedule_running(&mut self, plan: &mut Plan, budget: &mut usize) -> bool {
+        let mut prefill_waits = false;
         let mut index = 0;
         while index < self.running.len() && *budget > 0 {
             let id = self.running[index];
             let seq = &self.seqs[&id];
-            if seq.awaiting_output {
+            if seq.awaiting_output || (prefill_waits && seq.is_prefilling()) {
                 index += 1;
                 continue;
             }
-            let num_tokens = seq.num_uncomputed_tokens().min(*budget);
+            let Some((num_tokens, cost)) = seq.next_chunk(*budget) else {
+                prefill_waits |= seq.is_prefilling();
+                index += 1;
+                continue;
+            };
             let blocks_needed = self
                 .config
                 .blocks_for(
@@ -246,9 +262,12 @@ impl Scheduler {
                 .expect("running sequence is known; a bug");
             seq.block_table.grow(blocks_needed, &mut self.allocator);
             Self::push_work(seq, num_tokens, plan);
-            *budget -= num_tokens;
+            // A prefill that did not finish keeps the rest of the step from later prefills.
+            prefill_waits |= seq.is_prefilling();
+            *budget -= cost;
             index += 1;
         }
+        prefill_waits
     }
 
     /// Preempts the newest running sequences until `blocks` are free for `id`.
@@ -280,14 +299,23 @@ impl Scheduler {
             if !self.allocator.can_allocate(prefill_blocks) {
                 break;
             }
+            seq.num_prefill_tokens = seq.num_tokens();
+            let Some((num_tokens, cost)) = seq.next_chunk(*budget) else {
+                // Too little budget left for even a first chunk: admitted next step (FCFS).
+                seq.num_prefill_tokens = 0;
+                break;
+            };
             self.waiting.pop_front();
             seq.status = SeqStatus::Running;
-            seq.num_prefill_tokens = seq.num_tokens();
             seq.block_table.grow(prefill_blocks, &mut self.allocator);
-            let num_tokens = seq.num_prefill_tokens.min(*budget);
             Self::push_work(seq, num_tokens, plan);
-            *budget -= num_tokens;
+            let unfinished = seq.is_prefilling();
+            *budget -= cost;
             self.running.push(id);
+            if unfinished {
+                // As in step 1: nobody admitted later may finish a prefill before this one.
+                break;
+            }
         }
     }
 

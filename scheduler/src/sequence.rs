@@ -22,6 +22,20 @@ pub struct Request {
     pub num_prompt_tokens: usize,
     /// Most tokens to generate; the sequence finishes with [`FinishReason::Length`] there.
     pub max_tokens: usize,
+    /// What the engine's last prefill chunk of this request needs (KV eviction).
+    pub last_chunk: LastChunk,
+}
+
+/// Constraints on a request's last prefill chunk, which is where the engine scores and evicts
+/// the prompt's KV entries (DESIGN §4). The default asks for nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LastChunk {
+    /// Prompt tokens the last chunk must hold: SnapKV and PyramidKV score with the queries of
+    /// the last `window` prompt tokens, which exist only in the pass that computes them.
+    pub min_tokens: usize,
+    /// Rows of work the last chunk adds beyond its tokens (LookaheadKV's lookahead rows); they
+    /// count against the step's token budget like tokens do.
+    pub extra_rows: usize,
 }
 
 /// Why a sequence finished.
@@ -68,6 +82,7 @@ pub(crate) struct Sequence {
     pub arrival: u64,
     pub num_prompt_tokens: usize,
     pub max_tokens: usize,
+    pub last_chunk: LastChunk,
     pub num_output_tokens: usize,
     pub num_computed_tokens: usize,
     pub num_cached_entries: usize,
@@ -87,6 +102,7 @@ impl Sequence {
             arrival,
             num_prompt_tokens: request.num_prompt_tokens,
             max_tokens: request.max_tokens,
+            last_chunk: request.last_chunk,
             num_output_tokens: 0,
             num_computed_tokens: 0,
             num_cached_entries: 0,
@@ -110,6 +126,26 @@ impl Sequence {
     /// Whether the current prefill still has tokens to compute.
     pub fn is_prefilling(&self) -> bool {
         self.num_computed_tokens < self.num_prefill_tokens
+    }
+
+    /// Tokens to compute this step with `budget` tokens left, and the budget they use; `None`
+    /// when the sequence must wait for a step with more budget. A prefill that cannot finish
+    /// this step leaves at least [`LastChunk::min_tokens`] for its last chunk, and the last
+    /// chunk also pays for [`LastChunk::extra_rows`].
+    pub fn next_chunk(&self, budget: usize) -> Option<(usize, usize)> {
+        let remaining = self.num_uncomputed_tokens();
+        if !self.is_prefilling() {
+            return (budget > 0).then_some((remaining.min(budget), remaining.min(budget)));
+        }
+        let LastChunk {
+            min_tokens,
+            extra_rows,
+        } = self.last_chunk;
+        if remaining + extra_rows <= budget {
+            return Some((remaining, remaining + extra_rows));
+        }
+        let num_tokens = budget.min(remaining.saturating_sub(min_tokens.max(1)));
+        (num_tokens > 0).then_some((num_tokens, num_tokens))
     }
 
     /// Cache entries the sequence must have blocks for right now: those held plus, while

@@ -15,6 +15,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 use super::*;
 use crate::plan::SeqOutput;
+use crate::sequence::LastChunk;
 
 /// One request of a workload and what the engine will do to it.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ struct Arrival {
     max_tokens: usize,
     /// Kept share of the cache (per mille) after each last prefill chunk, if evicting.
     keep_per_mille: Option<usize>,
+    /// What the last prefill chunk needs (a scoring window, lookahead rows).
+    last_chunk: LastChunk,
     /// Generated token count at which the engine reports a stop.
     stop_after: Option<usize>,
     /// Steps after arrival at which the caller aborts.
@@ -50,14 +53,28 @@ fn arrival() -> impl Strategy<Value = Arrival> {
         prop::option::weighted(0.4, 0usize..=1000),
         prop::option::weighted(0.3, 1usize..12),
         prop::option::weighted(0.15, 0usize..30),
+        prop::option::weighted(0.4, (0usize..12, 0usize..12)),
     )
         .prop_map(
-            |(step, num_prompt_tokens, max_tokens, keep_per_mille, stop_after, abort_after)| {
+            |(
+                step,
+                num_prompt_tokens,
+                max_tokens,
+                keep_per_mille,
+                stop_after,
+                abort_after,
+                needs,
+            )| {
+                let (min_tokens, extra_rows) = needs.unwrap_or_default();
                 Arrival {
                     step,
                     num_prompt_tokens,
                     max_tokens,
                     keep_per_mille,
+                    last_chunk: LastChunk {
+                        min_tokens,
+                        extra_rows,
+                    },
                     stop_after,
                     abort_after,
                 }
@@ -103,6 +120,11 @@ fn check_refusal(config: &SchedulerConfig, a: &Arrival, error: SchedulerError) {
             );
             assert!(value > limit);
         }
+        SchedulerError::LastChunkExceedsBudget { limit, value, .. } => {
+            let needs = a.last_chunk.min_tokens.max(1) + a.last_chunk.extra_rows;
+            assert_eq!((limit, value), (config.max_num_batched_tokens, needs));
+            assert!(value > limit);
+        }
         other => panic!("unexpected refusal {other:?}"),
     }
 }
@@ -141,6 +163,7 @@ impl Sim<'_> {
                 id: seq,
                 num_prompt_tokens: a.num_prompt_tokens,
                 max_tokens: a.max_tokens,
+                last_chunk: a.last_chunk,
             };
             match self.sched.add(request) {
                 Ok(()) => {
@@ -176,8 +199,15 @@ impl Sim<'_> {
     /// Checks the plan against the mirror and the limits, advancing the mirror.
     fn check_plan(&mut self, plan: &Plan) {
         let config = self.sched.config().clone();
-        let tokens: usize =
-            plan.prefills.iter().map(|c| c.num_tokens).sum::<usize>() + plan.decodes.len();
+        let extra_rows: usize = plan
+            .prefills
+            .iter()
+            .filter(|c| c.is_last_chunk)
+            .map(|c| self.arrivals[c.seq.0 as usize].last_chunk.extra_rows)
+            .sum();
+        let tokens: usize = plan.prefills.iter().map(|c| c.num_tokens).sum::<usize>()
+            + plan.decodes.len()
+            + extra_rows;
         assert_eq!(tokens, plan.num_batched_tokens);
         assert!(
             tokens <= config.max_num_batched_tokens,
@@ -220,6 +250,15 @@ impl Sim<'_> {
                 chunk.seq
             );
             assert_eq!(chunk.is_last_chunk, mirror.computed == known);
+            if chunk.is_last_chunk && chunk.first_position > 0 {
+                assert!(
+                    chunk.num_tokens >= a.last_chunk.min_tokens,
+                    "{}: a split prefill's last chunk of {} tokens misses its window of {}",
+                    chunk.seq,
+                    chunk.num_tokens,
+                    a.last_chunk.min_tokens
+                );
+            }
             seen.push((chunk.seq, chunk.first_cache_entry + chunk.num_tokens));
         }
         for decode in &plan.decodes {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::plan::SeqOutput;
+use crate::sequence::LastChunk;
 
 fn scheduler(config: SchedulerConfig) -> Scheduler {
     Scheduler::new(config).expect("test config is valid")
@@ -22,6 +23,7 @@ fn request(id: u64, num_prompt_tokens: usize, max_tokens: usize) -> Request {
         id: SeqId(id),
         num_prompt_tokens,
         max_tokens,
+        last_chunk: LastChunk::default(),
     }
 }
 
@@ -491,4 +493,60 @@ fn decodes_beyond_the_token_budget_wait_for_the_next_step_in_arrival_order() {
     let plan = step(&mut sched);
     let decoded: Vec<SeqId> = plan.decodes.iter().map(|d| d.seq).collect();
     assert_eq!(decoded, [SeqId(1), SeqId(2)]);
+}
+
+fn request_with(id: u64, prompt: usize, min_tokens: usize, extra_rows: usize) -> Request {
+    Request {
+        last_chunk: LastChunk {
+            min_tokens,
+            extra_rows,
+        },
+        ..request(id, prompt, 4)
+    }
+}
+
+#[test]
+fn a_split_prefill_leaves_its_scoring_window_for_the_last_chunk() {
+    let mut sched = Scheduler::new(SchedulerConfig {
+        max_num_batched_tokens: 16,
+        ..small_config()
+    })
+    .unwrap();
+    sched.add(request_with(1, 40, 10, 0)).unwrap();
+    let chunks: Vec<usize> = (0..3)
+        .map(|_| {
+            let plan = sched.schedule();
+            plan.prefills[0].num_tokens
+        })
+        .collect();
+    // 16 + 14 leaves exactly the window of 10 for the last chunk.
+    assert_eq!(chunks, [16, 14, 10]);
+}
+
+#[test]
+fn lookahead_rows_count_against_the_step_budget() {
+    let mut sched = Scheduler::new(SchedulerConfig {
+        max_num_batched_tokens: 20,
+        ..small_config()
+    })
+    .unwrap();
+    sched.add(request_with(1, 12, 0, 8)).unwrap();
+    sched.add(request_with(2, 12, 0, 8)).unwrap();
+    let plan = sched.schedule();
+    // 12 tokens + 8 lookahead rows fill the budget: the second request waits for the next step.
+    assert_eq!(plan.prefills.len(), 1);
+    assert!(plan.prefills[0].is_last_chunk);
+    assert_eq!(plan.num_batched_tokens, 20);
+    let error = sched.add(request_with(3, 12, 16, 8)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            SchedulerError::LastChunkExceedsBudget {
+                limit: 20,
+                value: 24,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
 }

@@ -151,6 +151,7 @@ impl EngineCore {
                 id: seq,
                 num_prompt_tokens: request.prompt_ids.len(),
                 max_tokens: request.stop.max_tokens,
+                last_chunk: Default::default(),
             })
             .map_err(|e| RequestError::TooLong {
                 message: e.to_string(),
