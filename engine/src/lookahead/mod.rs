@@ -3,11 +3,25 @@
 //! on those appended rows. Their attention to the prompt keys scores which prompt entries the
 //! answer will need.
 //!
-//! This module owns the module's parameters in host memory ([`LookaheadModule`]) and a seeded random
-//! initialisation for tests and benchmarks ([`LookaheadModule::random`]). It must not know how the
-//! forward pass applies the adapters, how scores become a selection, or how the module is trained:
-//! those read the public fields. A module belongs to one base model, named by its [`BaseModelIdentity`].
+//! This module owns the module's parameters in host memory ([`LookaheadModule`]), its file format
+//! (one safetensors file, see [`LookaheadModule::save`]) and a seeded random initialisation for tests
+//! and benchmarks ([`LookaheadModule::random`]). It must not know how the forward pass applies the
+//! adapters, how scores become a selection, or how the module is trained: those read the public
+//! fields. A module belongs to one base model, checked by [`BaseModelIdentity`] on load.
+//!
+//! # File format
+//! One safetensors file, so PEFT-style tooling can read it and the weights loader's dtype handling
+//! applies. Tensors (written as f32; f32, bf16 and f16 are read, widened to f32):
+//! - `lookahead.embeddings`: `[num_tokens, hidden_size]`;
+//! - `layers.{l}.{q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj}.lora_A`: `[rank, in]`;
+//! - `layers.{l}.{…}.lora_B`: `[out, rank]`.
+//!
+//! `__metadata__` (strings): `format` = `glimpse-lookahead`, `format_version` = `1`, `num_tokens`,
+//! `rank`, `alpha`, `base_model` (the base model's name) and `base_model_hash` (see
+//! [`crate::model::Model::identity`]). Other metadata keys are ignored, so later writers may add
+//! some; any other tensor is refused, so a file meant for a different format is not half-loaded.
 
+mod file;
 mod random;
 #[cfg(test)]
 mod tests;
@@ -22,7 +36,7 @@ use crate::config::ModelConfig;
 /// linear layer computes `y = W·x + scale()·B·(A·x)`; prompt rows never see the adapters, so the
 /// prompt's KV cache and first token are the same with and without the module.
 ///
-/// Invariant (kept by [`LookaheadModule::random`]): every tensor has
+/// Invariant (kept by [`LookaheadModule::load`] and [`LookaheadModule::random`]): every tensor has
 /// the shape its field documents for this `num_tokens`, `rank`, `hidden_size` and base model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LookaheadModule {
@@ -118,7 +132,8 @@ pub enum Projection {
 }
 
 impl Projection {
-    /// Every projection, in decoder order; random initialisation walks this list.
+    /// Every projection, in decoder order; file writers, loaders and random initialisation all walk
+    /// this list.
     pub const ALL: [Projection; 7] = [
         Self::Q,
         Self::K,
