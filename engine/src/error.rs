@@ -44,6 +44,12 @@ pub enum EngineError {
         tensor: String,
         dtype: String,
     },
+    /// A LookaheadKV module file does not hold together or does not belong to the model it is
+    /// loaded for: bad metadata, a layer count or rank that does not fit, non-finite values,
+    /// unexpected tensors, or another base model's hash. Shape and missing-tensor problems use
+    /// [`Self::TensorShape`] and [`Self::MissingTensor`] like model weights do.
+    #[error("{path}: lookahead module: {message}")]
+    LookaheadFile { path: PathBuf, message: String },
     /// The tokenizer files could not be loaded or used.
     #[error("tokenizer: {message}")]
     Tokenizer { message: String },

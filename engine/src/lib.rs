@@ -2,7 +2,9 @@
 //!
 //! It loads a Hugging Face model folder ([`model::Model`]), runs the Llama-family forward pass over a
 //! paged KV cache for a varlen batch of sequences ([`backend::Backend`]), samples
-//! ([`sampling`]), and turns token ids back into streamed text ([`tokenizer`]). It knows nothing of
+//! ([`sampling`]), and turns token ids back into streamed text ([`tokenizer`]). It also owns the KV
+//! eviction policies ([`eviction`]) and the LookaheadKV module they can score with ([`lookahead`]),
+//! because both work on the model's own activations. It knows nothing of
 //! scheduling policy, the network or metrics exporters: callers hand it a [`batch::ForwardBatch`] and
 //! get logits back.
 
@@ -12,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod eviction;
 pub mod loader;
+pub mod lookahead;
 pub mod math;
 pub mod model;
 pub mod sampling;

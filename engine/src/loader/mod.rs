@@ -8,6 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
@@ -116,25 +117,36 @@ impl WeightFiles {
             path: file.path.clone(),
             message: e.to_string(),
         })?;
-        if view.shape() != expected_shape {
-            return Err(EngineError::TensorShape {
-                path: file.path.clone(),
-                tensor: name.to_string(),
-                expected: expected_shape.to_vec(),
-                actual: view.shape().to_vec(),
-            });
-        }
-        let data =
-            widen_to_f32(view.dtype(), view.data()).ok_or_else(|| EngineError::TensorDtype {
-                path: file.path.clone(),
-                tensor: name.to_string(),
-                dtype: format!("{:?}", view.dtype()),
-            })?;
-        Ok(HostTensor {
-            shape: view.shape().to_vec(),
-            data,
-        })
+        read_f32(&file.path, name, &view, expected_shape)
     }
+}
+
+/// Checks that tensor `name` of the safetensors file at `path` has `expected_shape` and widens it to
+/// f32. Model weights and lookahead module files both read through it, so they accept the same
+/// dtypes and report a wrong shape or dtype the same way.
+pub(crate) fn read_f32(
+    path: &Path,
+    name: &str,
+    view: &TensorView<'_>,
+    expected_shape: &[usize],
+) -> Result<HostTensor> {
+    if view.shape() != expected_shape {
+        return Err(EngineError::TensorShape {
+            path: path.to_path_buf(),
+            tensor: name.to_string(),
+            expected: expected_shape.to_vec(),
+            actual: view.shape().to_vec(),
+        });
+    }
+    let data = widen_to_f32(view.dtype(), view.data()).ok_or_else(|| EngineError::TensorDtype {
+        path: path.to_path_buf(),
+        tensor: name.to_string(),
+        dtype: format!("{:?}", view.dtype()),
+    })?;
+    Ok(HostTensor {
+        shape: view.shape().to_vec(),
+        data,
+    })
 }
 
 /// Converts little-endian bytes of a float dtype to f32; `None` for dtypes Glimpse does not load.

@@ -1,12 +1,14 @@
 //! A model folder loaded into host memory: resolved configuration, generation defaults and weights.
 //! Backends take a [`Model`] and place its weights on their device.
 
+mod identity;
 mod rope;
 mod weights;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use identity::BaseModelIdentity;
 pub use rope::RopeTables;
 pub use weights::{LayerWeights, Linear, ModelWeights};
 
