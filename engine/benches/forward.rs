@@ -132,6 +132,8 @@ fn prefill_seconds(backend: &mut CpuBackend, prompt: &[u32], block_size: usize) 
             first_cache_entry: 0,
             block_table: &table,
             logits: LogitsRequest::Last,
+            eviction: None,
+            compacted: None,
         }],
     };
     let mut out = ForwardOutput::default();
@@ -165,6 +167,8 @@ fn decode_seconds(
                 first_cache_entry: 0,
                 block_table: table,
                 logits: LogitsRequest::Last,
+                eviction: None,
+                compacted: None,
             }],
         };
         backend.forward(&batch, &mut out).unwrap();
@@ -181,6 +185,8 @@ fn decode_seconds(
                 first_cache_entry: prompt_len + step,
                 block_table: table,
                 logits: LogitsRequest::Last,
+                eviction: None,
+                compacted: None,
             })
             .collect();
         backend
@@ -206,7 +212,7 @@ fn main() {
         * blocks_for(args.decode_prompt + args.decode_tokens, block_size)
         * block_size;
     let num_blocks = blocks_for(max_prefill.max(max_decode), block_size);
-    let mut backend = CpuBackend::new(&model, block_size, num_blocks).expect("backend");
+    let mut backend = CpuBackend::new(&model, block_size, num_blocks, None).expect("backend");
     let threads = rayon::current_num_threads();
     eprintln!(
         "glimpse forward bench: {} parameters, {threads} threads",

@@ -5,6 +5,14 @@
 //! A sequence distinguishes *positions* (RoPE, counting every token it has seen) from *cache entries*
 //! (KV slots it holds). They coincide until KV eviction keeps fewer entries than positions; then new
 //! tokens keep counting positions from the prompt length while their K/V fill the next free entry.
+//!
+//! KV eviction (DESIGN §4) rides on the batch: a sequence's last prefill chunk may carry an
+//! [`EvictionPolicy`]; the backend scores, selects and compacts that sequence's prompt entries in
+//! the same pass and reports what it kept in [`ForwardOutput::evictions`].
+
+use std::time::Duration;
+
+use crate::eviction::{EvictionPolicy, LayerSelection};
 
 /// What logits a sequence wants back from a forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +50,21 @@ pub struct SequenceInput<'a> {
     /// `first_cache_entry + token_ids.len()`.
     pub block_table: &'a [u32],
     pub logits: LogitsRequest,
+    /// Evict the prompt at the end of this chunk, which must be the sequence's last prefill
+    /// chunk over a cache never compacted before (positions = entries). The first token is
+    /// still sampled from the last prompt row's logits, computed before anything is evicted.
+    pub eviction: Option<EvictionPolicy>,
+    /// Set once the sequence was compacted with per-layer budgets (PyramidKV).
+    pub compacted: Option<CompactedPrefix<'a>>,
+}
+
+/// The leading cache entries of a sequence that eviction compacted with a different number of
+/// entries per layer: the blocks hold `entries` entries, of which layer `l` uses only the first
+/// `layer_kept[l]`; attention skips `layer_kept[l]..entries` in that layer.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactedPrefix<'a> {
+    pub entries: usize,
+    pub layer_kept: &'a [usize],
 }
 
 impl SequenceInput<'_> {
@@ -82,6 +105,44 @@ pub struct ForwardOutput {
     pub rows: Vec<RowRange>,
     /// Where the forward pass spent its time.
     pub profile: ForwardProfile,
+    /// One report per sequence of the batch that evicted in this pass, in batch order.
+    pub evictions: Vec<SequenceEviction>,
+}
+
+/// What eviction kept of one sequence's prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceEviction {
+    /// The sequence's index in the batch.
+    pub sequence: usize,
+    pub prompt_len: usize,
+    /// Leading cache entries the sequence still holds (the largest layer's kept count); its
+    /// blocks beyond `ceil(kept_entries / block_size)` are free to go back to the pool.
+    pub kept_entries: usize,
+    /// Entries kept per KV head in each layer (equal to `kept_entries` except under PyramidKV).
+    pub layer_kept: Vec<usize>,
+    /// The kept prompt positions per layer and KV head, ascending: slot `i` of the compacted
+    /// cache holds position `kept[layer].kept[head][i]`.
+    pub selections: Vec<LayerSelection>,
+    /// Time spent scoring, selecting and compacting.
+    pub time: Duration,
+}
+
+impl SequenceEviction {
+    /// Prompt entries dropped, summed over layers and KV heads.
+    pub fn evicted_entries(&self) -> usize {
+        self.selections
+            .iter()
+            .flat_map(|layer| &layer.kept)
+            .map(|kept| self.prompt_len - kept.len())
+            .sum()
+    }
+
+    /// Prompt tokens dropped per (layer, KV head), on average: `prompt_len − budget` for a
+    /// uniform budget (the unit of `glimpse_kv_evicted_tokens_total`).
+    pub fn evicted_tokens(&self) -> usize {
+        let heads: usize = self.selections.iter().map(|layer| layer.kept.len()).sum();
+        (self.evicted_entries() as f64 / heads.max(1) as f64).round() as usize
+    }
 }
 
 /// Wall time of one forward pass by kind of work, so benchmarks can say where a step goes.

@@ -159,8 +159,15 @@ fn main() {
     );
     let limits = BatchLimits::default();
     let new_core = || {
-        let backend = create_backend(Device::Cpu, &model, block_size, num_blocks).unwrap();
-        EngineCore::new(&model, Arc::clone(&tokenizer), backend, limits).unwrap()
+        let backend = create_backend(Device::Cpu, &model, block_size, num_blocks, None).unwrap();
+        EngineCore::new(
+            &model,
+            Arc::clone(&tokenizer),
+            backend,
+            limits,
+            Default::default(),
+        )
+        .unwrap()
     };
     let requests: Vec<GenerationRequest> = (0..args.requests)
         .map(|i| GenerationRequest {
@@ -172,6 +179,7 @@ fn main() {
                 ..StopConditions::default()
             },
             skip_special_tokens: true,
+            kv_cache: None,
         })
         .collect();
 

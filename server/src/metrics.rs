@@ -110,8 +110,10 @@ pub fn install(addr: SocketAddr, info: &BuildInfo<'_>) -> anyhow::Result<()> {
     for reason in ["stop", "length", "abort"] {
         counter!("glimpse_request_success_total", "finished_reason" => reason).absolute(0);
     }
-    counter!("glimpse_kv_evicted_tokens_total", "policy" => "full").absolute(0);
-    counter!("glimpse_kv_blocks_freed_by_eviction_total", "policy" => "full").absolute(0);
+    for policy in ["full", "streaming_llm", "snapkv", "pyramidkv", "lookahead"] {
+        counter!("glimpse_kv_evicted_tokens_total", "policy" => policy).absolute(0);
+        counter!("glimpse_kv_blocks_freed_by_eviction_total", "policy" => policy).absolute(0);
+    }
     for name in [
         TTFT,
         ITL,
@@ -156,6 +158,13 @@ impl StepObserver for EngineMetrics {
         counter!("glimpse_num_preemptions_total").increment(report.num_preempted as u64);
         for itl in &report.inter_token_latencies {
             histogram!(ITL).record(itl.as_secs_f64());
+        }
+        for eviction in &report.evictions {
+            counter!("glimpse_kv_evicted_tokens_total", "policy" => eviction.policy)
+                .increment(eviction.evicted_tokens as u64);
+            counter!("glimpse_kv_blocks_freed_by_eviction_total", "policy" => eviction.policy)
+                .increment(eviction.released_blocks as u64);
+            histogram!(EVICTION_TIME).record(eviction.time.as_secs_f64());
         }
         for done in &report.completed {
             let t = &done.timings;

@@ -40,8 +40,16 @@ impl Setup {
     }
 
     fn core(&self, block_size: usize, num_blocks: usize, limits: BatchLimits) -> EngineCore {
-        let backend = create_backend(Device::Cpu, &self.model, block_size, num_blocks).unwrap();
-        EngineCore::new(&self.model, Arc::clone(&self.tokenizer), backend, limits).unwrap()
+        let backend =
+            create_backend(Device::Cpu, &self.model, block_size, num_blocks, None).unwrap();
+        EngineCore::new(
+            &self.model,
+            Arc::clone(&self.tokenizer),
+            backend,
+            limits,
+            Default::default(),
+        )
+        .unwrap()
     }
 }
 
@@ -69,6 +77,7 @@ fn random_requests(n: usize, vocab: u32, sampled: bool) -> Vec<GenerationRequest
                     ..StopConditions::default()
                 },
                 skip_special_tokens: true,
+                kv_cache: None,
             }
         })
         .collect()

@@ -21,12 +21,13 @@ fn model_dir() -> PathBuf {
 fn core() -> (EngineCore, Arc<Tokenizer>) {
     let model = Model::load(&model_dir()).unwrap();
     let tokenizer = Arc::new(Tokenizer::from_dir(model_dir()).unwrap());
-    let backend = create_backend(Device::Cpu, &model, 16, 64).unwrap();
+    let backend = create_backend(Device::Cpu, &model, 16, 64, None).unwrap();
     let core = EngineCore::new(
         &model,
         Arc::clone(&tokenizer),
         backend,
         BatchLimits::default(),
+        Default::default(),
     )
     .unwrap();
     (core, tokenizer)
@@ -38,6 +39,7 @@ fn request(tokenizer: &Tokenizer, prompt: &str, stop: StopConditions) -> Generat
         sampling: SamplingParams::greedy(),
         stop,
         skip_special_tokens: true,
+        kv_cache: None,
     }
 }
 

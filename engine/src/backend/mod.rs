@@ -9,8 +9,11 @@ mod kv_geometry;
 
 pub use kv_geometry::KvGeometry;
 
+use std::sync::Arc;
+
 use crate::batch::{ForwardBatch, ForwardOutput};
 use crate::error::{EngineError, Result};
+use crate::lookahead::LookaheadModule;
 use crate::model::Model;
 
 /// A device that runs the model and holds the paged KV pool.
@@ -21,9 +24,16 @@ pub trait Backend: Send {
     /// Runs one varlen forward pass. Writes every scheduled token's K/V into its sequence's cache
     /// entries (through the block table) and fills `out` with the requested logits rows.
     ///
+    /// A sequence whose chunk carries an eviction policy has its prompt scored, selected and
+    /// compacted into its leading entries in the same pass (per layer, after that layer's
+    /// attention); `out.evictions` reports what each kept. Its blocks are not freed here: the
+    /// caller hands the trailing ones back to its allocator.
+    ///
     /// Fails with [`EngineError::InvalidBatch`] when a sequence's block table does not cover its
-    /// entries, a block id is outside the pool, a token id is outside the vocabulary or a position
-    /// is beyond the model's length; the cache is untouched in that case.
+    /// entries, a block id is outside the pool, a token id is outside the vocabulary, a position
+    /// is beyond the model's length or an eviction request cannot be met (scoring window not in
+    /// the chunk, cache already compacted), and with [`EngineError::InvalidParameter`] for an
+    /// invalid policy or LookaheadKV without a module; the cache is untouched in those cases.
     fn forward(&mut self, batch: &ForwardBatch<'_>, out: &mut ForwardOutput) -> Result<()>;
 }
 
@@ -53,7 +63,8 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// Builds the backend for `device` with a pool of `num_blocks` blocks of `block_size` entries.
+/// Builds the backend for `device` with a pool of `num_blocks` blocks of `block_size` entries,
+/// and the LookaheadKV module if one was loaded (without it, the lookahead policy is refused).
 ///
 /// Fails with [`EngineError::BackendUnavailable`] for a device this build cannot drive.
 pub fn create_backend(
@@ -61,10 +72,11 @@ pub fn create_backend(
     model: &Model,
     block_size: usize,
     num_blocks: usize,
+    lookahead: Option<Arc<LookaheadModule>>,
 ) -> Result<Box<dyn Backend>> {
     match device {
         Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(
-            model, block_size, num_blocks,
+            model, block_size, num_blocks, lookahead,
         )?)),
         Device::Cuda(_) => Err(EngineError::BackendUnavailable {
             message: "this build of Glimpse has no CUDA backend".into(),

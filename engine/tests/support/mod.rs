@@ -125,7 +125,7 @@ impl PagedDriver {
         }
         free.reverse();
         Self {
-            backend: CpuBackend::new(model, block_size, num_blocks).unwrap(),
+            backend: CpuBackend::new(model, block_size, num_blocks, None).unwrap(),
             block_size,
             free,
             output: ForwardOutput::default(),
@@ -162,6 +162,8 @@ impl PagedDriver {
                     first_cache_entry: seq.num_cached,
                     block_table: &seq.block_table,
                     logits: *logits,
+                    eviction: None,
+                    compacted: None,
                 })
                 .collect(),
         };

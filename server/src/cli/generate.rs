@@ -114,6 +114,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 ignore_eos: args.ignore_eos,
             },
             skip_special_tokens: true,
+            kv_cache: None,
         };
         request.validate(handle.limits())?;
         streams.push(handle.submit(request));

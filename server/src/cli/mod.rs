@@ -11,10 +11,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use glimpse_engine::backend::{Device, create_backend};
+use glimpse_engine::eviction::{EvictionPolicy, Policy};
+use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_scheduler::num_blocks_for_budget;
-use glimpse_server::engine_loop::{BatchLimits, EngineCore};
+use glimpse_server::engine_loop::{BatchLimits, EngineCore, EvictionSettings};
 
 /// How logs are written.
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,6 +73,42 @@ pub struct EngineArgs {
     /// Most sequences running at once.
     #[arg(long, default_value_t = 256, env = "GLIMPSE_MAX_NUM_SEQS")]
     pub max_num_seqs: usize,
+    /// KV eviction policy of requests that name none (each policy with DESIGN's defaults).
+    #[arg(long, value_enum, default_value = "full", env = "GLIMPSE_KV_POLICY")]
+    pub kv_policy: KvPolicyArg,
+    /// Prompt entries kept per layer and KV head by requests that set no budget.
+    #[arg(long, default_value_t = 256, env = "GLIMPSE_KV_BUDGET")]
+    pub kv_budget: usize,
+    /// LookaheadKV module (a safetensors file trained for this model by `train-lookahead`);
+    /// without one the lookahead policy is refused.
+    #[arg(long, env = "GLIMPSE_LOOKAHEAD_MODULE")]
+    pub lookahead_module: Option<PathBuf>,
+}
+
+/// The `--kv-policy` choices.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum KvPolicyArg {
+    Full,
+    StreamingLlm,
+    Snapkv,
+    Pyramidkv,
+    Lookahead,
+}
+
+impl KvPolicyArg {
+    fn policy(self, budget: usize, lookahead_tokens: Option<usize>) -> EvictionPolicy {
+        let policy = match self {
+            Self::Full => return EvictionPolicy::default(),
+            Self::StreamingLlm => Policy::streaming_llm(),
+            Self::Snapkv => Policy::snapkv(),
+            Self::Pyramidkv => Policy::pyramidkv(),
+            Self::Lookahead => Policy::Lookahead {
+                num_tokens: lookahead_tokens.unwrap_or(32),
+                window: 0,
+            },
+        };
+        EvictionPolicy { policy, budget }
+    }
 }
 
 /// A loaded model and tokenizer, and an engine core ready to run.
@@ -113,12 +151,38 @@ impl EngineArgs {
             max_cached_tokens = pool.max_cached_tokens,
             "KV cache pool sized"
         );
-        let backend = create_backend(device, &model, self.block_size, pool.num_blocks)?;
+        let lookahead = match &self.lookahead_module {
+            Some(path) => {
+                let module = LookaheadModule::load(path, &model)?;
+                tracing::info!(
+                    path = %path.display(),
+                    num_tokens = module.num_tokens,
+                    rank = module.rank,
+                    "lookahead module loaded"
+                );
+                Some(Arc::new(module))
+            }
+            None => None,
+        };
+        let lookahead_tokens = lookahead.as_ref().map(|m| m.num_tokens);
+        let eviction = EvictionSettings {
+            default_policy: self.kv_policy.policy(self.kv_budget, lookahead_tokens),
+            default_budget: self.kv_budget,
+            lookahead_tokens,
+        };
+        if let Policy::Lookahead { .. } = eviction.default_policy.policy {
+            anyhow::ensure!(
+                lookahead_tokens.is_some(),
+                "--kv-policy lookahead needs --lookahead-module"
+            );
+        }
+        eviction.default_policy.validate()?;
+        let backend = create_backend(device, &model, self.block_size, pool.num_blocks, lookahead)?;
         let limits = BatchLimits {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_num_seqs: self.max_num_seqs,
         };
-        let core = EngineCore::new(&model, Arc::clone(&tokenizer), backend, limits)?;
+        let core = EngineCore::new(&model, Arc::clone(&tokenizer), backend, limits, eviction)?;
         Ok(LoadedEngine {
             model,
             tokenizer,

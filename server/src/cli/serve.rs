@@ -12,7 +12,7 @@ use clap::Args;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_proto::v1;
 use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions};
-use glimpse_server::grpc::{Admission, GenerationService};
+use glimpse_server::grpc::{Admission, GenerationService, policy_message};
 use glimpse_server::metrics::{self, BuildInfo, EngineMetrics};
 use tonic::transport::Server;
 
@@ -78,6 +78,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .context("starting the metrics endpoint")?;
+    let eviction = core.request_limits().eviction;
     let (engine, engine_thread) = engine_loop::spawn(core, EngineMetrics);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -100,13 +101,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         block_size: geometry.block_size as u32,
         num_kv_blocks: geometry.num_blocks as u32,
         kv_cache_bytes: geometry.total_bytes() as u64,
-        default_policy: Some(v1::KvCachePolicy {
-            policy: v1::KvPolicy::Full.into(),
-            ..Default::default()
-        }),
-        supported_policies: vec![v1::KvPolicy::Full.into()],
-        lookahead_loaded: false,
-        lookahead_name: None,
+        default_policy: Some(policy_message(eviction.default_policy)),
+        supported_policies: [
+            Some(v1::KvPolicy::Full),
+            Some(v1::KvPolicy::StreamingLlm),
+            Some(v1::KvPolicy::Snapkv),
+            Some(v1::KvPolicy::Pyramidkv),
+            eviction.lookahead_tokens.map(|_| v1::KvPolicy::Lookahead),
+        ]
+        .into_iter()
+        .flatten()
+        .map(Into::into)
+        .collect(),
+        lookahead_loaded: eviction.lookahead_tokens.is_some(),
+        lookahead_name: args
+            .engine
+            .lookahead_module
+            .as_ref()
+            .and_then(|path| path.file_stem())
+            .map(|stem| stem.to_string_lossy().into_owned()),
         eos_token_ids: model.eos_token_ids(),
         dtype: "f32".into(),
         device: args.engine.device.clone(),
@@ -190,6 +203,7 @@ async fn warm_up(
             ..StopConditions::default()
         },
         skip_special_tokens: true,
+        kv_cache: None,
     };
     engine_loop::collect(engine.submit(request)).await?;
     Ok(())

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use glimpse_engine::eviction::EvictionPolicy;
 use glimpse_engine::sampling::{SampledToken, Sampler};
 use glimpse_engine::tokenizer::{IncrementalDetokenizer, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
@@ -38,6 +39,13 @@ pub struct ActiveRequest {
     events: EventSink,
     pub times: RequestTimes,
     pub usage: Usage,
+    /// The request's KV eviction policy, resolved against the engine default.
+    pub policy: EvictionPolicy,
+    /// After a per-layer-budget eviction (PyramidKV): entries the compacted prefix spans and
+    /// the entries each layer kept, which decode attention must respect.
+    pub compacted: Option<(usize, Vec<usize>)>,
+    /// Time spent scoring, selecting and compacting this request's cache.
+    pub eviction_time: std::time::Duration,
 }
 
 /// What sampling one token did to a request.
@@ -49,6 +57,7 @@ pub enum TokenOutcome {
 impl ActiveRequest {
     pub fn new(
         request: GenerationRequest,
+        policy: EvictionPolicy,
         vocab_size: usize,
         tokenizer: Arc<Tokenizer>,
         events: EventSink,
@@ -85,6 +94,9 @@ impl ActiveRequest {
                 kv_entries_kept: prompt_len,
                 ..Usage::default()
             },
+            policy,
+            compacted: None,
+            eviction_time: std::time::Duration::ZERO,
         })
     }
 
@@ -164,7 +176,7 @@ impl ActiveRequest {
         let timings = Timings {
             queue: first_scheduled - times.arrival,
             prefill: first_token.saturating_duration_since(first_scheduled),
-            eviction: std::time::Duration::ZERO,
+            eviction: self.eviction_time,
             time_to_first_token: first_token - times.arrival,
             total: now - times.arrival,
         };
@@ -174,6 +186,7 @@ impl ActiveRequest {
             text_delta,
             usage,
             timings,
+            policy: self.policy,
         }));
         (usage, timings)
     }

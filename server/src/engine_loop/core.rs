@@ -12,18 +12,19 @@ use std::time::{Duration, Instant};
 
 use glimpse_engine::backend::Backend;
 use glimpse_engine::batch::{
-    ForwardBatch, ForwardOutput, ForwardProfile, LogitsRequest, SequenceInput,
+    CompactedPrefix, ForwardBatch, ForwardOutput, ForwardProfile, LogitsRequest, SequenceInput,
 };
+use glimpse_engine::eviction::{EvictionPolicy, Policy};
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_scheduler::{
-    FinishReason as SchedulerFinish, Plan, Request, Scheduler, SchedulerConfig, SchedulerError,
-    SeqId, SeqOutput, StepResult,
+    FinishReason as SchedulerFinish, LastChunk, Plan, Request, Scheduler, SchedulerConfig,
+    SchedulerError, SeqId, SeqOutput, StepResult,
 };
 
 use super::active::{ActiveRequest, EventSink, TokenOutcome};
 use super::request::{
-    FinishReason, GenerationRequest, RequestError, RequestLimits, Timings, Usage,
+    EvictionSettings, FinishReason, GenerationRequest, RequestError, RequestLimits, Timings, Usage,
 };
 
 /// Batching limits of the loop (vLLM's names and defaults).
@@ -40,6 +41,19 @@ impl Default for BatchLimits {
             max_num_seqs: 256,
         }
     }
+}
+
+/// What KV eviction did to one request, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvictionReport {
+    /// The policy's metric label.
+    pub policy: &'static str,
+    /// Prompt tokens dropped per (layer, KV head), on average.
+    pub evicted_tokens: usize,
+    /// Blocks handed back to the pool.
+    pub released_blocks: usize,
+    /// Scoring + selection + compaction.
+    pub time: Duration,
 }
 
 /// A request that left the engine, for metrics and logs.
@@ -65,6 +79,8 @@ pub struct StepReport {
     pub scheduling_time: Duration,
     /// Gaps between a request's previous token and the one produced this step.
     pub inter_token_latencies: Vec<Duration>,
+    /// Requests whose prompt was evicted this step.
+    pub evictions: Vec<EvictionReport>,
     pub completed: Vec<CompletedRequest>,
 }
 
@@ -91,6 +107,7 @@ impl EngineCore {
         tokenizer: Arc<Tokenizer>,
         backend: Box<dyn Backend>,
         limits: BatchLimits,
+        eviction: EvictionSettings,
     ) -> Result<Self, SchedulerError> {
         let geometry = *backend.geometry();
         let scheduler = Scheduler::new(SchedulerConfig {
@@ -108,6 +125,7 @@ impl EngineCore {
             limits: RequestLimits {
                 vocab_size: model.config.vocab_size,
                 max_model_len: model.config.max_model_len,
+                eviction,
             },
             requests: HashMap::new(),
             next_seq: 0,
@@ -121,6 +139,40 @@ impl EngineCore {
     /// Limits every request is validated against.
     pub fn request_limits(&self) -> RequestLimits {
         self.limits
+    }
+
+    /// The request's policy (or the default), checked against what this engine can run.
+    fn resolve_policy(&self, request: &GenerationRequest) -> Result<EvictionPolicy, RequestError> {
+        let policy = request
+            .kv_cache
+            .unwrap_or(self.limits.eviction.default_policy);
+        policy.validate().map_err(|e| match e {
+            glimpse_engine::EngineError::InvalidParameter { field, message } => {
+                RequestError::InvalidParameter { field, message }
+            }
+            other => RequestError::Internal {
+                message: other.to_string(),
+            },
+        })?;
+        if let Policy::Lookahead { num_tokens, .. } = policy.policy {
+            match self.limits.eviction.lookahead_tokens {
+                None => {
+                    return Err(RequestError::NotConfigured {
+                        message: "the lookahead policy needs a lookahead module; this server was started without one (--lookahead-module)".into(),
+                    });
+                }
+                Some(loaded) if loaded != num_tokens => {
+                    return Err(RequestError::InvalidParameter {
+                        field: "kv_cache.num_tokens",
+                        message: format!(
+                            "the loaded lookahead module has {loaded} tokens, got {num_tokens}"
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(policy)
     }
 
     pub fn scheduler(&self) -> &Scheduler {
@@ -145,13 +197,14 @@ impl EngineCore {
         arrival: Instant,
     ) -> Result<SeqId, RequestError> {
         request.validate(self.limits)?;
+        let policy = self.resolve_policy(&request)?;
         let seq = SeqId(self.next_seq);
         self.scheduler
             .add(Request {
                 id: seq,
                 num_prompt_tokens: request.prompt_ids.len(),
                 max_tokens: request.stop.max_tokens,
-                last_chunk: Default::default(),
+                last_chunk: last_chunk_needs(policy, request.prompt_ids.len()),
             })
             .map_err(|e| RequestError::TooLong {
                 message: e.to_string(),
@@ -159,6 +212,7 @@ impl EngineCore {
         self.next_seq += 1;
         let active = ActiveRequest::new(
             request,
+            policy,
             self.limits.vocab_size,
             Arc::clone(&self.tokenizer),
             events,
@@ -196,6 +250,12 @@ impl EngineCore {
         self.abort_disconnected(started, &mut report);
         self.scheduler.schedule_into(&mut self.plan);
         report.num_preempted = self.plan.preempted.len();
+        for seq in &self.plan.preempted {
+            // Recomputed from scratch: the next prefill writes a full cache and evicts again.
+            if let Some(request) = self.requests.get_mut(seq) {
+                request.compacted = None;
+            }
+        }
         let scheduled = Instant::now();
         report.scheduling_time = scheduled - started;
         self.stamp_first_scheduled(scheduled);
@@ -213,8 +273,44 @@ impl EngineCore {
         report.forward_time = forwarded - scheduled;
         report.forward_profile = self.output.profile;
         self.sample_and_stream(forwarded, &mut report);
+        self.apply_evictions(&mut report);
         report.sampling_time = forwarded.elapsed();
         report
+    }
+
+    /// Hands the blocks that eviction emptied back to the scheduler (after `update`, which
+    /// completes the prefill the scheduler waits for) and records what each request kept.
+    fn apply_evictions(&mut self, report: &mut StepReport) {
+        for eviction in self.output.evictions.drain(..) {
+            let seq = planned_seqs(&self.plan)
+                .nth(eviction.sequence)
+                .expect("eviction reports index the batch");
+            let Some(request) = self.requests.get_mut(&seq) else {
+                continue; // finished with its first token: its blocks are already free
+            };
+            let outcome = match self.scheduler.apply_eviction(seq, eviction.kept_entries) {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    tracing::error!(error = %e, %seq, "eviction could not be applied; keeping the full cache");
+                    continue;
+                }
+            };
+            request.usage.kv_entries_kept = eviction.kept_entries;
+            request.usage.kv_blocks_freed += outcome.released_blocks;
+            request.eviction_time += eviction.time;
+            let uniform = eviction
+                .layer_kept
+                .iter()
+                .all(|&k| k == eviction.kept_entries);
+            request.compacted =
+                (!uniform).then(|| (eviction.kept_entries, eviction.layer_kept.clone()));
+            report.evictions.push(EvictionReport {
+                policy: request.policy.policy.name(),
+                evicted_tokens: eviction.evicted_tokens(),
+                released_blocks: outcome.released_blocks,
+                time: eviction.time,
+            });
+        }
     }
 
     fn abort_disconnected(&mut self, now: Instant, report: &mut StepReport) {
@@ -264,16 +360,27 @@ impl EngineCore {
                 } else {
                     LogitsRequest::None
                 },
+                eviction: chunk
+                    .is_last_chunk
+                    .then_some(self.requests[&chunk.seq].policy),
+                compacted: None,
             });
         }
         for (decode, span) in plan.decodes.iter().zip(&spans[plan.prefills.len()..]) {
-            let tokens = &self.requests[&decode.seq].tokens;
+            let request = &self.requests[&decode.seq];
             sequences.push(SequenceInput {
-                token_ids: &tokens[decode.position..decode.position + 1],
+                token_ids: &request.tokens[decode.position..decode.position + 1],
                 first_position: decode.position,
                 first_cache_entry: decode.cache_entry,
                 block_table: &self.tables[span.clone()],
                 logits: LogitsRequest::Last,
+                eviction: None,
+                compacted: request.compacted.as_ref().map(|(entries, layer_kept)| {
+                    CompactedPrefix {
+                        entries: *entries,
+                        layer_kept,
+                    }
+                }),
             });
         }
         self.backend
@@ -368,6 +475,25 @@ impl EngineCore {
 fn planned_seqs(plan: &Plan) -> impl Iterator<Item = SeqId> + '_ {
     let prefills = plan.prefills.iter().map(|c| c.seq);
     prefills.chain(plan.decodes.iter().map(|d| d.seq))
+}
+
+/// What the last prefill chunk of a prompt of `prompt_len` tokens must hold under `policy`:
+/// SnapKV and PyramidKV score with the window's queries, LookaheadKV adds its rows.
+fn last_chunk_needs(policy: EvictionPolicy, prompt_len: usize) -> LastChunk {
+    if !policy.applies_to(prompt_len) {
+        return LastChunk::default();
+    }
+    match policy.policy {
+        Policy::SnapKv { window, .. } | Policy::PyramidKv { window, .. } => LastChunk {
+            min_tokens: window,
+            extra_rows: 0,
+        },
+        Policy::Lookahead { num_tokens, .. } => LastChunk {
+            min_tokens: 0,
+            extra_rows: num_tokens,
+        },
+        Policy::Full | Policy::StreamingLlm { .. } => LastChunk::default(),
+    }
 }
 
 /// Keeps a sequence below `min_tokens` from choosing a token that would stop it.

@@ -14,10 +14,10 @@ use std::time::Instant;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender, error::TryRecvError};
 
 pub use self::active::EventSink;
-pub use self::core::{BatchLimits, CompletedRequest, EngineCore, StepReport};
+pub use self::core::{BatchLimits, CompletedRequest, EngineCore, EvictionReport, StepReport};
 pub use self::request::{
-    FinishReason, FinishedEvent, GenerationRequest, RequestError, RequestLimits, StopConditions,
-    StreamEvent, Timings, TokenEvent, Usage,
+    EvictionSettings, FinishReason, FinishedEvent, GenerationRequest, RequestError, RequestLimits,
+    StopConditions, StreamEvent, Timings, TokenEvent, Usage,
 };
 
 /// Something that wants to know what every step did (metrics, benchmarks).

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use glimpse_engine::eviction::EvictionPolicy;
 use glimpse_engine::sampling::{SamplingParams, TokenLogprob};
 
 /// When a sequence stops, besides running out of `max_tokens`.
@@ -39,6 +40,8 @@ pub struct GenerationRequest {
     pub sampling: SamplingParams,
     pub stop: StopConditions,
     pub skip_special_tokens: bool,
+    /// KV eviction for this request; `None` takes the engine's default policy.
+    pub kv_cache: Option<EvictionPolicy>,
 }
 
 /// Limits a request is checked against.
@@ -46,6 +49,19 @@ pub struct GenerationRequest {
 pub struct RequestLimits {
     pub vocab_size: usize,
     pub max_model_len: usize,
+    pub eviction: EvictionSettings,
+}
+
+/// KV eviction settings of the whole engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EvictionSettings {
+    /// The policy of requests that name none.
+    pub default_policy: EvictionPolicy,
+    /// The budget of requests that name a policy but no budget.
+    pub default_budget: usize,
+    /// Lookahead tokens of the loaded LookaheadKV module; `None` when no module is loaded, so
+    /// the lookahead policy is refused.
+    pub lookahead_tokens: Option<usize>,
 }
 
 /// Why a request was refused or failed.
@@ -63,6 +79,10 @@ pub enum RequestError {
     /// The engine failed while running the request (a bug or a device failure).
     #[error("internal error: {message}")]
     Internal { message: String },
+    /// The request asks for something this engine was not started with (LookaheadKV without
+    /// a lookahead module).
+    #[error("{message}")]
+    NotConfigured { message: String },
     /// The engine is shutting down and takes no new requests.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -210,6 +230,8 @@ pub struct FinishedEvent {
     pub text_delta: String,
     pub usage: Usage,
     pub timings: Timings,
+    /// The KV eviction policy the request ran with.
+    pub policy: EvictionPolicy,
 }
 
 /// What the engine streams for a request: tokens, then exactly one `Finished` or `Error`.

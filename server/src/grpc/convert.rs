@@ -2,14 +2,15 @@
 //! field, the limit and the value (TGI's `validation.rs` habit). Engine results become wire messages.
 
 use glimpse_engine::config::GenerationConfig;
+use glimpse_engine::eviction::{EvictionPolicy, Policy, Pool};
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::{ChatMessage, Tokenizer};
 use glimpse_proto::v1;
 use tonic::Status;
 
 use crate::engine_loop::{
-    FinishReason, FinishedEvent, GenerationRequest, RequestError, RequestLimits, StopConditions,
-    TokenEvent,
+    EvictionSettings, FinishReason, FinishedEvent, GenerationRequest, RequestError, RequestLimits,
+    StopConditions, TokenEvent,
 };
 
 /// The prompt of a request, tokenized.
@@ -61,7 +62,7 @@ pub fn generation_request(
     defaults: &GenerationConfig,
     limits: RequestLimits,
 ) -> Result<GenerationRequest, Status> {
-    check_policy(raw.kv_cache.as_ref())?;
+    let kv_cache = eviction_policy(raw.kv_cache.as_ref(), limits.eviction)?;
     let s = raw.sampling.unwrap_or_default();
     let sampling = SamplingParams {
         temperature: s.temperature.or(defaults.temperature).unwrap_or(1.0),
@@ -86,25 +87,123 @@ pub fn generation_request(
         prompt_ids,
         sampling,
         skip_special_tokens: raw.skip_special_tokens.unwrap_or(true),
+        kv_cache,
     };
     request.validate(limits).map_err(status_of)?;
     Ok(request)
 }
 
-/// Only the full cache runs until KV eviction lands; other policies are refused, not ignored.
-fn check_policy(policy: Option<&v1::KvCachePolicy>) -> Result<(), Status> {
-    let Some(p) = policy else { return Ok(()) };
-    match v1::KvPolicy::try_from(p.policy) {
-        Ok(v1::KvPolicy::Unspecified | v1::KvPolicy::Full) => Ok(()),
-        Ok(other) => Err(Status::unimplemented(format!(
-            "`kv_cache.policy` {} is not available on this server (supported: FULL)",
-            other.as_str_name()
-        ))),
-        Err(_) => Err(Status::invalid_argument(format!(
+/// The request's KV policy, or `None` for the server default. Unset knobs take the policy's
+/// defaults (DESIGN §4) and an unset budget the server's; the engine validates the result
+/// (budget, window below budget, ...) and whether LookaheadKV is loaded.
+fn eviction_policy(
+    raw: Option<&v1::KvCachePolicy>,
+    settings: EvictionSettings,
+) -> Result<Option<EvictionPolicy>, Status> {
+    let Some(p) = raw else { return Ok(None) };
+    let kind = v1::KvPolicy::try_from(p.policy).map_err(|_| {
+        Status::invalid_argument(format!(
             "invalid `kv_cache.policy`: unknown value {}",
             p.policy
+        ))
+    })?;
+    let default = settings.default_policy;
+    let pool = match v1::PoolKind::try_from(p.pool) {
+        Ok(v1::PoolKind::Unspecified | v1::PoolKind::Max) => Pool::Max,
+        Ok(v1::PoolKind::Avg) => Pool::Avg,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "invalid `kv_cache.pool`: unknown value {}",
+                p.pool
+            )));
+        }
+    };
+    let window = |default: usize| p.window.map_or(default, |w| w as usize);
+    let kernel = p.pool_kernel.map_or(7, |k| k as usize);
+    let policy = match kind {
+        v1::KvPolicy::Unspecified => default.policy,
+        v1::KvPolicy::Full => Policy::Full,
+        v1::KvPolicy::StreamingLlm => Policy::StreamingLlm {
+            sinks: p.sinks.map_or(4, |s| s as usize),
+        },
+        v1::KvPolicy::Snapkv => Policy::SnapKv {
+            window: window(32),
+            kernel,
+            pool,
+        },
+        v1::KvPolicy::Pyramidkv => Policy::PyramidKv {
+            window: window(32),
+            kernel,
+            pool,
+            beta: beta(p.beta)?,
+        },
+        v1::KvPolicy::Lookahead => Policy::Lookahead {
+            num_tokens: settings.lookahead_tokens.unwrap_or(32),
+            window: window(0),
+        },
+    };
+    let budget = match (p.budget, kind) {
+        (Some(budget), _) => budget as usize,
+        (None, v1::KvPolicy::Unspecified) if default.budget > 0 => default.budget,
+        (None, _) => settings.default_budget,
+    };
+    Ok(Some(EvictionPolicy { policy, budget }))
+}
+
+/// PyramidKV's β is a whole number of steps (kvpress takes an int); the wire carries a float.
+fn beta(raw: Option<f32>) -> Result<usize, Status> {
+    match raw {
+        None => Ok(20),
+        Some(b) if b >= 1.0 && b.fract() == 0.0 && b <= 1e6 => Ok(b as usize),
+        Some(b) => Err(Status::invalid_argument(format!(
+            "invalid `kv_cache.beta`: must be a whole number of at least 1, got {b}"
         ))),
     }
+}
+
+/// The wire form of a policy, knobs included.
+pub fn policy_message(policy: EvictionPolicy) -> v1::KvCachePolicy {
+    let mut message = v1::KvCachePolicy {
+        budget: (policy.policy != Policy::Full).then_some(policy.budget as u32),
+        ..Default::default()
+    };
+    let pool_kind = |pool: Pool| match pool {
+        Pool::Max => v1::PoolKind::Max,
+        Pool::Avg => v1::PoolKind::Avg,
+    };
+    let kind = match policy.policy {
+        Policy::Full => v1::KvPolicy::Full,
+        Policy::StreamingLlm { sinks } => {
+            message.sinks = Some(sinks as u32);
+            v1::KvPolicy::StreamingLlm
+        }
+        Policy::SnapKv {
+            window,
+            kernel,
+            pool,
+        } => {
+            (message.window, message.pool_kernel) = (Some(window as u32), Some(kernel as u32));
+            message.pool = pool_kind(pool).into();
+            v1::KvPolicy::Snapkv
+        }
+        Policy::PyramidKv {
+            window,
+            kernel,
+            pool,
+            beta,
+        } => {
+            (message.window, message.pool_kernel) = (Some(window as u32), Some(kernel as u32));
+            message.pool = pool_kind(pool).into();
+            message.beta = Some(beta as f32);
+            v1::KvPolicy::Pyramidkv
+        }
+        Policy::Lookahead { window, .. } => {
+            message.window = Some(window as u32);
+            v1::KvPolicy::Lookahead
+        }
+    };
+    message.policy = kind.into();
+    message
 }
 
 /// The gRPC status for a refused or failed request (the one place this mapping lives).
@@ -113,6 +212,7 @@ pub fn status_of(error: RequestError) -> Status {
         RequestError::InvalidParameter { .. } | RequestError::TooLong { .. } => {
             Status::invalid_argument(error.to_string())
         }
+        RequestError::NotConfigured { .. } => Status::failed_precondition(error.to_string()),
         RequestError::Internal { .. } => Status::internal(error.to_string()),
         RequestError::ShuttingDown => Status::unavailable(error.to_string()),
     }
@@ -162,7 +262,7 @@ pub fn final_message(
         FinishReason::Length => (Wire::Length, None, None),
         FinishReason::Abort => (Wire::Abort, None, None),
     };
-    let (u, t) = (&finished.usage, &finished.timings);
+    let (u, t, policy) = (&finished.usage, &finished.timings, finished.policy);
     v1::GenerateResponse {
         kind: Some(v1::generate_response::Kind::Final(v1::Final {
             finish_reason: reason.into(),
@@ -181,10 +281,7 @@ pub fn final_message(
                 time_to_first_token_secs: t.time_to_first_token.as_secs_f64(),
                 total_secs: t.total.as_secs_f64(),
             }),
-            applied_policy: Some(v1::KvCachePolicy {
-                policy: v1::KvPolicy::Full.into(),
-                ..Default::default()
-            }),
+            applied_policy: Some(policy_message(policy)),
         })),
     }
 }

@@ -4,6 +4,7 @@
 //! blocks at the next step. `grpc-timeout` deadlines cover the whole stream.
 
 mod convert;
+
 mod deadline;
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::engine_loop::{EngineHandle, StreamEvent};
 use crate::metrics::record_error;
 
-pub use convert::status_of;
+pub use convert::{policy_message, status_of};
 
 /// Admission control shared by the handlers: a bounded number of requests in flight and a
 /// draining flag set at shutdown.

@@ -18,6 +18,19 @@ pub struct QueryContext<'a> {
     /// prefix in a layer that kept fewer entries than the sequence's blocks hold (PyramidKV).
     /// Empty for every other row.
     pub skip: std::ops::Range<usize>,
+    /// Keys and values attended after the cache entries, never written to the cache: a
+    /// lookahead row sees the lookahead rows up to its own (LookaheadKV).
+    pub extra: Option<ExtraKv<'a>>,
+}
+
+/// Contiguous keys and values outside the cache, `[num_kv_heads][capacity][head_dim]` each, of
+/// which the first `count` per head are attended.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtraKv<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub capacity: usize,
+    pub count: usize,
 }
 
 impl QueryContext<'_> {
@@ -79,6 +92,8 @@ pub fn paged_attention(
 struct Scratch {
     group: usize,
     head_dim: usize,
+    /// Longest run of keys folded at once.
+    block_size: usize,
     /// Running max score per head.
     max: Vec<f32>,
     /// Running softmax denominator per head.
@@ -94,6 +109,7 @@ impl Scratch {
         Self {
             group,
             head_dim,
+            block_size,
             max: vec![0.0; group],
             sum: vec![0.0; group],
             acc: vec![0.0; group * head_dim],
@@ -164,41 +180,58 @@ fn attend_group_generic(
     shape: AttentionShape,
     s: &mut Scratch,
 ) {
-    let (d, bs, group) = (shape.head_dim, shape.block_size, s.group);
+    let (d, bs) = (shape.head_dim, shape.block_size);
     s.reset();
     ctx.for_each_run(bs, |block, slot, n| {
         let base = cache.head_offset(block, kv_head) + slot * d;
         let keys = &cache.keys[base..base + n * d];
         let values = &cache.values[base..base + n * d];
-        for h in 0..group {
-            let qh = &q[h * d..(h + 1) * d];
-            let scores = &mut s.scores[h * bs..h * bs + n];
-            let mut block_max = f32::NEG_INFINITY;
-            for (score, k) in scores.iter_mut().zip(keys.chunks_exact(d)) {
-                *score = dot(qh, k) * shape.scale;
-                block_max = block_max.max(*score);
-            }
-            let new_max = s.max[h].max(block_max);
-            let rescale = (s.max[h] - new_max).exp();
-            s.max[h] = new_max;
-            s.sum[h] *= rescale;
-            let acc = &mut s.acc[h * d..(h + 1) * d];
-            if rescale != 1.0 {
-                acc.iter_mut().for_each(|a| *a *= rescale);
-            }
-            let mut block_sum = 0.0;
-            for score in scores.iter_mut() {
-                *score = exp_nonpositive(*score - new_max);
-                block_sum += *score;
-            }
-            s.sum[h] += block_sum;
-            for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
-                for (a, &vv) in acc.iter_mut().zip(v) {
-                    *a += p * vv;
-                }
+        absorb(q, keys, values, shape.scale, s);
+    });
+    if let Some(extra) = ctx.extra {
+        let base = kv_head * extra.capacity * d;
+        let span = base..base + extra.count * d;
+        let keys = extra.keys[span.clone()].chunks(bs * d);
+        for (k, v) in keys.zip(extra.values[span].chunks(bs * d)) {
+            absorb(q, k, v, shape.scale, s);
+        }
+    }
+}
+
+/// Folds one run of contiguous keys and values (`[n, head_dim]` each, `n ≤ block_size`) into
+/// the online softmax of every query head of the group.
+#[inline(always)]
+fn absorb(q: &[f32], keys: &[f32], values: &[f32], scale: f32, s: &mut Scratch) {
+    let d = s.head_dim;
+    let n = keys.len() / d;
+    for h in 0..s.group {
+        let qh = &q[h * d..(h + 1) * d];
+        let scores = &mut s.scores[h * s.block_size..h * s.block_size + n];
+        let mut block_max = f32::NEG_INFINITY;
+        for (score, k) in scores.iter_mut().zip(keys.chunks_exact(d)) {
+            *score = dot(qh, k) * scale;
+            block_max = block_max.max(*score);
+        }
+        let new_max = s.max[h].max(block_max);
+        let rescale = (s.max[h] - new_max).exp();
+        s.max[h] = new_max;
+        s.sum[h] *= rescale;
+        let acc = &mut s.acc[h * d..(h + 1) * d];
+        if rescale != 1.0 {
+            acc.iter_mut().for_each(|a| *a *= rescale);
+        }
+        let mut block_sum = 0.0;
+        for score in scores.iter_mut() {
+            *score = exp_nonpositive(*score - new_max);
+            block_sum += *score;
+        }
+        s.sum[h] += block_sum;
+        for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
+            for (a, &vv) in acc.iter_mut().zip(v) {
+                *a += p * vv;
             }
         }
-    });
+    }
 }
 
 #[inline(always)]

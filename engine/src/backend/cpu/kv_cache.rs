@@ -3,6 +3,7 @@
 //! and attention reads them in place through the block table.
 
 use crate::backend::KvGeometry;
+use crate::eviction::KeySource;
 
 /// Keys and values of every block of the pool.
 pub struct CpuKvCache {
@@ -67,6 +68,57 @@ impl CpuKvCache {
             self.keys[at..at + d].copy_from_slice(&k[head * d..(head + 1) * d]);
             self.values[at..at + d].copy_from_slice(&v[head * d..(head + 1) * d]);
         }
+    }
+}
+
+impl CpuKvCache {
+    /// Compaction after eviction: for each KV head `h` of `layer`, moves the entries
+    /// `kept[h]` (ascending) of the sequence with `block_table` to its entries `0..kept[h].len()`,
+    /// keys and values alike. In place: entry `kept[h][i] ≥ i` is read before slot `i` could
+    /// overwrite it, since slots fill in ascending order.
+    pub fn compact(&mut self, layer: usize, block_table: &[u32], kept: &[Vec<usize>]) {
+        let (d, bs) = (self.geometry.head_dim, self.geometry.block_size);
+        let layer_start = self.layer_range(layer).start;
+        let (block_stride, head_stride) = (self.block_stride(), self.head_stride());
+        let offset = |entry: usize, head: usize| {
+            layer_start
+                + block_table[entry / bs] as usize * block_stride
+                + head * head_stride
+                + (entry % bs) * d
+        };
+        for (head, entries) in kept.iter().enumerate() {
+            for (slot, &entry) in entries.iter().enumerate() {
+                debug_assert!(entry >= slot, "kept entries are ascending and distinct");
+                if entry == slot {
+                    continue;
+                }
+                let (from, to) = (offset(entry, head), offset(slot, head));
+                self.keys.copy_within(from..from + d, to);
+                self.values.copy_within(from..from + d, to);
+            }
+        }
+    }
+}
+
+/// One sequence's keys of one layer, read in place from its blocks for eviction scoring.
+pub struct PagedKeys<'a> {
+    pub layer: LayerView<'a>,
+    pub block_table: &'a [u32],
+    pub block_size: usize,
+    pub head_dim: usize,
+    pub num_entries: usize,
+}
+
+impl KeySource for PagedKeys<'_> {
+    fn num_entries(&self) -> usize {
+        self.num_entries
+    }
+
+    fn key(&self, kv_head: usize, entry: usize) -> &[f32] {
+        let block = self.block_table[entry / self.block_size] as usize;
+        let start =
+            self.layer.head_offset(block, kv_head) + (entry % self.block_size) * self.head_dim;
+        &self.layer.keys[start..start + self.head_dim]
     }
 }
 

@@ -6,46 +6,69 @@
 //! buffer of a step is reused from the previous one, so a step allocates only when the batch grows.
 
 mod attention;
+mod evict;
 mod kv_cache;
 pub mod linear;
+mod lora;
 mod ops;
+mod rows;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attention::{AttentionShape, QueryContext, paged_attention};
+use evict::{PendingEviction, ScoringInput};
 use kv_cache::CpuKvCache;
+use lora::{LoraScratch, OutputColumns, add_lora_delta};
+use rows::{LookaheadKv, SequenceRows};
 
 use super::{Backend, KvGeometry};
-use crate::batch::{ForwardBatch, ForwardOutput, ForwardProfile, LogitsRequest, RowRange};
+use crate::batch::{ForwardBatch, ForwardOutput, ForwardProfile, RowRange, SequenceInput};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
+use crate::eviction::{EvictionPolicy, HeadLayout, ScoringQueries};
+use crate::lookahead::{LookaheadModule, LoraPair};
 use crate::model::{Linear, Model, ModelWeights, RopeTables};
 
 /// Runs a model on the CPU with a paged KV pool of `num_blocks` blocks.
 pub struct CpuBackend {
     config: ModelConfig,
     weights: Arc<ModelWeights>,
+    /// LookaheadKV's learned rows and adapters, if the server loaded a module.
+    lookahead: Option<Arc<LookaheadModule>>,
     rope: RopeTables,
     cache: CpuKvCache,
     buffers: StepBuffers,
 }
 
-/// Where one token of the flat batch goes.
+/// Where one row of the flat batch goes.
 #[derive(Debug, Clone, Copy)]
 struct TokenSlot {
     sequence: usize,
     position: usize,
-    block: usize,
-    offset_in_block: usize,
-    /// Entries attended by this token, its own included.
+    /// The row's K/V destination, or `None` for a lookahead row (its K/V stay in
+    /// [`StepBuffers::lookahead_kv`], never in the cache).
+    cache: Option<CacheSlot>,
+    /// Cache entries attended by this row (its own included for a token row).
     num_entries: usize,
+}
+
+/// A block and an offset in it.
+#[derive(Debug, Clone, Copy)]
+struct CacheSlot {
+    block: usize,
+    offset: usize,
 }
 
 /// Activation buffers reused across steps (`T` = tokens in the batch).
 #[derive(Default)]
 struct StepBuffers {
     slots: Vec<TokenSlot>,
+    /// Each sequence's rows and pending eviction, in batch order.
+    sequences: Vec<SequenceRows>,
+    /// Keys and values of the lookahead rows of the current layer.
+    lookahead_kv: LookaheadKv,
+    lora: LoraScratch,
     /// Residual stream `[T, hidden]`.
     hidden: Vec<f32>,
     /// Normalised input of a sub-layer `[T, hidden]`.
@@ -69,18 +92,33 @@ struct StepBuffers {
     attention_time: Duration,
 }
 
+/// The rows `rows` of a flat `[T, width]` buffer.
+fn row_span(rows: std::ops::Range<usize>, width: usize) -> std::ops::Range<usize> {
+    rows.start * width..rows.end * width
+}
+
 impl CpuBackend {
-    /// Places `model` on the CPU with an f32 KV pool of `num_blocks` × `block_size` entries.
-    pub fn new(model: &Model, block_size: usize, num_blocks: usize) -> Result<Self> {
+    /// Places `model` on the CPU with an f32 KV pool of `num_blocks` × `block_size` entries,
+    /// with `lookahead`'s rows and adapters for the LookaheadKV policy if given (its shapes were
+    /// checked against the model when it was loaded).
+    pub fn new(
+        model: &Model,
+        block_size: usize,
+        num_blocks: usize,
+        lookahead: Option<Arc<LookaheadModule>>,
+    ) -> Result<Self> {
         let geometry = KvGeometry::new(&model.config, block_size, num_blocks, 4)?;
+        // Lookahead rows sit after the longest prompt: their positions need rotary angles too.
+        let lookahead_positions = lookahead.as_ref().map_or(0, |m| m.num_tokens);
         Ok(Self {
             config: model.config.clone(),
             weights: Arc::clone(&model.weights),
             rope: RopeTables::new(
                 &model.config.rope,
                 model.config.head_dim,
-                model.config.max_model_len,
+                model.config.max_model_len + lookahead_positions,
             ),
+            lookahead,
             cache: CpuKvCache::new(geometry),
             buffers: StepBuffers::default(),
         })
@@ -105,11 +143,11 @@ impl CpuBackend {
                 ));
             }
             let last_position = seq.first_position + seq.token_ids.len();
-            if last_position > self.rope.max_positions() {
+            if last_position > self.config.max_model_len {
                 return bad(format!(
                     "sequence {i}: position {} beyond the model's maximum length {}",
                     last_position - 1,
-                    self.rope.max_positions()
+                    self.config.max_model_len
                 ));
             }
             let needed = geometry.blocks_for(seq.num_entries_after());
@@ -129,25 +167,127 @@ impl CpuBackend {
                     geometry.num_blocks
                 ));
             }
+            if let Some(prefix) = seq.compacted {
+                let fits = prefix.layer_kept.len() == self.config.num_layers
+                    && prefix.layer_kept.iter().all(|&k| k <= prefix.entries)
+                    && prefix.entries <= seq.first_cache_entry;
+                if !fits {
+                    return bad(format!(
+                        "sequence {i}: compacted prefix of {} entries with {} layer counts does not fit {} layers and {} cached entries",
+                        prefix.entries,
+                        prefix.layer_kept.len(),
+                        self.config.num_layers,
+                        seq.first_cache_entry
+                    ));
+                }
+            }
+            if let Some(policy) = seq.eviction {
+                self.validate_eviction(i, seq, policy)?;
+            }
         }
         Ok(())
     }
 
-    fn plan_slots(&mut self, batch: &ForwardBatch<'_>) {
+    /// What an evicting sequence owes: a never-compacted cache, its scoring window inside the
+    /// chunk, and for LookaheadKV a loaded module with the policy's token count.
+    fn validate_eviction(
+        &self,
+        i: usize,
+        seq: &SequenceInput<'_>,
+        policy: EvictionPolicy,
+    ) -> Result<()> {
+        policy.validate()?;
+        let bad = |message: String| Err(EngineError::InvalidBatch { message });
+        if seq.first_cache_entry != seq.first_position || seq.compacted.is_some() {
+            return bad(format!(
+                "sequence {i}: eviction needs a cache that was never compacted (entries = positions)"
+            ));
+        }
+        let prompt_len = seq.num_entries_after();
+        match policy.scoring_plan(prompt_len).map(|plan| plan.queries) {
+            Some(ScoringQueries::PromptWindow { window }) if window > seq.token_ids.len() => {
+                bad(format!(
+                    "sequence {i}: the last prefill chunk holds {} tokens, fewer than the scoring window of {window}",
+                    seq.token_ids.len()
+                ))
+            }
+            Some(ScoringQueries::Lookahead { num_tokens }) => {
+                let module =
+                    self.lookahead
+                        .as_ref()
+                        .ok_or_else(|| EngineError::InvalidParameter {
+                            field: "eviction.policy",
+                            message: "lookahead needs a lookahead module, and none is loaded"
+                                .into(),
+                        })?;
+                if module.num_tokens != num_tokens {
+                    return Err(EngineError::InvalidParameter {
+                        field: "eviction.num_tokens",
+                        message: format!(
+                            "the loaded lookahead module has {} tokens, got {num_tokens}",
+                            module.num_tokens
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Lays out the flat batch: each sequence's token rows, followed by its lookahead rows if
+    /// it evicts with LookaheadKV.
+    fn plan_rows(&mut self, batch: &ForwardBatch<'_>) {
         let bs = self.cache.geometry().block_size;
-        let slots = &mut self.buffers.slots;
-        slots.clear();
+        let num_layers = self.config.num_layers;
+        let b = &mut self.buffers;
+        b.slots.clear();
+        b.sequences.clear();
+        let mut num_lookahead_sequences = 0;
         for (sequence, seq) in batch.sequences.iter().enumerate() {
+            let first_row = b.slots.len();
             for i in 0..seq.token_ids.len() {
                 let entry = seq.first_cache_entry + i;
-                slots.push(TokenSlot {
+                b.slots.push(TokenSlot {
                     sequence,
                     position: seq.first_position + i,
-                    block: seq.block_table[entry / bs] as usize,
-                    offset_in_block: entry % bs,
+                    cache: Some(CacheSlot {
+                        block: seq.block_table[entry / bs] as usize,
+                        offset: entry % bs,
+                    }),
                     num_entries: entry + 1,
                 });
             }
+            let prompt_len = seq.num_entries_after();
+            let eviction = seq
+                .eviction
+                .filter(|policy| policy.applies_to(prompt_len))
+                .map(|policy| PendingEviction::new(policy, prompt_len, num_layers));
+            let num_lookahead = eviction.as_ref().map_or(0, PendingEviction::lookahead_rows);
+            for i in 0..num_lookahead {
+                b.slots.push(TokenSlot {
+                    sequence,
+                    position: prompt_len + i,
+                    cache: None,
+                    num_entries: prompt_len,
+                });
+            }
+            b.sequences.push(SequenceRows {
+                first_row,
+                num_tokens: seq.token_ids.len(),
+                num_lookahead,
+                lookahead_index: num_lookahead_sequences,
+                eviction,
+            });
+            num_lookahead_sequences += usize::from(num_lookahead > 0);
+        }
+        if let Some(module) = &self.lookahead {
+            b.lookahead_kv.reset(
+                num_lookahead_sequences,
+                module.num_tokens,
+                self.config.num_kv_heads,
+                self.config.head_dim,
+            );
         }
     }
 
@@ -155,16 +295,30 @@ impl CpuBackend {
         let h = self.config.hidden_size;
         let hidden = &mut self.buffers.hidden;
         hidden.clear();
-        for &token in batch.sequences.iter().flat_map(|s| s.token_ids) {
-            let t = token as usize;
-            hidden.extend_from_slice(&self.weights.embed_tokens[t * h..(t + 1) * h]);
+        for (seq, rows) in batch.sequences.iter().zip(&self.buffers.sequences) {
+            for &token in seq.token_ids {
+                let t = token as usize;
+                hidden.extend_from_slice(&self.weights.embed_tokens[t * h..(t + 1) * h]);
+            }
+            if let (Some(module), true) = (&self.lookahead, rows.num_lookahead > 0) {
+                hidden.extend_from_slice(&module.embeddings[..rows.num_lookahead * h]);
+            }
         }
     }
 
-    fn layer(&mut self, layer_index: usize, contexts: &[QueryContext<'_>]) {
-        let c = &self.config;
-        let w = &self.weights.layers[layer_index];
-        let b = &mut self.buffers;
+    fn layer(&mut self, batch: &ForwardBatch<'_>, layer_index: usize) -> Result<()> {
+        let Self {
+            config: c,
+            weights,
+            lookahead,
+            rope,
+            cache,
+            buffers: b,
+        } = self;
+        let w = &weights.layers[layer_index];
+        let adapters = lookahead
+            .as_deref()
+            .map(|m| (&m.layers[layer_index], m.scale()));
         let tokens = b.slots.len();
         let (d, q_width, kv_width) = (
             c.head_dim,
@@ -178,9 +332,14 @@ impl CpuBackend {
         timed(&mut b.matmul_time, || {
             linear(&b.normed, tokens, &w.qkv_proj, &mut b.qkv)
         });
+        let qkv_width = c.qkv_width();
+        if let Some((a, scale)) = adapters {
+            let targets = [(&a.q, 0), (&a.k, q_width), (&a.v, q_width + kv_width)];
+            let io = LoraIo::new(&b.normed, c.hidden_size, &mut b.qkv, qkv_width);
+            lookahead_lora(&b.sequences, io, &targets, scale, &mut b.lora);
+        }
         let attention_start = Instant::now();
         resize(&mut b.queries, tokens * q_width);
-        let qkv_width = c.qkv_width();
         for (t, slot) in b.slots.iter().enumerate() {
             let row = &mut b.qkv[t * qkv_width..(t + 1) * qkv_width];
             let (q, kv) = row.split_at_mut(q_width);
@@ -190,11 +349,17 @@ impl CpuBackend {
                 ops::rms_norm_heads_in_place(k, kn, c.rms_norm_eps);
             }
             q.chunks_mut(d)
-                .for_each(|head| self.rope.rotate(head, slot.position));
+                .for_each(|head| rope.rotate(head, slot.position));
             k.chunks_mut(d)
-                .for_each(|head| self.rope.rotate(head, slot.position));
-            self.cache
-                .write(layer_index, slot.block, slot.offset_in_block, k, v);
+                .for_each(|head| rope.rotate(head, slot.position));
+            match slot.cache {
+                Some(at) => cache.write(layer_index, at.block, at.offset, k, v),
+                None => {
+                    let rows = &b.sequences[slot.sequence];
+                    let row = t - rows.lookahead_rows().start;
+                    b.lookahead_kv.write(rows.lookahead_index, row, k, v);
+                }
+            }
             b.queries[t * q_width..(t + 1) * q_width].copy_from_slice(q);
         }
         resize(&mut b.attention, tokens * q_width);
@@ -202,20 +367,68 @@ impl CpuBackend {
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,
             head_dim: d,
-            block_size: self.cache.geometry().block_size,
+            block_size: cache.geometry().block_size,
             scale: 1.0 / (d as f32).sqrt(),
         };
+        let contexts: Vec<QueryContext<'_>> = b
+            .slots
+            .iter()
+            .map(|slot| {
+                let seq = &batch.sequences[slot.sequence];
+                let rows = &b.sequences[slot.sequence];
+                QueryContext {
+                    block_table: seq.block_table,
+                    num_entries: slot.num_entries,
+                    skip: seq
+                        .compacted
+                        .map_or(0..0, |p| p.layer_kept[layer_index]..p.entries),
+                    extra: slot.cache.is_none().then(|| {
+                        let count = slot.position - rows.prompt_len() + 1;
+                        b.lookahead_kv.extra(rows.lookahead_index, count)
+                    }),
+                }
+            })
+            .collect();
         paged_attention(
             &b.queries,
-            contexts,
-            self.cache.layer(layer_index),
+            &contexts,
+            cache.layer(layer_index),
             shape,
             &mut b.attention,
         );
+        drop(contexts);
         b.attention_time += attention_start.elapsed();
+        let layout = HeadLayout {
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: d,
+        };
+        for (seq, rows) in batch.sequences.iter().zip(b.sequences.iter_mut()) {
+            let Some(pending) = rows.eviction.as_mut() else {
+                continue;
+            };
+            let scoring_rows = pending.scoring_rows(rows.first_row, rows.num_tokens);
+            let queries = &b.queries[row_span(scoring_rows, q_width)];
+            let extra_keys =
+                (rows.num_lookahead > 0).then(|| b.lookahead_kv.key_rows(rows.lookahead_index));
+            pending.run_layer(
+                cache,
+                layer_index,
+                seq.block_table,
+                ScoringInput {
+                    layout,
+                    queries,
+                    extra_keys,
+                },
+            )?;
+        }
         timed(&mut b.matmul_time, || {
             linear(&b.attention, tokens, &w.o_proj, &mut b.projected)
         });
+        if let Some((a, scale)) = adapters {
+            let io = LoraIo::new(&b.attention, q_width, &mut b.projected, c.hidden_size);
+            lookahead_lora(&b.sequences, io, &[(&a.o, 0)], scale, &mut b.lora);
+        }
         ops::add_in_place(&mut b.hidden, &b.projected);
 
         // 2. MLP block: norm → fused gate/up → SwiGLU → down.
@@ -228,12 +441,28 @@ impl CpuBackend {
         timed(&mut b.matmul_time, || {
             linear(&b.normed, tokens, &w.gate_up_proj, &mut b.gate_up)
         });
-        resize(&mut b.activated, tokens * c.intermediate_size);
-        ops::silu_mul(&b.gate_up, c.intermediate_size, &mut b.activated);
+        let inter = c.intermediate_size;
+        if let Some((a, scale)) = adapters {
+            let io = LoraIo::new(&b.normed, c.hidden_size, &mut b.gate_up, 2 * inter);
+            lookahead_lora(
+                &b.sequences,
+                io,
+                &[(&a.gate, 0), (&a.up, inter)],
+                scale,
+                &mut b.lora,
+            );
+        }
+        resize(&mut b.activated, tokens * inter);
+        ops::silu_mul(&b.gate_up, inter, &mut b.activated);
         timed(&mut b.matmul_time, || {
             linear(&b.activated, tokens, &w.down_proj, &mut b.projected)
         });
+        if let Some((a, scale)) = adapters {
+            let io = LoraIo::new(&b.activated, inter, &mut b.projected, c.hidden_size);
+            lookahead_lora(&b.sequences, io, &[(&a.down, 0)], scale, &mut b.lora);
+        }
         ops::add_in_place(&mut b.hidden, &b.projected);
+        Ok(())
     }
 
     fn logits(&mut self, batch: &ForwardBatch<'_>, out: &mut ForwardOutput) {
@@ -241,22 +470,15 @@ impl CpuBackend {
         let b = &mut self.buffers;
         out.rows.clear();
         b.logits_hidden.clear();
-        let mut token_start = 0;
-        for seq in &batch.sequences {
-            let len = seq.token_ids.len();
-            let count = seq.logits.num_rows(len);
+        for (seq, rows) in batch.sequences.iter().zip(&b.sequences) {
+            let count = seq.logits.num_rows(rows.num_tokens);
             out.rows.push(RowRange {
                 start: b.logits_hidden.len() / h,
                 count,
             });
-            let first = match seq.logits {
-                LogitsRequest::None => token_start + len,
-                LogitsRequest::Last => token_start + len - 1,
-                LogitsRequest::All => token_start,
-            };
+            let end = rows.first_row + rows.num_tokens;
             b.logits_hidden
-                .extend_from_slice(&b.hidden[first * h..(token_start + len) * h]);
-            token_start += len;
+                .extend_from_slice(&b.hidden[row_span(end - count..end, h)]);
         }
         let rows = b.logits_hidden.len() / h;
         resize(&mut b.normed, rows * h);
@@ -294,23 +516,18 @@ impl Backend for CpuBackend {
         let started = Instant::now();
         self.buffers.matmul_time = Duration::ZERO;
         self.buffers.attention_time = Duration::ZERO;
-        self.plan_slots(batch);
+        self.plan_rows(batch);
         self.embed(batch);
-        // What each token attends to is the same in every layer: built once per pass.
-        let contexts: Vec<QueryContext<'_>> = self
-            .buffers
-            .slots
-            .iter()
-            .map(|slot| QueryContext {
-                block_table: batch.sequences[slot.sequence].block_table,
-                num_entries: slot.num_entries,
-                skip: 0..0,
-            })
-            .collect();
         for layer in 0..self.config.num_layers {
-            self.layer(layer, &contexts);
+            self.layer(batch, layer)?;
         }
         self.logits(batch, out);
+        out.evictions.clear();
+        for (index, rows) in self.buffers.sequences.iter_mut().enumerate() {
+            if let Some(pending) = rows.eviction.take() {
+                out.evictions.push(pending.finish(index));
+            }
+        }
         let (matmul, attention) = (self.buffers.matmul_time, self.buffers.attention_time);
         out.profile = ForwardProfile {
             matmul,
@@ -318,6 +535,49 @@ impl Backend for CpuBackend {
             other: started.elapsed().saturating_sub(matmul + attention),
         };
         Ok(())
+    }
+}
+
+/// The input rows and output buffer of one projection, for its lookahead deltas.
+struct LoraIo<'a> {
+    x: &'a [f32],
+    x_width: usize,
+    y: &'a mut [f32],
+    y_width: usize,
+}
+
+impl<'a> LoraIo<'a> {
+    fn new(x: &'a [f32], x_width: usize, y: &'a mut [f32], y_width: usize) -> Self {
+        Self {
+            x,
+            x_width,
+            y,
+            y_width,
+        }
+    }
+}
+
+/// Adds each target adapter's delta (at its output column) on the lookahead rows of every
+/// sequence that has them; every other row is left exactly as the base projection made it.
+fn lookahead_lora(
+    sequences: &[SequenceRows],
+    io: LoraIo<'_>,
+    targets: &[(&LoraPair, usize)],
+    scale: f32,
+    scratch: &mut LoraScratch,
+) {
+    for rows in sequences.iter().filter(|r| r.num_lookahead > 0) {
+        let span = rows.lookahead_rows();
+        let x = &io.x[row_span(span.clone(), io.x_width)];
+        let y = &mut io.y[row_span(span, io.y_width)];
+        for &(pair, column) in targets {
+            let out = OutputColumns {
+                y: &mut *y,
+                width: io.y_width,
+                column,
+            };
+            add_lora_delta(x, rows.num_lookahead, pair, scale, out, scratch);
+        }
     }
 }
 

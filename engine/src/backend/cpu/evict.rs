@@ -1,0 +1,137 @@
+//! Eviction inside the CPU forward pass, one layer at a time: right after a layer's attention,
+//! score the evicting sequence's prompt keys (in place in its blocks) with its scoring queries,
+//! select the kept entries per KV head and compact them into the sequence's leading entries.
+//! A layer's cache is final once its attention ran, so compacting it at once is safe, and the
+//! scores need only that layer's queries (DESIGN §4; policies in [`crate::eviction`]).
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use super::kv_cache::{CpuKvCache, PagedKeys};
+use crate::batch::SequenceEviction;
+use crate::error::Result;
+use crate::eviction::{
+    EvictionPolicy, HeadLayout, LayerSelection, QueryRows, ScoringPlan, ScoringQueries,
+    ScoringRequest, score_prompt,
+};
+
+/// One sequence's eviction while the pass runs through the layers.
+pub struct PendingEviction {
+    policy: EvictionPolicy,
+    prompt_len: usize,
+    layer_budgets: Vec<usize>,
+    scoring: Option<ScoringPlan>,
+    selections: Vec<LayerSelection>,
+    time: Duration,
+}
+
+/// What one layer's scoring reads from the pass.
+pub struct ScoringInput<'a> {
+    pub layout: HeadLayout,
+    /// The scoring queries' rows (`[n_q, num_heads · head_dim]`), RoPE'd.
+    pub queries: &'a [f32],
+    /// The lookahead rows' keys (row-major), which enter the softmax denominator.
+    pub extra_keys: Option<&'a [f32]>,
+}
+
+impl PendingEviction {
+    /// Starts evicting a prompt of `prompt_len` entries that the policy applies to.
+    pub fn new(policy: EvictionPolicy, prompt_len: usize, num_layers: usize) -> Self {
+        Self {
+            policy,
+            prompt_len,
+            layer_budgets: policy.layer_budgets(prompt_len, num_layers),
+            scoring: policy.scoring_plan(prompt_len),
+            selections: Vec::with_capacity(num_layers),
+            time: Duration::ZERO,
+        }
+    }
+
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
+    /// Lookahead rows the pass must append after the prompt (0 unless LookaheadKV).
+    pub fn lookahead_rows(&self) -> usize {
+        match self.scoring.map(|plan| plan.queries) {
+            Some(ScoringQueries::Lookahead { num_tokens }) => num_tokens,
+            _ => 0,
+        }
+    }
+
+    /// Rows of the flat batch whose queries score, for a sequence whose `num_tokens` token rows
+    /// start at `first_row` (empty when the policy needs no scores).
+    pub fn scoring_rows(&self, first_row: usize, num_tokens: usize) -> Range<usize> {
+        let end = first_row + num_tokens;
+        match self.scoring.map(|plan| plan.queries) {
+            Some(ScoringQueries::PromptWindow { window }) => end - window..end,
+            Some(ScoringQueries::Lookahead { num_tokens }) => end..end + num_tokens,
+            None => end..end,
+        }
+    }
+
+    /// Scores, selects and compacts `layer` of the sequence with `block_table`.
+    pub fn run_layer(
+        &mut self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        block_table: &[u32],
+        input: ScoringInput<'_>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let geometry = *cache.geometry();
+        let scores = match self.scoring {
+            Some(plan) => {
+                let keys = PagedKeys {
+                    layer: cache.layer(layer),
+                    block_table,
+                    block_size: geometry.block_size,
+                    head_dim: geometry.head_dim,
+                    num_entries: self.prompt_len,
+                };
+                let rows = match plan.queries {
+                    ScoringQueries::PromptWindow { .. } => QueryRows::PromptSuffix,
+                    ScoringQueries::Lookahead { .. } => QueryRows::AfterPrompt {
+                        extra_keys: input.extra_keys,
+                    },
+                };
+                let request = ScoringRequest {
+                    queries: input.queries,
+                    rows,
+                    scored_entries: plan.scored_entries,
+                    reduction: plan.reduction,
+                    pooling: plan.pooling,
+                };
+                Some(score_prompt(input.layout, &request, &keys)?)
+            }
+            None => None,
+        };
+        let selection = self.policy.select_layer(
+            self.layer_budgets[layer],
+            self.prompt_len,
+            geometry.num_kv_heads,
+            scores.as_ref(),
+        )?;
+        cache.compact(layer, block_table, &selection.kept);
+        self.selections.push(selection);
+        self.time += started.elapsed();
+        Ok(())
+    }
+
+    /// The report of a finished pass for batch sequence `sequence`.
+    pub fn finish(self, sequence: usize) -> SequenceEviction {
+        let layer_kept: Vec<usize> = self
+            .selections
+            .iter()
+            .map(|layer| layer.kept.iter().map(Vec::len).max().unwrap_or(0))
+            .collect();
+        SequenceEviction {
+            sequence,
+            prompt_len: self.prompt_len,
+            kept_entries: layer_kept.iter().copied().max().unwrap_or(0),
+            layer_kept,
+            selections: self.selections,
+            time: self.time,
+        }
+    }
+}
