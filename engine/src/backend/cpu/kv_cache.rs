@@ -72,6 +72,12 @@ impl CpuKvCache {
 }
 
 impl CpuKvCache {
+    /// The whole pool, keys then values (tests compare pools bit for bit).
+    #[cfg(test)]
+    pub fn raw(&self) -> (&[f32], &[f32]) {
+        (&self.keys, &self.values)
+    }
+
     /// Compaction after eviction: for each KV head `h` of `layer`, moves the entries
     /// `kept[h]` (ascending) of the sequence with `block_table` to its entries `0..kept[h].len()`,
     /// keys and values alike. In place: entry `kept[h][i] ≥ i` is read before slot `i` could

@@ -12,6 +12,8 @@ pub mod linear;
 mod lora;
 mod ops;
 mod rows;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,0 +1,170 @@
+//! LookaheadKV's promise to the prompt (DESIGN §3), checked on the private cache: the lookahead
+//! rows change nothing but the selection. Also the refusals of impossible eviction requests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::CpuBackend;
+use crate::backend::Backend;
+use crate::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use crate::error::EngineError;
+use crate::eviction::{EvictionPolicy, Policy};
+use crate::lookahead::{LookaheadModule, RandomInit};
+use crate::model::Model;
+
+const BLOCK_SIZE: usize = 16;
+const NUM_BLOCKS: usize = 12;
+
+fn model() -> Model {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K");
+    Model::load(&dir).expect("bundled model")
+}
+
+fn module(model: &Model, seed: u64) -> Arc<LookaheadModule> {
+    let identity = model.identity().expect("identity");
+    let init = RandomInit {
+        seed,
+        ..RandomInit::default()
+    };
+    Arc::new(LookaheadModule::random(&model.config, identity, init))
+}
+
+fn prompt(len: usize) -> Vec<u32> {
+    (0..len as u32).map(|i| 3 + (i * 37 + 11) % 500).collect()
+}
+
+/// Blocks of the sequence, deliberately out of order.
+const TABLE: [u32; 6] = [7, 2, 9, 0, 5, 11];
+
+fn prefill(
+    backend: &mut CpuBackend,
+    tokens: &[u32],
+    eviction: Option<EvictionPolicy>,
+) -> crate::Result<ForwardOutput> {
+    let batch = ForwardBatch {
+        sequences: vec![SequenceInput {
+            token_ids: tokens,
+            first_position: 0,
+            first_cache_entry: 0,
+            block_table: &TABLE,
+            logits: LogitsRequest::Last,
+            eviction,
+            compacted: None,
+        }],
+    };
+    let mut out = ForwardOutput::default();
+    backend.forward(&batch, &mut out)?;
+    Ok(out)
+}
+
+fn lookahead(budget: usize) -> EvictionPolicy {
+    EvictionPolicy {
+        policy: Policy::lookahead(),
+        budget,
+    }
+}
+
+#[test]
+fn lookahead_rows_change_nothing_but_the_selection() {
+    let model = model();
+    let tokens = prompt(80);
+    let module = module(&model, 3);
+    let mut evicting =
+        CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, Some(Arc::clone(&module))).unwrap();
+    let mut plain = CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, Some(module)).unwrap();
+
+    let with = prefill(&mut evicting, &tokens, Some(lookahead(24))).unwrap();
+    let without = prefill(&mut plain, &tokens, None).unwrap();
+    assert_eq!(
+        with.last_row(0),
+        without.last_row(0),
+        "the first token's logits must not depend on the lookahead rows"
+    );
+    assert!(without.evictions.is_empty());
+    let [report] = with.evictions.as_slice() else {
+        panic!("one eviction report expected, got {:?}", with.evictions);
+    };
+    assert_eq!((report.prompt_len, report.kept_entries), (80, 24));
+
+    // Compacting the plain run's cache with the same selection must give the evicting run's
+    // pool bit for bit, every block included: no lookahead K/V anywhere, prompt K/V untouched.
+    for (layer, selection) in report.selections.iter().enumerate() {
+        plain.cache.compact(layer, &TABLE, &selection.kept);
+    }
+    let (keys, values) = evicting.cache.raw();
+    let (want_keys, want_values) = plain.cache.raw();
+    assert!(keys == want_keys && values == want_values, "pools differ");
+}
+
+#[test]
+fn the_adapters_steer_the_selection() {
+    let model = model();
+    let tokens = prompt(80);
+    let selections = |seed| {
+        let mut backend =
+            CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, Some(module(&model, seed))).unwrap();
+        let out = prefill(&mut backend, &tokens, Some(lookahead(24))).unwrap();
+        out.evictions[0].selections.clone()
+    };
+    assert_ne!(
+        selections(1),
+        selections(2),
+        "different lookahead modules should keep different entries"
+    );
+}
+
+#[test]
+fn impossible_evictions_are_refused_before_anything_runs() {
+    let model = model();
+    let tokens = prompt(80);
+    let mut backend = CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, None).unwrap();
+    let no_module = prefill(&mut backend, &tokens, Some(lookahead(24))).unwrap_err();
+    assert!(
+        matches!(
+            no_module,
+            EngineError::InvalidParameter {
+                field: "eviction.policy",
+                ..
+            }
+        ),
+        "{no_module}"
+    );
+
+    // SnapKV scores with the last 32 prompt queries: a last chunk of 8 tokens cannot.
+    let snapkv = EvictionPolicy {
+        policy: Policy::snapkv(),
+        budget: 48,
+    };
+    prefill(&mut backend, &tokens[..72], None).unwrap();
+    let batch = ForwardBatch {
+        sequences: vec![SequenceInput {
+            token_ids: &tokens[72..],
+            first_position: 72,
+            first_cache_entry: 72,
+            block_table: &TABLE,
+            logits: LogitsRequest::Last,
+            eviction: Some(snapkv),
+            compacted: None,
+        }],
+    };
+    let error = backend
+        .forward(&batch, &mut ForwardOutput::default())
+        .unwrap_err();
+    assert!(error.to_string().contains("scoring window"), "{error}");
+
+    let zero_budget = EvictionPolicy {
+        policy: Policy::snapkv(),
+        budget: 0,
+    };
+    let error = prefill(&mut backend, &tokens, Some(zero_budget)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            EngineError::InvalidParameter {
+                field: "eviction.budget",
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
