@@ -229,6 +229,17 @@ fn every_invalid_parameter_gets_its_status_code_naming_the_field() {
             input: Some(v1::generate_request::Input::TokenIds(v1::TokenIds { ids })),
             ..greedy("", 4)
         };
+        let policy = |kind: v1::KvPolicy, knobs: fn(&mut v1::KvCachePolicy)| {
+            let mut policy = v1::KvCachePolicy {
+                policy: kind.into(),
+                ..Default::default()
+            };
+            knobs(&mut policy);
+            v1::GenerateRequest {
+                kv_cache: Some(policy),
+                ..greedy("Hi", 4)
+            }
+        };
         let cases: Vec<(v1::GenerateRequest, Code, &str)> = vec![
             (
                 sampling(v1::SamplingParameters {
@@ -341,6 +352,38 @@ fn every_invalid_parameter_gets_its_status_code_naming_the_field() {
                 Code::InvalidArgument,
                 "kv_cache.policy",
             ),
+            (
+                policy(v1::KvPolicy::Snapkv, |p| p.budget = Some(0)),
+                Code::InvalidArgument,
+                "eviction.budget",
+            ),
+            (
+                policy(v1::KvPolicy::Snapkv, |p| {
+                    (p.budget, p.window) = (Some(16), Some(32));
+                }),
+                Code::InvalidArgument,
+                "eviction.window",
+            ),
+            (
+                policy(v1::KvPolicy::Snapkv, |p| p.pool_kernel = Some(4)),
+                Code::InvalidArgument,
+                "eviction.kernel",
+            ),
+            (
+                policy(v1::KvPolicy::Pyramidkv, |p| p.beta = Some(2.5)),
+                Code::InvalidArgument,
+                "kv_cache.beta",
+            ),
+            (
+                policy(v1::KvPolicy::Snapkv, |p| p.pool = 9),
+                Code::InvalidArgument,
+                "kv_cache.pool",
+            ),
+            (
+                policy(v1::KvPolicy::Lookahead, |_| {}),
+                Code::FailedPrecondition,
+                "lookahead module",
+            ),
         ];
         for (request, code, field) in cases {
             let status = generate(&mut client, request).await.unwrap_err();
@@ -360,6 +403,40 @@ fn every_invalid_parameter_gets_its_status_code_naming_the_field() {
             .unwrap()
             >= 16.0
     );
+}
+
+#[test]
+fn a_snapkv_request_keeps_its_budget_and_frees_blocks_before_decoding() {
+    let server = Server::start();
+    runtime().block_on(async {
+        let mut client = server.client().await;
+        let prompt: Vec<u32> = (0..300).map(|i| 3 + (i * 31) % 500).collect();
+        let request = v1::GenerateRequest {
+            input: Some(v1::generate_request::Input::TokenIds(v1::TokenIds {
+                ids: prompt,
+            })),
+            kv_cache: Some(v1::KvCachePolicy {
+                policy: v1::KvPolicy::Snapkv.into(),
+                budget: Some(64),
+                ..Default::default()
+            }),
+            ignore_eos: true,
+            ..greedy("", 8)
+        };
+        let (_, done) = generate(&mut client, request).await.unwrap();
+        let usage = done.usage.unwrap();
+        assert_eq!((usage.completion_tokens, usage.kv_entries_kept), (8, 64));
+        // 300 entries held 19 blocks of 16; 64 need 4.
+        assert_eq!(usage.kv_blocks_freed, 15);
+        let applied = done.applied_policy.unwrap();
+        assert_eq!(applied.policy, i32::from(v1::KvPolicy::Snapkv));
+        assert_eq!((applied.budget, applied.window), (Some(64), Some(32)));
+        assert!(done.timings.unwrap().eviction_secs > 0.0);
+    });
+    let evicted = "glimpse_kv_evicted_tokens_total{policy=\"snapkv\"}";
+    assert_eq!(server.metric(evicted), Some(236.0));
+    let freed = "glimpse_kv_blocks_freed_by_eviction_total{policy=\"snapkv\"}";
+    assert_eq!(server.metric(freed), Some(15.0));
 }
 
 #[test]
