@@ -4,7 +4,7 @@
 //! Owns: scaled dot products, causal visibility, the softmax, the reduction over queries, pooling
 //! per query head and the mean over each GQA group (DESIGN §4). It must not know where keys live
 //! (the backend lends them through [`KeySource`], e.g. in place from paged blocks) nor how entries
-//! are selected. It never holds more than one query row of probabilities at a time.
+//! are selected. It never holds more than one query row of probabilities per query head at a time.
 //!
 //! Softmax denominator (reference §5.3): each query is normalised over every key it can see in the
 //! forward pass, and only prompt columns are scored. SnapKV window queries see the prompt keys at
@@ -13,6 +13,8 @@
 //! position. Passing the lookahead keys is the engine's choice for LookaheadKV: the scores are then
 //! the probabilities the lookahead rows actually compute, as the training target's are for answer
 //! rows (DESIGN §4 training). Omitting them normalises over the prompt keys alone.
+
+use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 
@@ -148,7 +150,7 @@ impl KvHeadScores {
 /// Computes one layer's per-KV-head scores: for each query head, `softmax(q·kᵀ/√d)` over the keys
 /// each query sees (f32), reduced over queries, pooled, then averaged over the query heads of the
 /// GQA group. Fails on inconsistent shapes (a caller bug, reported rather than panicking).
-pub fn score_prompt<K: KeySource + ?Sized>(
+pub fn score_prompt<K: KeySource + Sync + ?Sized>(
     layout: HeadLayout,
     request: &ScoringRequest<'_>,
     keys: &K,
@@ -163,31 +165,37 @@ pub fn score_prompt<K: KeySource + ?Sized>(
     };
     let scored = request.scored_entries;
     let group = layout.num_heads / layout.num_kv_heads;
+    // Query heads are independent: score them in parallel, then sum each GQA group in head
+    // order so the result does not depend on the thread count.
+    let head_rows: Vec<Vec<f32>> = (0..layout.num_heads)
+        .into_par_iter()
+        .map(|head| {
+            let mut probs = vec![0.0f32; prompt_len + num_extra];
+            let mut reduced = vec![0.0f32; scored];
+            for query in 0..num_queries {
+                let visible = query_row_probs(layout, request, keys, head, query, &mut probs);
+                let scored_visible = visible.min(scored);
+                for (acc, p) in reduced.iter_mut().zip(&probs[..scored_visible]) {
+                    *acc += p;
+                }
+            }
+            if request.reduction == QueryReduction::Mean {
+                let inv = 1.0 / num_queries as f32;
+                reduced.iter_mut().for_each(|s| *s *= inv);
+            }
+            match request.pooling {
+                Some(pooling) => {
+                    let mut pooled = vec![0.0f32; scored];
+                    pool1d(&reduced, pooling, &mut pooled);
+                    pooled
+                }
+                None => reduced,
+            }
+        })
+        .collect();
     let mut out = vec![0.0f32; layout.num_kv_heads * scored];
-    let mut probs = vec![0.0f32; prompt_len + num_extra];
-    let mut reduced = vec![0.0f32; scored];
-    let mut pooled = vec![0.0f32; scored];
-    for head in 0..layout.num_heads {
+    for (head, row) in head_rows.iter().enumerate() {
         let kv_head = head / group;
-        reduced.fill(0.0);
-        for query in 0..num_queries {
-            let visible = query_row_probs(layout, request, keys, head, query, &mut probs);
-            let scored_visible = visible.min(scored);
-            for (acc, p) in reduced.iter_mut().zip(&probs[..scored_visible]) {
-                *acc += p;
-            }
-        }
-        if request.reduction == QueryReduction::Mean {
-            let inv = 1.0 / num_queries as f32;
-            reduced.iter_mut().for_each(|s| *s *= inv);
-        }
-        let row = match request.pooling {
-            Some(pooling) => {
-                pool1d(&reduced, pooling, &mut pooled);
-                &pooled
-            }
-            None => &reduced,
-        };
         let dst = &mut out[kv_head * scored..(kv_head + 1) * scored];
         for (acc, s) in dst.iter_mut().zip(row) {
             *acc += s;
@@ -236,8 +244,23 @@ fn query_row_probs<K: KeySource + ?Sized>(
     visible_prompt
 }
 
+/// Eight independent partial sums, so the compiler vectorises the loop (a single running sum
+/// would force sequential adds).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for lane in 0..8 {
+            acc[lane] += x[lane] * y[lane];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 fn softmax_in_place(row: &mut [f32]) {
