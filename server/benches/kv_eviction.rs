@@ -1,0 +1,321 @@
+//! What KV eviction costs and what it buys, on one model (DESIGN §4):
+//!
+//! 1. **TTFT overhead** per policy relative to `full`, in the same run: the prompt's prefill
+//!    (chunked as the engine chunks it, `--chunk` tokens per step, the last chunk carrying the
+//!    eviction) timed end to end, scoring + selection + compaction included; policies are
+//!    interleaved within each repetition so machine drift hits them alike; medians reported.
+//! 2. **KV bytes per request** after eviction: the blocks a request still holds.
+//! 3. **Concurrency**: how many `--concurrency-len`-token requests run at once in a pool sized for
+//!    `--pool-requests` full-cache requests, full cache vs the evicting policy — the real
+//!    scheduler admitting and releasing blocks with the kept size the forward pass reported —
+//!    and the ideal ratio (full footprint ÷ evicted footprint; a prompt needs its full blocks
+//!    while it is prefilled, so the real gain stays below it).
+//!
+//! The lookahead module is random (seeded): this measures cost, not quality.
+//!
+//! `cargo bench -p glimpse-server --bench kv_eviction -- --model DIR [--lengths 1024,4096,8128]
+//!  [--policies full,streaming_llm,snapkv,pyramidkv,lookahead] [--budget 128] [--repeats 2]
+//!  [--chunk 2048] [--pool-requests 4] [--concurrency-len 8128] [--output-len 64] [--json OUT]`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use glimpse_engine::backend::Backend;
+use glimpse_engine::backend::cpu::CpuBackend;
+use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use glimpse_engine::eviction::{EvictionPolicy, Policy};
+use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
+use glimpse_engine::model::Model;
+use glimpse_scheduler::{
+    LastChunk, Request, Scheduler, SchedulerConfig, SeqId, SeqOutput, StepResult,
+};
+
+const BLOCK_SIZE: usize = 16;
+
+struct Args {
+    model: PathBuf,
+    lengths: Vec<usize>,
+    policies: Vec<String>,
+    budget: usize,
+    repeats: usize,
+    chunk: usize,
+    pool_requests: usize,
+    concurrency_len: usize,
+    output_len: usize,
+    json: Option<PathBuf>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        model: PathBuf::new(),
+        lengths: vec![1024, 4096, 8128],
+        policies: ["full", "streaming_llm", "snapkv", "pyramidkv", "lookahead"]
+            .map(String::from)
+            .to_vec(),
+        budget: 128,
+        repeats: 2,
+        chunk: 2048,
+        pool_requests: 4,
+        concurrency_len: 8128,
+        output_len: 64,
+        json: None,
+    };
+    let list = |v: String| -> Vec<String> { v.split(',').map(String::from).collect() };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().expect("a number");
+        match flag.as_str() {
+            "--model" => a.model = value().into(),
+            "--lengths" => a.lengths = list(value()).into_iter().map(number).collect(),
+            "--policies" => a.policies = list(value()),
+            "--budget" => a.budget = number(value()),
+            "--repeats" => a.repeats = number(value()),
+            "--chunk" => a.chunk = number(value()),
+            "--pool-requests" => a.pool_requests = number(value()),
+            "--concurrency-len" => a.concurrency_len = number(value()),
+            "--output-len" => a.output_len = number(value()),
+            "--json" => a.json = Some(value().into()),
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(!a.model.as_os_str().is_empty(), "--model DIR is required");
+    a
+}
+
+fn policy(name: &str, budget: usize) -> EvictionPolicy {
+    let policy = match name {
+        "full" => return EvictionPolicy::default(),
+        "streaming_llm" => Policy::streaming_llm(),
+        "snapkv" => Policy::snapkv(),
+        "pyramidkv" => Policy::pyramidkv(),
+        "lookahead" => Policy::lookahead(),
+        other => panic!("unknown policy {other}"),
+    };
+    EvictionPolicy { policy, budget }
+}
+
+/// One timed prefill: wall seconds, eviction seconds, entries kept.
+struct Prefill {
+    seconds: f64,
+    eviction_seconds: f64,
+    kept_entries: usize,
+}
+
+/// Prefills `prompt` in chunks, the last one carrying `eviction`.
+fn prefill(
+    backend: &mut CpuBackend,
+    prompt: &[u32],
+    chunk: usize,
+    eviction: EvictionPolicy,
+) -> Prefill {
+    let table: Vec<u32> = (0..prompt.len().div_ceil(BLOCK_SIZE) as u32).collect();
+    let mut out = ForwardOutput::default();
+    let started = Instant::now();
+    let mut start = 0;
+    while start < prompt.len() {
+        let end = (start + chunk).min(prompt.len());
+        let last = end == prompt.len();
+        let batch = ForwardBatch {
+            sequences: vec![SequenceInput {
+                token_ids: &prompt[start..end],
+                first_position: start,
+                first_cache_entry: start,
+                block_table: &table,
+                logits: if last {
+                    LogitsRequest::Last
+                } else {
+                    LogitsRequest::None
+                },
+                eviction: last.then_some(eviction),
+                compacted: None,
+            }],
+        };
+        backend.forward(&batch, &mut out).expect("forward");
+        start = end;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let report = out.evictions.first();
+    Prefill {
+        seconds,
+        eviction_seconds: report.map_or(0.0, |r| r.time.as_secs_f64()),
+        kept_entries: report.map_or(prompt.len(), |r| r.kept_entries),
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Peak number of requests running at once when `num_requests` requests of `prompt_len` tokens
+/// and `output_len` outputs go through the real scheduler over `num_blocks` blocks, each keeping
+/// `kept_entries` after its prefill (`None`: no eviction).
+fn peak_concurrency(
+    num_blocks: usize,
+    prompt_len: usize,
+    output_len: usize,
+    kept_entries: Option<usize>,
+    max_num_batched_tokens: usize,
+) -> usize {
+    let num_requests = 512;
+    let mut scheduler = Scheduler::new(SchedulerConfig {
+        block_size: BLOCK_SIZE,
+        num_blocks,
+        max_num_batched_tokens,
+        max_num_seqs: num_requests,
+        max_model_len: prompt_len + output_len,
+    })
+    .expect("scheduler config");
+    for id in 0..num_requests as u64 {
+        scheduler
+            .add(Request {
+                id: SeqId(id),
+                num_prompt_tokens: prompt_len,
+                max_tokens: output_len,
+                last_chunk: LastChunk::default(),
+            })
+            .expect("request fits");
+    }
+    let mut peak = 0;
+    while scheduler.has_unfinished() {
+        let plan = scheduler.schedule();
+        let sampled: Vec<SeqId> = plan
+            .prefills
+            .iter()
+            .filter(|c| c.is_last_chunk)
+            .map(|c| c.seq)
+            .chain(plan.decodes.iter().map(|d| d.seq))
+            .collect();
+        let outputs = sampled
+            .iter()
+            .map(|&seq| SeqOutput {
+                seq,
+                appended_tokens: 1,
+                finish: None,
+            })
+            .collect();
+        scheduler.update(&StepResult { outputs }).expect("update");
+        if let Some(kept) = kept_entries {
+            for chunk in plan.prefills.iter().filter(|c| c.is_last_chunk) {
+                let running = scheduler
+                    .sequence(chunk.seq)
+                    .is_some_and(|s| s.status == glimpse_scheduler::SeqStatus::Running);
+                if running && chunk.first_position + chunk.num_tokens == prompt_len {
+                    scheduler
+                        .apply_eviction(chunk.seq, kept)
+                        .expect("eviction applies");
+                }
+            }
+        }
+        peak = peak.max(scheduler.num_running());
+    }
+    peak
+}
+
+fn main() {
+    let args = parse_args();
+    let model = Model::load(&args.model).expect("model");
+    let module = Arc::new(LookaheadModule::random(
+        &model.config,
+        model.identity().expect("identity"),
+        RandomInit::default(),
+    ));
+    let longest = args.lengths.iter().copied().max().unwrap_or(0);
+    let num_blocks = longest.div_ceil(BLOCK_SIZE) + 1;
+    let mut backend =
+        CpuBackend::new(&model, BLOCK_SIZE, num_blocks, Some(module)).expect("backend");
+    let bytes_per_block = backend.geometry().bytes_per_block();
+    let vocab = model.config.vocab_size as u32;
+    let mut results = Vec::new();
+    for &len in &args.lengths {
+        let prompt: Vec<u32> = (0..len as u32)
+            .map(|i| 3 + (i.wrapping_mul(2_654_435_761) >> 7) % (vocab - 3))
+            .collect();
+        let mut runs: Vec<Vec<Prefill>> = args.policies.iter().map(|_| Vec::new()).collect();
+        for repeat in 0..args.repeats {
+            for (p, name) in args.policies.iter().enumerate() {
+                let run = prefill(&mut backend, &prompt, args.chunk, policy(name, args.budget));
+                eprintln!(
+                    "[{len} tokens, repeat {}/{}] {name}: {:.2} s (eviction {:.1} ms)",
+                    repeat + 1,
+                    args.repeats,
+                    run.seconds,
+                    run.eviction_seconds * 1e3
+                );
+                runs[p].push(run);
+            }
+        }
+        let full = runs
+            .iter()
+            .zip(&args.policies)
+            .find(|(_, n)| *n == "full")
+            .map(|(r, _)| median(r.iter().map(|x| x.seconds).collect()));
+        for (name, runs) in args.policies.iter().zip(&runs) {
+            let seconds = median(runs.iter().map(|r| r.seconds).collect());
+            let eviction = median(runs.iter().map(|r| r.eviction_seconds).collect());
+            let kept = runs[0].kept_entries;
+            let kv_bytes = kept.div_ceil(BLOCK_SIZE) * bytes_per_block;
+            results.push(serde_json::json!({
+                "prompt_len": len, "policy": name, "budget": args.budget,
+                "prefill_seconds_median": seconds,
+                "prefill_seconds": runs.iter().map(|r| r.seconds).collect::<Vec<_>>(),
+                "eviction_seconds_median": eviction,
+                "ttft_ratio_vs_full": full.map(|f| seconds / f),
+                "kept_entries": kept,
+                "kv_bytes_after_prefill": kv_bytes,
+            }));
+            eprintln!(
+                "{len:>6} {name:>14}: TTFT {seconds:.2} s, ×{:.4} of full, eviction {:.1} ms, KV {:.1} MiB",
+                full.map_or(f64::NAN, |f| seconds / f),
+                eviction * 1e3,
+                kv_bytes as f64 / (1 << 20) as f64
+            );
+        }
+    }
+
+    // Concurrency in a fixed pool.
+    let per_full = (args.concurrency_len + args.output_len).div_ceil(BLOCK_SIZE);
+    let pool = per_full * args.pool_requests;
+    let full_peak = peak_concurrency(
+        pool,
+        args.concurrency_len,
+        args.output_len,
+        None,
+        args.chunk,
+    );
+    let evicted_peak = peak_concurrency(
+        pool,
+        args.concurrency_len,
+        args.output_len,
+        Some(args.budget),
+        args.chunk,
+    );
+    let evicted_footprint = (args.budget + args.output_len).div_ceil(BLOCK_SIZE);
+    let concurrency = serde_json::json!({
+        "prompt_len": args.concurrency_len, "output_len": args.output_len,
+        "pool_blocks": pool, "block_size": BLOCK_SIZE, "budget": args.budget,
+        "full_peak_running": full_peak, "evicted_peak_running": evicted_peak,
+        "gain": evicted_peak as f64 / full_peak as f64,
+        "ideal_ratio": per_full as f64 / evicted_footprint as f64,
+    });
+    eprintln!("concurrency: {concurrency}");
+    let report = serde_json::json!({
+        "model": args.model.display().to_string(),
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "chunk": args.chunk, "block_size": BLOCK_SIZE,
+        "ttft": results, "concurrency": concurrency,
+    });
+    match &args.json {
+        Some(path) => std::fs::write(path, serde_json::to_string_pretty(&report).unwrap())
+            .expect("write json"),
+        None => println!("{}", serde_json::to_string_pretty(&report).unwrap()),
+    }
+}
