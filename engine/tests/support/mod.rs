@@ -5,10 +5,15 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use glimpse_engine::backend::Backend;
 use glimpse_engine::backend::cpu::CpuBackend;
-use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use glimpse_engine::batch::{
+    CompactedPrefix, ForwardBatch, ForwardOutput, LogitsRequest, SequenceEviction, SequenceInput,
+};
+use glimpse_engine::eviction::EvictionPolicy;
+use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
 use safetensors::SafeTensors;
 
@@ -97,9 +102,22 @@ pub fn argmax(row: &[f32]) -> u32 {
 
 /// A sequence driven by [`PagedDriver`].
 pub struct DrivenSequence {
+    /// Every token fed so far: the next token's RoPE position is `tokens.len()`.
     pub tokens: Vec<u32>,
+    /// Cache entries held: equal to `tokens.len()` until an eviction compacts the prompt.
     pub num_cached: usize,
     pub block_table: Vec<u32>,
+    /// Per-layer kept counts once a PyramidKV eviction compacted the prompt unevenly.
+    pub layer_kept: Option<Vec<usize>>,
+    /// Leading entries of that compacted prefix.
+    pub compacted_entries: usize,
+}
+
+/// An eviction applied by [`PagedDriver::step_evicting`].
+pub struct Evicted {
+    pub report: SequenceEviction,
+    /// The sequence's blocks past `ceil(kept_entries / block_size)`, returned to the pool.
+    pub freed_blocks: Vec<u32>,
 }
 
 /// Feeds sequences through a backend with blocks handed out in a scrambled order.
@@ -112,6 +130,16 @@ pub struct PagedDriver {
 
 impl PagedDriver {
     pub fn new(model: &Model, block_size: usize, num_blocks: usize) -> Self {
+        Self::with_lookahead(model, block_size, num_blocks, None)
+    }
+
+    /// A driver whose backend holds `lookahead` for the LookaheadKV policy.
+    pub fn with_lookahead(
+        model: &Model,
+        block_size: usize,
+        num_blocks: usize,
+        lookahead: Option<Arc<LookaheadModule>>,
+    ) -> Self {
         // Interleave from both ends so consecutive blocks of a sequence are never adjacent.
         let mut free = Vec::with_capacity(num_blocks);
         let (mut lo, mut hi) = (0u32, num_blocks as u32);
@@ -125,7 +153,7 @@ impl PagedDriver {
         }
         free.reverse();
         Self {
-            backend: CpuBackend::new(model, block_size, num_blocks, None).unwrap(),
+            backend: CpuBackend::new(model, block_size, num_blocks, lookahead).unwrap(),
             block_size,
             free,
             output: ForwardOutput::default(),
@@ -137,7 +165,14 @@ impl PagedDriver {
             tokens: Vec::new(),
             num_cached: 0,
             block_table: Vec::new(),
+            layer_kept: None,
+            compacted_entries: 0,
         }
+    }
+
+    /// Blocks not owned by any sequence.
+    pub fn num_free_blocks(&self) -> usize {
+        self.free.len()
     }
 
     fn reserve(&mut self, seq: &mut DrivenSequence, entries: usize) {
@@ -149,6 +184,47 @@ impl PagedDriver {
 
     /// Runs one forward pass in which each `(sequence, new tokens, logits)` appends its tokens.
     pub fn step(&mut self, work: &mut [(&mut DrivenSequence, &[u32], LogitsRequest)]) {
+        let evictions = vec![None; work.len()];
+        self.try_step(work, &evictions).unwrap();
+    }
+
+    /// Runs `tokens` as the last prefill chunk of `seq` with `policy`, then applies what the
+    /// backend reports as a scheduler would: the sequence keeps `kept_entries` cache entries and
+    /// only the blocks holding them; its trailing blocks go back to the pool, first in line to be
+    /// handed out again. Returns `None` when the policy left the prompt alone.
+    pub fn step_evicting(
+        &mut self,
+        seq: &mut DrivenSequence,
+        tokens: &[u32],
+        logits: LogitsRequest,
+        policy: EvictionPolicy,
+    ) -> Option<Evicted> {
+        self.try_step(&mut [(seq, tokens, logits)], &[Some(policy)])
+            .unwrap();
+        assert!(self.output.evictions.len() <= 1, "one sequence, one report");
+        let report = self.output.evictions.pop()?;
+        assert_eq!((report.sequence, report.prompt_len), (0, seq.tokens.len()));
+        seq.num_cached = report.kept_entries;
+        seq.compacted_entries = report.kept_entries;
+        let uneven = report.layer_kept.iter().any(|&k| k != report.kept_entries);
+        seq.layer_kept = uneven.then(|| report.layer_kept.clone());
+        let keep = report.kept_entries.div_ceil(self.block_size);
+        let freed_blocks: Vec<u32> = seq.block_table.drain(keep..).collect();
+        self.free.extend(freed_blocks.iter().rev());
+        Some(Evicted {
+            report,
+            freed_blocks,
+        })
+    }
+
+    /// One forward pass; `evictions[i]` is the policy of `work[i]`'s chunk. The sequences are
+    /// updated only if the pass succeeds.
+    pub fn try_step(
+        &mut self,
+        work: &mut [(&mut DrivenSequence, &[u32], LogitsRequest)],
+        evictions: &[Option<EvictionPolicy>],
+    ) -> glimpse_engine::error::Result<()> {
+        assert_eq!(work.len(), evictions.len());
         for (seq, tokens, _) in work.iter_mut() {
             let entries = seq.num_cached + tokens.len();
             self.reserve(seq, entries);
@@ -156,21 +232,26 @@ impl PagedDriver {
         let batch = ForwardBatch {
             sequences: work
                 .iter()
-                .map(|(seq, tokens, logits)| SequenceInput {
+                .zip(evictions)
+                .map(|((seq, tokens, logits), eviction)| SequenceInput {
                     token_ids: tokens,
-                    first_position: seq.num_cached,
+                    first_position: seq.tokens.len(),
                     first_cache_entry: seq.num_cached,
                     block_table: &seq.block_table,
                     logits: *logits,
-                    eviction: None,
-                    compacted: None,
+                    eviction: *eviction,
+                    compacted: seq.layer_kept.as_deref().map(|layer_kept| CompactedPrefix {
+                        entries: seq.compacted_entries,
+                        layer_kept,
+                    }),
                 })
                 .collect(),
         };
-        self.backend.forward(&batch, &mut self.output).unwrap();
+        self.backend.forward(&batch, &mut self.output)?;
         for (seq, tokens, _) in work.iter_mut() {
             seq.tokens.extend_from_slice(tokens);
             seq.num_cached += tokens.len();
         }
+        Ok(())
     }
 }
