@@ -5,17 +5,18 @@
 //!    eviction) timed end to end, scoring + selection + compaction included; policies are
 //!    interleaved within each repetition so machine drift hits them alike; medians reported.
 //! 2. **KV bytes per request** after eviction: the blocks a request still holds.
-//! 3. **Concurrency**: how many `--concurrency-len`-token requests run at once in a pool sized for
-//!    `--pool-requests` full-cache requests, full cache vs the evicting policy — the real
-//!    scheduler admitting and releasing blocks with the kept size the forward pass reported —
-//!    and the ideal ratio (full footprint ÷ evicted footprint; a prompt needs its full blocks
-//!    while it is prefilled, so the real gain stays below it).
+//! 3. **Concurrency**: how many `--concurrency-len`-token prompts are held at once in a pool sized
+//!    for `--pool-requests` full-cache prompts, full cache vs keeping `--budget` entries — the
+//!    real scheduler admitting, chunking and taking blocks back through `apply_eviction` — and
+//!    the ideal ratio (full footprint ÷ evicted footprint; a prompt needs its full blocks while
+//!    it is prefilled, so the real gain stays below it). Prompt KV only: output growth is left
+//!    out, the same for both.
 //!
 //! The lookahead module is random (seeded): this measures cost, not quality.
 //!
 //! `cargo bench -p glimpse-server --bench kv_eviction -- --model DIR [--lengths 1024,4096,8128]
 //!  [--policies full,streaming_llm,snapkv,pyramidkv,lookahead] [--budget 128] [--repeats 2]
-//!  [--chunk 2048] [--pool-requests 4] [--concurrency-len 8128] [--output-len 64] [--json OUT]`
+//!  [--chunk 2048] [--pool-requests 4] [--concurrency-len 8128] [--json OUT]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,9 +28,7 @@ use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, Sequence
 use glimpse_engine::eviction::{EvictionPolicy, Policy};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
-use glimpse_scheduler::{
-    LastChunk, Request, Scheduler, SchedulerConfig, SeqId, SeqOutput, StepResult,
-};
+use glimpse_scheduler::{LastChunk, Request, Scheduler, SchedulerConfig, SeqId};
 
 const BLOCK_SIZE: usize = 16;
 
@@ -42,7 +41,6 @@ struct Args {
     chunk: usize,
     pool_requests: usize,
     concurrency_len: usize,
-    output_len: usize,
     json: Option<PathBuf>,
 }
 
@@ -58,7 +56,6 @@ fn parse_args() -> Args {
         chunk: 2048,
         pool_requests: 4,
         concurrency_len: 8128,
-        output_len: 64,
         json: None,
     };
     let list = |v: String| -> Vec<String> { v.split(',').map(String::from).collect() };
@@ -75,7 +72,6 @@ fn parse_args() -> Args {
             "--chunk" => a.chunk = number(value()),
             "--pool-requests" => a.pool_requests = number(value()),
             "--concurrency-len" => a.concurrency_len = number(value()),
-            "--output-len" => a.output_len = number(value()),
             "--json" => a.json = Some(value().into()),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
@@ -155,23 +151,24 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-/// Peak number of requests running at once when `num_requests` requests of `prompt_len` tokens
-/// and `output_len` outputs go through the real scheduler over `num_blocks` blocks, each keeping
-/// `kept_entries` after its prefill (`None`: no eviction).
-fn peak_concurrency(
+/// How many requests of `prompt_len` tokens the real scheduler holds at once in `num_blocks`
+/// blocks when each keeps `kept_entries` after its prefill (`None`: the full prompt). Requests
+/// are admitted and prefilled as the engine would, then held without decoding (their sampled
+/// token is never reported, so the scheduler leaves them be) until nothing more can be
+/// admitted: the count is of prompt KV only, output growth excluded.
+fn resident_capacity(
     num_blocks: usize,
     prompt_len: usize,
-    output_len: usize,
     kept_entries: Option<usize>,
     max_num_batched_tokens: usize,
 ) -> usize {
-    let num_requests = 512;
+    let num_requests = num_blocks; // more than can ever fit: a request holds ≥ 1 block
     let mut scheduler = Scheduler::new(SchedulerConfig {
         block_size: BLOCK_SIZE,
         num_blocks,
         max_num_batched_tokens,
         max_num_seqs: num_requests,
-        max_model_len: prompt_len + output_len,
+        max_model_len: prompt_len + 1,
     })
     .expect("scheduler config");
     for id in 0..num_requests as u64 {
@@ -179,45 +176,23 @@ fn peak_concurrency(
             .add(Request {
                 id: SeqId(id),
                 num_prompt_tokens: prompt_len,
-                max_tokens: output_len,
+                max_tokens: 1,
                 last_chunk: LastChunk::default(),
             })
             .expect("request fits");
     }
-    let mut peak = 0;
-    while scheduler.has_unfinished() {
+    loop {
         let plan = scheduler.schedule();
-        let sampled: Vec<SeqId> = plan
-            .prefills
-            .iter()
-            .filter(|c| c.is_last_chunk)
-            .map(|c| c.seq)
-            .chain(plan.decodes.iter().map(|d| d.seq))
-            .collect();
-        let outputs = sampled
-            .iter()
-            .map(|&seq| SeqOutput {
-                seq,
-                appended_tokens: 1,
-                finish: None,
-            })
-            .collect();
-        scheduler.update(&StepResult { outputs }).expect("update");
-        if let Some(kept) = kept_entries {
-            for chunk in plan.prefills.iter().filter(|c| c.is_last_chunk) {
-                let running = scheduler
-                    .sequence(chunk.seq)
-                    .is_some_and(|s| s.status == glimpse_scheduler::SeqStatus::Running);
-                if running && chunk.first_position + chunk.num_tokens == prompt_len {
-                    scheduler
-                        .apply_eviction(chunk.seq, kept)
-                        .expect("eviction applies");
-                }
-            }
+        if plan.prefills.is_empty() {
+            return scheduler.num_running();
         }
-        peak = peak.max(scheduler.num_running());
+        let Some(kept) = kept_entries else { continue };
+        for chunk in plan.prefills.iter().filter(|c| c.is_last_chunk) {
+            scheduler
+                .apply_eviction(chunk.seq, kept)
+                .expect("eviction applies after the last chunk");
+        }
     }
-    peak
 }
 
 fn main() {
@@ -282,29 +257,17 @@ fn main() {
     }
 
     // Concurrency in a fixed pool.
-    let per_full = (args.concurrency_len + args.output_len).div_ceil(BLOCK_SIZE);
+    let per_full = args.concurrency_len.div_ceil(BLOCK_SIZE);
     let pool = per_full * args.pool_requests;
-    let full_peak = peak_concurrency(
-        pool,
-        args.concurrency_len,
-        args.output_len,
-        None,
-        args.chunk,
-    );
-    let evicted_peak = peak_concurrency(
-        pool,
-        args.concurrency_len,
-        args.output_len,
-        Some(args.budget),
-        args.chunk,
-    );
-    let evicted_footprint = (args.budget + args.output_len).div_ceil(BLOCK_SIZE);
+    let full = resident_capacity(pool, args.concurrency_len, None, args.chunk);
+    let evicted = resident_capacity(pool, args.concurrency_len, Some(args.budget), args.chunk);
     let concurrency = serde_json::json!({
-        "prompt_len": args.concurrency_len, "output_len": args.output_len,
-        "pool_blocks": pool, "block_size": BLOCK_SIZE, "budget": args.budget,
-        "full_peak_running": full_peak, "evicted_peak_running": evicted_peak,
-        "gain": evicted_peak as f64 / full_peak as f64,
-        "ideal_ratio": per_full as f64 / evicted_footprint as f64,
+        "prompt_len": args.concurrency_len,
+        "pool_blocks": pool, "pool_bytes": pool * bytes_per_block,
+        "block_size": BLOCK_SIZE, "budget": args.budget,
+        "full_resident": full, "evicted_resident": evicted,
+        "gain": evicted as f64 / full as f64,
+        "ideal_ratio": per_full as f64 / args.budget.div_ceil(BLOCK_SIZE) as f64,
     });
     eprintln!("concurrency: {concurrency}");
     let report = serde_json::json!({
