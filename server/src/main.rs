@@ -1,6 +1,6 @@
 //! The `glimpse` command line: `generate` runs prompts offline, `serve` runs the gRPC server,
-//! `health` probes a server,
-//! `bench` load-tests one.
+//! `health` probes a server, `bench` load-tests one, `init-lookahead` writes a random
+//! lookahead module.
 
 mod cli;
 
@@ -35,6 +35,8 @@ enum Command {
     Health(cli::health::HealthArgs),
     /// Load-test a running server like `vllm bench serve` (a gRPC client; no engine inside).
     Bench(glimpse_server::bench::BenchArgs),
+    /// Write a randomly initialised lookahead module for a model (load tests, benchmarks).
+    InitLookahead(cli::init_lookahead::InitLookaheadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => cli::generate::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Health(args) => cli::health::run(args),
+        Command::InitLookahead(args) => cli::init_lookahead::run(args),
         Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

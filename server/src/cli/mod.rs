@@ -3,6 +3,7 @@
 
 pub mod generate;
 pub mod health;
+pub mod init_lookahead;
 pub mod serve;
 
 use std::path::PathBuf;

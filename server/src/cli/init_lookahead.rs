@@ -1,0 +1,53 @@
+//! `glimpse init-lookahead`: writes a seeded, randomly initialised LookaheadKV module for a model
+//! (32 embeddings, LoRA A/B on every projection). For load tests, deployments and benchmarks of
+//! the lookahead policy's cost before a trained module exists; it carries no learned signal, so
+//! its selections are not meant to be good.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
+use glimpse_engine::model::Model;
+
+/// Flags of `glimpse init-lookahead`.
+#[derive(Args)]
+pub struct InitLookaheadArgs {
+    /// Hugging Face model folder the module is made for.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Where to write the module (safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of the random values.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Lookahead tokens.
+    #[arg(long, default_value_t = 32)]
+    pub num_tokens: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// LoRA alpha (deltas are scaled by alpha / rank).
+    #[arg(long, default_value_t = 32.0)]
+    pub alpha: f32,
+}
+
+pub fn run(args: InitLookaheadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.num_tokens > 0 && args.rank > 0 && args.alpha.is_finite(),
+        "--num-tokens and --rank must be at least 1 and --alpha finite"
+    );
+    let model = Model::load(&args.model)
+        .with_context(|| format!("loading model from {}", args.model.display()))?;
+    let init = RandomInit {
+        seed: args.seed,
+        num_tokens: args.num_tokens,
+        rank: args.rank,
+        alpha: args.alpha,
+    };
+    let module = LookaheadModule::random(&model.config, model.identity()?, init);
+    module.save(&args.out)?;
+    tracing::info!(out = %args.out.display(), base_model = %module.identity.name, "random lookahead module written");
+    Ok(())
+}
