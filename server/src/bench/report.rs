@@ -268,7 +268,12 @@ pub fn markdown(reports: &[PolicyReport]) -> String {
             format!("{:.2}, {:.1}%", g.requests_per_sec, g.fraction * 100.0)
         })
     });
-    row("peak concurrency", &|r| r.peak_concurrency.to_string());
+    row("peak concurrency (client, in flight)", &|r| {
+        r.peak_concurrency.to_string()
+    });
+    row("peak requests running (server)", &|r| {
+        opt(r.kv_usage.and_then(|k| k.peak.requests_running), 0)
+    });
     row("peak KV usage", &|r| {
         pct(r.kv_usage.and_then(|k| k.peak.usage_ratio))
     });

@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 pub const KV_USAGE_RATIO: &str = "glimpse_kv_cache_usage_ratio";
 /// KV blocks in use.
 pub const KV_BLOCKS_USED: &str = "glimpse_kv_blocks_used";
+/// Requests the engine is running (admitted, holding KV blocks).
+pub const REQUESTS_RUNNING: &str = "glimpse_num_requests_running";
 
 /// Why a scrape failed.
 #[derive(Debug, thiserror::Error)]
@@ -155,14 +157,18 @@ pub async fn fetch(url: &MetricsUrl, timeout: Duration) -> Result<String, Scrape
 pub struct KvSample {
     pub usage_ratio: Option<f64>,
     pub blocks_used: Option<f64>,
+    /// Requests running in the engine: the concurrency the KV pool allowed, unlike the
+    /// client's in-flight count, which includes queued requests.
+    pub requests_running: Option<f64>,
 }
 
 impl KvSample {
-    /// Reads both gauges from an exposition.
+    /// Reads the gauges from an exposition.
     pub fn parse(exposition: &str) -> Self {
         Self {
             usage_ratio: gauge_value(exposition, KV_USAGE_RATIO),
             blocks_used: gauge_value(exposition, KV_BLOCKS_USED),
+            requests_running: gauge_value(exposition, REQUESTS_RUNNING),
         }
     }
 }
@@ -186,6 +192,7 @@ impl KvUsage {
         };
         self.peak.usage_ratio = max(self.peak.usage_ratio, sample.usage_ratio);
         self.peak.blocks_used = max(self.peak.blocks_used, sample.blocks_used);
+        self.peak.requests_running = max(self.peak.requests_running, sample.requests_running);
         self.samples += 1;
     }
 }
@@ -216,16 +223,19 @@ glimpse_kv_blocks_used{device=\"1\"} 6
         usage.observe(KvSample {
             usage_ratio: Some(0.5),
             blocks_used: None,
+            requests_running: Some(3.0),
         });
         usage.observe(KvSample {
             usage_ratio: Some(0.3),
             blocks_used: Some(7.0),
+            requests_running: Some(5.0),
         });
         assert_eq!(
             usage.peak,
             KvSample {
                 usage_ratio: Some(0.5),
-                blocks_used: Some(7.0)
+                blocks_used: Some(7.0),
+                requests_running: Some(5.0),
             }
         );
         assert_eq!(usage.samples, 2);
