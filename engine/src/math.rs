@@ -1,5 +1,5 @@
 //! Scalar math kernels written so the compiler can vectorise loops that call them, shared by the
-//! sampler and the CPU attention kernel.
+//! sampler, the CPU attention kernel and eviction scoring.
 
 /// 1.5 * 2^23: adding it to a float of magnitude below 2^22 rounds it to an integer.
 const ROUNDING_MAGIC: f32 = 12_582_912.0;
@@ -30,6 +30,26 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     // n is in [-126, 0] after the clamp, so 2^n is a normal f32.
     let two_to_n = f32::from_bits(((n + 127) as u32) << 23);
     if x < -87.0 { 0.0 } else { exp_r * two_to_n }
+}
+
+/// Dot product with eight independent partial sums, so the compiler vectorises it (a single
+/// running sum would force sequential adds).
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for lane in 0..8 {
+            acc[lane] += x[lane] * y[lane];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

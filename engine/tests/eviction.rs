@@ -15,12 +15,7 @@
 //! token's logits, computed before anything is evicted, must equal the reference's full-cache
 //! logits. Prompts within the budget, and the `full` policy, must not be evicted at all.
 //!
-//! **Parity with kvpress** (`tests/data/eviction/README.md`). The seeded prompt of each kvpress
-//! fixture runs through the forward pass with each fixture policy; the kept positions the engine
-//! reports must equal those kvpress 0.5.5 (or the fixture script's numpy reference) selected, for
-//! every layer and KV head. `engine/src/eviction/tests.rs` checks the selection functions on
-//! kvpress's own queries and keys; this checks the whole path, with the engine's own queries and
-//! the keys read from its paged blocks.
+//! Parity of the selections with kvpress is in `kvpress_parity.rs`.
 
 mod support;
 
@@ -32,7 +27,6 @@ use glimpse_engine::config::ModelConfig;
 use glimpse_engine::eviction::{EvictionPolicy, LayerSelection, Policy, Pool};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::{Linear, Model, ModelWeights, RopeTables};
-use serde_json::Value;
 use support::*;
 
 /// Largest absolute difference of logits allowed against the reference: DESIGN §3's f32 parity
@@ -580,140 +574,6 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
 
 fn add(acc: &mut [f32], x: &[f32]) {
     acc.iter_mut().zip(x).for_each(|(a, &v)| *a += v);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Parity with kvpress
-// ---------------------------------------------------------------------------------------------
-
-#[test]
-fn engine_selections_match_kvpress_on_llama_gqa() {
-    kvpress_parity("llama_gqa");
-}
-
-#[test]
-fn engine_selections_match_kvpress_on_qwen3_qknorm() {
-    kvpress_parity("qwen3_qknorm");
-}
-
-#[test]
-fn engine_selections_match_kvpress_on_llama3_rope_tied() {
-    kvpress_parity("llama3_rope_tied");
-}
-
-/// Runs the fixture's prompt through the forward pass with each case's policy (block sizes in
-/// turn) and compares the reported selections with the fixture's kept indices.
-fn kvpress_parity(name: &str) {
-    let path = format!(
-        "{}/tests/data/eviction/kvpress_{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let model = load_model(name);
-    let c = &model.config;
-    let shape =
-        ["num_layers", "num_heads", "num_kv_heads", "head_dim"].map(|k| as_usize(&fixture[k]));
-    assert_eq!(
-        shape,
-        [c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim],
-        "{path}"
-    );
-    let prompt: Vec<u32> = as_array(&fixture["prompt_ids"])
-        .iter()
-        .map(|id| as_usize(id) as u32)
-        .collect();
-    assert_eq!(prompt.len(), as_usize(&fixture["prompt_len"]));
-    let mut checked = 0;
-    for (index, case) in as_array(&fixture["cases"]).iter().enumerate() {
-        let Some(policy) = fixture_policy(case) else {
-            continue;
-        };
-        let block_size = BLOCK_SIZES[index % BLOCK_SIZES.len()];
-        let label = format!(
-            "{name} case {index} ({case_label}) bs={block_size}",
-            case_label = describe(case)
-        );
-        let mut driver = PagedDriver::new(&model, block_size, prompt.len().div_ceil(block_size));
-        let mut seq = driver.new_sequence();
-        let evicted = driver
-            .step_evicting(&mut seq, &prompt, LogitsRequest::Last, policy)
-            .unwrap_or_else(|| panic!("{label}: not evicted"));
-        let got: Vec<&Vec<Vec<usize>>> =
-            evicted.report.selections.iter().map(|s| &s.kept).collect();
-        let want: Vec<Vec<Vec<usize>>> = as_array(&case["kept"])
-            .iter()
-            .map(|layer| {
-                as_array(layer)
-                    .iter()
-                    .map(|head| as_array(head).iter().map(as_usize).collect())
-                    .collect()
-            })
-            .collect();
-        assert_eq!(got.len(), want.len(), "{label}: layers");
-        for (layer, (got, want)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(*got, want, "{label}: layer {layer}");
-        }
-        if let Some(budgets) = case["layer_budgets"].as_array() {
-            let budgets: Vec<usize> = budgets.iter().map(as_usize).collect();
-            assert_eq!(evicted.report.layer_kept, budgets, "{label}: layer budgets");
-        }
-        checked += 1;
-    }
-    assert!(checked > 0, "{path}: no case checked");
-    eprintln!("{name}: {checked} kvpress cases match (lookahead cases left to the unit tests)");
-}
-
-/// The engine policy of a fixture case, mapped as `engine/src/eviction/tests.rs` does, or `None`
-/// for a lookahead case.
-fn fixture_policy(case: &Value) -> Option<EvictionPolicy> {
-    let pool = || match case["pool"].as_str() {
-        Some("max") => Pool::Max,
-        Some("avg") => Pool::Avg,
-        other => panic!("pool {other:?}"),
-    };
-    let policy = match case["policy"].as_str().expect("policy") {
-        "snapkv" => Policy::SnapKv {
-            window: as_usize(&case["window"]),
-            kernel: as_usize(&case["kernel"]),
-            pool: pool(),
-        },
-        "pyramidkv" => Policy::PyramidKv {
-            window: as_usize(&case["window"]),
-            kernel: as_usize(&case["kernel"]),
-            pool: pool(),
-            beta: as_usize(&case["beta"]),
-        },
-        "streaming_llm" => Policy::StreamingLlm {
-            sinks: as_usize(&case["sinks"]),
-        },
-        // Lookahead cases score with synthetic queries that no model produces, so the forward
-        // pass cannot reproduce them; the unit tests check them on the fixture's own queries.
-        "lookahead" => return None,
-        other => panic!("unknown fixture policy {other}"),
-    };
-    Some(EvictionPolicy {
-        policy,
-        budget: as_usize(&case["budget"]),
-    })
-}
-
-/// A case's settings, without its kept indices.
-fn describe(case: &Value) -> String {
-    let mut settings = case.as_object().expect("case").clone();
-    settings.remove("kept");
-    Value::Object(settings).to_string()
-}
-
-fn as_usize(value: &Value) -> usize {
-    value
-        .as_u64()
-        .unwrap_or_else(|| panic!("not an integer: {value}")) as usize
-}
-
-fn as_array(value: &Value) -> &Vec<Value> {
-    value
-        .as_array()
-        .unwrap_or_else(|| panic!("not an array: {value}"))
 }
 
 // ---------------------------------------------------------------------------------------------

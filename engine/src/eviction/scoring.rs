@@ -17,6 +17,7 @@
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
+use crate::math::dot;
 
 use super::pooling::{Pooling, pool1d};
 
@@ -242,25 +243,6 @@ fn query_row_probs<K: KeySource + ?Sized>(
     }
     softmax_in_place(&mut probs[..len]);
     visible_prompt
-}
-
-/// Eight independent partial sums, so the compiler vectorises the loop (a single running sum
-/// would force sequential adds).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for lane in 0..8 {
-            acc[lane] += x[lane] * y[lane];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 fn softmax_in_place(row: &mut [f32]) {

@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use super::kv_cache::LayerView;
-use crate::math::exp_nonpositive;
+use crate::math::{dot, exp_nonpositive};
 
 /// What one query row attends to.
 #[derive(Debug, Clone)]
@@ -232,23 +232,4 @@ fn absorb(q: &[f32], keys: &[f32], values: &[f32], scale: f32, s: &mut Scratch) 
             }
         }
     }
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut ac = a.chunks_exact(8);
-    let mut bc = b.chunks_exact(8);
-    for (x, y) in (&mut ac).zip(&mut bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
