@@ -154,10 +154,10 @@ impl CpuBackend {
     fn embed(&mut self, batch: &ForwardBatch<'_>) {
         let h = self.config.hidden_size;
         let hidden = &mut self.buffers.hidden;
-        hidden.clear();
-        for &token in batch.sequences.iter().flat_map(|s| s.token_ids) {
-            let t = token as usize;
-            hidden.extend_from_slice(&self.weights.embed_tokens[t * h..(t + 1) * h]);
+        resize(hidden, batch.num_tokens() * h);
+        let tokens = batch.sequences.iter().flat_map(|s| s.token_ids);
+        for (&token, row) in tokens.zip(hidden.chunks_exact_mut(h)) {
+            self.weights.embed_tokens.copy_row(token as usize, row);
         }
     }
 
@@ -271,12 +271,10 @@ impl CpuBackend {
         let started = Instant::now();
         match &self.weights.lm_head {
             Some(lm_head) => linear(&b.normed[..rows * h], rows, lm_head, &mut out.logits),
-            None => linear::matmul_nt(
+            None => linear::matmul_packed(
                 &b.normed[..rows * h],
                 rows,
-                h,
                 &self.weights.embed_tokens,
-                self.config.vocab_size,
                 &mut out.logits,
             ),
         }
@@ -336,14 +334,7 @@ fn resize(buf: &mut Vec<f32>, len: usize) {
 /// `y = x·Wᵀ + b` into `y` (resized to `[rows, out_features]`).
 fn linear(x: &[f32], rows: usize, layer: &Linear, y: &mut Vec<f32>) {
     resize(y, rows * layer.out_features);
-    linear::matmul_nt(
-        x,
-        rows,
-        layer.in_features,
-        &layer.weight,
-        layer.out_features,
-        y,
-    );
+    linear::matmul_packed(x, rows, &layer.weight, y);
     if let Some(bias) = &layer.bias {
         ops::add_bias(y, bias);
     }
