@@ -35,7 +35,7 @@ const PR: usize = 2;
 const KC: usize = 256;
 /// Bytes of `x` per row block: the block stays in L2 (2 MiB per core on the machines we measure)
 /// beside the strips of `W` streaming through while a thread's columns stream past.
-const MC_BYTES: usize = 256 << 10;
+const MC_BYTES: usize = 512 << 10;
 
 /// One 64-byte, cache-line-aligned row of a panel.
 #[derive(Clone, Copy)]
@@ -191,15 +191,31 @@ unsafe fn compute_block(
     let (n, k) = (w.n, w.k);
     let panels = n.div_ceil(NR);
     let w_base: *const f32 = w.lanes.as_ptr().cast();
+    let micro_blocks = row_range.len().div_ceil(MR);
     for strip in strip_range.clone() {
         let panel = strip * PR;
         let p = PR.min(panels - panel);
         let col = panel * NR;
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
+            // The slice of `W` this block uses next: the same panels further along `k`, or the
+            // next strip's first slice. Its lines are prefetched while this slice is computed,
+            // shared evenly among the row micro-blocks, so a slice coming from memory does not
+            // stall the first micro-block that reads it.
+            let next = if k0 + KC < k {
+                Some((panel, k0 + KC))
+            } else {
+                (strip + 1 < strip_range.end).then_some((panel + PR, 0))
+            };
+            let (next_w, next_kc) = next.map_or((w_base, 0), |(panel, k0)| {
+                (w_base.wrapping_add((panel * k + k0) * NR), KC.min(k - k0))
+            });
             let mut row = row_range.start;
+            let mut block = 0;
             while row < row_range.end {
                 let m = MR.min(row_range.end - row);
+                let first_line = next_kc * block / micro_blocks;
+                let last_line = next_kc * (block + 1) / micro_blocks;
                 let tile = Tile {
                     // SAFETY (all four offsets): `row < rows`, `k0 < k`, `panel < panels` and
                     // `col < n`, so each pointer is inside its buffer.
@@ -212,10 +228,13 @@ unsafe fn compute_block(
                     y_stride: n,
                     cols: n - col,
                     accumulate: k0 > 0,
+                    prefetch: next_w.wrapping_add(first_line * NR),
+                    prefetch_lines: last_line - first_line,
                 };
                 // SAFETY: `tile` describes `m` rows of `x` and `y` and `p` panels that exist.
                 unsafe { kernel.run(m, p, &tile) };
                 row += m;
+                block += 1;
             }
         }
     }
@@ -235,6 +254,11 @@ struct Tile {
     y_stride: usize,
     cols: usize,
     accumulate: bool,
+    /// `prefetch_lines` lanes of each of the tile's panels from `prefetch` (stride `w_stride`
+    /// between panels) are wanted soon: a hint for the AVX-512 kernel (at most `kc` lanes are
+    /// prefetched), never dereferenced; the portable kernel ignores it.
+    prefetch: *const f32,
+    prefetch_lines: usize,
 }
 
 /// A micro-kernel instance for a fixed (rows, panels) shape.
@@ -382,7 +406,14 @@ mod avx512 {
             }
         }
         let (mut x, mut w) = (t.x, t.w);
-        for _ in 0..t.kc {
+        for i in 0..t.kc {
+            if i < t.prefetch_lines {
+                for j in 0..P {
+                    let line = t.prefetch.wrapping_add(j * t.w_stride + i * NR);
+                    // Prefetches never fault, whatever the address.
+                    _mm_prefetch::<_MM_HINT_T1>(line.cast());
+                }
+            }
             // SAFETY: fewer than kc steps taken, so each lane (64-byte aligned) and `x` element is
             // inside the tile.
             unsafe {
