@@ -22,6 +22,7 @@ mod support;
 use std::sync::Arc;
 
 use glimpse_engine::backend::Backend;
+use glimpse_engine::backend::cpu::linear::PackedMatrix;
 use glimpse_engine::batch::LogitsRequest;
 use glimpse_engine::config::ModelConfig;
 use glimpse_engine::eviction::{EvictionPolicy, LayerSelection, Policy, Pool};
@@ -465,8 +466,7 @@ impl<'m> Reference<'m> {
         let (c, w) = (self.config, self.weights);
         let (d, eps) = (c.head_dim, c.rms_norm_eps);
         let position = self.keys[0].len();
-        let h = c.hidden_size;
-        let mut x = w.embed_tokens[token as usize * h..(token as usize + 1) * h].to_vec();
+        let mut x = row(&w.embed_tokens, token as usize);
         for (l, lw) in w.layers.iter().enumerate() {
             let qkv = matvec(&lw.qkv_proj, &rms_norm(&x, &lw.input_layernorm, eps));
             let (q, kv) = qkv.split_at(c.num_heads * d);
@@ -510,10 +510,8 @@ impl<'m> Reference<'m> {
         let normed = rms_norm(&x, &w.norm, eps);
         match &w.lm_head {
             Some(lm_head) => matvec(lm_head, &normed),
-            None => w
-                .embed_tokens
-                .chunks(h)
-                .map(|row| dot(row, &normed) as f32)
+            None => (0..w.embed_tokens.rows())
+                .map(|token| dot(&row(&w.embed_tokens, token), &normed) as f32)
                 .collect(),
         }
     }
@@ -551,14 +549,20 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
-/// `W·x + b` for a row-major `[out, in]` weight.
+/// Row `j` of a weight matrix (stored packed for the GEMM).
+fn row(matrix: &PackedMatrix, j: usize) -> Vec<f32> {
+    let mut out = vec![0.0; matrix.cols()];
+    matrix.copy_row(j, &mut out);
+    out
+}
+
+/// `W·x + b` for an `[out, in]` weight.
 fn matvec(linear: &Linear, x: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), linear.in_features);
     (0..linear.out_features)
         .map(|o| {
-            let row = &linear.weight[o * linear.in_features..(o + 1) * linear.in_features];
             let bias = linear.bias.as_ref().map_or(0.0, |b| b[o] as f64);
-            (dot(row, x) + bias) as f32
+            (dot(&row(&linear.weight, o), x) + bias) as f32
         })
         .collect()
 }

@@ -37,8 +37,13 @@ impl Model {
         let config = std::fs::read(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
         let mut hash = Fnv1a64::default();
         hash.write(&config);
-        for value in &self.weights.embed_tokens {
-            hash.write(&value.to_le_bytes());
+        let embeddings = &self.weights.embed_tokens;
+        let mut row = vec![0.0f32; embeddings.cols()];
+        for token in 0..embeddings.rows() {
+            embeddings.copy_row(token, &mut row);
+            for value in &row {
+                hash.write(&value.to_le_bytes());
+            }
         }
         Ok(BaseModelIdentity {
             name: self.folder_name(),
@@ -107,7 +112,11 @@ mod tests {
     fn a_changed_embedding_changes_the_hash() {
         let mut model = stories();
         let before = model.identity().unwrap();
-        Arc::make_mut(&mut model.weights).embed_tokens[100] += 1e-3;
+        let embeddings = &mut Arc::make_mut(&mut model.weights).embed_tokens;
+        let mut row = vec![0.0f32; embeddings.cols()];
+        embeddings.copy_row(1, &mut row);
+        row[36] += 1e-3;
+        embeddings.set_rows(1, &row);
         let after = model.identity().unwrap();
         assert_eq!(after.name, before.name);
         assert_ne!(after.hash, before.hash);

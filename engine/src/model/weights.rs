@@ -2,14 +2,17 @@
 //! fused into one matrix each so the forward pass does one matmul where the checkpoint has two or
 //! three (DESIGN §2: each linear layer is one GEMM over the whole varlen batch).
 
+use crate::backend::cpu::linear::PackedMatrix;
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::loader::{HostTensor, WeightFiles};
+use crate::loader::WeightFiles;
 
-/// A linear layer `y = x·Wᵀ + b`, with `W` row-major `[out_features, in_features]` as stored by HF.
+/// A linear layer `y = x·Wᵀ + b` with `W [out_features, in_features]` as stored by HF.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Vec<f32>,
+    /// `W`, packed at load into the CPU GEMM's panel layout (instead of HF's row-major one, not
+    /// beside it) so the forward pass never repacks it.
+    pub weight: PackedMatrix,
     pub bias: Option<Vec<f32>>,
     pub out_features: usize,
     pub in_features: usize,
@@ -23,10 +26,16 @@ impl Linear {
     /// Stacks several checkpoint matrices with the same input width along the output axis.
     fn fuse(files: &WeightFiles, parts: &[(&str, usize)], inp: usize, bias: bool) -> Result<Self> {
         let out_features: usize = parts.iter().map(|(_, out)| out).sum();
-        let mut weight = Vec::with_capacity(out_features * inp);
+        // Packed part by part: the row-major form of only one part is held at a time.
+        let mut weight = PackedMatrix::zeros(out_features, inp);
         let mut biases = bias.then(|| Vec::with_capacity(out_features));
+        let mut first_row = 0;
         for &(name, out) in parts {
-            weight.extend(files.load(&format!("{name}.weight"), &[out, inp])?.data);
+            weight.set_rows(
+                first_row,
+                &files.load(&format!("{name}.weight"), &[out, inp])?.data,
+            );
+            first_row += out;
             if let Some(b) = biases.as_mut() {
                 b.extend(files.load(&format!("{name}.bias"), &[out])?.data);
             }
@@ -40,7 +49,7 @@ impl Linear {
     }
 
     fn num_parameters(&self) -> usize {
-        self.weight.len() + self.bias.as_ref().map_or(0, Vec::len)
+        self.weight.rows() * self.weight.cols() + self.bias.as_ref().map_or(0, Vec::len)
     }
 }
 
@@ -63,8 +72,10 @@ pub struct LayerWeights {
 /// All weights of a model.
 #[derive(Debug, Clone)]
 pub struct ModelWeights {
-    /// `[vocab, hidden]`.
-    pub embed_tokens: Vec<f32>,
+    /// `[vocab, hidden]`, packed like a [`Linear`] weight: with tied embeddings it is also the LM
+    /// head, and one packed copy serves both — the embedding lookup reads a row back with
+    /// [`PackedMatrix::copy_row`] — so the table is held once, not twice.
+    pub embed_tokens: PackedMatrix,
     pub layers: Vec<LayerWeights>,
     pub norm: Vec<f32>,
     /// `None` when the output projection is tied to `embed_tokens`.
@@ -121,8 +132,13 @@ impl ModelWeights {
                 down_proj: Linear::load(files, &format!("{mlp}.down_proj"), h, i, c.mlp_bias)?,
             });
         }
-        let embed_tokens: HostTensor =
-            files.load("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed_tokens = PackedMatrix::pack(
+            &files
+                .load("model.embed_tokens.weight", &[c.vocab_size, h])?
+                .data,
+            c.vocab_size,
+            h,
+        );
         // Some tied checkpoints still ship `lm_head.weight`; an untied one must.
         let lm_head = if c.tie_word_embeddings && !files.contains("lm_head.weight") {
             None
@@ -130,7 +146,7 @@ impl ModelWeights {
             Some(Linear::load(files, "lm_head", c.vocab_size, h, false)?)
         };
         Ok(Self {
-            embed_tokens: embed_tokens.data,
+            embed_tokens,
             layers,
             norm: vector("model.norm.weight", h)?,
             lm_head,
@@ -154,7 +170,7 @@ impl ModelWeights {
             })
             .sum();
         per_layer
-            + self.embed_tokens.len()
+            + self.embed_tokens.rows() * self.embed_tokens.cols()
             + self.norm.len()
             + self.lm_head.as_ref().map_or(0, Linear::num_parameters)
     }

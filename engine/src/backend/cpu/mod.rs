@@ -296,14 +296,18 @@ impl CpuBackend {
     fn embed(&mut self, batch: &ForwardBatch<'_>) {
         let h = self.config.hidden_size;
         let hidden = &mut self.buffers.hidden;
-        hidden.clear();
-        for (seq, rows) in batch.sequences.iter().zip(&self.buffers.sequences) {
-            for &token in seq.token_ids {
-                let t = token as usize;
-                hidden.extend_from_slice(&self.weights.embed_tokens[t * h..(t + 1) * h]);
+        let rows = self.buffers.slots.len();
+        resize(hidden, rows * h);
+        let mut out = hidden.chunks_exact_mut(h);
+        for (seq, layout) in batch.sequences.iter().zip(&self.buffers.sequences) {
+            for (&token, row) in seq.token_ids.iter().zip(&mut out) {
+                self.weights.embed_tokens.copy_row(token as usize, row);
             }
-            if let (Some(module), true) = (&self.lookahead, rows.num_lookahead > 0) {
-                hidden.extend_from_slice(&module.embeddings[..rows.num_lookahead * h]);
+            if let (Some(module), true) = (&self.lookahead, layout.num_lookahead > 0) {
+                let embeddings = module.embeddings[..layout.num_lookahead * h].chunks_exact(h);
+                for (embedding, row) in embeddings.zip(&mut out) {
+                    row.copy_from_slice(embedding);
+                }
             }
         }
     }
@@ -495,12 +499,10 @@ impl CpuBackend {
         let started = Instant::now();
         match &self.weights.lm_head {
             Some(lm_head) => linear(&b.normed[..rows * h], rows, lm_head, &mut out.logits),
-            None => linear::matmul_nt(
+            None => linear::matmul_packed(
                 &b.normed[..rows * h],
                 rows,
-                h,
                 &self.weights.embed_tokens,
-                self.config.vocab_size,
                 &mut out.logits,
             ),
         }
@@ -598,14 +600,7 @@ fn resize(buf: &mut Vec<f32>, len: usize) {
 /// `y = x·Wᵀ + b` into `y` (resized to `[rows, out_features]`).
 fn linear(x: &[f32], rows: usize, layer: &Linear, y: &mut Vec<f32>) {
     resize(y, rows * layer.out_features);
-    linear::matmul_nt(
-        x,
-        rows,
-        layer.in_features,
-        &layer.weight,
-        layer.out_features,
-        y,
-    );
+    linear::matmul_packed(x, rows, &layer.weight, y);
     if let Some(bias) = &layer.bias {
         ops::add_bias(y, bias);
     }
