@@ -4,7 +4,8 @@
 #       512-token context), 100-token answers, a pool that holds 8 full-cache requests (500
 #       entries = 32 blocks each), budgets 32 and 64;
 #   (b) the 135M-shape random model (made by run_engine_benchmarks.sh), 2K-token prompts,
-#       512-token answers.
+#       512-token answers. The server needs a tokenizer.json in that folder covering its 49,152
+#       ids; GPT-2's (50,257 tokens) serves, since the prompts are random token ids anyway.
 # The lookahead modules are random (`glimpse init-lookahead`): this measures serving capacity,
 # not answer quality. Results land in OUT (default bench-out/server) as JSON and Markdown.
 #

@@ -3,7 +3,8 @@
 //! 1. **TTFT overhead** per policy relative to `full`, in the same run: the prompt's prefill
 //!    (chunked as the engine chunks it, `--chunk` tokens per step, the last chunk carrying the
 //!    eviction) timed end to end, scoring + selection + compaction included; policies are
-//!    interleaved within each repetition so machine drift hits them alike; medians reported.
+//!    interleaved within each repetition, in an order rotated from one repetition to the next,
+//!    so machine drift hits them alike; medians reported.
 //! 2. **KV bytes per request** after eviction: the blocks a request still holds.
 //! 3. **Concurrency**: how many `--concurrency-len`-token prompts are held at once in a pool sized
 //!    for `--pool-requests` full-cache prompts, full cache vs keeping `--budget` entries — the
@@ -216,7 +217,11 @@ fn main() {
             .collect();
         let mut runs: Vec<Vec<Prefill>> = args.policies.iter().map(|_| Vec::new()).collect();
         for repeat in 0..args.repeats {
-            for (p, name) in args.policies.iter().enumerate() {
+            // Each repetition starts one policy later, so no policy always runs in the same
+            // slot (on this machine a run's position alone can move it by several percent).
+            let count = args.policies.len();
+            for p in (0..count).map(|i| (i + repeat) % count) {
+                let name = &args.policies[p];
                 let run = prefill(&mut backend, &prompt, args.chunk, policy(name, args.budget));
                 eprintln!(
                     "[{len} tokens, repeat {}/{}] {name}: {:.2} s (eviction {:.1} ms)",
