@@ -146,14 +146,7 @@ impl EngineCore {
         let policy = request
             .kv_cache
             .unwrap_or(self.limits.eviction.default_policy);
-        policy.validate().map_err(|e| match e {
-            glimpse_engine::EngineError::InvalidParameter { field, message } => {
-                RequestError::InvalidParameter { field, message }
-            }
-            other => RequestError::Internal {
-                message: other.to_string(),
-            },
-        })?;
+        policy.validate().map_err(RequestError::from_engine)?;
         if let Policy::Lookahead { num_tokens, .. } = policy.policy {
             match self.limits.eviction.lookahead_tokens {
                 None => {

@@ -88,6 +88,21 @@ pub enum RequestError {
     ShuttingDown,
 }
 
+impl RequestError {
+    /// An engine validation error as the client's fault (`InvalidParameter`, naming the field);
+    /// anything else the engine reports is internal.
+    pub fn from_engine(error: glimpse_engine::EngineError) -> Self {
+        match error {
+            glimpse_engine::EngineError::InvalidParameter { field, message } => {
+                RequestError::InvalidParameter { field, message }
+            }
+            other => RequestError::Internal {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 impl GenerationRequest {
     /// Checks everything that does not depend on the engine's momentary state.
     pub fn validate(&self, limits: RequestLimits) -> Result<(), RequestError> {
@@ -138,14 +153,9 @@ impl GenerationRequest {
                 ),
             );
         }
-        self.sampling.validate().map_err(|e| match e {
-            glimpse_engine::EngineError::InvalidParameter { field, message } => {
-                RequestError::InvalidParameter { field, message }
-            }
-            other => RequestError::Internal {
-                message: other.to_string(),
-            },
-        })?;
+        self.sampling
+            .validate()
+            .map_err(RequestError::from_engine)?;
         let total = self.prompt_ids.len() + stop.max_tokens;
         if total > limits.max_model_len {
             return Err(RequestError::TooLong {
