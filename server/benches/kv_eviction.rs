@@ -30,6 +30,7 @@ use glimpse_engine::eviction::{EvictionPolicy, Policy};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
 use glimpse_scheduler::{LastChunk, Request, Scheduler, SchedulerConfig, SeqId};
+use glimpse_server::bench::stats::percentile;
 
 const BLOCK_SIZE: usize = 16;
 
@@ -142,14 +143,10 @@ fn prefill(
     }
 }
 
+/// The median, as `glimpse bench` computes percentiles.
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
+    percentile(&xs, 50.0).expect("at least one repetition")
 }
 
 /// How many requests of `prompt_len` tokens the real scheduler holds at once in `num_blocks`
