@@ -65,9 +65,21 @@ pub enum EngineError {
     /// A forward batch is inconsistent with the model or the KV pool (a caller bug).
     #[error("invalid batch: {message}")]
     InvalidBatch { message: String },
+    /// A tensor operation of the training code failed (candle reports shapes or dtypes that do
+    /// not fit: a bug, or an input the checks above let through).
+    #[error("tensor operation: {message}")]
+    Tensor { message: String },
     /// The requested backend was not compiled into this build or has no device.
     #[error("backend unavailable: {message}")]
     BackendUnavailable { message: String },
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Tensor {
+            message: e.to_string(),
+        }
+    }
 }
 
 /// Shorthand used throughout the engine.

@@ -17,7 +17,9 @@ pub mod loader;
 pub mod lookahead;
 pub mod math;
 pub mod model;
+pub mod runner;
 pub mod sampling;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{EngineError, Result};

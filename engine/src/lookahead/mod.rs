@@ -94,7 +94,9 @@ impl LayerAdapters {
 
     /// Builds a layer by calling `make` once per projection, in [`Projection::ALL`] order (random
     /// initialisation depends on that order).
-    fn try_build<E>(mut make: impl FnMut(Projection) -> Result<LoraPair, E>) -> Result<Self, E> {
+    pub(crate) fn try_build<E>(
+        mut make: impl FnMut(Projection) -> Result<LoraPair, E>,
+    ) -> Result<Self, E> {
         Ok(Self {
             q: make(Projection::Q)?,
             k: make(Projection::K)?,
