@@ -4,3 +4,4 @@ pub mod bench;
 pub mod engine_loop;
 pub mod grpc;
 pub mod metrics;
+pub mod progress;

@@ -37,6 +37,12 @@ enum Command {
     Bench(glimpse_server::bench::BenchArgs),
     /// Write a randomly initialised lookahead module for a model (load tests, benchmarks).
     InitLookahead(cli::init_lookahead::InitLookaheadArgs),
+    /// Train a LookaheadKV module for a model on its own answers (KL to the answer's attention).
+    TrainLookahead(cli::train_lookahead::TrainLookaheadArgs),
+    /// Write prompts sampled from the model itself (JSON Lines), for training and evaluation.
+    SamplePrompts(cli::sample_prompts::SamplePromptsArgs),
+    /// Measure how much of the full-cache answer survives each eviction policy and budget.
+    Eval(cli::eval::EvalArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +53,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => cli::serve::run(args),
         Command::Health(args) => cli::health::run(args),
         Command::InitLookahead(args) => cli::init_lookahead::run(args),
+        Command::TrainLookahead(args) => cli::train_lookahead::run(args),
+        Command::SamplePrompts(args) => cli::sample_prompts::run(args),
+        Command::Eval(args) => cli::eval::run(args),
         Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -82,7 +81,7 @@ pub async fn run_policy(
         .cloned()
         .map(|s| tokio::spawn(scrape_until(s, stopped)));
 
-    let bar = progress_bar(&plan.label, plan.prompts.len());
+    let bar = crate::progress::bar(&plan.label, plan.prompts.len());
     let semaphore = plan.max_concurrency.map(|n| Arc::new(Semaphore::new(n)));
     let run_start = Instant::now();
     let mut tasks = JoinSet::new();
@@ -145,17 +144,6 @@ async fn scrape_until(scraper: Scraper, mut stop: oneshot::Receiver<()>) -> KvUs
             }
         }
     }
-}
-
-/// A bar on stderr (hidden when stderr is not a terminal), so stdout stays the report.
-fn progress_bar(label: &str, len: usize) -> ProgressBar {
-    let style = ProgressStyle::with_template(
-        "{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
-    )
-    .expect("the template is a valid constant");
-    ProgressBar::new(len as u64)
-        .with_style(style)
-        .with_prefix(label.to_owned())
 }
 
 #[cfg(test)]

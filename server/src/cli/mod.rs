@@ -1,10 +1,14 @@
 //! Subcommands of the `glimpse` binary and what they share: model location, engine options,
 //! logging.
 
+pub mod eval;
 pub mod generate;
 pub mod health;
 pub mod init_lookahead;
+pub mod prompts;
+pub mod sample_prompts;
 pub mod serve;
+pub mod train_lookahead;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,113 @@
+//! `glimpse eval`: how much of a full-cache answer survives each KV eviction policy at each budget
+//! on a prompts file — agreement, teacher-forced KL, attention recall, TTFT overhead — written as
+//! a Markdown table, a JSON file and PNG plots.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use glimpse_engine::eviction::Policy;
+use glimpse_engine::lookahead::LookaheadModule;
+use glimpse_engine::model::Model;
+use glimpse_engine::tokenizer::Tokenizer;
+use glimpse_server::eval::report::{self, EvalReport};
+use glimpse_server::eval::run::{Candidate, CandidateKind, evaluate};
+use glimpse_server::progress::bar;
+
+use super::default_model_dir;
+use super::prompts::read_prompts;
+
+/// Flags of `glimpse eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Hugging Face model folder. Default: the bundled stories260K.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Prompts (JSON Lines, `{"prompt": ...}`).
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Budgets (prompt entries kept per layer and KV head), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
+    pub budgets: Vec<usize>,
+    /// Longest full-cache greedy answer compared per prompt.
+    #[arg(long, default_value_t = 64)]
+    pub answer_tokens: usize,
+    /// A lookahead module to evaluate, as `LABEL=PATH` (repeatable); a bare path is labelled
+    /// `lookahead`.
+    #[arg(long = "lookahead")]
+    pub lookahead: Vec<String>,
+    /// Leave out the baselines (StreamingLLM, SnapKV, PyramidKV).
+    #[arg(long)]
+    pub no_baselines: bool,
+    /// Directory for eval.md, eval.json and the plots.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let dir = args.model.clone().unwrap_or_else(default_model_dir);
+    let model =
+        Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
+    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let prompts = read_prompts(&args.prompts, &tokenizer)?;
+    anyhow::ensure!(!args.budgets.is_empty(), "--budgets lists no budget");
+
+    let mut candidates = Vec::new();
+    let mut modules = Vec::new();
+    for spec in &args.lookahead {
+        let (label, path) = spec
+            .split_once('=')
+            .map_or(("lookahead", spec.as_str()), |(l, p)| (l, p));
+        let path = PathBuf::from(path);
+        let module = LookaheadModule::load(&path, &model)
+            .with_context(|| format!("loading lookahead module {}", path.display()))?;
+        modules.push((label.to_string(), path.display().to_string()));
+        candidates.push(Candidate {
+            label: label.to_string(),
+            kind: CandidateKind::Lookahead(Arc::new(module)),
+        });
+    }
+    if !args.no_baselines {
+        for policy in [Policy::snapkv(), Policy::pyramidkv(), Policy::streaming_llm()] {
+            candidates.push(Candidate {
+                label: policy.name().to_string(),
+                kind: CandidateKind::Baseline(policy),
+            });
+        }
+    }
+    anyhow::ensure!(!candidates.is_empty(), "nothing to evaluate: no --lookahead and --no-baselines");
+
+    let progress = bar("eval", prompts.len());
+    let rows = evaluate(
+        &model,
+        &prompts,
+        &candidates,
+        &args.budgets,
+        args.answer_tokens,
+        || progress.inc(1),
+    )?;
+    progress.finish_and_clear();
+
+    let report = EvalReport {
+        model: dir
+            .file_name()
+            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        prompts_file: args.prompts.display().to_string(),
+        num_prompts: prompts.len(),
+        mean_prompt_tokens: prompts.iter().map(Vec::len).sum::<usize>() as f64
+            / prompts.len() as f64,
+        answer_tokens: args.answer_tokens,
+        modules,
+        rows,
+    };
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    let table = report::markdown(&report);
+    std::fs::write(args.out_dir.join("eval.md"), &table)?;
+    report::write_json(&report, &args.out_dir.join("eval.json"))?;
+    let plots = report::plot_all(&report, &args.out_dir)?;
+    println!("{table}");
+    tracing::info!(out_dir = %args.out_dir.display(), plots = plots.len(), "evaluation written");
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! `glimpse sample-prompts`: writes prompts sampled from the model itself (seeded stories cut at a
+//! random length), for training and evaluating lookahead modules where no text corpus is at hand.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use glimpse_engine::model::Model;
+use glimpse_engine::tokenizer::Tokenizer;
+use glimpse_engine::train::data::sample_prompts;
+
+use super::prompts::write_prompts;
+use super::default_model_dir;
+use glimpse_server::progress::bar as progress_bar;
+
+/// How many prompts to draw from the model, and how long.
+#[derive(Args, Clone)]
+pub struct SelfGenerateArgs {
+    /// Seed of the draws (prompts with different seeds are, in practice, disjoint).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Shortest prompt, in tokens (BOS included).
+    #[arg(long, default_value_t = 200)]
+    pub min_prompt_tokens: usize,
+    /// Longest prompt, in tokens.
+    #[arg(long, default_value_t = 448)]
+    pub max_prompt_tokens: usize,
+}
+
+impl SelfGenerateArgs {
+    /// Samples `count` prompts with a progress bar.
+    pub fn sample(&self, model: &Model, tokenizer: &Tokenizer, count: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+        let start: Vec<u32> = tokenizer
+            .bos_token_id()
+            .or(model.config.bos_token_id)
+            .into_iter()
+            .collect();
+        anyhow::ensure!(!start.is_empty(), "the model has no BOS token to start stories from");
+        let bar = progress_bar("prompts", count);
+        let prompts = sample_prompts(
+            model,
+            &start,
+            count,
+            self.seed,
+            self.min_prompt_tokens..=self.max_prompt_tokens,
+            || bar.inc(1),
+        )?;
+        bar.finish_and_clear();
+        Ok(prompts)
+    }
+}
+
+/// Flags of `glimpse sample-prompts`.
+#[derive(Args)]
+pub struct SamplePromptsArgs {
+    /// Hugging Face model folder. Default: the bundled stories260K.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Prompts to write.
+    #[arg(long)]
+    pub count: usize,
+    #[command(flatten)]
+    pub sampling: SelfGenerateArgs,
+    /// Output file (JSON Lines, `{"prompt": ...}`).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: SamplePromptsArgs) -> anyhow::Result<()> {
+    let dir = args.model.unwrap_or_else(default_model_dir);
+    let model = Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
+    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let prompts = args.sampling.sample(&model, &tokenizer, args.count)?;
+    write_prompts(&args.out, &prompts, &tokenizer)?;
+    tracing::info!(count = prompts.len(), out = %args.out.display(), "prompts written");
+    Ok(())
+}

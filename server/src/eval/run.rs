@@ -1,0 +1,321 @@
+//! Running the evaluation: each prompt answered greedily with the full cache, then under every
+//! policy × budget, through the engine's own forward pass, eviction and compaction
+//! ([`OfflineRunner`]).
+//!
+//! Per prompt and (policy, budget):
+//! - **agreement**: the fraction of the full-cache greedy answer's positions where the evicted
+//!   run's greedy answer has the same token, and the first position where they differ;
+//! - **KL**: teacher-forced along the full-cache answer, `KL(full ‖ evicted)` of the next-token
+//!   distributions, in nats per token;
+//! - **attention recall**: the share of the ground-truth attention mass (the full-cache answer's
+//!   attention to the prompt, [`AttentionTarget`]) that the kept entries carry, averaged over
+//!   layers and KV heads;
+//! - **prefill time** of the prompt with the policy (scoring, selection and compaction included),
+//!   from which the report takes the TTFT overhead against the full cache.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::DType;
+use glimpse_engine::Result;
+use glimpse_engine::batch::LogitsRequest;
+use glimpse_engine::eviction::{EvictionPolicy, LayerSelection, Policy};
+use glimpse_engine::lookahead::LookaheadModule;
+use glimpse_engine::model::Model;
+use glimpse_engine::runner::{OfflineRunner, RunnerSequence};
+use glimpse_engine::train::{AttentionTarget, FrozenModel};
+
+use super::report::EvalRow;
+
+/// Block size of the evaluation's KV pool (any size gives the same results).
+const BLOCK_SIZE: usize = 16;
+
+/// A policy family evaluated at every budget.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Label in the report (e.g. `snapkv`, `lookahead (no LoRA)`).
+    pub label: String,
+    pub kind: CandidateKind,
+}
+
+/// What a candidate evicts with.
+#[derive(Debug, Clone)]
+pub enum CandidateKind {
+    /// A policy without a module; SnapKV's and PyramidKV's window is capped at half the budget,
+    /// since a window must stay below the budget (DESIGN defaults otherwise).
+    Baseline(Policy),
+    /// LookaheadKV with this module (no window).
+    Lookahead(Arc<LookaheadModule>),
+}
+
+impl Candidate {
+    /// The policy at `budget`.
+    pub fn policy(&self, budget: usize) -> EvictionPolicy {
+        let capped = |window: usize| window.min(budget / 2).max(1);
+        let policy = match &self.kind {
+            CandidateKind::Baseline(Policy::SnapKv {
+                window,
+                kernel,
+                pool,
+            }) => Policy::SnapKv {
+                window: capped(*window),
+                kernel: *kernel,
+                pool: *pool,
+            },
+            CandidateKind::Baseline(Policy::PyramidKv {
+                window,
+                kernel,
+                pool,
+                beta,
+            }) => Policy::PyramidKv {
+                window: capped(*window),
+                kernel: *kernel,
+                pool: *pool,
+                beta: *beta,
+            },
+            CandidateKind::Baseline(policy) => *policy,
+            CandidateKind::Lookahead(module) => Policy::Lookahead {
+                num_tokens: module.num_tokens,
+                window: 0,
+            },
+        };
+        EvictionPolicy { policy, budget }
+    }
+}
+
+/// Sums over prompts for one (candidate, budget).
+#[derive(Default, Clone)]
+struct Accumulator {
+    agreement: f64,
+    first_divergence: f64,
+    kl: f64,
+    recall: f64,
+    prefill_seconds: Vec<f64>,
+}
+
+/// Evaluates `candidates` at `budgets` on `prompts`; `on_prompt` reports progress. Rows come
+/// in candidate order, budgets ascending within each.
+pub fn evaluate(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    candidates: &[Candidate],
+    budgets: &[usize],
+    answer_tokens: usize,
+    mut on_prompt: impl FnMut(),
+) -> Result<Vec<EvalRow>> {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let entries = longest + answer_tokens + BLOCK_SIZE;
+    let frozen = FrozenModel::load(model, DType::F32, longest + answer_tokens)?;
+    let mut full_runner = OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, None)?;
+    let mut runners = candidates
+        .iter()
+        .map(|c| {
+            let module = match &c.kind {
+                CandidateKind::Lookahead(m) => Some(m.clone()),
+                CandidateKind::Baseline(_) => None,
+            };
+            OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, module)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let eos = model.eos_token_ids();
+    let mut full_seconds = Vec::with_capacity(prompts.len());
+    let mut sums = vec![vec![Accumulator::default(); budgets.len()]; candidates.len()];
+
+    for prompt in prompts {
+        let full = full_cache_answer(&mut full_runner, prompt, answer_tokens, &eos)?;
+        full_seconds.push(full.prefill_seconds);
+        let ground_truth =
+            AttentionTarget::compute(&frozen, prompt, &full.answer)?.ground_truth()?;
+        for (c, candidate) in candidates.iter().enumerate() {
+            for (b, &budget) in budgets.iter().enumerate() {
+                let policy = candidate.policy(budget);
+                let run = evicted_run(&mut runners[c], prompt, &full, policy)?;
+                let acc = &mut sums[c][b];
+                acc.agreement += run.agreement;
+                acc.first_divergence += run.first_divergence as f64;
+                acc.kl += run.kl;
+                acc.recall += run
+                    .selections
+                    .as_deref()
+                    .map_or(1.0, |s| attention_recall(s, &ground_truth));
+                acc.prefill_seconds.push(run.prefill_seconds);
+            }
+        }
+        on_prompt();
+    }
+
+    let n = prompts.len().max(1) as f64;
+    let full_median = median(&mut full_seconds);
+    let mut rows = Vec::new();
+    for (candidate, per_budget) in candidates.iter().zip(sums) {
+        for (&budget, mut acc) in budgets.iter().zip(per_budget) {
+            rows.push(EvalRow {
+                policy: candidate.label.clone(),
+                budget,
+                agreement: acc.agreement / n,
+                first_divergence: acc.first_divergence / n,
+                kl: acc.kl / n,
+                recall: acc.recall / n,
+                ttft_overhead: median(&mut acc.prefill_seconds) / full_median - 1.0,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The full-cache reference for one prompt.
+struct FullAnswer {
+    answer: Vec<u32>,
+    /// Log-probabilities of the next token before each answer token, `[answer.len()][vocab]`.
+    log_probs: Vec<Vec<f32>>,
+    prefill_seconds: f64,
+}
+
+fn full_cache_answer(
+    runner: &mut OfflineRunner,
+    prompt: &[u32],
+    answer_tokens: usize,
+    eos: &[u32],
+) -> Result<FullAnswer> {
+    let mut seq = RunnerSequence::default();
+    let started = Instant::now();
+    let result = runner.step(&mut [(&mut seq, prompt, LogitsRequest::Last)]);
+    let prefill_seconds = started.elapsed().as_secs_f64();
+    let mut answer = Vec::new();
+    let mut log_probs = Vec::new();
+    let mut outcome = result;
+    while outcome.is_ok() {
+        let row = runner.output().last_row(0);
+        let token = argmax(row);
+        log_probs.push(log_softmax(row));
+        answer.push(token);
+        if answer.len() >= answer_tokens || eos.contains(&token) {
+            break;
+        }
+        outcome = runner.step(&mut [(&mut seq, &[token], LogitsRequest::Last)]);
+    }
+    runner.release(&mut seq);
+    outcome?;
+    Ok(FullAnswer {
+        answer,
+        log_probs,
+        prefill_seconds,
+    })
+}
+
+/// One (policy, budget) on one prompt.
+struct EvictedRun {
+    agreement: f64,
+    first_divergence: usize,
+    kl: f64,
+    /// What eviction kept; `None` when the prompt was left whole.
+    selections: Option<Vec<LayerSelection>>,
+    prefill_seconds: f64,
+}
+
+fn evicted_run(
+    runner: &mut OfflineRunner,
+    prompt: &[u32],
+    full: &FullAnswer,
+    policy: EvictionPolicy,
+) -> Result<EvictedRun> {
+    let m = full.answer.len();
+    // Greedy answer under eviction, as long as the full-cache one.
+    let mut seq = RunnerSequence::default();
+    let started = Instant::now();
+    let evicted = runner.prefill_evicting(&mut seq, prompt, LogitsRequest::Last, policy);
+    let prefill_seconds = started.elapsed().as_secs_f64();
+    let mut answer = Vec::with_capacity(m);
+    let mut outcome = evicted.map(|report| report.map(|r| r.selections));
+    while let Ok(_) = &outcome {
+        answer.push(argmax(runner.output().last_row(0)));
+        if answer.len() >= m {
+            break;
+        }
+        let next = [*answer.last().expect("just pushed")];
+        if let Err(e) = runner.step(&mut [(&mut seq, &next, LogitsRequest::Last)]) {
+            outcome = Err(e);
+        }
+    }
+    runner.release(&mut seq);
+    let selections = outcome?;
+    let same = answer.iter().zip(&full.answer).filter(|(a, b)| a == b).count();
+    let first_divergence = answer
+        .iter()
+        .zip(&full.answer)
+        .position(|(a, b)| a != b)
+        .unwrap_or(m);
+
+    // Teacher-forced along the full-cache answer: row 0 from the prefill, the rest in one pass.
+    let mut seq = RunnerSequence::default();
+    let mut kl = 0.0;
+    let mut outcome = runner
+        .prefill_evicting(&mut seq, prompt, LogitsRequest::Last, policy)
+        .map(|_| ());
+    if outcome.is_ok() {
+        kl += kl_divergence(&full.log_probs[0], runner.output().last_row(0));
+        if m > 1 {
+            outcome = runner.step(&mut [(&mut seq, &full.answer[..m - 1], LogitsRequest::All)]);
+            if outcome.is_ok() {
+                for i in 1..m {
+                    kl += kl_divergence(&full.log_probs[i], runner.output().row(0, i - 1));
+                }
+            }
+        }
+    }
+    runner.release(&mut seq);
+    outcome?;
+    Ok(EvictedRun {
+        agreement: same as f64 / m.max(1) as f64,
+        first_divergence,
+        kl: kl / m.max(1) as f64,
+        selections,
+        prefill_seconds,
+    })
+}
+
+/// Mean over layers and KV heads of the ground-truth mass on the kept entries.
+fn attention_recall(selections: &[LayerSelection], ground_truth: &[Vec<Vec<f32>>]) -> f64 {
+    let mut total = 0.0;
+    let mut heads = 0;
+    for (layer, truth) in selections.iter().zip(ground_truth) {
+        for (kept, row) in layer.kept.iter().zip(truth) {
+            total += kept.iter().map(|&j| row[j] as f64).sum::<f64>();
+            heads += 1;
+        }
+    }
+    total / heads.max(1) as f64
+}
+
+/// The lowest index among the largest logits (the engine's greedy rule).
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+    row.iter().map(|&x| x - max - log_sum).collect()
+}
+
+/// `KL(p ‖ q)` for `p` given as log-probabilities and `q` as raw logits.
+fn kl_divergence(p_log: &[f32], q_logits: &[f32]) -> f64 {
+    let q_log = log_softmax(q_logits);
+    p_log
+        .iter()
+        .zip(&q_log)
+        .map(|(&lp, &lq)| (lp as f64).exp() * (lp - lq) as f64)
+        .sum()
+}
+
+/// The median of `values` (NaN when empty), by the benchmark's percentile rule.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    crate::bench::stats::percentile(values, 50.0).unwrap_or(f64::NAN)
+}
