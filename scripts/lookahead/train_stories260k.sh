@@ -3,9 +3,10 @@
 # the baselines, exactly as docs/quality.md reports:
 #   1. 1056 training prompts sampled from the model itself (seed 11; 32 held out for validation),
 #      128 evaluation prompts with another seed (22) — committed as data/lookahead-eval/,
-#   2. the shipped module: 32 tokens, LoRA r 8 / alpha 32, 400 Adam updates of 32 prompts, lr 2e-3,
-#   3. ablations at 150 updates: embeddings only (no LoRA), 16 and 8 lookahead tokens, and the
-#      shipped run's own checkpoint at update 150 for a like-for-like comparison,
+#   2. the shipped module: 32 tokens, LoRA r 8 / alpha 32, 400 Adam updates of 32 prompts, lr 2e-3
+#      (gradient norm clipped at 1),
+#   3. ablations at 150 updates: embeddings only (no LoRA), 16 and 8 lookahead tokens, against the
+#      shipped run's own module at update 150,
 #   4. `glimpse eval` on the evaluation prompts at budgets 16, 32, 64, 128 (and 256 for SnapKV's 2B).
 #
 #   scripts/lookahead/train_stories260k.sh [OUT]        (OUT default: lookahead-out/)
@@ -22,9 +23,13 @@ $GLIMPSE sample-prompts --count 1056 --seed 11 --out "$OUT/train.jsonl"
 
 common=(--prompts "$OUT/train.jsonl" --validation-prompts 32 --batch-size 32 --learning-rate 2e-3
         --validate-every 25)
+# The shipped run, paused at update 150 (its module there is the like-for-like ablation
+# reference) and resumed from its checkpoint to 400: identical to one uninterrupted run.
+$GLIMPSE train-lookahead "${common[@]}" --steps 150 --checkpoint-dir "$OUT/checkpoint" \
+  --checkpoint-every 25 --out "$OUT/step150.safetensors" 2>&1 | tee "$OUT/train-main.log"
 $GLIMPSE train-lookahead "${common[@]}" --steps 400 --checkpoint-dir "$OUT/checkpoint" \
-  --checkpoint-every 25 --out "$OUT/lookahead.safetensors" 2>&1 | tee "$OUT/train-main.log"
-$GLIMPSE train-lookahead "${common[@]}" --steps 150 --out "$OUT/step150.safetensors"
+  --checkpoint-every 25 --resume "$OUT/checkpoint" --out "$OUT/lookahead.safetensors" \
+  2>&1 | tee -a "$OUT/train-main.log"
 $GLIMPSE train-lookahead "${common[@]}" --steps 150 --no-lora --out "$OUT/nolora.safetensors"
 $GLIMPSE train-lookahead "${common[@]}" --steps 150 --num-tokens 16 --out "$OUT/tok16.safetensors"
 $GLIMPSE train-lookahead "${common[@]}" --steps 150 --num-tokens 8 --out "$OUT/tok8.safetensors"

@@ -35,8 +35,17 @@ fn sample_train_resume_and_evaluate() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = dir.path().join("prompts.jsonl");
     ok(&[
-        "sample-prompts", "--count", "4", "--seed", "5", "--min-prompt-tokens", "40",
-        "--max-prompt-tokens", "120", "--out", path(&prompts),
+        "sample-prompts",
+        "--count",
+        "4",
+        "--seed",
+        "5",
+        "--min-prompt-tokens",
+        "40",
+        "--max-prompt-tokens",
+        "120",
+        "--out",
+        path(&prompts),
     ]);
     let lines = std::fs::read_to_string(&prompts).unwrap();
     assert_eq!(lines.lines().count(), 4);
@@ -46,10 +55,30 @@ fn sample_train_resume_and_evaluate() {
     let module = dir.path().join("module.safetensors");
     let train = |steps: &str, extra: &[&str]| {
         let mut args = vec![
-            "train-lookahead", "--self-generate", "10", "--seed", "3", "--min-prompt-tokens",
-            "40", "--max-prompt-tokens", "100", "--answer-tokens", "8", "--validation-prompts",
-            "2", "--batch-size", "4", "--num-tokens", "8", "--steps", steps,
-            "--checkpoint-every", "2", "--checkpoint-dir", path(&checkpoint), "--out",
+            "train-lookahead",
+            "--self-generate",
+            "10",
+            "--seed",
+            "3",
+            "--min-prompt-tokens",
+            "40",
+            "--max-prompt-tokens",
+            "100",
+            "--answer-tokens",
+            "8",
+            "--validation-prompts",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-tokens",
+            "8",
+            "--steps",
+            steps,
+            "--checkpoint-every",
+            "2",
+            "--checkpoint-dir",
+            path(&checkpoint),
+            "--out",
             path(&module),
         ];
         args.extend_from_slice(extra);
@@ -59,19 +88,38 @@ fn sample_train_resume_and_evaluate() {
     assert!(checkpoint.join("module.safetensors").exists());
     let resumed = train("3", &["--resume", path(&checkpoint)]);
     let log = String::from_utf8_lossy(&resumed.stderr);
-    assert!(log.contains("step=2"), "the resumed run starts at step 2:\n{log}");
+    assert!(
+        log.contains("step=2"),
+        "the resumed run starts at step 2:\n{log}"
+    );
 
     let out_dir = dir.path().join("eval");
     let module_arg = format!("lookahead={}", path(&module));
     let eval = ok(&[
-        "eval", "--prompts", path(&prompts), "--budgets", "8,16", "--answer-tokens", "8",
-        "--lookahead", &module_arg, "--out-dir", path(&out_dir),
+        "eval",
+        "--prompts",
+        path(&prompts),
+        "--budgets",
+        "8,16",
+        "--answer-tokens",
+        "8",
+        "--lookahead",
+        &module_arg,
+        "--out-dir",
+        path(&out_dir),
     ]);
     let table = String::from_utf8_lossy(&eval.stdout);
     for policy in ["lookahead", "snapkv", "pyramidkv", "streaming_llm"] {
         assert!(table.contains(policy), "{policy} missing from:\n{table}");
     }
-    for file in ["eval.md", "eval.json", "eval-agreement.png", "eval-kl.png", "eval-recall.png", "eval-ttft.png"] {
+    for file in [
+        "eval.md",
+        "eval.json",
+        "eval-agreement.png",
+        "eval-kl.png",
+        "eval-recall.png",
+        "eval-ttft.png",
+    ] {
         assert!(out_dir.join(file).exists(), "{file} not written");
     }
 }
@@ -81,7 +129,13 @@ fn bad_prompt_files_and_modules_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = dir.path().join("bad.jsonl");
     std::fs::write(&prompts, "{\"prompt\": \"Once\"}\nnot json\n").unwrap();
-    let out = glimpse(&["eval", "--prompts", path(&prompts), "--out-dir", path(dir.path())]);
+    let out = glimpse(&[
+        "eval",
+        "--prompts",
+        path(&prompts),
+        "--out-dir",
+        path(dir.path()),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.jsonl:2"), "{err}");
@@ -90,7 +144,13 @@ fn bad_prompt_files_and_modules_are_refused_by_name() {
     let module = dir.path().join("missing.safetensors");
     let spec = format!("lookahead={}", path(&module));
     let out = glimpse(&[
-        "eval", "--prompts", path(&prompts), "--lookahead", &spec, "--out-dir", path(dir.path()),
+        "eval",
+        "--prompts",
+        path(&prompts),
+        "--lookahead",
+        &spec,
+        "--out-dir",
+        path(dir.path()),
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.safetensors"));

@@ -52,6 +52,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let tokenizer = Tokenizer::from_dir(&dir)?;
     let prompts = read_prompts(&args.prompts, &tokenizer)?;
     anyhow::ensure!(!args.budgets.is_empty(), "--budgets lists no budget");
+    anyhow::ensure!(args.answer_tokens > 0, "--answer-tokens must be at least 1");
 
     let mut candidates = Vec::new();
     let mut modules = Vec::new();
@@ -69,14 +70,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         });
     }
     if !args.no_baselines {
-        for policy in [Policy::snapkv(), Policy::pyramidkv(), Policy::streaming_llm()] {
+        for policy in [
+            Policy::snapkv(),
+            Policy::pyramidkv(),
+            Policy::streaming_llm(),
+        ] {
             candidates.push(Candidate {
                 label: policy.name().to_string(),
                 kind: CandidateKind::Baseline(policy),
             });
         }
     }
-    anyhow::ensure!(!candidates.is_empty(), "nothing to evaluate: no --lookahead and --no-baselines");
+    anyhow::ensure!(
+        !candidates.is_empty(),
+        "nothing to evaluate: no --lookahead and --no-baselines"
+    );
 
     let progress = bar("eval", prompts.len());
     let rows = evaluate(
@@ -90,9 +98,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     progress.finish_and_clear();
 
     let report = EvalReport {
-        model: dir
-            .file_name()
-            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        model: dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
         prompts_file: args.prompts.display().to_string(),
         num_prompts: prompts.len(),
         mean_prompt_tokens: prompts.iter().map(Vec::len).sum::<usize>() as f64

@@ -45,7 +45,11 @@ pub fn read_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<Vec<Ve
 
 /// Writes token-id prompts as text, one JSON line each (special tokens dropped, so reading the
 /// file back adds them again).
-pub fn write_prompts(path: &Path, prompts: &[Vec<u32>], tokenizer: &Tokenizer) -> anyhow::Result<()> {
+pub fn write_prompts(
+    path: &Path,
+    prompts: &[Vec<u32>],
+    tokenizer: &Tokenizer,
+) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
     );

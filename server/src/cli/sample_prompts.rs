@@ -9,8 +9,8 @@ use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_engine::train::data::sample_prompts;
 
-use super::prompts::write_prompts;
 use super::default_model_dir;
+use super::prompts::write_prompts;
 use glimpse_server::progress::bar as progress_bar;
 
 /// How many prompts to draw from the model, and how long.
@@ -29,13 +29,21 @@ pub struct SelfGenerateArgs {
 
 impl SelfGenerateArgs {
     /// Samples `count` prompts with a progress bar.
-    pub fn sample(&self, model: &Model, tokenizer: &Tokenizer, count: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+    pub fn sample(
+        &self,
+        model: &Model,
+        tokenizer: &Tokenizer,
+        count: usize,
+    ) -> anyhow::Result<Vec<Vec<u32>>> {
         let start: Vec<u32> = tokenizer
             .bos_token_id()
             .or(model.config.bos_token_id)
             .into_iter()
             .collect();
-        anyhow::ensure!(!start.is_empty(), "the model has no BOS token to start stories from");
+        anyhow::ensure!(
+            !start.is_empty(),
+            "the model has no BOS token to start stories from"
+        );
         let bar = progress_bar("prompts", count);
         let prompts = sample_prompts(
             model,
@@ -68,7 +76,8 @@ pub struct SamplePromptsArgs {
 
 pub fn run(args: SamplePromptsArgs) -> anyhow::Result<()> {
     let dir = args.model.unwrap_or_else(default_model_dir);
-    let model = Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
+    let model =
+        Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
     let prompts = args.sampling.sample(&model, &tokenizer, args.count)?;
     write_prompts(&args.out, &prompts, &tokenizer)?;

@@ -33,7 +33,11 @@ pub struct TrainLookaheadArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Training prompts (JSON Lines, `{"prompt": ...}`); or use --self-generate.
-    #[arg(long, conflicts_with = "self_generate", required_unless_present = "self_generate")]
+    #[arg(
+        long,
+        conflicts_with = "self_generate",
+        required_unless_present = "self_generate"
+    )]
     pub prompts: Option<PathBuf>,
     /// Sample this many prompts from the model itself (seeded; see --seed).
     #[arg(long)]
@@ -90,7 +94,8 @@ pub struct TrainLookaheadArgs {
 
 pub fn run(args: TrainLookaheadArgs) -> anyhow::Result<()> {
     let dir = args.model.clone().unwrap_or_else(default_model_dir);
-    let model = Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
+    let model =
+        Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
 
     let started = Instant::now();
@@ -109,9 +114,10 @@ pub fn run(args: TrainLookaheadArgs) -> anyhow::Result<()> {
     let examples = greedy_answers(&model, prompts, args.answer_tokens, || answering.inc(1))?;
     answering.finish_and_clear();
 
-    let max_positions = model.config.max_model_len.max(
-        examples.iter().map(|e| e.prompt.len()).max().unwrap_or(0) + args.num_tokens,
-    );
+    let max_positions = model
+        .config
+        .max_model_len
+        .max(examples.iter().map(|e| e.prompt.len()).max().unwrap_or(0) + args.num_tokens);
     let frozen = FrozenModel::load(&model, DType::F32, max_positions)?;
     let targeting = bar("targets", examples.len());
     let mut targets = Vec::with_capacity(examples.len());
@@ -121,7 +127,8 @@ pub fn run(args: TrainLookaheadArgs) -> anyhow::Result<()> {
     }
     targeting.finish_and_clear();
     let validation = targets.split_off(targets.len() - args.validation_prompts);
-    let mean_prompt = targets.iter().map(|t| t.prompt_len()).sum::<usize>() as f64 / targets.len() as f64;
+    let mean_prompt =
+        targets.iter().map(|t| t.prompt_len()).sum::<usize>() as f64 / targets.len() as f64;
     tracing::info!(
         train = targets.len(),
         validation = validation.len(),

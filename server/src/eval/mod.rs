@@ -4,3 +4,4 @@
 //! attention mass the policy kept and what it costs in prefill time.
 
 pub mod report;
+pub mod run;

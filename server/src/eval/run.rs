@@ -178,13 +178,24 @@ fn full_cache_answer(
     eos: &[u32],
 ) -> Result<FullAnswer> {
     let mut seq = RunnerSequence::default();
+    let result = full_cache_decode(runner, &mut seq, prompt, answer_tokens, eos);
+    runner.release(&mut seq);
+    result
+}
+
+fn full_cache_decode(
+    runner: &mut OfflineRunner,
+    seq: &mut RunnerSequence,
+    prompt: &[u32],
+    answer_tokens: usize,
+    eos: &[u32],
+) -> Result<FullAnswer> {
     let started = Instant::now();
-    let result = runner.step(&mut [(&mut seq, prompt, LogitsRequest::Last)]);
+    runner.step(&mut [(&mut *seq, prompt, LogitsRequest::Last)])?;
     let prefill_seconds = started.elapsed().as_secs_f64();
     let mut answer = Vec::new();
     let mut log_probs = Vec::new();
-    let mut outcome = result;
-    while outcome.is_ok() {
+    loop {
         let row = runner.output().last_row(0);
         let token = argmax(row);
         log_probs.push(log_softmax(row));
@@ -192,10 +203,8 @@ fn full_cache_answer(
         if answer.len() >= answer_tokens || eos.contains(&token) {
             break;
         }
-        outcome = runner.step(&mut [(&mut seq, &[token], LogitsRequest::Last)]);
+        runner.step(&mut [(&mut *seq, &[token], LogitsRequest::Last)])?;
     }
-    runner.release(&mut seq);
-    outcome?;
     Ok(FullAnswer {
         answer,
         log_probs,
@@ -213,65 +222,82 @@ struct EvictedRun {
     prefill_seconds: f64,
 }
 
+/// A greedy answer under eviction, as long as the full-cache one.
+struct GreedyRun {
+    answer: Vec<u32>,
+    selections: Option<Vec<LayerSelection>>,
+    prefill_seconds: f64,
+}
+
 fn evicted_run(
     runner: &mut OfflineRunner,
     prompt: &[u32],
     full: &FullAnswer,
     policy: EvictionPolicy,
 ) -> Result<EvictedRun> {
-    let m = full.answer.len();
-    // Greedy answer under eviction, as long as the full-cache one.
     let mut seq = RunnerSequence::default();
+    let greedy = greedy_under(runner, &mut seq, prompt, policy, full.answer.len());
+    runner.release(&mut seq);
+    let greedy = greedy?;
+    let kl = teacher_forced_kl(runner, &mut seq, prompt, policy, full);
+    runner.release(&mut seq);
+
+    let m = full.answer.len();
+    let pairs = || greedy.answer.iter().zip(&full.answer);
+    Ok(EvictedRun {
+        agreement: pairs().filter(|(a, b)| a == b).count() as f64 / m.max(1) as f64,
+        first_divergence: pairs().position(|(a, b)| a != b).unwrap_or(m),
+        kl: kl?,
+        selections: greedy.selections,
+        prefill_seconds: greedy.prefill_seconds,
+    })
+}
+
+fn greedy_under(
+    runner: &mut OfflineRunner,
+    seq: &mut RunnerSequence,
+    prompt: &[u32],
+    policy: EvictionPolicy,
+    length: usize,
+) -> Result<GreedyRun> {
     let started = Instant::now();
-    let evicted = runner.prefill_evicting(&mut seq, prompt, LogitsRequest::Last, policy);
+    let report = runner.prefill_evicting(seq, prompt, LogitsRequest::Last, policy)?;
     let prefill_seconds = started.elapsed().as_secs_f64();
-    let mut answer = Vec::with_capacity(m);
-    let mut outcome = evicted.map(|report| report.map(|r| r.selections));
-    while let Ok(_) = &outcome {
-        answer.push(argmax(runner.output().last_row(0)));
-        if answer.len() >= m {
+    let mut answer = Vec::with_capacity(length);
+    loop {
+        let token = argmax(runner.output().last_row(0));
+        answer.push(token);
+        if answer.len() >= length {
             break;
         }
-        let next = [*answer.last().expect("just pushed")];
-        if let Err(e) = runner.step(&mut [(&mut seq, &next, LogitsRequest::Last)]) {
-            outcome = Err(e);
-        }
+        runner.step(&mut [(&mut *seq, &[token], LogitsRequest::Last)])?;
     }
-    runner.release(&mut seq);
-    let selections = outcome?;
-    let same = answer.iter().zip(&full.answer).filter(|(a, b)| a == b).count();
-    let first_divergence = answer
-        .iter()
-        .zip(&full.answer)
-        .position(|(a, b)| a != b)
-        .unwrap_or(m);
-
-    // Teacher-forced along the full-cache answer: row 0 from the prefill, the rest in one pass.
-    let mut seq = RunnerSequence::default();
-    let mut kl = 0.0;
-    let mut outcome = runner
-        .prefill_evicting(&mut seq, prompt, LogitsRequest::Last, policy)
-        .map(|_| ());
-    if outcome.is_ok() {
-        kl += kl_divergence(&full.log_probs[0], runner.output().last_row(0));
-        if m > 1 {
-            outcome = runner.step(&mut [(&mut seq, &full.answer[..m - 1], LogitsRequest::All)]);
-            if outcome.is_ok() {
-                for i in 1..m {
-                    kl += kl_divergence(&full.log_probs[i], runner.output().row(0, i - 1));
-                }
-            }
-        }
-    }
-    runner.release(&mut seq);
-    outcome?;
-    Ok(EvictedRun {
-        agreement: same as f64 / m.max(1) as f64,
-        first_divergence,
-        kl: kl / m.max(1) as f64,
-        selections,
+    Ok(GreedyRun {
+        answer,
+        selections: report.map(|r| r.selections),
         prefill_seconds,
     })
+}
+
+/// Mean `KL(full ‖ evicted)` per answer token, feeding the full-cache answer: row 0 comes from
+/// the prefill, the others from one pass over the answer.
+fn teacher_forced_kl(
+    runner: &mut OfflineRunner,
+    seq: &mut RunnerSequence,
+    prompt: &[u32],
+    policy: EvictionPolicy,
+    full: &FullAnswer,
+) -> Result<f64> {
+    let m = full.answer.len();
+    runner.prefill_evicting(seq, prompt, LogitsRequest::Last, policy)?;
+    let mut kl = kl_divergence(&full.log_probs[0], runner.output().last_row(0));
+    if m > 1 {
+        runner.step(&mut [(&mut *seq, &full.answer[..m - 1], LogitsRequest::All)])?;
+        for i in 1..m {
+            kl += kl_divergence(&full.log_probs[i], runner.output().row(0, i - 1));
+        }
+    }
+    Ok(kl / m.max(1) as f64)
 }
 
 /// Mean over layers and KV heads of the ground-truth mass on the kept entries.
@@ -300,7 +326,11 @@ fn argmax(row: &[f32]) -> u32 {
 
 fn log_softmax(row: &[f32]) -> Vec<f32> {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let log_sum = row
+        .iter()
+        .map(|&x| ((x - max) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32;
     row.iter().map(|&x| x - max - log_sum).collect()
 }
 
