@@ -9,13 +9,11 @@ use anyhow::Context;
 use clap::Args;
 use glimpse_engine::eviction::Policy;
 use glimpse_engine::lookahead::LookaheadModule;
-use glimpse_engine::model::Model;
-use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_server::eval::report::{self, EvalReport};
 use glimpse_server::eval::run::{Candidate, CandidateKind, evaluate};
 use glimpse_server::progress::bar;
 
-use super::default_model_dir;
+use super::load_model_and_tokenizer;
 use super::prompts::read_prompts;
 
 /// Flags of `glimpse eval`.
@@ -46,10 +44,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let dir = args.model.clone().unwrap_or_else(default_model_dir);
-    let model =
-        Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let (dir, model, tokenizer) = load_model_and_tokenizer(args.model.clone())?;
     let prompts = read_prompts(&args.prompts, &tokenizer)?;
     anyhow::ensure!(!args.budgets.is_empty(), "--budgets lists no budget");
     anyhow::ensure!(args.answer_tokens > 0, "--answer-tokens must be at least 1");

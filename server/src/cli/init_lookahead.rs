@@ -22,6 +22,14 @@ pub struct InitLookaheadArgs {
     /// Seed of the random values.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub shape: ModuleShapeArgs,
+}
+
+/// The size of a lookahead module (paper defaults), shared by `init-lookahead` and
+/// `train-lookahead`.
+#[derive(Args)]
+pub struct ModuleShapeArgs {
     /// Lookahead tokens.
     #[arg(long, default_value_t = 32)]
     pub num_tokens: usize,
@@ -33,20 +41,31 @@ pub struct InitLookaheadArgs {
     pub alpha: f32,
 }
 
+impl ModuleShapeArgs {
+    /// A seeded random module of this shape for `model`.
+    pub fn random_module(&self, model: &Model, seed: u64) -> anyhow::Result<LookaheadModule> {
+        anyhow::ensure!(
+            self.num_tokens > 0 && self.rank > 0 && self.alpha.is_finite(),
+            "--num-tokens and --rank must be at least 1 and --alpha finite"
+        );
+        let init = RandomInit {
+            seed,
+            num_tokens: self.num_tokens,
+            rank: self.rank,
+            alpha: self.alpha,
+        };
+        Ok(LookaheadModule::random(
+            &model.config,
+            model.identity()?,
+            init,
+        ))
+    }
+}
+
 pub fn run(args: InitLookaheadArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.num_tokens > 0 && args.rank > 0 && args.alpha.is_finite(),
-        "--num-tokens and --rank must be at least 1 and --alpha finite"
-    );
     let model = Model::load(&args.model)
         .with_context(|| format!("loading model from {}", args.model.display()))?;
-    let init = RandomInit {
-        seed: args.seed,
-        num_tokens: args.num_tokens,
-        rank: args.rank,
-        alpha: args.alpha,
-    };
-    let module = LookaheadModule::random(&model.config, model.identity()?, init);
+    let module = args.shape.random_module(&model, args.seed)?;
     module.save(&args.out)?;
     tracing::info!(out = %args.out.display(), base_model = %module.identity.name, "random lookahead module written");
     Ok(())

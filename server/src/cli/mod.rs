@@ -54,6 +54,17 @@ fn default_model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K")
 }
 
+/// Loads a model folder (default: the bundled stories260K) and its tokenizer, for the offline
+/// jobs; returns the folder too, for reports.
+fn load_model_and_tokenizer(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Model, Tokenizer)> {
+    let dir = dir.unwrap_or_else(default_model_dir);
+    let model =
+        Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
+    let tokenizer = Tokenizer::from_dir(&dir)
+        .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
+    Ok((dir, model, tokenizer))
+}
+
 /// Options that build an engine: model, device, KV pool, batching limits.
 #[derive(Args, Clone)]
 pub struct EngineArgs {

@@ -3,13 +3,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_engine::train::data::sample_prompts;
 
-use super::default_model_dir;
+use super::load_model_and_tokenizer;
 use super::prompts::write_prompts;
 use glimpse_server::progress::bar as progress_bar;
 
@@ -75,10 +74,7 @@ pub struct SamplePromptsArgs {
 }
 
 pub fn run(args: SamplePromptsArgs) -> anyhow::Result<()> {
-    let dir = args.model.unwrap_or_else(default_model_dir);
-    let model =
-        Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let (_, model, tokenizer) = load_model_and_tokenizer(args.model)?;
     let prompts = args.sampling.sample(&model, &tokenizer, args.count)?;
     write_prompts(&args.out, &prompts, &tokenizer)?;
     tracing::info!(count = prompts.len(), out = %args.out.display(), "prompts written");

@@ -9,12 +9,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use candle_core::DType;
 use clap::Args;
-use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
-use glimpse_engine::model::Model;
-use glimpse_engine::tokenizer::Tokenizer;
+use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::train::data::greedy_answers;
 use glimpse_engine::train::{
     AdamOptions, AttentionTarget, FrozenModel, TrainOptions, TrainableModule, Trainer,
@@ -22,7 +19,8 @@ use glimpse_engine::train::{
 };
 use glimpse_server::progress::bar;
 
-use super::default_model_dir;
+use super::init_lookahead::ModuleShapeArgs;
+use super::load_model_and_tokenizer;
 use super::prompts::read_prompts;
 use super::sample_prompts::SelfGenerateArgs;
 
@@ -61,15 +59,8 @@ pub struct TrainLookaheadArgs {
     /// Clip the global gradient norm to this (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
-    /// Lookahead tokens.
-    #[arg(long, default_value_t = 32)]
-    pub num_tokens: usize,
-    /// LoRA rank.
-    #[arg(long, default_value_t = 8)]
-    pub rank: usize,
-    /// LoRA alpha (deltas scaled by alpha / rank).
-    #[arg(long, default_value_t = 32.0)]
-    pub alpha: f32,
+    #[command(flatten)]
+    pub shape: ModuleShapeArgs,
     /// Train the embeddings only (the LoRA pairs stay zero): the ablation without adapters.
     #[arg(long)]
     pub no_lora: bool,
@@ -93,10 +84,7 @@ pub struct TrainLookaheadArgs {
 }
 
 pub fn run(args: TrainLookaheadArgs) -> anyhow::Result<()> {
-    let dir = args.model.clone().unwrap_or_else(default_model_dir);
-    let model =
-        Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let (_, model, tokenizer) = load_model_and_tokenizer(args.model.clone())?;
 
     let started = Instant::now();
     let prompts = match (&args.prompts, args.self_generate) {
@@ -117,7 +105,7 @@ pub fn run(args: TrainLookaheadArgs) -> anyhow::Result<()> {
     let max_positions = model
         .config
         .max_model_len
-        .max(examples.iter().map(|e| e.prompt.len()).max().unwrap_or(0) + args.num_tokens);
+        .max(examples.iter().map(|e| e.prompt.len()).max().unwrap_or(0) + args.shape.num_tokens);
     let frozen = FrozenModel::load(&model, DType::F32, max_positions)?;
     let targeting = bar("targets", examples.len());
     let mut targets = Vec::with_capacity(examples.len());
@@ -139,16 +127,7 @@ pub fn run(args: TrainLookaheadArgs) -> anyhow::Result<()> {
 
     let initial = match &args.resume {
         Some(checkpoint) => LookaheadModule::load(&checkpoint_module_path(checkpoint), &model)?,
-        None => LookaheadModule::random(
-            &model.config,
-            model.identity()?,
-            RandomInit {
-                seed: args.init_seed,
-                num_tokens: args.num_tokens,
-                rank: args.rank,
-                alpha: args.alpha,
-            },
-        ),
+        None => args.shape.random_module(&model, args.init_seed)?,
     };
     let options = TrainOptions {
         batch_size: args.batch_size,
@@ -194,7 +173,7 @@ pub fn run(args: TrainLookaheadArgs) -> anyhow::Result<()> {
     progress.finish_and_clear();
     let seconds = training_started.elapsed().as_secs_f64();
     let steps = trainer.step_count() - first_step;
-    let rows_per_step = args.batch_size as f64 * (mean_prompt + args.num_tokens as f64);
+    let rows_per_step = args.batch_size as f64 * (mean_prompt + args.shape.num_tokens as f64);
     tracing::info!(
         steps,
         seconds = format!("{seconds:.1}"),

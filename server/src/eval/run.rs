@@ -51,34 +51,16 @@ pub enum CandidateKind {
 impl Candidate {
     /// The policy at `budget`.
     pub fn policy(&self, budget: usize) -> EvictionPolicy {
-        let capped = |window: usize| window.min(budget / 2).max(1);
-        let policy = match &self.kind {
-            CandidateKind::Baseline(Policy::SnapKv {
-                window,
-                kernel,
-                pool,
-            }) => Policy::SnapKv {
-                window: capped(*window),
-                kernel: *kernel,
-                pool: *pool,
-            },
-            CandidateKind::Baseline(Policy::PyramidKv {
-                window,
-                kernel,
-                pool,
-                beta,
-            }) => Policy::PyramidKv {
-                window: capped(*window),
-                kernel: *kernel,
-                pool: *pool,
-                beta: *beta,
-            },
+        let mut policy = match &self.kind {
             CandidateKind::Baseline(policy) => *policy,
             CandidateKind::Lookahead(module) => Policy::Lookahead {
                 num_tokens: module.num_tokens,
                 window: 0,
             },
         };
+        if let Policy::SnapKv { window, .. } | Policy::PyramidKv { window, .. } = &mut policy {
+            *window = (*window).min(budget / 2).max(1);
+        }
         EvictionPolicy { policy, budget }
     }
 }
