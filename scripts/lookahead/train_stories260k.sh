@@ -7,7 +7,9 @@
 #      (gradient norm clipped at 1),
 #   3. ablations at 150 updates: embeddings only (no LoRA), 16 and 8 lookahead tokens, against the
 #      shipped run's own module at update 150,
-#   4. `glimpse eval` on the evaluation prompts at budgets 16, 32, 64, 128 (and 256 for SnapKV's 2B).
+#   4. `glimpse eval` on the evaluation prompts at budgets 16, 32, 64, 128 (and 256 for SnapKV's 2B),
+#      then the shipped module with a 32-entry window (capped at half the budget) as well.
+# Each step prints its wall time (`time`), which docs/quality.md quotes.
 #
 #   scripts/lookahead/train_stories260k.sh [OUT]        (OUT default: lookahead-out/)
 set -euo pipefail
@@ -15,7 +17,7 @@ cd "$(dirname "$0")/../.."
 OUT=$(realpath -m "${1:-lookahead-out}")
 mkdir -p "$OUT"
 cargo build --release -p glimpse-server
-GLIMPSE=target/release/glimpse
+GLIMPSE="time target/release/glimpse"
 
 $GLIMPSE sample-prompts --count 1056 --seed 11 --out "$OUT/train.jsonl"
 [ -f data/lookahead-eval/stories260k-eval.jsonl ] ||
@@ -41,4 +43,8 @@ $GLIMPSE eval --prompts data/lookahead-eval/stories260k-eval.jsonl --budgets 16,
   --lookahead "lookahead@150 (16 tokens)=$OUT/tok16.safetensors" \
   --lookahead "lookahead@150 (8 tokens)=$OUT/tok8.safetensors" \
   --out-dir "$OUT/eval"
+# Does a SnapKV-style window (the last entries always kept) help the shipped module?
+$GLIMPSE eval --prompts data/lookahead-eval/stories260k-eval.jsonl --budgets 16,32,64,128 \
+  --lookahead "lookahead=$OUT/lookahead.safetensors" --lookahead-windows 32 --no-baselines \
+  --out-dir "$OUT/eval-window"
 echo "module: $OUT/lookahead.safetensors; evaluation: $OUT/eval/eval.md"

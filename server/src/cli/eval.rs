@@ -35,6 +35,10 @@ pub struct EvalArgs {
     /// `lookahead`.
     #[arg(long = "lookahead")]
     pub lookahead: Vec<String>,
+    /// Evaluate each lookahead module also with these windows (the last W prompt entries always
+    /// kept, capped at half the budget), comma-separated; 0 is the paper's LookaheadKV.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub lookahead_windows: Vec<usize>,
     /// Leave out the baselines (StreamingLLM, SnapKV, PyramidKV).
     #[arg(long)]
     pub no_baselines: bool,
@@ -59,10 +63,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let module = LookaheadModule::load(&path, &model)
             .with_context(|| format!("loading lookahead module {}", path.display()))?;
         modules.push((label.to_string(), path.display().to_string()));
-        candidates.push(Candidate {
-            label: label.to_string(),
-            kind: CandidateKind::Lookahead(Arc::new(module)),
-        });
+        let module = Arc::new(module);
+        for &window in &args.lookahead_windows {
+            candidates.push(Candidate {
+                label: match window {
+                    0 => label.to_string(),
+                    w => format!("{label} + window {w}"),
+                },
+                kind: CandidateKind::Lookahead {
+                    module: module.clone(),
+                    window,
+                },
+            });
+        }
     }
     if !args.no_baselines {
         for policy in [
@@ -82,7 +95,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     );
 
     let progress = bar("eval", prompts.len());
-    let rows = evaluate(
+    let evaluation = evaluate(
         &model,
         &prompts,
         &candidates,
@@ -103,7 +116,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             / prompts.len() as f64,
         answer_tokens: args.answer_tokens,
         modules,
-        rows,
+        rows: evaluation.rows,
+        oracle_recall: evaluation.oracle_recall,
     };
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating {}", args.out_dir.display()))?;

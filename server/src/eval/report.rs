@@ -49,6 +49,10 @@ pub struct EvalReport {
     /// to the weights that produced it.
     pub modules: Vec<(String, String)>,
     pub rows: Vec<EvalRow>,
+    /// Per budget, the attention recall of an oracle that keeps the top entries by the answer's
+    /// own attention (the training target): the ceiling of any predictor's recall.
+    #[serde(default)]
+    pub oracle_recall: Vec<(usize, f64)>,
 }
 
 /// Why a report could not be saved, loaded or drawn.
@@ -189,6 +193,17 @@ pub fn markdown(report: &EvalReport) -> String {
             Metric::Kl.cell(row),
             Metric::Recall.cell(row),
             Metric::TtftOverhead.cell(row),
+        ));
+    }
+    if !report.oracle_recall.is_empty() {
+        let cells: Vec<String> = report
+            .oracle_recall
+            .iter()
+            .map(|(budget, recall)| format!("{budget}: {:.1} %", recall * 100.0))
+            .collect();
+        out.push_str(&format!(
+            "\nOracle attention recall (top entries by the answer's own attention): {}.\n",
+            cells.join(", ")
         ));
     }
     out.push_str("\nBest policy per budget:\n\n");
@@ -501,6 +516,7 @@ mod tests {
                 "lookahead-qwen3-0.6b.safetensors".into(),
             )],
             rows,
+            oracle_recall: vec![(16, 0.75)],
         }
     }
 

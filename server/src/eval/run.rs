@@ -44,8 +44,12 @@ pub enum CandidateKind {
     /// A policy without a module; SnapKV's and PyramidKV's window is capped at half the budget,
     /// since a window must stay below the budget (DESIGN defaults otherwise).
     Baseline(Policy),
-    /// LookaheadKV with this module (no window).
-    Lookahead(Arc<LookaheadModule>),
+    /// LookaheadKV with this module, keeping the last `window` prompt entries too (capped at
+    /// half the budget like the baselines' windows; 0: none, the paper's default).
+    Lookahead {
+        module: Arc<LookaheadModule>,
+        window: usize,
+    },
 }
 
 impl Candidate {
@@ -53,13 +57,17 @@ impl Candidate {
     pub fn policy(&self, budget: usize) -> EvictionPolicy {
         let mut policy = match &self.kind {
             CandidateKind::Baseline(policy) => *policy,
-            CandidateKind::Lookahead(module) => Policy::Lookahead {
+            CandidateKind::Lookahead { module, window } => Policy::Lookahead {
                 num_tokens: module.num_tokens,
-                window: 0,
+                window: *window,
             },
         };
-        if let Policy::SnapKv { window, .. } | Policy::PyramidKv { window, .. } = &mut policy {
-            *window = (*window).min(budget / 2).max(1);
+        match &mut policy {
+            Policy::SnapKv { window, .. } | Policy::PyramidKv { window, .. } => {
+                *window = (*window).min(budget / 2).max(1);
+            }
+            Policy::Lookahead { window, .. } => *window = (*window).min(budget / 2),
+            _ => {}
         }
         EvictionPolicy { policy, budget }
     }
@@ -75,8 +83,15 @@ struct Accumulator {
     prefill_seconds: Vec<f64>,
 }
 
-/// Evaluates `candidates` at `budgets` on `prompts`; `on_prompt` reports progress. Rows come
-/// in candidate order, budgets ascending within each.
+/// What [`evaluate`] measured.
+pub struct Evaluation {
+    /// In candidate order, budgets in the given order within each.
+    pub rows: Vec<EvalRow>,
+    /// Per budget, the recall of keeping the top entries by the answer's own attention.
+    pub oracle_recall: Vec<(usize, f64)>,
+}
+
+/// Evaluates `candidates` at `budgets` on `prompts`; `on_prompt` reports progress.
 pub fn evaluate(
     model: &Model,
     prompts: &[Vec<u32>],
@@ -84,7 +99,7 @@ pub fn evaluate(
     budgets: &[usize],
     answer_tokens: usize,
     mut on_prompt: impl FnMut(),
-) -> Result<Vec<EvalRow>> {
+) -> Result<Evaluation> {
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let entries = longest + answer_tokens + BLOCK_SIZE;
     let frozen = FrozenModel::load(model, DType::F32, longest + answer_tokens)?;
@@ -93,7 +108,7 @@ pub fn evaluate(
         .iter()
         .map(|c| {
             let module = match &c.kind {
-                CandidateKind::Lookahead(m) => Some(m.clone()),
+                CandidateKind::Lookahead { module, .. } => Some(module.clone()),
                 CandidateKind::Baseline(_) => None,
             };
             OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, module)
@@ -102,12 +117,16 @@ pub fn evaluate(
     let eos = model.eos_token_ids();
     let mut full_seconds = Vec::with_capacity(prompts.len());
     let mut sums = vec![vec![Accumulator::default(); budgets.len()]; candidates.len()];
+    let mut oracle = vec![0.0; budgets.len()];
 
     for prompt in prompts {
         let full = full_cache_answer(&mut full_runner, prompt, answer_tokens, &eos)?;
         full_seconds.push(full.prefill_seconds);
         let ground_truth =
             AttentionTarget::compute(&frozen, prompt, &full.answer)?.ground_truth()?;
+        for (sum, &budget) in oracle.iter_mut().zip(budgets) {
+            *sum += oracle_recall(&ground_truth, budget);
+        }
         for (c, candidate) in candidates.iter().enumerate() {
             for (b, &budget) in budgets.iter().enumerate() {
                 let policy = candidate.policy(budget);
@@ -142,7 +161,14 @@ pub fn evaluate(
             });
         }
     }
-    Ok(rows)
+    Ok(Evaluation {
+        rows,
+        oracle_recall: budgets
+            .iter()
+            .zip(oracle)
+            .map(|(&budget, sum)| (budget, sum / n))
+            .collect(),
+    })
 }
 
 /// The full-cache reference for one prompt.
@@ -291,6 +317,20 @@ fn attention_recall(selections: &[LayerSelection], ground_truth: &[Vec<Vec<f32>>
             total += kept.iter().map(|&j| row[j] as f64).sum::<f64>();
             heads += 1;
         }
+    }
+    total / heads.max(1) as f64
+}
+
+/// The recall of the best possible selection: per layer and KV head, the `budget` largest
+/// ground-truth entries (all of them for a prompt within budget).
+fn oracle_recall(ground_truth: &[Vec<Vec<f32>>], budget: usize) -> f64 {
+    let mut total = 0.0;
+    let mut heads = 0;
+    for row in ground_truth.iter().flatten() {
+        let mut sorted = row.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        total += sorted.iter().take(budget).map(|&x| x as f64).sum::<f64>();
+        heads += 1;
     }
     total / heads.max(1) as f64
 }
