@@ -9,7 +9,7 @@
 #      shipped run's own module at update 150,
 #   4. `glimpse eval` on the evaluation prompts at budgets 16, 32, 64, 128 (and 256 for SnapKV's 2B),
 #      then the shipped module with a 32-entry window (capped at half the budget) as well.
-# Each step prints its wall time (`time`), which docs/quality.md quotes.
+# Each step prints its wall time, which docs/quality.md quotes.
 #
 #   scripts/lookahead/train_stories260k.sh [OUT]        (OUT default: lookahead-out/)
 set -euo pipefail
@@ -17,26 +17,31 @@ cd "$(dirname "$0")/../.."
 OUT=$(realpath -m "${1:-lookahead-out}")
 mkdir -p "$OUT"
 cargo build --release -p glimpse-server
-GLIMPSE="time target/release/glimpse"
+# Runs the binary and prints the step's wall time on stderr.
+glimpse() {
+  local start=$SECONDS
+  target/release/glimpse "$@"
+  echo "[$((SECONDS - start)) s] glimpse $1" >&2
+}
 
-$GLIMPSE sample-prompts --count 1056 --seed 11 --out "$OUT/train.jsonl"
+glimpse sample-prompts --count 1056 --seed 11 --out "$OUT/train.jsonl"
 [ -f data/lookahead-eval/stories260k-eval.jsonl ] ||
-  $GLIMPSE sample-prompts --count 128 --seed 22 --out data/lookahead-eval/stories260k-eval.jsonl
+  glimpse sample-prompts --count 128 --seed 22 --out data/lookahead-eval/stories260k-eval.jsonl
 
 common=(--prompts "$OUT/train.jsonl" --validation-prompts 32 --batch-size 32 --learning-rate 2e-3
         --validate-every 25)
 # The shipped run, paused at update 150 (its module there is the like-for-like ablation
 # reference) and resumed from its checkpoint to 400: identical to one uninterrupted run.
-$GLIMPSE train-lookahead "${common[@]}" --steps 150 --checkpoint-dir "$OUT/checkpoint" \
+glimpse train-lookahead "${common[@]}" --steps 150 --checkpoint-dir "$OUT/checkpoint" \
   --checkpoint-every 25 --out "$OUT/step150.safetensors" 2>&1 | tee "$OUT/train-main.log"
-$GLIMPSE train-lookahead "${common[@]}" --steps 400 --checkpoint-dir "$OUT/checkpoint" \
+glimpse train-lookahead "${common[@]}" --steps 400 --checkpoint-dir "$OUT/checkpoint" \
   --checkpoint-every 25 --resume "$OUT/checkpoint" --out "$OUT/lookahead.safetensors" \
   2>&1 | tee -a "$OUT/train-main.log"
-$GLIMPSE train-lookahead "${common[@]}" --steps 150 --no-lora --out "$OUT/nolora.safetensors"
-$GLIMPSE train-lookahead "${common[@]}" --steps 150 --num-tokens 16 --out "$OUT/tok16.safetensors"
-$GLIMPSE train-lookahead "${common[@]}" --steps 150 --num-tokens 8 --out "$OUT/tok8.safetensors"
+glimpse train-lookahead "${common[@]}" --steps 150 --no-lora --out "$OUT/nolora.safetensors"
+glimpse train-lookahead "${common[@]}" --steps 150 --num-tokens 16 --out "$OUT/tok16.safetensors"
+glimpse train-lookahead "${common[@]}" --steps 150 --num-tokens 8 --out "$OUT/tok8.safetensors"
 
-$GLIMPSE eval --prompts data/lookahead-eval/stories260k-eval.jsonl --budgets 16,32,64,128,256 \
+glimpse eval --prompts data/lookahead-eval/stories260k-eval.jsonl --budgets 16,32,64,128,256 \
   --lookahead "lookahead=$OUT/lookahead.safetensors" \
   --lookahead "lookahead@150=$OUT/step150.safetensors" \
   --lookahead "lookahead@150 (no LoRA)=$OUT/nolora.safetensors" \
@@ -44,7 +49,7 @@ $GLIMPSE eval --prompts data/lookahead-eval/stories260k-eval.jsonl --budgets 16,
   --lookahead "lookahead@150 (8 tokens)=$OUT/tok8.safetensors" \
   --out-dir "$OUT/eval"
 # Does a SnapKV-style window (the last entries always kept) help the shipped module?
-$GLIMPSE eval --prompts data/lookahead-eval/stories260k-eval.jsonl --budgets 16,32,64,128 \
+glimpse eval --prompts data/lookahead-eval/stories260k-eval.jsonl --budgets 16,32,64,128 \
   --lookahead "lookahead=$OUT/lookahead.safetensors" --lookahead-windows 32 --no-baselines \
   --out-dir "$OUT/eval-window"
 echo "module: $OUT/lookahead.safetensors; evaluation: $OUT/eval/eval.md"
