@@ -253,7 +253,7 @@ pub fn read_json(path: &Path) -> Result<EvalReport, ReportError> {
     })
 }
 
-/// Draws `metric` against the budget as an 800×500 PNG at `path`: one line per policy, a
+/// Draws `metric` against the budget as a 960×500 PNG at `path`: one line per policy, a
 /// legend beside the chart. Rows whose value is NaN or infinite are left out. Fails when the
 /// report has no rows or the file cannot be written.
 pub fn plot(report: &EvalReport, metric: Metric, path: &Path) -> Result<(), ReportError> {
@@ -286,7 +286,7 @@ pub fn plot_all(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>, ReportE
         .collect()
 }
 
-const PLOT_SIZE: (u32, u32) = (800, 500);
+const PLOT_SIZE: (u32, u32) = (960, 500);
 /// Width of the chart; the rest of the image holds the legend.
 const CHART_WIDTH: u32 = 600;
 /// Room left and right of the outermost budgets on the x axis, as a factor (about ⅓ octave).
