@@ -4,7 +4,8 @@
 //! paged KV cache for a varlen batch of sequences ([`backend::Backend`]), samples
 //! ([`sampling`]), and turns token ids back into streamed text ([`tokenizer`]). It also owns the KV
 //! eviction policies ([`eviction`]) and the LookaheadKV module they can score with ([`lookahead`]),
-//! because both work on the model's own activations. It knows nothing of
+//! and that module's training ([`train`]), because all three work on the model's own activations;
+//! offline jobs drive sequences through a backend with [`runner`]. It knows nothing of
 //! scheduling policy, the network or metrics exporters: callers hand it a [`batch::ForwardBatch`] and
 //! get logits back.
 
