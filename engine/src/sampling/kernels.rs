@@ -11,7 +11,7 @@ const LANES: usize = 8;
 
 /// The index of the largest entry, lowest index among ties; NaN entries never win (a row of only
 /// NaN gives 0). One pass.
-pub(crate) fn argmax(row: &[f32]) -> u32 {
+pub fn argmax(row: &[f32]) -> u32 {
     let mut best = [f32::NEG_INFINITY; LANES];
     let mut best_at = [0u32; LANES];
     let chunks = row.chunks_exact(LANES);

@@ -19,7 +19,7 @@ pub struct TokenLogprob {
 
 /// `log(sum(exp(row)))`; NaN entries count as `-inf`. A row with no finite entry gives a
 /// non-finite result.
-pub(crate) fn log_sum_exp(row: &[f32]) -> f32 {
+pub fn log_sum_exp(row: &[f32]) -> f32 {
     let max = kernels::max(row);
     if !max.is_finite() {
         return max;

@@ -36,6 +36,7 @@ mod sampler;
 #[cfg(test)]
 mod tests;
 
-pub use logprobs::TokenLogprob;
+pub use kernels::argmax;
+pub use logprobs::{TokenLogprob, log_sum_exp};
 pub use params::{GREEDY_TEMPERATURE, MAX_TOP_LOGPROBS, SamplingParams};
 pub use sampler::{SampledToken, Sampler};

@@ -6,12 +6,13 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions, StreamEvent};
 
 use super::EngineArgs;
+use super::prompts::{PlainLines, read_prompt_texts};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -57,25 +58,7 @@ impl GenerateArgs {
     fn prompts(&self) -> anyhow::Result<Vec<String>> {
         let mut prompts = self.prompt.clone();
         if let Some(path) = &self.prompts_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            for (n, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                match serde_json::from_str::<serde_json::Value>(line) {
-                    Ok(v) => prompts.push(
-                        v["prompt"]
-                            .as_str()
-                            .with_context(|| {
-                                format!("{}:{}: no string field `prompt`", path.display(), n + 1)
-                            })?
-                            .to_string(),
-                    ),
-                    Err(_) => prompts.push(line.to_string()),
-                }
-            }
+            prompts.extend(read_prompt_texts(path, PlainLines::AreItsPrompts)?);
         }
         if prompts.is_empty() {
             prompts.push("Once upon a time".into());

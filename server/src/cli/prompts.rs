@@ -7,19 +7,22 @@ use std::path::Path;
 use anyhow::Context;
 use glimpse_engine::tokenizer::Tokenizer;
 
-#[derive(serde::Deserialize)]
-struct PromptLine {
-    prompt: String,
-}
-
 #[derive(serde::Serialize)]
 struct PromptLineOut<'a> {
     prompt: &'a str,
 }
 
-/// Reads a prompts file and tokenizes each prompt as the server would (special tokens added).
-/// Errors name the file and line.
-pub fn read_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<Vec<Vec<u32>>> {
+/// What a line that is not a `{"prompt": ...}` object means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PlainLines {
+    /// The line itself is a prompt (`generate --prompts-file`, for quick hand-written files).
+    AreItsPrompts,
+    /// The file is malformed (`train-lookahead`, `eval`: a typo must not become a prompt).
+    AreErrors,
+}
+
+/// The prompt texts of a prompts file, in order. Errors name the file and line.
+pub fn read_prompt_texts(path: &Path, plain: PlainLines) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading prompts from {}", path.display()))?;
     let mut prompts = Vec::new();
@@ -27,20 +30,38 @@ pub fn read_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<Vec<Ve
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: PromptLine = serde_json::from_str(line).with_context(|| {
-            format!(
-                "{}:{}: expected {{\"prompt\": \"...\"}}",
-                path.display(),
-                number + 1
-            )
-        })?;
-        let ids = tokenizer
-            .encode(&parsed.prompt, true)
-            .with_context(|| format!("{}:{}: tokenizing", path.display(), number + 1))?;
-        prompts.push(ids);
+        let at = || format!("{}:{}", path.display(), number + 1);
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(value) => prompts.push(
+                value["prompt"]
+                    .as_str()
+                    .with_context(|| format!("{}: no string field `prompt`", at()))?
+                    .to_string(),
+            ),
+            Err(_) if plain == PlainLines::AreItsPrompts => prompts.push(line.to_string()),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("{}: expected {{\"prompt\": \"...\"}}", at()));
+            }
+        }
     }
-    anyhow::ensure!(!prompts.is_empty(), "{} holds no prompt", path.display());
     Ok(prompts)
+}
+
+/// Reads a strict prompts file and tokenizes each prompt as the server would (special tokens
+/// added). Errors name the file and line.
+pub fn read_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<Vec<Vec<u32>>> {
+    let texts = read_prompt_texts(path, PlainLines::AreErrors)?;
+    anyhow::ensure!(!texts.is_empty(), "{} holds no prompt", path.display());
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            tokenizer
+                .encode(text, true)
+                .with_context(|| format!("{}: tokenizing prompt {}", path.display(), i + 1))
+        })
+        .collect()
 }
 
 /// Writes token-id prompts as text, one JSON line each (special tokens dropped, so reading the

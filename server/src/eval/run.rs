@@ -23,6 +23,7 @@ use glimpse_engine::eviction::{EvictionPolicy, LayerSelection, Policy};
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
 use glimpse_engine::runner::{OfflineRunner, RunnerSequence};
+use glimpse_engine::sampling::{argmax, log_sum_exp};
 use glimpse_engine::train::{AttentionTarget, FrozenModel};
 
 use super::report::EvalRow;
@@ -335,25 +336,10 @@ fn oracle_recall(ground_truth: &[Vec<Vec<f32>>], budget: usize) -> f64 {
     total / heads.max(1) as f64
 }
 
-/// The lowest index among the largest logits (the engine's greedy rule).
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
+/// `row − log_sum_exp(row)`, by the sampler's own kernel.
 fn log_softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = row
-        .iter()
-        .map(|&x| ((x - max) as f64).exp())
-        .sum::<f64>()
-        .ln() as f32;
-    row.iter().map(|&x| x - max - log_sum).collect()
+    let log_sum = log_sum_exp(row);
+    row.iter().map(|&x| x - log_sum).collect()
 }
 
 /// `KL(p ‖ q)` for `p` given as log-probabilities and `q` as raw logits.
