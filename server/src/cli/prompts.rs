@@ -82,3 +82,34 @@ pub fn write_prompts(
     out.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn plain_lines_are_prompts_for_generate_and_errors_for_strict_jobs() {
+        let f = file("{\"prompt\": \"Once\", \"id\": 3}\n\nthere was a cat\n");
+        assert_eq!(
+            read_prompt_texts(f.path(), PlainLines::AreItsPrompts).unwrap(),
+            ["Once", "there was a cat"]
+        );
+        let err = read_prompt_texts(f.path(), PlainLines::AreErrors).unwrap_err();
+        assert!(format!("{err:#}").contains(":3: expected"), "{err:#}");
+    }
+
+    #[test]
+    fn a_json_line_without_a_prompt_string_is_refused_in_both_modes() {
+        let f = file("{\"text\": \"Once\"}\n");
+        for plain in [PlainLines::AreItsPrompts, PlainLines::AreErrors] {
+            let err = read_prompt_texts(f.path(), plain).unwrap_err();
+            assert!(format!("{err:#}").contains(":1: no string field `prompt`"));
+        }
+    }
+}
