@@ -281,10 +281,18 @@ fn an_embeddings_only_module_keeps_its_adapters_at_zero() {
     let mut trainer = Trainer::new(&frozen, module, vec![target], vec![], options()).unwrap();
     trainer.step().unwrap();
     let trained = trainer.module().unwrap();
-    assert!(
-        trained
-            .layers
-            .iter()
-            .all(|l| l.q.b.iter().all(|&b| b == 0.0))
+    for (l, layer) in trained.layers.iter().enumerate() {
+        for p in crate::lookahead::Projection::ALL {
+            assert!(
+                layer.get(p).b.iter().all(|&b| b == 0.0),
+                "layer {l} {}: B must stay zero",
+                p.name()
+            );
+        }
+    }
+    assert_ne!(
+        trained.embeddings,
+        random_module(&model, 4, 2).embeddings,
+        "the embeddings must have trained"
     );
 }
