@@ -26,8 +26,9 @@ use super::pooling::{Pooling, pool1d};
 pub trait KeySource {
     /// Number of prompt entries.
     fn num_entries(&self) -> usize;
-    /// The key of `entry` for `kv_head`; `head_dim` floats.
-    fn key(&self, kv_head: usize, entry: usize) -> &[f32];
+    /// Copies the key of `entry` for `kv_head` into `out[..head_dim]` (a copy, because a backend
+    /// may store keys transposed).
+    fn read_key(&self, kv_head: usize, entry: usize, out: &mut [f32]);
 }
 
 /// Keys in one contiguous `[entries, num_kv_heads, head_dim]` buffer.
@@ -61,9 +62,9 @@ impl KeySource for ContiguousKeys<'_> {
         self.keys.len() / (self.num_kv_heads * self.head_dim)
     }
 
-    fn key(&self, kv_head: usize, entry: usize) -> &[f32] {
+    fn read_key(&self, kv_head: usize, entry: usize, out: &mut [f32]) {
         let start = (entry * self.num_kv_heads + kv_head) * self.head_dim;
-        &self.keys[start..start + self.head_dim]
+        out[..self.head_dim].copy_from_slice(&self.keys[start..start + self.head_dim]);
     }
 }
 
@@ -172,9 +173,11 @@ pub fn score_prompt<K: KeySource + Sync + ?Sized>(
         .into_par_iter()
         .map(|head| {
             let mut probs = vec![0.0f32; prompt_len + num_extra];
+            let mut key = vec![0.0f32; layout.head_dim];
             let mut reduced = vec![0.0f32; scored];
             for query in 0..num_queries {
-                let visible = query_row_probs(layout, request, keys, head, query, &mut probs);
+                let visible =
+                    query_row_probs(layout, request, keys, head, query, &mut key, &mut probs);
                 let scored_visible = visible.min(scored);
                 for (acc, p) in reduced.iter_mut().zip(&probs[..scored_visible]) {
                     *acc += p;
@@ -209,12 +212,14 @@ pub fn score_prompt<K: KeySource + Sync + ?Sized>(
 
 /// Fills `probs[..visible]` with one query's softmax over the prompt keys it sees, followed by the
 /// extra keys it sees (which are never scored), and returns how many prompt columns it sees.
+/// `key` is room for one key.
 fn query_row_probs<K: KeySource + ?Sized>(
     layout: HeadLayout,
     request: &ScoringRequest<'_>,
     keys: &K,
     head: usize,
     query: usize,
+    key: &mut [f32],
     probs: &mut [f32],
 ) -> usize {
     let d = layout.head_dim;
@@ -229,8 +234,7 @@ fn query_row_probs<K: KeySource + ?Sized>(
         QueryRows::AfterPrompt { extra_keys } => (prompt_len, extra_keys),
     };
     for (entry, p) in probs[..visible_prompt].iter_mut().enumerate() {
-        let key = keys.key(kv_head, entry);
-        debug_assert_eq!(key.len(), d, "KeySource returns head_dim floats per key");
+        keys.read_key(kv_head, entry, key);
         *p = dot(q, key) * scale;
     }
     let mut len = visible_prompt;

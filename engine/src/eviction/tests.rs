@@ -327,10 +327,10 @@ impl KeySource for BlockKeys {
         self.num_entries
     }
 
-    fn key(&self, kv_head: usize, entry: usize) -> &[f32] {
+    fn read_key(&self, kv_head: usize, entry: usize, out: &mut [f32]) {
         let block = &self.blocks[self.block_table[entry / self.block_size]];
         let start = ((entry % self.block_size) * self.num_kv_heads + kv_head) * self.head_dim;
-        &block[start..start + self.head_dim]
+        out.copy_from_slice(&block[start..start + self.head_dim]);
     }
 }
 

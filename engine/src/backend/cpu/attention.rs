@@ -1,12 +1,24 @@
 //! Paged causal attention on the CPU: every query row attends to its sequence's cache entries
 //! `0..=own entry`, reading K/V in place block by block through the block table (no copy of the
-//! context), with an online softmax so no score matrix is materialised. Rows run in parallel; the
-//! query heads of a GQA group share each K/V load.
+//! context), with an online softmax so no score matrix is materialised.
+//!
+//! Flash-attention style tiling: consecutive rows of one sequence (a prefill chunk) form a tile
+//! whose query heads, GQA group by group, pass over each run of keys together, so every key and
+//! value load is shared by up to [`TILE_QUERY_HEADS`] query heads and the inner loops are the
+//! register-blocked kernels of [`super::attention_kernels`]. Tiles run in parallel. A row's
+//! numbers do not depend on its tile: it folds the same runs of keys, in the same order, with the
+//! same per-row arithmetic, whether it shares them with other rows or not.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::attention_kernels::{Kernels, KeyRun, LANES};
 use super::kv_cache::LayerView;
-use crate::math::{dot, exp_nonpositive};
+
+/// Query heads (rows × GQA group) per tile: enough to amortise each run's loads, few enough that a
+/// tile's accumulators stay in L1.
+const TILE_QUERY_HEADS: usize = 32;
 
 /// What one query row attends to.
 #[derive(Debug, Clone)]
@@ -23,21 +35,21 @@ pub struct QueryContext<'a> {
     pub extra: Option<ExtraKv<'a>>,
 }
 
-/// Contiguous keys and values outside the cache, `[num_kv_heads][capacity][head_dim]` each, of
-/// which the first `count` per head are attended.
+/// Keys and values outside the cache, of which the first `count` per head are attended: keys
+/// transposed like the cache's, `[num_kv_heads][head_dim][capacity]`, values
+/// `[num_kv_heads][capacity][head_dim]`.
 #[derive(Debug, Clone, Copy)]
 pub struct ExtraKv<'a> {
-    pub keys: &'a [f32],
+    pub keys_t: &'a [f32],
     pub values: &'a [f32],
     pub capacity: usize,
     pub count: usize,
 }
 
 impl QueryContext<'_> {
-    /// Calls `f(block, first_slot, count)` for each run of attended entries that is contiguous
-    /// within one block, in entry order.
-    #[inline(always)]
-    fn for_each_run(&self, block_size: usize, mut f: impl FnMut(usize, usize, usize)) {
+    /// Calls `f(block, first_slot, first_entry, count)` for each run of attended entries that is
+    /// contiguous within one block, in entry order.
+    fn for_each_run(&self, block_size: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
         let skip_start = self.skip.start.min(self.num_entries);
         let skip_end = self.skip.end.clamp(skip_start, self.num_entries);
         for range in [0..skip_start, skip_end..self.num_entries] {
@@ -45,7 +57,7 @@ impl QueryContext<'_> {
             while entry < range.end {
                 let (block_index, slot) = (entry / block_size, entry % block_size);
                 let count = (block_size - slot).min(range.end - entry);
-                f(self.block_table[block_index] as usize, slot, count);
+                f(self.block_table[block_index] as usize, slot, entry, count);
                 entry += count;
             }
         }
@@ -72,163 +84,215 @@ pub fn paged_attention(
 ) {
     let width = shape.num_heads * shape.head_dim;
     let group = shape.num_heads / shape.num_kv_heads;
-    q.par_chunks(width)
-        .zip(out.par_chunks_mut(width))
-        .zip(contexts.par_iter())
-        .for_each_init(
-            || Scratch::new(group, shape.head_dim, shape.block_size),
-            |scratch, ((q_row, out_row), ctx)| {
-                for kv_head in 0..shape.num_kv_heads {
-                    let heads = kv_head * group..(kv_head + 1) * group;
-                    let span = heads.start * shape.head_dim..heads.end * shape.head_dim;
-                    attend_group(&q_row[span.clone()], ctx, cache, kv_head, shape, scratch);
-                    scratch.write_normalised(&mut out_row[span]);
-                }
-            },
-        );
+    let tiles = tiles(contexts, (TILE_QUERY_HEADS / group).max(1));
+    let mut tile_outputs = Vec::with_capacity(tiles.len());
+    let mut rest = out;
+    for rows in &tiles {
+        let (tile_out, tail) = rest.split_at_mut(rows.len() * width);
+        tile_outputs.push(tile_out);
+        rest = tail;
+    }
+    let kernels = Kernels::detect();
+    tiles.into_par_iter().zip(tile_outputs).for_each_init(
+        TileScratch::default,
+        |scratch, (rows, out)| {
+            let tile = Tile {
+                q: &q[rows.start * width..rows.end * width],
+                contexts: &contexts[rows],
+            };
+            tile.attend(cache, shape, kernels, scratch, out);
+        },
+    );
 }
 
-/// Per-thread running state of the online softmax for one GQA group.
-struct Scratch {
-    group: usize,
-    head_dim: usize,
-    /// Longest run of keys folded at once.
-    block_size: usize,
-    /// Running max score per head.
-    max: Vec<f32>,
-    /// Running softmax denominator per head.
-    sum: Vec<f32>,
-    /// Running weighted sum of values, `[group, head_dim]`.
-    acc: Vec<f32>,
-    /// Scores of one block, `[group, block_size]`.
-    scores: Vec<f32>,
-}
-
-impl Scratch {
-    fn new(group: usize, head_dim: usize, block_size: usize) -> Self {
-        Self {
-            group,
-            head_dim,
-            block_size,
-            max: vec![0.0; group],
-            sum: vec![0.0; group],
-            acc: vec![0.0; group * head_dim],
-            scores: vec![0.0; group * block_size],
+/// Splits the rows into tiles of at most `max_rows` consecutive rows that read the same keys: one
+/// sequence's rows (same block table and skipped range), none with extra keys.
+fn tiles(contexts: &[QueryContext<'_>], max_rows: usize) -> Vec<Range<usize>> {
+    let same_keys = |a: &QueryContext<'_>, b: &QueryContext<'_>| {
+        a.extra.is_none()
+            && b.extra.is_none()
+            && std::ptr::eq(a.block_table, b.block_table)
+            && a.skip == b.skip
+    };
+    let mut tiles = Vec::new();
+    let mut start = 0;
+    for row in 1..=contexts.len() {
+        if row == contexts.len()
+            || row - start == max_rows
+            || !same_keys(&contexts[row - 1], &contexts[row])
+        {
+            tiles.push(start..row);
+            start = row;
         }
     }
+    tiles
+}
 
-    fn reset(&mut self) {
-        self.max.fill(f32::NEG_INFINITY);
-        self.sum.fill(0.0);
-        self.acc.fill(0.0);
-    }
+/// Rows that share their keys, and their queries.
+struct Tile<'a> {
+    q: &'a [f32],
+    contexts: &'a [QueryContext<'a>],
+}
 
-    fn write_normalised(&self, out: &mut [f32]) {
-        for h in 0..self.group {
-            let inv = 1.0 / self.sum[h];
-            let d = self.head_dim;
-            for (o, &a) in out[h * d..(h + 1) * d]
-                .iter_mut()
-                .zip(&self.acc[h * d..(h + 1) * d])
-            {
-                *o = a * inv;
+impl Tile<'_> {
+    fn attend(
+        &self,
+        cache: LayerView<'_>,
+        shape: AttentionShape,
+        kernels: Kernels,
+        s: &mut TileScratch,
+        out: &mut [f32],
+    ) {
+        let (d, bs) = (shape.head_dim, shape.block_size);
+        let group = shape.num_heads / shape.num_kv_heads;
+        let width = shape.num_heads * d;
+        // The row that attends most entries: every other row's runs are prefixes of its runs.
+        let widest = self
+            .contexts
+            .iter()
+            .max_by_key(|c| c.num_entries)
+            .expect("tiles are not empty");
+        let limits = self.contexts.iter().map(|c| c.num_entries);
+        s.limits.clear();
+        s.limits
+            .extend(limits.flat_map(|n| std::iter::repeat_n(n, group)));
+        for kv_head in 0..shape.num_kv_heads {
+            let heads = kv_head * group * d..(kv_head + 1) * group * d;
+            s.start(self.contexts.len() * group, d);
+            for (row, q) in self.q.chunks_exact(width).enumerate() {
+                s.q[row * group * d..(row + 1) * group * d].copy_from_slice(&q[heads.clone()]);
+            }
+            widest.for_each_run(bs, |block, slot, entry, count| {
+                let base = cache.head_offset(block, kv_head);
+                for piece in lane_pieces(slot, count) {
+                    let run = KeyRun {
+                        keys_t: &cache.keys[base + piece.start..base + (d - 1) * bs + piece.end],
+                        stride: bs,
+                        values: &cache.values[base + piece.start * d..base + piece.end * d],
+                        lanes: piece.len(),
+                    };
+                    s.absorb(&run, Some(entry + piece.start - slot), shape.scale, kernels);
+                }
+            });
+            if let Some(extra) = widest.extra {
+                let base = kv_head * extra.capacity * d;
+                for piece in lane_pieces(0, extra.count) {
+                    let run = KeyRun {
+                        keys_t: &extra.keys_t
+                            [base + piece.start..base + (d - 1) * extra.capacity + piece.end],
+                        stride: extra.capacity,
+                        values: &extra.values[base + piece.start * d..base + piece.end * d],
+                        lanes: piece.len(),
+                    };
+                    s.absorb(&run, None, shape.scale, kernels);
+                }
+            }
+            for (row, out) in out.chunks_exact_mut(width).enumerate() {
+                let first = row * group;
+                s.write_normalised(first..first + group, &mut out[heads.clone()]);
             }
         }
     }
 }
 
-/// Runs [`attend_group_generic`] compiled for the widest vector unit the CPU has.
-fn attend_group(
-    q: &[f32],
-    ctx: &QueryContext<'_>,
-    cache: LayerView<'_>,
-    kv_head: usize,
-    shape: AttentionShape,
-    s: &mut Scratch,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F was detected at run time.
-        return unsafe { attend_group_avx512(q, ctx, cache, kv_head, shape, s) };
+/// Splits the slots `first_slot..first_slot + count` of a block into runs of at most [`LANES`]
+/// that do not cross a multiple of [`LANES`], so a row cut short inside a block sees a prefix of
+/// the runs a longer row sees.
+fn lane_pieces(first_slot: usize, count: usize) -> impl Iterator<Item = Range<usize>> {
+    let end = first_slot + count;
+    let mut start = first_slot;
+    std::iter::from_fn(move || {
+        (start < end).then(|| {
+            let piece_end = ((start / LANES + 1) * LANES).min(end);
+            let piece = start..piece_end;
+            start = piece_end;
+            piece
+        })
+    })
+}
+
+/// Per-thread running state of the online softmax of one tile's query heads (rows × GQA group)
+/// for one KV head.
+#[derive(Default)]
+struct TileScratch {
+    head_dim: usize,
+    /// Queries, `[heads][head_dim]`.
+    q: Vec<f32>,
+    /// Cache entries each query head attends (its row's `num_entries`).
+    limits: Vec<usize>,
+    /// Lanes of the current run each query head attends.
+    counts: Vec<usize>,
+    /// Running max score per head.
+    max: Vec<f32>,
+    /// Running softmax denominator per head.
+    sum: Vec<f32>,
+    /// Running weighted sum of values, `[heads][head_dim]`.
+    acc: Vec<f32>,
+    /// Scores, then probabilities, of the current run, `[heads][LANES]`.
+    scores: Vec<[f32; LANES]>,
+}
+
+impl TileScratch {
+    fn start(&mut self, heads: usize, head_dim: usize) {
+        self.head_dim = head_dim;
+        for (v, fill) in [(&mut self.max, f32::NEG_INFINITY), (&mut self.sum, 0.0)] {
+            v.clear();
+            v.resize(heads, fill);
+        }
+        for v in [&mut self.q, &mut self.acc] {
+            v.clear();
+            v.resize(heads * head_dim, 0.0);
+        }
+        self.counts.resize(heads, 0);
+        self.scores.resize(heads, [0.0; LANES]);
     }
-    attend_group_generic(q, ctx, cache, kv_head, shape, s)
-}
 
-/// The same code as [`attend_group_generic`], vectorised with AVX-512 by the compiler.
-///
-/// # Safety
-/// The CPU supports AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attend_group_avx512(
-    q: &[f32],
-    ctx: &QueryContext<'_>,
-    cache: LayerView<'_>,
-    kv_head: usize,
-    shape: AttentionShape,
-    s: &mut Scratch,
-) {
-    attend_group_generic(q, ctx, cache, kv_head, shape, s)
-}
-
-#[inline(always)]
-fn attend_group_generic(
-    q: &[f32],
-    ctx: &QueryContext<'_>,
-    cache: LayerView<'_>,
-    kv_head: usize,
-    shape: AttentionShape,
-    s: &mut Scratch,
-) {
-    let (d, bs) = (shape.head_dim, shape.block_size);
-    s.reset();
-    ctx.for_each_run(bs, |block, slot, n| {
-        let base = cache.head_offset(block, kv_head) + slot * d;
-        let keys = &cache.keys[base..base + n * d];
-        let values = &cache.values[base..base + n * d];
-        absorb(q, keys, values, shape.scale, s);
-    });
-    if let Some(extra) = ctx.extra {
-        let base = kv_head * extra.capacity * d;
-        let span = base..base + extra.count * d;
-        let keys = extra.keys[span.clone()].chunks(bs * d);
-        for (k, v) in keys.zip(extra.values[span].chunks(bs * d)) {
-            absorb(q, k, v, shape.scale, s);
+    /// Folds one run of keys into every query head's online softmax. With `first_entry`, a head
+    /// attends the run's lanes below its limit; without, all of them.
+    fn absorb(
+        &mut self,
+        run: &KeyRun<'_>,
+        first_entry: Option<usize>,
+        scale: f32,
+        kernels: Kernels,
+    ) {
+        let d = self.head_dim;
+        let mut uniform = true;
+        for (count, &limit) in self.counts.iter_mut().zip(&self.limits) {
+            *count = first_entry.map_or(run.lanes, |e| limit.saturating_sub(e).min(run.lanes));
+            uniform &= *count == run.lanes;
+        }
+        kernels.scores(&self.q, d, run, scale, &mut self.scores);
+        for (h, &count) in self.counts.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let (max, sum) = (&mut self.max[h], &mut self.sum[h]);
+            let rescale = kernels.fold_run(&mut self.scores[h], count, max, sum);
+            if rescale != 1.0 {
+                self.acc[h * d..(h + 1) * d]
+                    .iter_mut()
+                    .for_each(|a| *a *= rescale);
+            }
+        }
+        if uniform {
+            kernels.accumulate(&self.scores, run.values, run.lanes, d, &mut self.acc);
+            return;
+        }
+        for (h, &count) in self.counts.iter().enumerate() {
+            if count > 0 {
+                let acc = &mut self.acc[h * d..(h + 1) * d];
+                kernels.accumulate(&self.scores[h..h + 1], run.values, count, d, acc);
+            }
         }
     }
-}
 
-/// Folds one run of contiguous keys and values (`[n, head_dim]` each, `n ≤ block_size`) into
-/// the online softmax of every query head of the group.
-#[inline(always)]
-fn absorb(q: &[f32], keys: &[f32], values: &[f32], scale: f32, s: &mut Scratch) {
-    let d = s.head_dim;
-    let n = keys.len() / d;
-    for h in 0..s.group {
-        let qh = &q[h * d..(h + 1) * d];
-        let scores = &mut s.scores[h * s.block_size..h * s.block_size + n];
-        let mut block_max = f32::NEG_INFINITY;
-        for (score, k) in scores.iter_mut().zip(keys.chunks_exact(d)) {
-            *score = dot(qh, k) * scale;
-            block_max = block_max.max(*score);
-        }
-        let new_max = s.max[h].max(block_max);
-        let rescale = (s.max[h] - new_max).exp();
-        s.max[h] = new_max;
-        s.sum[h] *= rescale;
-        let acc = &mut s.acc[h * d..(h + 1) * d];
-        if rescale != 1.0 {
-            acc.iter_mut().for_each(|a| *a *= rescale);
-        }
-        let mut block_sum = 0.0;
-        for score in scores.iter_mut() {
-            *score = exp_nonpositive(*score - new_max);
-            block_sum += *score;
-        }
-        s.sum[h] += block_sum;
-        for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
-            for (a, &vv) in acc.iter_mut().zip(v) {
-                *a += p * vv;
+    fn write_normalised(&self, heads: Range<usize>, out: &mut [f32]) {
+        let d = self.head_dim;
+        for (h, out) in heads.zip(out.chunks_exact_mut(d)) {
+            let inv = 1.0 / self.sum[h];
+            for (o, &a) in out.iter_mut().zip(&self.acc[h * d..(h + 1) * d]) {
+                *o = a * inv;
             }
         }
     }

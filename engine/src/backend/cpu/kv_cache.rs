@@ -1,6 +1,9 @@
 //! The CPU backend's paged KV pool: one allocation for keys and one for values, laid out
-//! `[layer][block][kv_head][slot][head_dim]`, so the entries of one head in one block are contiguous
-//! and attention reads them in place through the block table.
+//! `[layer][block][kv_head][..]`, so the entries of one head in one block are contiguous and
+//! attention reads them in place through the block table. Within that piece values are row-major,
+//! `[slot][head_dim]`, and keys are transposed, `[head_dim][slot]`: one vector load then holds one
+//! dimension of 16 keys, which is what the attention kernels multiply a broadcast query element by
+//! (see [`super::attention_kernels`]).
 
 use crate::backend::KvGeometry;
 use crate::eviction::KeySource;
@@ -61,12 +64,16 @@ impl CpuKvCache {
 
     /// Writes one entry's K and V (`[num_kv_heads · head_dim]` each) of `layer` into `slot` of `block`.
     pub fn write(&mut self, layer: usize, block: usize, slot: usize, k: &[f32], v: &[f32]) {
-        let d = self.geometry.head_dim;
-        let base = self.layer_range(layer).start + block * self.block_stride() + slot * d;
+        let (d, bs) = (self.geometry.head_dim, self.geometry.block_size);
+        let block_start = self.layer_range(layer).start + block * self.block_stride();
         for head in 0..self.geometry.num_kv_heads {
-            let at = base + head * self.head_stride();
-            self.keys[at..at + d].copy_from_slice(&k[head * d..(head + 1) * d]);
+            let head_start = block_start + head * self.head_stride();
+            let at = head_start + slot * d;
             self.values[at..at + d].copy_from_slice(&v[head * d..(head + 1) * d]);
+            let key_column = self.keys[head_start + slot..].iter_mut().step_by(bs);
+            for (dst, &src) in key_column.zip(&k[head * d..(head + 1) * d]) {
+                *dst = src;
+            }
         }
     }
 }
@@ -86,11 +93,10 @@ impl CpuKvCache {
         let (d, bs) = (self.geometry.head_dim, self.geometry.block_size);
         let layer_start = self.layer_range(layer).start;
         let (block_stride, head_stride) = (self.block_stride(), self.head_stride());
-        let offset = |entry: usize, head: usize| {
-            layer_start
-                + block_table[entry / bs] as usize * block_stride
-                + head * head_stride
-                + (entry % bs) * d
+        // Start of the entry's piece of the head, and its slot.
+        let piece = |entry: usize, head: usize| {
+            let start = layer_start + block_table[entry / bs] as usize * block_stride;
+            (start + head * head_stride, entry % bs)
         };
         for (head, entries) in kept.iter().enumerate() {
             for (slot, &entry) in entries.iter().enumerate() {
@@ -98,9 +104,12 @@ impl CpuKvCache {
                 if entry == slot {
                     continue;
                 }
-                let (from, to) = (offset(entry, head), offset(slot, head));
-                self.keys.copy_within(from..from + d, to);
-                self.values.copy_within(from..from + d, to);
+                let ((from, from_slot), (to, to_slot)) = (piece(entry, head), piece(slot, head));
+                let (from_row, to_row) = (from + from_slot * d, to + to_slot * d);
+                self.values.copy_within(from_row..from_row + d, to_row);
+                for i in 0..d {
+                    self.keys[to + i * bs + to_slot] = self.keys[from + i * bs + from_slot];
+                }
             }
         }
     }
@@ -120,11 +129,13 @@ impl KeySource for PagedKeys<'_> {
         self.num_entries
     }
 
-    fn key(&self, kv_head: usize, entry: usize) -> &[f32] {
+    fn read_key(&self, kv_head: usize, entry: usize, out: &mut [f32]) {
         let block = self.block_table[entry / self.block_size] as usize;
-        let start =
-            self.layer.head_offset(block, kv_head) + (entry % self.block_size) * self.head_dim;
-        &self.layer.keys[start..start + self.head_dim]
+        let start = self.layer.head_offset(block, kv_head) + entry % self.block_size;
+        let column = self.layer.keys[start..].iter().step_by(self.block_size);
+        for (o, &k) in out[..self.head_dim].iter_mut().zip(column) {
+            *o = k;
+        }
     }
 }
 
@@ -138,7 +149,8 @@ pub struct LayerView<'a> {
 }
 
 impl LayerView<'_> {
-    /// Offset of the first entry of `head` in `block`; its entries follow contiguously.
+    /// Offset of the piece of `head` in `block`: its values row by row, its keys dimension by
+    /// dimension (`block_size` floats each).
     #[inline]
     pub fn head_offset(&self, block: usize, head: usize) -> usize {
         block * self.block_stride + head * self.head_stride

@@ -6,6 +6,7 @@
 //! buffer of a step is reused from the previous one, so a step allocates only when the batch grows.
 
 mod attention;
+mod attention_kernels;
 mod evict;
 mod kv_cache;
 pub mod linear;

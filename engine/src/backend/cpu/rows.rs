@@ -33,9 +33,10 @@ impl SequenceRows {
     }
 }
 
-/// Keys and values of the current layer's lookahead rows, per evicting sequence: head-major
-/// `[num_kv_heads][capacity][head_dim]` for attention, and keys also row-major `[capacity,
-/// num_kv_heads, head_dim]` as eviction scoring takes them.
+/// Keys and values of the current layer's lookahead rows, per evicting sequence: head-major for
+/// attention, laid out like a cache block of `capacity` slots (values
+/// `[num_kv_heads][capacity][head_dim]`, keys transposed `[num_kv_heads][head_dim][capacity]`), and
+/// keys also row-major `[capacity, num_kv_heads, head_dim]` as eviction scoring takes them.
 #[derive(Default)]
 pub struct LookaheadKv {
     capacity: usize,
@@ -70,9 +71,15 @@ impl LookaheadKv {
     pub fn write(&mut self, index: usize, row: usize, k: &[f32], v: &[f32]) {
         let (d, base) = (self.head_dim, index * self.per_sequence());
         for head in 0..self.num_kv_heads {
-            let at = base + (head * self.capacity + row) * d;
-            self.keys[at..at + d].copy_from_slice(&k[head * d..(head + 1) * d]);
+            let head_start = base + head * self.capacity * d;
+            let at = head_start + row * d;
             self.values[at..at + d].copy_from_slice(&v[head * d..(head + 1) * d]);
+            let key_column = self.keys[head_start + row..]
+                .iter_mut()
+                .step_by(self.capacity);
+            for (dst, &src) in key_column.zip(&k[head * d..(head + 1) * d]) {
+                *dst = src;
+            }
         }
         let at = base + row * self.num_kv_heads * d;
         self.key_rows[at..at + k.len()].copy_from_slice(k);
@@ -82,7 +89,7 @@ impl LookaheadKv {
     pub fn extra(&self, index: usize, count: usize) -> ExtraKv<'_> {
         let span = index * self.per_sequence()..(index + 1) * self.per_sequence();
         ExtraKv {
-            keys: &self.keys[span.clone()],
+            keys_t: &self.keys[span.clone()],
             values: &self.values[span],
             capacity: self.capacity,
             count,

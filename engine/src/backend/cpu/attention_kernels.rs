@@ -1,0 +1,500 @@
+//! The two inner loops of CPU attention, over one run of at most [`LANES`] keys of one KV head and
+//! a block of query heads that attend to it:
+//!
+//! - [`Kernels::scores`]: `s[h][lane] = (Σ_i q[h][i]·k[i][lane])·scale`. Keys are stored
+//!   transposed (`[head_dim][slot]`, see [`super::kv_cache`]), so one vector load holds dimension
+//!   `i` of 16 keys and each query head adds one broadcast multiply-add per dimension: no
+//!   horizontal sums, and the load is shared by every query head of the block.
+//! - [`Kernels::fold_run`]: one query head's online-softmax step over the run's scores (running
+//!   max and denominator, scores turned into probabilities), vectorised over the lanes.
+//! - [`Kernels::accumulate`]: `acc[h][..] += Σ_lane p[h][lane]·v[lane][..]`, values row-major, one
+//!   vector load of a value row shared by every query head of the block.
+//!
+//! Why the arithmetic is pinned: DESIGN §3 "batching is invisible" must hold to the bit, and a
+//! query row is computed in a tile of many rows in one step and alone (or in a different tile) in
+//! another, e.g. when a preempted sequence is recomputed. So each output is one chain over `i`
+//! (scores) or over ascending lanes (values), whatever the number of query heads in the block or
+//! which lanes other heads use. The AVX-512 kernels fuse each step (one FMA); the portable kernels,
+//! used on CPUs without AVX-512, multiply then add. A process uses one of the two for every row.
+//! The softmax step reduces its lanes in a fixed tree, padding the lanes a head does not attend
+//! with the operation's identity, so its result does not depend on the vector width either.
+
+use crate::math::exp_nonpositive;
+
+/// Keys per run: one AVX-512 vector of `f32`.
+pub const LANES: usize = 16;
+
+/// Query heads per register block: 8 score vectors, or 8 × one value vector of accumulators, with
+/// room left for the loads and broadcasts.
+const HEADS_PER_BLOCK: usize = 8;
+
+/// At most [`LANES`] consecutive entries of one KV head.
+#[derive(Clone, Copy)]
+pub struct KeyRun<'a> {
+    /// Keys transposed: dimension `i` of lane `l` at `keys_t[i * stride + l]`, so the slice holds
+    /// at least `(head_dim - 1) * stride + lanes` floats.
+    pub keys_t: &'a [f32],
+    pub stride: usize,
+    /// Values row-major, `[lanes][head_dim]`.
+    pub values: &'a [f32],
+    pub lanes: usize,
+}
+
+/// The kernels this CPU runs, chosen once per process.
+#[derive(Debug, Clone, Copy)]
+pub enum Kernels {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    Portable,
+}
+
+/// Calls `$kernel::<R>($args)` for a runtime `$rows` in `1..=HEADS_PER_BLOCK`, so the register
+/// block's size is a compile-time constant and its accumulators stay in registers.
+macro_rules! with_rows {
+    ($rows:expr, $kernel:ident($($arg:expr),*)) => {
+        match $rows {
+            1 => $kernel::<1>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            6 => $kernel::<6>($($arg),*),
+            7 => $kernel::<7>($($arg),*),
+            8 => $kernel::<8>($($arg),*),
+            other => unreachable!("register blocks hold 1 to {HEADS_PER_BLOCK} heads, not {other}"),
+        }
+    };
+}
+
+impl Kernels {
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Self::Avx512;
+        }
+        Self::Portable
+    }
+
+    /// Scores of `q` (`[heads][head_dim]`) against the run's keys, into `scores[h][..run.lanes]`
+    /// (lanes past `run.lanes` are left as they were).
+    pub fn scores(
+        self,
+        q: &[f32],
+        head_dim: usize,
+        run: &KeyRun<'_>,
+        scale: f32,
+        scores: &mut [[f32; LANES]],
+    ) {
+        check_run(run, head_dim);
+        assert!(q.len() >= scores.len() * head_dim, "a query per score row");
+        for (block, out) in scores.chunks_mut(HEADS_PER_BLOCK).enumerate() {
+            let q = &q[block * HEADS_PER_BLOCK * head_dim..][..out.len() * head_dim];
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F was detected; `check_run` and the slicing above bound every
+                // read, and the masked loads touch lanes below `run.lanes` only.
+                Self::Avx512 => unsafe {
+                    with_rows!(out.len(), avx512_scores(q, head_dim, run, scale, out))
+                },
+                Self::Portable => portable_scores(q, head_dim, run, scale, out),
+            }
+        }
+    }
+
+    /// Folds `scores[..count]` (`count ≥ 1`) of one query head into its running `max` and softmax
+    /// denominator `sum`, turns them into `exp(score − max)` in place and returns the factor by
+    /// which the head's accumulated values must be rescaled.
+    pub fn fold_run(
+        self,
+        scores: &mut [f32; LANES],
+        count: usize,
+        max: &mut f32,
+        sum: &mut f32,
+    ) -> f32 {
+        assert!(count > 0 && count <= LANES, "1 to {LANES} lanes");
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F was detected.
+            Self::Avx512 => unsafe { avx512::fold_run(scores, count, max, sum) },
+            Self::Portable => fold_run(scores, count, max, sum),
+        }
+    }
+
+    /// Adds `p[h][lane]·values[lane]` over `lane < lanes`, ascending, to `acc[h]` (`[heads][head_dim]`).
+    pub fn accumulate(
+        self,
+        p: &[[f32; LANES]],
+        values: &[f32],
+        lanes: usize,
+        head_dim: usize,
+        acc: &mut [f32],
+    ) {
+        assert!(
+            lanes <= LANES && values.len() >= lanes * head_dim,
+            "value rows per lane"
+        );
+        assert!(
+            acc.len() >= p.len() * head_dim,
+            "an accumulator row per head"
+        );
+        for (block, p) in p.chunks(HEADS_PER_BLOCK).enumerate() {
+            let acc = &mut acc[block * HEADS_PER_BLOCK * head_dim..][..p.len() * head_dim];
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F was detected; the asserts and slicing above bound every access.
+                Self::Avx512 => unsafe {
+                    with_rows!(p.len(), avx512_accumulate(p, values, lanes, head_dim, acc))
+                },
+                Self::Portable => portable_accumulate(p, values, lanes, head_dim, acc),
+            }
+        }
+    }
+}
+
+/// [`Kernels::fold_run`], written as element-wise loops over the lanes and fixed reduction trees
+/// so that the compiler vectorises it at any width with the same result.
+#[inline(always)]
+fn fold_run(scores: &mut [f32; LANES], count: usize, max: &mut f32, sum: &mut f32) -> f32 {
+    let mut attended = [f32::NEG_INFINITY; LANES];
+    attended[..count].copy_from_slice(&scores[..count]);
+    let new_max = max.max(reduce(attended, f32::max));
+    let rescale = rescale(*max, new_max);
+    for (p, &s) in scores.iter_mut().zip(&attended) {
+        // Unattended lanes give exp(−∞) = 0.
+        *p = exp_nonpositive(s - new_max);
+    }
+    *sum = *sum * rescale + reduce(*scores, |a, b| a + b);
+    *max = new_max;
+    rescale
+}
+
+/// `exp(old_max − new_max)`, exactly 1 when the max did not move.
+#[inline(always)]
+fn rescale(old_max: f32, new_max: f32) -> f32 {
+    if old_max == new_max {
+        1.0
+    } else {
+        exp_nonpositive(old_max - new_max)
+    }
+}
+
+/// Reduces the lanes pairwise: lane `i` with lane `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
+#[inline(always)]
+fn reduce(mut lanes: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] = op(lanes[i], lanes[i + width]);
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+fn check_run(run: &KeyRun<'_>, head_dim: usize) {
+    assert!(run.lanes > 0 && run.lanes <= LANES, "1 to {LANES} lanes");
+    assert!(
+        run.keys_t.len() >= (head_dim - 1) * run.stride + run.lanes,
+        "transposed keys cover every dimension of every lane"
+    );
+    assert!(
+        run.values.len() >= run.lanes * head_dim,
+        "a value row per lane"
+    );
+}
+
+fn portable_scores(
+    q: &[f32],
+    head_dim: usize,
+    run: &KeyRun<'_>,
+    scale: f32,
+    out: &mut [[f32; LANES]],
+) {
+    for (q, out) in q.chunks_exact(head_dim).zip(out.iter_mut()) {
+        let mut acc = [0.0f32; LANES];
+        for (i, &qi) in q.iter().enumerate() {
+            let keys = &run.keys_t[i * run.stride..][..run.lanes];
+            for (a, &k) in acc.iter_mut().zip(keys) {
+                *a += qi * k;
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&acc).take(run.lanes) {
+            *o = a * scale;
+        }
+    }
+}
+
+fn portable_accumulate(
+    p: &[[f32; LANES]],
+    values: &[f32],
+    lanes: usize,
+    head_dim: usize,
+    acc: &mut [f32],
+) {
+    for (p, acc) in p.iter().zip(acc.chunks_exact_mut(head_dim)) {
+        for (&weight, value) in p[..lanes].iter().zip(values.chunks_exact(head_dim)) {
+            for (a, &v) in acc.iter_mut().zip(value) {
+                *a += weight * v;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use avx512::{accumulate as avx512_accumulate, scores as avx512_scores};
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{KeyRun, LANES};
+    use crate::math::{EXP_POLY, EXP_UNDERFLOW, LN2_HI, LN2_LO, ROUNDING_MAGIC};
+
+    fn lane_mask(lanes: usize) -> __mmask16 {
+        ((1u32 << lanes) - 1) as __mmask16
+    }
+
+    /// [`super::fold_run`] with AVX-512 intrinsics: the same steps, lane by lane, and the same
+    /// reduction tree.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fold_run(
+        scores: &mut [f32; LANES],
+        count: usize,
+        max: &mut f32,
+        sum: &mut f32,
+    ) -> f32 {
+        let padding = _mm512_set1_ps(f32::NEG_INFINITY);
+        // SAFETY: `scores` is 16 floats.
+        let attended = unsafe { _mm512_mask_loadu_ps(padding, lane_mask(count), scores.as_ptr()) };
+        let new_max = max.max(_mm512_reduce_max_ps(attended));
+        let rescale = super::rescale(*max, new_max);
+        let p = exp_nonpositive(_mm512_sub_ps(attended, _mm512_set1_ps(new_max)));
+        // SAFETY: `scores` is 16 floats.
+        unsafe { _mm512_storeu_ps(scores.as_mut_ptr(), p) };
+        *sum = *sum * rescale + reduce_add(p);
+        *max = new_max;
+        rescale
+    }
+
+    /// [`crate::math::exp_nonpositive`] on 16 lanes, step for step.
+    #[target_feature(enable = "avx512f")]
+    fn exp_nonpositive(x: __m512) -> __m512 {
+        let splat = _mm512_set1_ps;
+        let clamped = _mm512_max_ps(x, splat(EXP_UNDERFLOW));
+        let shifted = _mm512_add_ps(
+            _mm512_mul_ps(clamped, splat(std::f32::consts::LOG2_E)),
+            splat(ROUNDING_MAGIC),
+        );
+        let magic_bits = _mm512_set1_epi32(ROUNDING_MAGIC.to_bits() as i32);
+        let n = _mm512_sub_epi32(_mm512_castps_si512(shifted), magic_bits);
+        let nf = _mm512_sub_ps(shifted, splat(ROUNDING_MAGIC));
+        let r = _mm512_sub_ps(
+            _mm512_sub_ps(clamped, _mm512_mul_ps(nf, splat(LN2_HI))),
+            _mm512_mul_ps(nf, splat(LN2_LO)),
+        );
+        let poly = EXP_POLY[1..].iter().fold(splat(EXP_POLY[0]), |acc, &c| {
+            _mm512_add_ps(_mm512_mul_ps(acc, r), splat(c))
+        });
+        let exp_r = _mm512_add_ps(
+            _mm512_add_ps(_mm512_mul_ps(poly, _mm512_mul_ps(r, r)), r),
+            splat(1.0),
+        );
+        let biased = _mm512_add_epi32(n, _mm512_set1_epi32(127));
+        let two_to_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased));
+        let kept = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, splat(EXP_UNDERFLOW));
+        _mm512_maskz_mul_ps(kept, exp_r, two_to_n)
+    }
+
+    /// Sum of the 16 lanes in [`super::reduce`]'s order: lane `i` plus lane `i + 8`, then `i + 4`,
+    /// `i + 2`, `i + 1`.
+    #[target_feature(enable = "avx512f")]
+    fn reduce_add(v: __m512) -> f32 {
+        let high = upper_half(v);
+        let x8 = _mm256_add_ps(_mm512_castps512_ps256(v), high);
+        let x4 = _mm_add_ps(_mm256_castps256_ps128(x8), _mm256_extractf128_ps::<1>(x8));
+        let x2 = _mm_add_ps(x4, _mm_movehl_ps(x4, x4));
+        _mm_cvtss_f32(_mm_add_ss(x2, _mm_movehdup_ps(x2)))
+    }
+
+    /// Lanes 8..16 of `v`.
+    #[target_feature(enable = "avx512f")]
+    fn upper_half(v: __m512) -> __m256 {
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+    }
+
+    /// `R` query heads against one run: `R` accumulator vectors, one masked key load and `R`
+    /// FMAs per dimension.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; `q` holds `R` rows of `head_dim`, `run` passed `check_run`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores<const R: usize>(
+        q: &[f32],
+        head_dim: usize,
+        run: &KeyRun<'_>,
+        scale: f32,
+        out: &mut [[f32; LANES]],
+    ) {
+        let mask = lane_mask(run.lanes);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for i in 0..head_dim {
+            // SAFETY: `check_run` bounds lanes below `run.lanes` of every dimension; the masked
+            // load reads no other lane.
+            let keys =
+                unsafe { _mm512_maskz_loadu_ps(mask, run.keys_t.as_ptr().add(i * run.stride)) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(q[r * head_dim + i]), keys, *a);
+            }
+        }
+        let scale = _mm512_set1_ps(scale);
+        for (a, o) in acc.iter().zip(out.iter_mut()) {
+            // SAFETY: `o` is 16 floats; only lanes below `run.lanes` are written.
+            unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr(), mask, _mm512_mul_ps(*a, scale)) };
+        }
+    }
+
+    /// `R` query heads' weighted value sums, 16 dimensions at a time: `R` accumulator vectors,
+    /// one masked value load and `R` FMAs per lane.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; `values` holds `lanes` rows and `acc` `R` rows of `head_dim`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn accumulate<const R: usize>(
+        p: &[[f32; LANES]],
+        values: &[f32],
+        lanes: usize,
+        head_dim: usize,
+        acc: &mut [f32],
+    ) {
+        for j in (0..head_dim).step_by(LANES) {
+            let mask = lane_mask((head_dim - j).min(LANES));
+            // SAFETY: the masked loads and stores touch dimensions below `head_dim` of rows the
+            // caller vouches for.
+            unsafe {
+                let mut a: [__m512; R] = std::array::from_fn(|r| {
+                    _mm512_maskz_loadu_ps(mask, acc.as_ptr().add(r * head_dim + j))
+                });
+                for (lane, row) in values.chunks_exact(head_dim).take(lanes).enumerate() {
+                    let v = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(j));
+                    for (r, a) in a.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(p[r][lane]), v, *a);
+                    }
+                }
+                for (r, a) in a.iter().enumerate() {
+                    _mm512_mask_storeu_ps(acc.as_mut_ptr().add(r * head_dim + j), mask, *a);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// The AVX-512 softmax step repeats the portable one to the bit, for every lane count, from a
+    /// fresh head and from one whose max moves or stays.
+    #[test]
+    fn the_softmax_step_is_the_same_on_every_kernel() {
+        let kernels = Kernels::detect();
+        if matches!(kernels, Kernels::Portable) {
+            eprintln!("no AVX-512 on this CPU: nothing to compare the portable softmax step with");
+            return;
+        }
+        let values = pseudo_random(LANES, 9);
+        for count in 1..=LANES {
+            for (max, sum) in [(f32::NEG_INFINITY, 0.0), (0.1, 2.5), (-0.2, 1.5)] {
+                let mut want: [f32; LANES] = std::array::from_fn(|l| values[l] * 4.0);
+                let mut got = want;
+                let (mut want_max, mut want_sum) = (max, sum);
+                let (mut got_max, mut got_sum) = (max, sum);
+                let want_rescale =
+                    Kernels::Portable.fold_run(&mut want, count, &mut want_max, &mut want_sum);
+                let got_rescale = kernels.fold_run(&mut got, count, &mut got_max, &mut got_sum);
+                assert_eq!(
+                    want_rescale.to_bits(),
+                    got_rescale.to_bits(),
+                    "{count} {max}"
+                );
+                assert_eq!((want_max, want_sum), (got_max, got_sum), "{count} {max}");
+                assert_eq!(want[..count], got[..count], "{count} {max}");
+                let total: f32 = want[..count].iter().sum();
+                assert!((want_sum - (sum * want_rescale + total)).abs() < 1e-5);
+            }
+        }
+    }
+
+    /// Every kernel, every block size of query heads: each head's numbers are the ones it gets
+    /// alone (to the bit), and close to a float64 reference.
+    #[test]
+    fn each_head_gets_the_same_bits_in_any_block_and_matches_a_reference() {
+        let d = 40; // two vectors, the second one partial
+        let (stride, lanes) = (16, 11);
+        let keys_t = pseudo_random(d * stride, 1);
+        let values = pseudo_random(lanes * d, 2);
+        let run = KeyRun {
+            keys_t: &keys_t,
+            stride,
+            values: &values,
+            lanes,
+        };
+        let heads = 11; // one full register block and a partial one
+        let q = pseudo_random(heads * d, 3);
+        let mut kernels = vec![Kernels::Portable];
+        if matches!(Kernels::detect(), Kernels::Portable) {
+            eprintln!("no AVX-512 on this CPU: only the portable kernels are tested");
+        } else {
+            kernels.push(Kernels::detect());
+        }
+        for kernels in kernels {
+            let mut all = vec![[0.0f32; LANES]; heads];
+            kernels.scores(&q, d, &run, 0.5, &mut all);
+            let mut acc_all = vec![0.25f32; heads * d];
+            kernels.accumulate(&all, &values, lanes, d, &mut acc_all);
+            for h in 0..heads {
+                let mut alone = vec![[0.0f32; LANES]; 1];
+                kernels.scores(&q[h * d..(h + 1) * d], d, &run, 0.5, &mut alone);
+                assert_eq!(alone[0][..lanes], all[h][..lanes], "{kernels:?} head {h}");
+                let mut acc_alone = vec![0.25f32; d];
+                kernels.accumulate(&alone, &values, lanes, d, &mut acc_alone);
+                assert_eq!(
+                    acc_alone,
+                    acc_all[h * d..(h + 1) * d],
+                    "{kernels:?} head {h}"
+                );
+                for l in 0..lanes {
+                    let want: f64 = (0..d)
+                        .map(|i| q[h * d + i] as f64 * keys_t[i * stride + l] as f64)
+                        .sum::<f64>()
+                        * 0.5;
+                    assert!(
+                        (all[h][l] as f64 - want).abs() < 1e-5,
+                        "{kernels:?} {h} {l}"
+                    );
+                }
+                for i in 0..d {
+                    let want: f64 = 0.25
+                        + (0..lanes)
+                            .map(|l| all[h][l] as f64 * values[l * d + i] as f64)
+                            .sum::<f64>();
+                    assert!((acc_all[h * d + i] as f64 - want).abs() < 1e-5);
+                }
+            }
+        }
+    }
+}
