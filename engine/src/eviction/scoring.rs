@@ -4,7 +4,9 @@
 //! Owns: scaled dot products, causal visibility, the softmax, the reduction over queries, pooling
 //! per query head and the mean over each GQA group (DESIGN §4). It must not know where keys live
 //! (the backend lends them through [`KeySource`], e.g. in place from paged blocks) nor how entries
-//! are selected. It never holds more than one query row of probabilities per query head at a time.
+//! are selected. Per query head it holds that head's scaled dot products with the prompt keys
+//! (`n_q × n` floats, computed by the key source in one pass so a backend can share each key load
+//! between the queries) and one row of probabilities at a time.
 //!
 //! Softmax denominator (reference §5.3): each query is normalised over every key it can see in the
 //! forward pass, and only prompt columns are scored. SnapKV window queries see the prompt keys at
@@ -29,6 +31,27 @@ pub trait KeySource {
     /// Copies the key of `entry` for `kv_head` into `out[..head_dim]` (a copy, because a backend
     /// may store keys transposed).
     fn read_key(&self, kv_head: usize, entry: usize, out: &mut [f32]);
+
+    /// Writes `scale · q_i·k_e` for every query `q_i` of `queries` (`[m][head_dim]`) and every
+    /// entry `e` into `out[i · num_entries + e]`. The default reads key by key; a backend
+    /// overrides it to run its attention kernel over its own key layout.
+    fn scaled_dots(
+        &self,
+        kv_head: usize,
+        queries: &[f32],
+        head_dim: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let n = self.num_entries();
+        let mut key = vec![0.0f32; head_dim];
+        for entry in 0..n {
+            self.read_key(kv_head, entry, &mut key);
+            for (i, q) in queries.chunks_exact(head_dim).enumerate() {
+                out[i * n + entry] = dot(q, &key) * scale;
+            }
+        }
+    }
 }
 
 /// Keys in one contiguous `[entries, num_kv_heads, head_dim]` buffer.
@@ -167,17 +190,27 @@ pub fn score_prompt<K: KeySource + Sync + ?Sized>(
     };
     let scored = request.scored_entries;
     let group = layout.num_heads / layout.num_kv_heads;
+    let scale = 1.0 / (layout.head_dim as f32).sqrt();
     // Query heads are independent: score them in parallel, then sum each GQA group in head
     // order so the result does not depend on the thread count.
     let head_rows: Vec<Vec<f32>> = (0..layout.num_heads)
         .into_par_iter()
         .map(|head| {
+            let kv_head = head / group;
+            let queries: Vec<f32> = (0..num_queries)
+                .flat_map(|query| {
+                    let start = (query * layout.num_heads + head) * layout.head_dim;
+                    request.queries[start..start + layout.head_dim]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            let mut dots = vec![0.0f32; num_queries * prompt_len];
+            keys.scaled_dots(kv_head, &queries, layout.head_dim, scale, &mut dots);
             let mut probs = vec![0.0f32; prompt_len + num_extra];
-            let mut key = vec![0.0f32; layout.head_dim];
             let mut reduced = vec![0.0f32; scored];
-            for query in 0..num_queries {
-                let visible =
-                    query_row_probs(layout, request, keys, head, query, &mut key, &mut probs);
+            for (query, dots) in dots.chunks_exact(prompt_len.max(1)).enumerate() {
+                let visible = query_row_probs(layout, request, head, query, dots, &mut probs);
                 let scored_visible = visible.min(scored);
                 for (acc, p) in reduced.iter_mut().zip(&probs[..scored_visible]) {
                     *acc += p;
@@ -210,16 +243,15 @@ pub fn score_prompt<K: KeySource + Sync + ?Sized>(
     KvHeadScores::from_vec(layout.num_kv_heads, scored, out)
 }
 
-/// Fills `probs[..visible]` with one query's softmax over the prompt keys it sees, followed by the
-/// extra keys it sees (which are never scored), and returns how many prompt columns it sees.
-/// `key` is room for one key.
-fn query_row_probs<K: KeySource + ?Sized>(
+/// Fills `probs[..visible]` with one query's softmax over the prompt keys it sees (`dots`, its
+/// scaled dot products with every prompt key), followed by the extra keys it sees (which are never
+/// scored), and returns how many prompt columns it sees.
+fn query_row_probs(
     layout: HeadLayout,
     request: &ScoringRequest<'_>,
-    keys: &K,
     head: usize,
     query: usize,
-    key: &mut [f32],
+    dots: &[f32],
     probs: &mut [f32],
 ) -> usize {
     let d = layout.head_dim;
@@ -227,16 +259,13 @@ fn query_row_probs<K: KeySource + ?Sized>(
     let q_start = (query * layout.num_heads + head) * d;
     let q = &request.queries[q_start..q_start + d];
     let scale = 1.0 / (d as f32).sqrt();
-    let prompt_len = keys.num_entries();
+    let prompt_len = dots.len();
     let num_queries = request.queries.len() / (layout.num_heads * d);
     let (visible_prompt, extra) = match request.rows {
         QueryRows::PromptSuffix => (prompt_len - num_queries + query + 1, None),
         QueryRows::AfterPrompt { extra_keys } => (prompt_len, extra_keys),
     };
-    for (entry, p) in probs[..visible_prompt].iter_mut().enumerate() {
-        keys.read_key(kv_head, entry, key);
-        *p = dot(q, key) * scale;
-    }
+    probs[..visible_prompt].copy_from_slice(&dots[..visible_prompt]);
     let mut len = visible_prompt;
     if let Some(extra) = extra {
         for e in 0..=query {

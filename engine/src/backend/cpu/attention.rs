@@ -198,7 +198,7 @@ impl Tile<'_> {
 /// Splits the slots `first_slot..first_slot + count` of a block into runs of at most [`LANES`]
 /// that do not cross a multiple of [`LANES`], so a row cut short inside a block sees a prefix of
 /// the runs a longer row sees.
-fn lane_pieces(first_slot: usize, count: usize) -> impl Iterator<Item = Range<usize>> {
+pub(super) fn lane_pieces(first_slot: usize, count: usize) -> impl Iterator<Item = Range<usize>> {
     let end = first_slot + count;
     let mut start = first_slot;
     std::iter::from_fn(move || {
