@@ -48,6 +48,20 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     }
 }
 
+/// Sum with eight independent partial sums, so the compiler vectorises it.
+#[inline(always)]
+pub fn sum(values: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for lane in 0..8 {
+            acc[lane] += chunk[lane];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Dot product with eight independent partial sums, so the compiler vectorises it (a single
 /// running sum would force sequential adds).
 #[inline(always)]

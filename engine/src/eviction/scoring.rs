@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
-use crate::math::dot;
+use crate::math::{dot, exp_nonpositive, sum};
 
 use super::pooling::{Pooling, pool1d};
 
@@ -278,14 +278,12 @@ fn query_row_probs(
     visible_prompt
 }
 
+/// Softmax with the vectorisable `exp` (every argument is `≤ 0` after subtracting the max) and a
+/// sum in eight partial sums, so a long prompt row costs a few instructions per key.
 fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x = exp_nonpositive(*x - max));
+    let inv = 1.0 / sum(row);
     row.iter_mut().for_each(|x| *x *= inv);
 }
 
