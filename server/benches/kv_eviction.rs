@@ -4,7 +4,10 @@
 //!    (chunked as the engine chunks it, `--chunk` tokens per step, the last chunk carrying the
 //!    eviction) timed end to end, scoring + selection + compaction included; policies are
 //!    interleaved within each repetition, in an order rotated from one repetition to the next,
-//!    so machine drift hits them alike; medians reported.
+//!    so machine drift hits them alike; medians reported. The last chunk is also timed alone, and
+//!    its extra time over `full`'s in the same repetition, as a fraction of `full`'s TTFT, is
+//!    the paired overhead: the earlier chunks do the same work under every policy, so pairing
+//!    removes their share of the noise.
 //! 2. **KV bytes per request** after eviction: the blocks a request still holds.
 //! 3. **Concurrency**: how many `--concurrency-len`-token prompts are held at once in a pool sized
 //!    for `--pool-requests` full-cache prompts, full cache vs keeping `--budget` entries — the
@@ -98,6 +101,8 @@ fn policy(name: &str, budget: usize) -> EvictionPolicy {
 /// One timed prefill: wall seconds, eviction seconds, entries kept.
 struct Prefill {
     seconds: f64,
+    /// The last chunk alone: the only step whose work differs between policies.
+    last_chunk_seconds: f64,
     eviction_seconds: f64,
     kept_entries: usize,
 }
@@ -113,6 +118,7 @@ fn prefill(
     let mut out = ForwardOutput::default();
     let started = Instant::now();
     let mut start = 0;
+    let mut last_chunk_seconds = 0.0;
     while start < prompt.len() {
         let end = (start + chunk).min(prompt.len());
         let last = end == prompt.len();
@@ -131,13 +137,16 @@ fn prefill(
                 compacted: None,
             }],
         };
+        let chunk_started = Instant::now();
         backend.forward(&batch, &mut out).expect("forward");
+        last_chunk_seconds = chunk_started.elapsed().as_secs_f64();
         start = end;
     }
     let seconds = started.elapsed().as_secs_f64();
     let report = out.evictions.first();
     Prefill {
         seconds,
+        last_chunk_seconds,
         eviction_seconds: report.map_or(0.0, |r| r.time.as_secs_f64()),
         kept_entries: report.map_or(prompt.len(), |r| r.kept_entries),
     }
@@ -230,13 +239,23 @@ fn main() {
                 runs[p].push(run);
             }
         }
-        let full = runs
+        let full_runs = runs
             .iter()
             .zip(&args.policies)
             .find(|(_, n)| *n == "full")
-            .map(|(r, _)| median(r.iter().map(|x| x.seconds).collect()));
+            .map(|(r, _)| r);
+        let full = full_runs.map(|r| median(r.iter().map(|x| x.seconds).collect()));
         for (name, runs) in args.policies.iter().zip(&runs) {
             let seconds = median(runs.iter().map(|r| r.seconds).collect());
+            let last_chunk = median(runs.iter().map(|r| r.last_chunk_seconds).collect());
+            // Paired within each repetition: the last chunk's extra time over full's, as a
+            // fraction of full's TTFT (the earlier chunks do the same work under every policy).
+            let paired_overhead = full_runs.map(|full| {
+                let per_repeat = runs.iter().zip(full).map(|(run, full)| {
+                    (run.last_chunk_seconds - full.last_chunk_seconds) / full.seconds
+                });
+                median(per_repeat.collect())
+            });
             let eviction = median(runs.iter().map(|r| r.eviction_seconds).collect());
             let kept = runs[0].kept_entries;
             let kv_bytes = kept.div_ceil(BLOCK_SIZE) * bytes_per_block;
@@ -246,12 +265,17 @@ fn main() {
                 "prefill_seconds": runs.iter().map(|r| r.seconds).collect::<Vec<_>>(),
                 "eviction_seconds_median": eviction,
                 "ttft_ratio_vs_full": full.map(|f| seconds / f),
+                "last_chunk_seconds_median": last_chunk,
+                "last_chunk_seconds": runs.iter().map(|r| r.last_chunk_seconds).collect::<Vec<_>>(),
+                "ttft_overhead_paired_last_chunk": paired_overhead,
                 "kept_entries": kept,
                 "kv_bytes_after_prefill": kv_bytes,
             }));
             eprintln!(
-                "{len:>6} {name:>14}: TTFT {seconds:.2} s, ×{:.4} of full, eviction {:.1} ms, KV {:.1} MiB",
+                "{len:>6} {name:>14}: TTFT {seconds:.2} s, ×{:.4} of full, last chunk {last_chunk:.2} s \
+                 (paired overhead {:+.2}% of TTFT), eviction {:.1} ms, KV {:.1} MiB",
                 full.map_or(f64::NAN, |f| seconds / f),
+                paired_overhead.map_or(f64::NAN, |o| o * 100.0),
                 eviction * 1e3,
                 kv_bytes as f64 / (1 << 20) as f64
             );
