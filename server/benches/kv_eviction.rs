@@ -7,7 +7,9 @@
 //!    so machine drift hits them alike; medians reported. The last chunk is also timed alone, and
 //!    its extra time over `full`'s in the same repetition, as a fraction of `full`'s TTFT, is
 //!    the paired overhead: the earlier chunks do the same work under every policy, so pairing
-//!    removes their share of the noise.
+//!    removes their share of the noise. The same pairing is reported on CPU time (all threads,
+//!    from `/proc/self/stat`): on a shared machine, time stolen by other tenants inflates wall
+//!    time but not CPU time.
 //! 2. **KV bytes per request** after eviction: the blocks a request still holds.
 //! 3. **Concurrency**: how many `--concurrency-len`-token prompts are held at once in a pool sized
 //!    for `--pool-requests` full-cache prompts, full cache vs keeping `--budget` entries — the
@@ -103,6 +105,11 @@ struct Prefill {
     seconds: f64,
     /// The last chunk alone: the only step whose work differs between policies.
     last_chunk_seconds: f64,
+    /// CPU time (user + system, all threads) of the last chunk, which time stolen by other
+    /// tenants of the machine does not inflate as it does wall time.
+    last_chunk_cpu_seconds: Option<f64>,
+    /// CPU time of the whole prefill.
+    cpu_seconds: Option<f64>,
     eviction_seconds: f64,
     kept_entries: usize,
 }
@@ -116,9 +123,10 @@ fn prefill(
 ) -> Prefill {
     let table: Vec<u32> = (0..prompt.len().div_ceil(BLOCK_SIZE) as u32).collect();
     let mut out = ForwardOutput::default();
-    let started = Instant::now();
+    let (started, cpu_started) = (Instant::now(), process_cpu_seconds());
     let mut start = 0;
     let mut last_chunk_seconds = 0.0;
+    let mut last_chunk_cpu_seconds = None;
     while start < prompt.len() {
         let end = (start + chunk).min(prompt.len());
         let last = end == prompt.len();
@@ -137,19 +145,38 @@ fn prefill(
                 compacted: None,
             }],
         };
-        let chunk_started = Instant::now();
+        let (chunk_started, cpu_started) = (Instant::now(), process_cpu_seconds());
         backend.forward(&batch, &mut out).expect("forward");
         last_chunk_seconds = chunk_started.elapsed().as_secs_f64();
+        last_chunk_cpu_seconds = cpu_started
+            .zip(process_cpu_seconds())
+            .map(|(start, end)| end - start);
         start = end;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_started
+        .zip(process_cpu_seconds())
+        .map(|(start, end)| end - start);
     let report = out.evictions.first();
     Prefill {
         seconds,
         last_chunk_seconds,
+        last_chunk_cpu_seconds,
+        cpu_seconds,
         eviction_seconds: report.map_or(0.0, |r| r.time.as_secs_f64()),
         kept_entries: report.map_or(prompt.len(), |r| r.kept_entries),
     }
+}
+
+/// User + system CPU time of this process so far, from `/proc/self/stat` (Linux; clock ticks of
+/// 10 ms), or `None` where it cannot be read.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is parenthesised and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// The median, as `glimpse bench` computes percentiles.
@@ -256,6 +283,16 @@ fn main() {
                 });
                 median(per_repeat.collect())
             });
+            // The same pairing on CPU time.
+            let cpu_overhead = full_runs.and_then(|full| {
+                let per_repeat = runs.iter().zip(full).map(|(run, full)| {
+                    Some(
+                        (run.last_chunk_cpu_seconds? - full.last_chunk_cpu_seconds?)
+                            / full.cpu_seconds?,
+                    )
+                });
+                per_repeat.collect::<Option<Vec<f64>>>().map(median)
+            });
             let eviction = median(runs.iter().map(|r| r.eviction_seconds).collect());
             let kept = runs[0].kept_entries;
             let kv_bytes = kept.div_ceil(BLOCK_SIZE) * bytes_per_block;
@@ -268,14 +305,19 @@ fn main() {
                 "last_chunk_seconds_median": last_chunk,
                 "last_chunk_seconds": runs.iter().map(|r| r.last_chunk_seconds).collect::<Vec<_>>(),
                 "ttft_overhead_paired_last_chunk": paired_overhead,
+                "cpu_seconds": runs.iter().map(|r| r.cpu_seconds).collect::<Vec<_>>(),
+                "last_chunk_cpu_seconds": runs.iter().map(|r| r.last_chunk_cpu_seconds).collect::<Vec<_>>(),
+                "cpu_overhead_paired_last_chunk": cpu_overhead,
                 "kept_entries": kept,
                 "kv_bytes_after_prefill": kv_bytes,
             }));
             eprintln!(
                 "{len:>6} {name:>14}: TTFT {seconds:.2} s, ×{:.4} of full, last chunk {last_chunk:.2} s \
-                 (paired overhead {:+.2}% of TTFT), eviction {:.1} ms, KV {:.1} MiB",
+                 (paired overhead {:+.2}% of TTFT, {:+.2}% of its CPU time), eviction {:.1} ms, \
+                 KV {:.1} MiB",
                 full.map_or(f64::NAN, |f| seconds / f),
                 paired_overhead.map_or(f64::NAN, |o| o * 100.0),
+                cpu_overhead.map_or(f64::NAN, |o| o * 100.0),
                 eviction * 1e3,
                 kv_bytes as f64 / (1 << 20) as f64
             );
