@@ -20,6 +20,8 @@ pub mod math;
 pub mod model;
 pub mod runner;
 pub mod sampling;
+#[cfg(test)]
+mod test_util;
 pub mod tokenizer;
 pub mod train;
 

@@ -199,18 +199,7 @@ impl LayerView<'_> {
 mod tests {
     use super::*;
     use crate::eviction::{ContiguousKeys, KeySource};
-
-    fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::test_util::pseudo_random;
 
     /// Keys written entry by entry come back from the transposed layout unchanged, and the
     /// kernel's scaled dot products agree with the key-by-key default, for block sizes below, at
