@@ -2,12 +2,12 @@
 //! `0..=own entry`, reading K/V in place block by block through the block table (no copy of the
 //! context), with an online softmax so no score matrix is materialised.
 //!
-//! Flash-attention style tiling: consecutive rows of one sequence (a prefill chunk) form a tile
-//! whose query heads, GQA group by group, pass over each run of keys together, so every key and
-//! value load is shared by up to [`TILE_QUERY_HEADS`] query heads and the inner loops are the
-//! register-blocked kernels of [`super::attention_kernels`]. Tiles run in parallel. A row's
-//! numbers do not depend on its tile: it folds the same runs of keys, in the same order, with the
-//! same per-row arithmetic, whether it shares them with other rows or not.
+//! Flash-attention style tiling: consecutive rows of one sequence (a prefill chunk, or its
+//! lookahead rows) form a tile whose query heads, GQA group by group, pass over each run of keys
+//! together, so every key and value load is shared by up to [`TILE_QUERY_HEADS`] query heads and
+//! the inner loops are the register-blocked kernels of [`super::attention_kernels`]. Tiles run in
+//! parallel. A row's numbers do not depend on its tile: it folds the same runs of keys, in the same
+//! order, with the same per-row arithmetic, whether it shares them with other rows or not.
 
 use std::ops::Range;
 
