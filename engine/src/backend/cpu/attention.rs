@@ -46,10 +46,24 @@ pub struct ExtraKv<'a> {
     pub count: usize,
 }
 
+impl<'a> ExtraKv<'a> {
+    /// The extra keys `lanes` (at most [`LANES`]) of `kv_head`, laid out like a cache block of
+    /// `capacity` slots.
+    fn key_run(&self, kv_head: usize, head_dim: usize, lanes: Range<usize>) -> KeyRun<'a> {
+        let (base, d, capacity) = (kv_head * self.capacity * head_dim, head_dim, self.capacity);
+        KeyRun {
+            keys_t: &self.keys_t[base + lanes.start..base + (d - 1) * capacity + lanes.end],
+            stride: capacity,
+            values: &self.values[base + lanes.start * d..base + lanes.end * d],
+            lanes: lanes.len(),
+        }
+    }
+}
+
 impl QueryContext<'_> {
     /// Calls `f(block, first_slot, first_entry, count)` for each run of attended entries that is
     /// contiguous within one block, in entry order.
-    fn for_each_run(&self, block_size: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+    pub fn for_each_run(&self, block_size: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
         let skip_start = self.skip.start.min(self.num_entries);
         let skip_end = self.skip.end.clamp(skip_start, self.num_entries);
         for range in [0..skip_start, skip_end..self.num_entries] {
@@ -176,29 +190,17 @@ impl Tile<'_> {
                 s.q[row * group * d..(row + 1) * group * d].copy_from_slice(&q[heads.clone()]);
             }
             widest.for_each_run(bs, |block, slot, entry, count| {
-                let base = cache.head_offset(block, kv_head);
                 for piece in lane_pieces(slot, count) {
-                    let run = KeyRun {
-                        keys_t: &cache.keys[base + piece.start..base + (d - 1) * bs + piece.end],
-                        stride: bs,
-                        values: &cache.values[base + piece.start * d..base + piece.end * d],
-                        lanes: piece.len(),
-                    };
                     let first_entry = entry + piece.start - slot;
+                    let run = cache.key_run(block, kv_head, piece);
                     s.absorb(&run, Limits::Cache, first_entry, shape.scale, kernels);
                 }
             });
             if let Some(extra) = widest_extra {
-                let base = kv_head * extra.capacity * d;
                 for piece in lane_pieces(0, extra.count) {
-                    let run = KeyRun {
-                        keys_t: &extra.keys_t
-                            [base + piece.start..base + (d - 1) * extra.capacity + piece.end],
-                        stride: extra.capacity,
-                        values: &extra.values[base + piece.start * d..base + piece.end * d],
-                        lanes: piece.len(),
-                    };
-                    s.absorb(&run, Limits::Extra, piece.start, shape.scale, kernels);
+                    let first = piece.start;
+                    let run = extra.key_run(kv_head, d, piece);
+                    s.absorb(&run, Limits::Extra, first, shape.scale, kernels);
                 }
             }
             for (row, out) in out.chunks_exact_mut(width).enumerate() {

@@ -5,7 +5,9 @@
 //! dimension of 16 keys, which is what the attention kernels multiply a broadcast query element by
 //! (see [`super::attention_kernels`]).
 
-use super::attention::lane_pieces;
+use std::ops::Range;
+
+use super::attention::{QueryContext, lane_pieces};
 use super::attention_kernels::{Kernels, KeyRun, LANES};
 use crate::backend::KvGeometry;
 use crate::eviction::KeySource;
@@ -61,6 +63,8 @@ impl CpuKvCache {
             values: &self.values[range],
             block_stride: self.block_stride(),
             head_stride: self.head_stride(),
+            block_size: self.geometry.block_size,
+            head_dim: self.geometry.head_dim,
         }
     }
 
@@ -150,30 +154,25 @@ impl KeySource for PagedKeys<'_> {
         scale: f32,
         out: &mut [f32],
     ) {
-        let (n, bs) = (self.num_entries, self.block_size);
+        let n = self.num_entries;
         let kernels = Kernels::detect();
         let mut scores = vec![[0.0f32; LANES]; queries.len() / head_dim];
-        for (block_index, &block) in self.block_table.iter().enumerate() {
-            let first = block_index * bs;
-            if first >= n {
-                break;
-            }
-            let base = self.layer.head_offset(block as usize, kv_head);
-            for piece in lane_pieces(0, bs.min(n - first)) {
-                let run = KeyRun {
-                    keys_t: &self.layer.keys
-                        [base + piece.start..base + (head_dim - 1) * bs + piece.end],
-                    stride: bs,
-                    values: &self.layer.values
-                        [base + piece.start * head_dim..base + piece.end * head_dim],
-                    lanes: piece.len(),
-                };
+        let every_entry = QueryContext {
+            block_table: self.block_table,
+            num_entries: n,
+            skip: 0..0,
+            extra: None,
+        };
+        every_entry.for_each_run(self.block_size, |block, slot, entry, count| {
+            for piece in lane_pieces(slot, count) {
+                let run = self.layer.key_run(block, kv_head, piece.clone());
                 kernels.scores(queries, head_dim, &run, scale, &mut scores);
+                let columns = entry + piece.start - slot..entry + piece.end - slot;
                 for (row, s) in out.chunks_exact_mut(n).zip(&scores) {
-                    row[first + piece.start..first + piece.end].copy_from_slice(&s[..piece.len()]);
+                    row[columns.clone()].copy_from_slice(&s[..piece.len()]);
                 }
             }
-        }
+        });
     }
 }
 
@@ -184,9 +183,27 @@ pub struct LayerView<'a> {
     pub values: &'a [f32],
     pub block_stride: usize,
     pub head_stride: usize,
+    pub block_size: usize,
+    pub head_dim: usize,
 }
 
-impl LayerView<'_> {
+impl<'a> LayerView<'a> {
+    /// The entries in `slots` (at most [`LANES`], see [`lane_pieces`]) of `head` in `block`, as
+    /// the attention kernels read them.
+    pub fn key_run(&self, block: usize, head: usize, slots: Range<usize>) -> KeyRun<'a> {
+        let (base, bs, d) = (
+            self.head_offset(block, head),
+            self.block_size,
+            self.head_dim,
+        );
+        KeyRun {
+            keys_t: &self.keys[base + slots.start..base + (d - 1) * bs + slots.end],
+            stride: bs,
+            values: &self.values[base + slots.start * d..base + slots.end * d],
+            lanes: slots.len(),
+        }
+    }
+
     /// Offset of the piece of `head` in `block`: its values row by row, its keys dimension by
     /// dimension (`block_size` floats each).
     #[inline]
