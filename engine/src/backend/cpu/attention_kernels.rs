@@ -396,34 +396,50 @@ mod tests {
     use super::*;
     use crate::test_util::pseudo_random;
 
-    /// The AVX-512 softmax step repeats the portable one to the bit, for every lane count, from a
-    /// fresh head and from one whose max moves or stays.
+    /// The softmax step of every kernel this CPU has matches the formula (running max, rescale,
+    /// probabilities, denominator) for every lane count, from a fresh head and from one whose max
+    /// moves or stays; the AVX-512 step repeats the portable one to the bit.
     #[test]
-    fn the_softmax_step_is_the_same_on_every_kernel() {
-        let kernels = Kernels::detect();
-        if matches!(kernels, Kernels::Portable) {
-            eprintln!("no AVX-512 on this CPU: nothing to compare the portable softmax step with");
-            return;
-        }
+    fn the_softmax_step_matches_its_formula_on_every_kernel() {
+        let detected = Kernels::detect();
         let values = pseudo_random(LANES, 9);
         for count in 1..=LANES {
             for (max, sum) in [(f32::NEG_INFINITY, 0.0), (0.1, 2.5), (-0.2, 1.5)] {
-                let mut want: [f32; LANES] = std::array::from_fn(|l| values[l] * 4.0);
-                let mut got = want;
-                let (mut want_max, mut want_sum) = (max, sum);
-                let (mut got_max, mut got_sum) = (max, sum);
-                let want_rescale =
-                    Kernels::Portable.fold_run(&mut want, count, &mut want_max, &mut want_sum);
-                let got_rescale = kernels.fold_run(&mut got, count, &mut got_max, &mut got_sum);
+                let start: [f32; LANES] = std::array::from_fn(|l| values[l] * 4.0);
+                let want_max = start[..count].iter().copied().fold(max, f32::max);
+                let want_rescale = (max as f64 - want_max as f64).exp();
+                let probs: Vec<f64> = start[..count]
+                    .iter()
+                    .map(|&s| (s as f64 - want_max as f64).exp())
+                    .collect();
+                let want_sum = sum as f64 * want_rescale + probs.iter().sum::<f64>();
+                let mut results = Vec::new();
+                for kernels in [Kernels::Portable, detected] {
+                    let mut scores = start;
+                    let (mut got_max, mut got_sum) = (max, sum);
+                    let rescale = kernels.fold_run(&mut scores, count, &mut got_max, &mut got_sum);
+                    assert_eq!(got_max, want_max, "{kernels:?} {count} {max}");
+                    assert!(
+                        (rescale as f64 - want_rescale).abs() < 1e-6,
+                        "{kernels:?} {count}"
+                    );
+                    assert!(
+                        (got_sum as f64 - want_sum).abs() < 1e-5,
+                        "{kernels:?} {count}"
+                    );
+                    for (p, want) in scores[..count].iter().zip(&probs) {
+                        assert!((*p as f64 - want).abs() < 1e-6, "{kernels:?} {count} {max}");
+                    }
+                    results.push((
+                        rescale.to_bits(),
+                        got_sum.to_bits(),
+                        scores[..count].to_vec(),
+                    ));
+                }
                 assert_eq!(
-                    want_rescale.to_bits(),
-                    got_rescale.to_bits(),
-                    "{count} {max}"
+                    results[0], results[1],
+                    "{detected:?} vs portable: {count} {max}"
                 );
-                assert_eq!((want_max, want_sum), (got_max, got_sum), "{count} {max}");
-                assert_eq!(want[..count], got[..count], "{count} {max}");
-                let total: f32 = want[..count].iter().sum();
-                assert!((want_sum - (sum * want_rescale + total)).abs() < 1e-5);
             }
         }
     }
