@@ -179,6 +179,23 @@ fn process_cpu_seconds() -> Option<f64> {
     Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
+/// Paired within each repetition: the last chunk's extra time over full's, as a fraction of
+/// full's whole prefill, on the clock `clock` reads as (last chunk, whole prefill); the median
+/// over repetitions. The earlier chunks do the same work under every policy, so pairing removes
+/// their share of the noise. `None` where the clock could not be read or did not tick (CPU time
+/// comes in 10 ms ticks).
+fn paired_overhead(
+    runs: &[Prefill],
+    full: &[Prefill],
+    clock: impl Fn(&Prefill) -> Option<(f64, f64)>,
+) -> Option<f64> {
+    let per_repeat = runs.iter().zip(full).map(|(run, full)| {
+        let ((last, _), (full_last, full_total)) = (clock(run)?, clock(full)?);
+        (full_total > 0.0).then(|| (last - full_last) / full_total)
+    });
+    per_repeat.collect::<Option<Vec<f64>>>().map(median)
+}
+
 /// The median, as `glimpse bench` computes percentiles.
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -275,24 +292,10 @@ fn main() {
         for (name, runs) in args.policies.iter().zip(&runs) {
             let seconds = median(runs.iter().map(|r| r.seconds).collect());
             let last_chunk = median(runs.iter().map(|r| r.last_chunk_seconds).collect());
-            // Paired within each repetition: the last chunk's extra time over full's, as a
-            // fraction of full's TTFT (the earlier chunks do the same work under every policy).
-            let paired_overhead = full_runs.map(|full| {
-                let per_repeat = runs.iter().zip(full).map(|(run, full)| {
-                    (run.last_chunk_seconds - full.last_chunk_seconds) / full.seconds
-                });
-                median(per_repeat.collect())
-            });
-            // The same pairing on CPU time.
-            let cpu_overhead = full_runs.and_then(|full| {
-                let per_repeat = runs.iter().zip(full).map(|(run, full)| {
-                    Some(
-                        (run.last_chunk_cpu_seconds? - full.last_chunk_cpu_seconds?)
-                            / full.cpu_seconds?,
-                    )
-                });
-                per_repeat.collect::<Option<Vec<f64>>>().map(median)
-            });
+            let wall = |r: &Prefill| Some((r.last_chunk_seconds, r.seconds));
+            let cpu = |r: &Prefill| r.last_chunk_cpu_seconds.zip(r.cpu_seconds);
+            let wall_overhead = full_runs.and_then(|full| paired_overhead(runs, full, wall));
+            let cpu_overhead = full_runs.and_then(|full| paired_overhead(runs, full, cpu));
             let eviction = median(runs.iter().map(|r| r.eviction_seconds).collect());
             let kept = runs[0].kept_entries;
             let kv_bytes = kept.div_ceil(BLOCK_SIZE) * bytes_per_block;
@@ -304,7 +307,7 @@ fn main() {
                 "ttft_ratio_vs_full": full.map(|f| seconds / f),
                 "last_chunk_seconds_median": last_chunk,
                 "last_chunk_seconds": runs.iter().map(|r| r.last_chunk_seconds).collect::<Vec<_>>(),
-                "ttft_overhead_paired_last_chunk": paired_overhead,
+                "ttft_overhead_paired_last_chunk": wall_overhead,
                 "cpu_seconds": runs.iter().map(|r| r.cpu_seconds).collect::<Vec<_>>(),
                 "last_chunk_cpu_seconds": runs.iter().map(|r| r.last_chunk_cpu_seconds).collect::<Vec<_>>(),
                 "cpu_overhead_paired_last_chunk": cpu_overhead,
@@ -316,7 +319,7 @@ fn main() {
                  (paired overhead {:+.2}% of TTFT, {:+.2}% of its CPU time), eviction {:.1} ms, \
                  KV {:.1} MiB",
                 full.map_or(f64::NAN, |f| seconds / f),
-                paired_overhead.map_or(f64::NAN, |o| o * 100.0),
+                wall_overhead.map_or(f64::NAN, |o| o * 100.0),
                 cpu_overhead.map_or(f64::NAN, |o| o * 100.0),
                 eviction * 1e3,
                 kv_bytes as f64 / (1 << 20) as f64
