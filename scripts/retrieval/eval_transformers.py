@@ -11,7 +11,9 @@ compared with.
 Prompts are tokenised with the byte-level tokenizer of generate_tasks.py (identical to the model's
 tokenizer.json; --hf-tokenizer uses AutoTokenizer on the model directory instead). Decoding is greedy
 (transformers' generate, left padding, float32 unless --dtype), stopping at </s>; an answer is correct
-when the decoded text equals the reference exactly (--match set: same comma-separated items in any order).
+when the decoded text equals the reference exactly (--match set: same comma-separated items in any order;
+--match contains: the text contains every string of the line's `answers`, RULER's string_match_all without
+partial credit and the rule `glimpse eval` applies, so that its full-cache table can be compared line by line).
 """
 
 import argparse
@@ -38,7 +40,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=0, help="0 = longest reference answer + 4")
     p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--match", default="exact", choices=["exact", "set"])
+    p.add_argument("--match", default="exact", choices=["exact", "set", "contains"])
     p.add_argument("--hf-tokenizer", action="store_true")
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
@@ -91,15 +93,18 @@ def main(argv=None):
                     toks = toks[: toks.index(eos)]
                 preds[i] = decode(toks)
 
-    def correct(pred, ans):
+    def correct(pred, row):
+        ans = row["answer"]
         if a.match == "set":
             return sorted(x.strip() for x in pred.split(",")) == sorted(x.strip() for x in ans.split(","))
+        if a.match == "contains":
+            return all(x in pred for x in row.get("answers", [ans]))
         return pred == ans
 
     acc = defaultdict(list)
     by_depth = defaultdict(list)
     for r, pr in zip(rows, preds):
-        ok = correct(pr, r["answer"])
+        ok = correct(pr, r)
         acc[(r["task"], r.get("context_tokens_target", r["context_tokens"]))].append(ok)
         by_depth[(r["task"], round(float(r["depth"]), -1))].append(ok)
     summary = {"model": os.path.basename(os.path.normpath(a.model)), "data": os.path.basename(a.data),
@@ -121,7 +126,7 @@ def main(argv=None):
             for r, pr in zip(rows, preds):
                 f.write(json.dumps({"id": r.get("id"), "task": r["task"], "context_tokens": r["context_tokens"],
                                     "depth": r["depth"], "answer": r["answer"], "prediction": pr,
-                                    "correct": correct(pr, r["answer"])}, ensure_ascii=False) + "\n")
+                                    "correct": correct(pr, r)}, ensure_ascii=False) + "\n")
     return 0
 
 

@@ -28,8 +28,10 @@ the requested length and cuts it at a word boundary, so the actual length is at 
 an answer prefix that restates the query ("Answer: The special magic number for KEY is: "); the model
 answers with `answer` followed by </s>.
 
-Output: JSONL lines {"prompt", "answer", "task", "context_tokens", "depth", "needle_depths",
-"context_tokens_target", "id"} (`context_tokens` = actual prompt tokens, `context_tokens_target` = requested).
+Output: JSONL lines {"prompt", "answer", "answers", "task", "context_tokens", "depth", "needle_depths",
+"context_tokens_target", "id"} (`context_tokens` = actual prompt tokens, `context_tokens_target` = requested;
+`answers` = the strings a right answer contains, as RULER scores: for multi-value and multi-query every value
+in any order, otherwise `answer` itself).
 `depth` is the depth percent (0 = start of the haystack, 100 = end) of the needle that holds the answer
 (the asked needle; for multi-value a random one of the values; for multi-query the first asked key;
 for vt the statement holding the number); `needle_depths` lists the depth of every inserted needle.
@@ -366,7 +368,10 @@ def make_instance(rng, haystack, task, context_tokens, depth=None, *, num_keys=4
         answer = ", ".join(vals[i] for i in order)
     prompt = prefix + text + suffix
     n_tok = len(prompt.encode("utf-8")) + 1
-    return {"prompt": prompt, "answer": answer, "task": task, "context_tokens": n_tok,
+    # RULER scores the multi-value and multi-query tasks by string_match_all: every value present,
+    # in any order; `answers` lists what a right answer must contain
+    answers = answer.split(", ") if task in ("niah_multivalue", "niah_multiquery") else [answer]
+    return {"prompt": prompt, "answer": answer, "answers": answers, "task": task, "context_tokens": n_tok,
             "depth": depths[0], "needle_depths": depths, "context_tokens_target": context_tokens,
             "needles": [sent for _, sent in needles]}
 

@@ -1,6 +1,7 @@
 //! `glimpse eval`: how much of a full-cache answer survives each KV eviction policy at each budget
-//! on a prompts file — agreement, teacher-forced KL, attention recall, TTFT overhead — written as
-//! a Markdown table, a JSON file and PNG plots.
+//! on a prompts file — agreement, teacher-forced KL, attention recall, TTFT overhead, and when the
+//! prompts carry expected answers exact-answer accuracy per task and needle depth — written as
+//! Markdown tables, a JSON file and PNG plots.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,12 +10,14 @@ use anyhow::Context;
 use clap::Args;
 use glimpse_engine::eviction::Policy;
 use glimpse_engine::lookahead::LookaheadModule;
-use glimpse_server::eval::report::{self, EvalReport};
-use glimpse_server::eval::run::{Candidate, CandidateKind, evaluate};
+use glimpse_engine::tokenizer::Tokenizer;
+use glimpse_server::eval::accuracy::{self, AnswerOutcome, Expected, FULL_CACHE};
+use glimpse_server::eval::report::{self, EvalReport, EvalRow};
+use glimpse_server::eval::run::{Candidate, CandidateKind, EvictedLength, PromptAnswers, evaluate};
 use glimpse_server::progress::bar;
 
 use super::load_model_and_tokenizer;
-use super::prompts::read_prompts;
+use super::prompts::read_eval_prompts;
 
 /// Flags of `glimpse eval`.
 #[derive(Args)]
@@ -22,13 +25,15 @@ pub struct EvalArgs {
     /// Hugging Face model folder. Default: the bundled stories260K.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Prompts (JSON Lines, `{"prompt": ...}`).
+    /// Prompts (JSON Lines, `{"prompt": ...}`). Lines that also carry `answer` (and optionally
+    /// `task`, `depth`, `context_tokens_target`, as the retrieval task generator writes them) add
+    /// exact-answer accuracy; every evicted answer then runs to its own end of sequence.
     #[arg(long)]
     pub prompts: PathBuf,
     /// Budgets (prompt entries kept per layer and KV head), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
     pub budgets: Vec<usize>,
-    /// Longest full-cache greedy answer compared per prompt.
+    /// Longest greedy answer per prompt and policy.
     #[arg(long, default_value_t = 64)]
     pub answer_tokens: usize,
     /// A lookahead module to evaluate, as `LABEL=PATH` (repeatable); a bare path is labelled
@@ -49,7 +54,7 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let (dir, model, tokenizer) = load_model_and_tokenizer(args.model.clone())?;
-    let prompts = read_prompts(&args.prompts, &tokenizer)?;
+    let (prompts, expected) = read_eval_prompts(&args.prompts, &tokenizer)?;
     anyhow::ensure!(!args.budgets.is_empty(), "--budgets lists no budget");
     anyhow::ensure!(args.answer_tokens > 0, "--answer-tokens must be at least 1");
 
@@ -101,9 +106,29 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &candidates,
         &args.budgets,
         args.answer_tokens,
+        match expected {
+            Some(_) => EvictedLength::OwnStop,
+            None => EvictedLength::LikeFullCache,
+        },
         || progress.inc(1),
     )?;
     progress.finish_and_clear();
+
+    let mut rows = evaluation.rows;
+    let outcomes = match &expected {
+        Some(expected) => {
+            let outcomes = score_answers(
+                &tokenizer,
+                expected,
+                &evaluation.answers,
+                &candidates,
+                &args.budgets,
+            )?;
+            fill_row_accuracy(&mut rows, &outcomes);
+            outcomes
+        }
+        None => Vec::new(),
+    };
 
     let report = EvalReport {
         model: dir.file_name().map_or_else(
@@ -116,8 +141,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             / prompts.len() as f64,
         answer_tokens: args.answer_tokens,
         modules,
-        rows: evaluation.rows,
+        rows,
         oracle_recall: evaluation.oracle_recall,
+        accuracy: outcomes,
     };
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating {}", args.out_dir.display()))?;
@@ -128,4 +154,38 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     println!("{table}");
     tracing::info!(out_dir = %args.out_dir.display(), plots = plots.len(), "evaluation written");
     Ok(())
+}
+
+/// Every greedy answer decoded and scored against its prompt's expected answer.
+fn score_answers(
+    tokenizer: &Tokenizer,
+    expected: &[Expected],
+    answers: &[PromptAnswers],
+    candidates: &[Candidate],
+    budgets: &[usize],
+) -> anyhow::Result<Vec<AnswerOutcome>> {
+    let mut outcomes = Vec::new();
+    for (expected, answers) in expected.iter().zip(answers) {
+        let full = tokenizer.decode(&answers.full, true)?;
+        outcomes.push(accuracy::outcome(expected, FULL_CACHE, None, &full));
+        for (candidate, per_budget) in candidates.iter().zip(&answers.evicted) {
+            for (&budget, answer) in budgets.iter().zip(per_budget) {
+                let text = tokenizer.decode(answer, true)?;
+                outcomes.push(accuracy::outcome(
+                    expected,
+                    &candidate.label,
+                    Some(budget),
+                    &text,
+                ));
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Each row's accuracy over all prompts, from the scored outcomes.
+fn fill_row_accuracy(rows: &mut [EvalRow], outcomes: &[AnswerOutcome]) {
+    for row in rows {
+        row.accuracy = accuracy::of_policy(outcomes, &row.policy, Some(row.budget));
+    }
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use glimpse_engine::tokenizer::Tokenizer;
+use glimpse_server::eval::accuracy::Expected;
 
 #[derive(serde::Serialize)]
 struct PromptLineOut<'a> {
@@ -64,6 +65,71 @@ pub fn read_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<Vec<Ve
         .collect()
 }
 
+/// Token-id prompts and, when the file gives them, their expected answers.
+pub type EvalPrompts = (Vec<Vec<u32>>, Option<Vec<Expected>>);
+
+/// The prompts of a strict prompts file with their expected answers: all `None` when no line has
+/// an `answer`, all `Some` when every line has one (a file that mixes both is refused). A right
+/// answer contains the line's `answers` (a list of strings, all of them in any order) when it has
+/// one, else its `answer`. A line's
+/// `task`, `depth` (needle depth in percent) and `context_tokens_target` (the length it was built
+/// for; the prompt's token count when absent) label the answer in the accuracy tables.
+pub fn read_eval_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<EvalPrompts> {
+    let prompts = read_prompts(path, tokenizer)?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading prompts from {}", path.display()))?;
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).expect("read_prompts parsed every line"))
+        .collect();
+    let with_answer = lines.iter().filter(|v| v.get("answer").is_some()).count();
+    if with_answer == 0 {
+        return Ok((prompts, None));
+    }
+    anyhow::ensure!(
+        with_answer == lines.len(),
+        "{}: {with_answer} of {} prompts carry an `answer`; give every prompt one or none",
+        path.display(),
+        lines.len()
+    );
+    let expected = lines
+        .iter()
+        .zip(&prompts)
+        .enumerate()
+        .map(|(i, (line, ids))| {
+            let at = || format!("{}: prompt {}", path.display(), i + 1);
+            let answer = line["answer"]
+                .as_str()
+                .with_context(|| format!("{}: `answer` is not a string", at()))?;
+            let answers = match line.get("answers") {
+                None => vec![answer.to_string()],
+                Some(list) => list
+                    .as_array()
+                    .filter(|l| !l.is_empty())
+                    .and_then(|l| l.iter().map(|v| v.as_str().map(String::from)).collect())
+                    .with_context(|| {
+                        format!("{}: `answers` is not a non-empty list of strings", at())
+                    })?,
+            };
+            anyhow::ensure!(
+                answers.iter().all(|a| !a.is_empty()),
+                "{}: an expected answer is empty (every output would contain it)",
+                at()
+            );
+            Ok(Expected {
+                task: line["task"].as_str().unwrap_or("-").to_string(),
+                answers,
+                context_tokens: line["context_tokens_target"]
+                    .as_u64()
+                    .map_or(ids.len(), |n| n as usize),
+                depth_percent: line["depth"].as_f64(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((prompts, Some(expected)))
+}
+
 /// Writes token-id prompts as text, one JSON line each (special tokens dropped, so reading the
 /// file back adds them again).
 pub fn write_prompts(
@@ -102,6 +168,62 @@ mod tests {
         );
         let err = read_prompt_texts(f.path(), PlainLines::AreErrors).unwrap_err();
         assert!(format!("{err:#}").contains(":3: expected"), "{err:#}");
+    }
+
+    fn byte_tokenizer() -> Tokenizer {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/retrieval-byte-6l");
+        Tokenizer::from_dir(&dir).unwrap()
+    }
+
+    #[test]
+    fn answers_task_depth_and_length_label_each_prompt() {
+        let f = file(concat!(
+            "{\"prompt\": \"abc\", \"answer\": \"42\", \"task\": \"vt\", \"depth\": 12.5, ",
+            "\"context_tokens_target\": 2048}\n",
+            "{\"prompt\": \"de\", \"answer\": \"7, 8\", \"answers\": [\"7\", \"8\"]}\n"
+        ));
+        let (prompts, expected) = read_eval_prompts(f.path(), &byte_tokenizer()).unwrap();
+        let expected = expected.unwrap();
+        assert_eq!(prompts.len(), 2);
+        assert_eq!(
+            expected[0],
+            Expected {
+                task: "vt".into(),
+                answers: vec!["42".into()],
+                context_tokens: 2048,
+                depth_percent: Some(12.5)
+            }
+        );
+        assert_eq!(expected[1].task, "-");
+        assert_eq!(expected[1].answers, ["7", "8"]);
+        assert_eq!(expected[1].context_tokens, prompts[1].len());
+        assert_eq!(expected[1].depth_percent, None);
+    }
+
+    #[test]
+    fn prompts_without_answers_have_no_expectations_and_a_mix_is_refused() {
+        let tokenizer = byte_tokenizer();
+        let f = file("{\"prompt\": \"abc\"}\n");
+        assert!(read_eval_prompts(f.path(), &tokenizer).unwrap().1.is_none());
+        let f = file("{\"prompt\": \"abc\", \"answer\": \"1\"}\n{\"prompt\": \"d\"}\n");
+        let err = read_eval_prompts(f.path(), &tokenizer).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("1 of 2 prompts carry an `answer`"),
+            "{err:#}"
+        );
+        let f = file("{\"prompt\": \"abc\", \"answer\": 5}\n");
+        let err = read_eval_prompts(f.path(), &tokenizer).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("prompt 1: `answer` is not a string"),
+            "{err:#}"
+        );
+        let f = file("{\"prompt\": \"abc\", \"answer\": \"1\", \"answers\": []}\n");
+        let err = read_eval_prompts(f.path(), &tokenizer).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a non-empty list of strings"),
+            "{err:#}"
+        );
     }
 
     #[test]

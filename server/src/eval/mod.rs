@@ -3,5 +3,6 @@
 //! token and distribution by distribution with the full-cache answer, beside the share of
 //! attention mass the policy kept and what it costs in prefill time.
 
+pub mod accuracy;
 pub mod report;
 pub mod run;

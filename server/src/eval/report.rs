@@ -14,6 +14,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
+use super::accuracy::{self, AnswerOutcome};
+
 /// One policy at one budget, averaged over the prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalRow {
@@ -30,6 +32,10 @@ pub struct EvalRow {
     pub kl: f64,
     /// Mean fraction of ground-truth attention mass kept (0..1).
     pub recall: f64,
+    /// Fraction of greedy answers containing the prompt's expected answer (0..1); `None` when
+    /// the prompts carry no answers.
+    #[serde(default)]
+    pub accuracy: Option<f64>,
     /// Median prefill time with the policy over median full-cache prefill time, minus 1
     /// (0.03 = 3 % slower).
     pub ttft_overhead: f64,
@@ -53,6 +59,10 @@ pub struct EvalReport {
     /// own attention (the training target): the ceiling of any predictor's recall.
     #[serde(default)]
     pub oracle_recall: Vec<(usize, f64)>,
+    /// Every greedy answer scored against its prompt's expected answer (full cache and every
+    /// policy × budget); empty when the prompts carry no answers.
+    #[serde(default)]
+    pub accuracy: Vec<AnswerOutcome>,
 }
 
 /// Why a report could not be saved, loaded or drawn.
@@ -82,15 +92,18 @@ pub enum Metric {
     Kl,
     Recall,
     TtftOverhead,
+    /// Exact-answer accuracy; only for prompts that carry their expected answer.
+    Accuracy,
 }
 
 impl Metric {
     /// Every metric, in the order `plot_all` draws them.
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 5] = [
         Metric::Agreement,
         Metric::Kl,
         Metric::Recall,
         Metric::TtftOverhead,
+        Metric::Accuracy,
     ];
 
     /// Name for titles and headings.
@@ -100,6 +113,7 @@ impl Metric {
             Metric::Kl => "KL",
             Metric::Recall => "Attention recall",
             Metric::TtftOverhead => "TTFT overhead",
+            Metric::Accuracy => "Exact-answer accuracy",
         }
     }
 
@@ -110,6 +124,7 @@ impl Metric {
             Metric::Kl => "KL(full ‖ evicted) (nats/token)",
             Metric::Recall => "attention mass kept (%)",
             Metric::TtftOverhead => "prefill time over full cache (%)",
+            Metric::Accuracy => "greedy answers containing the expected one (%)",
         }
     }
 
@@ -120,6 +135,7 @@ impl Metric {
             Metric::Kl => row.kl,
             Metric::Recall => row.recall,
             Metric::TtftOverhead => row.ttft_overhead,
+            Metric::Accuracy => row.accuracy.unwrap_or(f64::NAN),
         }
     }
 
@@ -129,6 +145,7 @@ impl Metric {
             Metric::Kl => "eval-kl.png",
             Metric::Recall => "eval-recall.png",
             Metric::TtftOverhead => "eval-ttft.png",
+            Metric::Accuracy => "eval-accuracy.png",
         }
     }
 
@@ -136,7 +153,9 @@ impl Metric {
     fn cell(self, row: &EvalRow) -> String {
         let value = self.value(row);
         match self {
-            Metric::Agreement | Metric::Recall => format!("{:.1} %", value * 100.0),
+            Metric::Agreement | Metric::Recall | Metric::Accuracy => {
+                format!("{:.1} %", value * 100.0)
+            }
             Metric::Kl => format!("{value:.4}"),
             Metric::TtftOverhead => format!("{:+.1} %", value * 100.0),
         }
@@ -153,7 +172,7 @@ impl Metric {
     /// Plotted values outside these cannot occur, so the y axis never extends past them.
     fn plot_limits(self) -> (f64, f64) {
         match self {
-            Metric::Agreement | Metric::Recall => (0.0, 100.0),
+            Metric::Agreement | Metric::Recall | Metric::Accuracy => (0.0, 100.0),
             Metric::Kl => (0.0, f64::INFINITY),
             Metric::TtftOverhead => (f64::NEG_INFINITY, f64::INFINITY),
         }
@@ -224,6 +243,10 @@ pub fn markdown(report: &EvalReport) -> String {
             best(Metric::Kl, false)
         ));
     }
+    if !report.accuracy.is_empty() {
+        out.push('\n');
+        out.push_str(&accuracy::markdown(&report.accuracy));
+    }
     out
 }
 
@@ -271,19 +294,24 @@ pub fn plot(report: &EvalReport, metric: Metric, path: &Path) -> Result<(), Repo
 }
 
 /// Plots every metric into `dir` (created if missing) as `eval-agreement.png`,
-/// `eval-kl.png`, `eval-recall.png` and `eval-ttft.png`; returns their paths.
+/// `eval-kl.png`, `eval-recall.png`, `eval-ttft.png`, and when the prompts carried answers
+/// `eval-accuracy.png` and the depth heat maps; returns their paths.
 pub fn plot_all(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
     fs::create_dir_all(dir).map_err(|source| ReportError::Io {
         path: dir.to_owned(),
         source,
     })?;
-    Metric::ALL
+    let has_accuracy = report.rows.iter().any(|r| r.accuracy.is_some());
+    let mut paths = Metric::ALL
         .iter()
+        .filter(|&&metric| metric != Metric::Accuracy || has_accuracy)
         .map(|&metric| {
             let path = dir.join(metric.file_name());
             plot(report, metric, &path).map(|()| path)
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    paths.extend(accuracy::plot_depth_heat_maps(&report.accuracy, dir)?);
+    Ok(paths)
 }
 
 const PLOT_SIZE: (u32, u32) = (960, 500);
@@ -291,12 +319,13 @@ const PLOT_SIZE: (u32, u32) = (960, 500);
 const CHART_WIDTH: u32 = 600;
 /// Room left and right of the outermost budgets on the x axis, as a factor (about ⅓ octave).
 const X_MARGIN: f64 = 1.25;
-const FONT_FAMILY: &str = "sans-serif";
+/// Font family name the bundled font is registered under.
+pub(super) const FONT_FAMILY: &str = "sans-serif";
 const DEJAVU_SANS: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
 /// Registers the bundled font with plotters once per process (its `ab_glyph` text renderer
 /// reads no system fonts); false when the font did not parse.
-fn register_font() -> bool {
+pub(super) fn register_font() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     *REGISTERED.get_or_init(|| {
         plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, DEJAVU_SANS).is_ok()
@@ -501,6 +530,7 @@ mod tests {
             kl,
             recall: 0.5 + agreement / 2.0,
             ttft_overhead: 0.01,
+            accuracy: None,
         }
     }
 
@@ -517,6 +547,7 @@ mod tests {
             )],
             rows,
             oracle_recall: vec![(16, 0.75)],
+            accuracy: Vec::new(),
         }
     }
 
@@ -544,6 +575,7 @@ mod tests {
             kl: 0.123456,
             recall: 0.8804,
             ttft_overhead: 0.0234,
+            accuracy: None,
         };
         rows[1] = EvalRow {
             policy: "snapkv".into(),
@@ -553,6 +585,7 @@ mod tests {
             kl: 0.04,
             recall: 0.9261,
             ttft_overhead: -0.0104,
+            accuracy: None,
         };
         let text = markdown(&report(rows));
         assert!(text.starts_with(

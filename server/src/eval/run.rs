@@ -11,7 +11,9 @@
 //!   attention to the prompt, [`AttentionTarget`]) that the kept entries carry, averaged over
 //!   layers and KV heads;
 //! - **prefill time** of the prompt with the policy (scoring, selection and compaction included),
-//!   from which the report takes the TTFT overhead against the full cache.
+//!   from which the report takes the TTFT overhead against the full cache;
+//! - the **greedy answers** themselves, which the caller scores against expected answers when the
+//!   prompts carry them ([`super::accuracy`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -84,12 +86,31 @@ struct Accumulator {
     prefill_seconds: Vec<f64>,
 }
 
+/// How long each evicted greedy answer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictedLength {
+    /// Exactly as long as the full-cache answer, so agreement compares position by position.
+    LikeFullCache,
+    /// Until an end-of-sequence token or `answer_tokens`, whatever the full cache answered:
+    /// exact-answer accuracy must not inherit the full-cache answer's length.
+    OwnStop,
+}
+
+/// The greedy answers to one prompt.
+pub struct PromptAnswers {
+    pub full: Vec<u32>,
+    /// `[candidate][budget]`, in the order given to [`evaluate`].
+    pub evicted: Vec<Vec<Vec<u32>>>,
+}
+
 /// What [`evaluate`] measured.
 pub struct Evaluation {
     /// In candidate order, budgets in the given order within each.
     pub rows: Vec<EvalRow>,
     /// Per budget, the recall of keeping the top entries by the answer's own attention.
     pub oracle_recall: Vec<(usize, f64)>,
+    /// Per prompt, in order.
+    pub answers: Vec<PromptAnswers>,
 }
 
 /// Evaluates `candidates` at `budgets` on `prompts`; `on_prompt` reports progress.
@@ -99,6 +120,7 @@ pub fn evaluate(
     candidates: &[Candidate],
     budgets: &[usize],
     answer_tokens: usize,
+    evicted_length: EvictedLength,
     mut on_prompt: impl FnMut(),
 ) -> Result<Evaluation> {
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -119,6 +141,7 @@ pub fn evaluate(
     let mut full_seconds = Vec::with_capacity(prompts.len());
     let mut sums = vec![vec![Accumulator::default(); budgets.len()]; candidates.len()];
     let mut oracle = vec![0.0; budgets.len()];
+    let mut answers = Vec::with_capacity(prompts.len());
 
     for prompt in prompts {
         let full = full_cache_answer(&mut full_runner, prompt, answer_tokens, &eos)?;
@@ -128,10 +151,15 @@ pub fn evaluate(
         for (sum, &budget) in oracle.iter_mut().zip(budgets) {
             *sum += oracle_recall(&ground_truth, budget);
         }
+        let length = match evicted_length {
+            EvictedLength::LikeFullCache => Stop::After(full.answer.len()),
+            EvictedLength::OwnStop => Stop::AtEosOrAfter(answer_tokens, &eos),
+        };
+        let mut evicted = vec![Vec::with_capacity(budgets.len()); candidates.len()];
         for (c, candidate) in candidates.iter().enumerate() {
             for (b, &budget) in budgets.iter().enumerate() {
                 let policy = candidate.policy(budget);
-                let run = evicted_run(&mut runners[c], prompt, &full, policy)?;
+                let run = evicted_run(&mut runners[c], prompt, &full, policy, length)?;
                 let acc = &mut sums[c][b];
                 acc.agreement += run.agreement;
                 acc.first_divergence += run.first_divergence as f64;
@@ -141,8 +169,13 @@ pub fn evaluate(
                     .as_deref()
                     .map_or(1.0, |s| attention_recall(s, &ground_truth));
                 acc.prefill_seconds.push(run.prefill_seconds);
+                evicted[c].push(run.answer);
             }
         }
+        answers.push(PromptAnswers {
+            full: full.answer,
+            evicted,
+        });
         on_prompt();
     }
 
@@ -159,6 +192,7 @@ pub fn evaluate(
                 kl: acc.kl / n,
                 recall: acc.recall / n,
                 ttft_overhead: median(&mut acc.prefill_seconds) / full_median - 1.0,
+                accuracy: None,
             });
         }
     }
@@ -169,6 +203,7 @@ pub fn evaluate(
             .zip(oracle)
             .map(|(&budget, sum)| (budget, sum / n))
             .collect(),
+        answers,
     })
 }
 
@@ -221,8 +256,27 @@ fn full_cache_decode(
     })
 }
 
+/// Where a greedy answer under eviction stops.
+#[derive(Clone, Copy)]
+enum Stop<'a> {
+    After(usize),
+    AtEosOrAfter(usize, &'a [u32]),
+}
+
+impl Stop<'_> {
+    fn done(self, answer: &[u32]) -> bool {
+        match self {
+            Stop::After(n) => answer.len() >= n,
+            Stop::AtEosOrAfter(n, eos) => {
+                answer.len() >= n || answer.last().is_some_and(|t| eos.contains(t))
+            }
+        }
+    }
+}
+
 /// One (policy, budget) on one prompt.
 struct EvictedRun {
+    answer: Vec<u32>,
     agreement: f64,
     first_divergence: usize,
     kl: f64,
@@ -231,7 +285,7 @@ struct EvictedRun {
     prefill_seconds: f64,
 }
 
-/// A greedy answer under eviction, as long as the full-cache one.
+/// A greedy answer under eviction.
 struct GreedyRun {
     answer: Vec<u32>,
     selections: Option<Vec<LayerSelection>>,
@@ -243,9 +297,10 @@ fn evicted_run(
     prompt: &[u32],
     full: &FullAnswer,
     policy: EvictionPolicy,
+    stop: Stop,
 ) -> Result<EvictedRun> {
     let mut seq = RunnerSequence::default();
-    let greedy = greedy_under(runner, &mut seq, prompt, policy, full.answer.len());
+    let greedy = greedy_under(runner, &mut seq, prompt, policy, stop);
     runner.release(&mut seq);
     let greedy = greedy?;
     let kl = teacher_forced_kl(runner, &mut seq, prompt, policy, full);
@@ -259,6 +314,7 @@ fn evicted_run(
         kl: kl?,
         selections: greedy.selections,
         prefill_seconds: greedy.prefill_seconds,
+        answer: greedy.answer,
     })
 }
 
@@ -267,16 +323,16 @@ fn greedy_under(
     seq: &mut RunnerSequence,
     prompt: &[u32],
     policy: EvictionPolicy,
-    length: usize,
+    stop: Stop,
 ) -> Result<GreedyRun> {
     let started = Instant::now();
     let report = runner.prefill_evicting(seq, prompt, LogitsRequest::Last, policy)?;
     let prefill_seconds = started.elapsed().as_secs_f64();
-    let mut answer = Vec::with_capacity(length);
+    let mut answer = Vec::new();
     loop {
         let token = argmax(runner.output().last_row(0));
         answer.push(token);
-        if answer.len() >= length {
+        if stop.done(&answer) {
             break;
         }
         runner.step(&mut [(&mut *seq, &[token], LogitsRequest::Last)])?;
