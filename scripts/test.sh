@@ -12,6 +12,11 @@ cargo fmt --all -- --check
 step "clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "committed model weights match their recorded SHA-256 (models are never retrained in CI)"
+for sums in models/*/SHA256SUMS; do
+  (cd "$(dirname "$sums")" && sha256sum --check --strict SHA256SUMS)
+done
+
 step "tests"
 cargo test --workspace --locked
 

@@ -44,7 +44,8 @@ pub struct EvalArgs {
     /// kept, capped at half the budget), comma-separated; 0 is the paper's LookaheadKV.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub lookahead_windows: Vec<usize>,
-    /// Leave out the baselines (StreamingLLM, SnapKV, PyramidKV).
+    /// Leave out the baselines (StreamingLLM, SnapKV, PyramidKV). With no --lookahead either,
+    /// prompts with expected answers are scored with the full cache alone.
     #[arg(long)]
     pub no_baselines: bool,
     /// Directory for eval.md, eval.json and the plots.
@@ -95,8 +96,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(
-        !candidates.is_empty(),
-        "nothing to evaluate: no --lookahead and --no-baselines"
+        !candidates.is_empty() || expected.is_some(),
+        "nothing to evaluate: no --lookahead, --no-baselines and no expected answers in the prompts"
     );
 
     let progress = bar("eval", prompts.len());

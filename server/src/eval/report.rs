@@ -199,6 +199,10 @@ pub fn markdown(report: &EvalReport) -> String {
             .collect();
         out.push_str(&format!("Lookahead modules: {}.\n\n", modules.join(", ")));
     }
+    if report.rows.is_empty() {
+        out.push_str(&accuracy::markdown(&report.accuracy));
+        return out;
+    }
     let rows = in_table_order(&report.rows);
     out.push_str("| policy | budget | agreement | first divergence | KL (nats/token) | attention recall | TTFT overhead |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
@@ -295,7 +299,8 @@ pub fn plot(report: &EvalReport, metric: Metric, path: &Path) -> Result<(), Repo
 
 /// Plots every metric into `dir` (created if missing) as `eval-agreement.png`,
 /// `eval-kl.png`, `eval-recall.png`, `eval-ttft.png`, and when the prompts carried answers
-/// `eval-accuracy.png` and the depth heat maps; returns their paths.
+/// `eval-accuracy.png` and the depth heat maps (only those when the report has no policy rows:
+/// a full-cache accuracy run); returns their paths.
 pub fn plot_all(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
     fs::create_dir_all(dir).map_err(|source| ReportError::Io {
         path: dir.to_owned(),
@@ -304,6 +309,7 @@ pub fn plot_all(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>, ReportE
     let has_accuracy = report.rows.iter().any(|r| r.accuracy.is_some());
     let mut paths = Metric::ALL
         .iter()
+        .filter(|_| !report.rows.is_empty())
         .filter(|&&metric| metric != Metric::Accuracy || has_accuracy)
         .map(|&metric| {
             let path = dir.join(metric.file_name());
@@ -723,6 +729,29 @@ mod tests {
             let drawn = image.pixels().filter(|p| p.0 == [r, g, b]).count();
             assert!(drawn > 100, "{policy}: {drawn} pixels of its colour");
         }
+    }
+
+    #[test]
+    fn a_full_cache_accuracy_run_has_no_policy_table_and_only_its_heat_map() {
+        let mut full_only = report(vec![]);
+        let expected = accuracy::Expected {
+            task: "niah_single".into(),
+            answers: vec!["42".into()],
+            context_tokens: 1024,
+            depth_percent: Some(30.0),
+        };
+        full_only.accuracy = vec![accuracy::outcome(
+            &expected,
+            accuracy::FULL_CACHE,
+            None,
+            "42",
+        )];
+        let text = markdown(&full_only);
+        assert!(!text.contains("| policy | budget |"), "{text}");
+        assert!(text.contains("| niah_single | 1.00 |"), "{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let paths = plot_all(&full_only, dir.path()).unwrap();
+        assert_eq!(paths, [dir.path().join("accuracy-depth-full.png")]);
     }
 
     #[test]

@@ -113,7 +113,8 @@ pub struct Evaluation {
     pub answers: Vec<PromptAnswers>,
 }
 
-/// Evaluates `candidates` at `budgets` on `prompts`; `on_prompt` reports progress.
+/// Evaluates `candidates` at `budgets` on `prompts`; `on_prompt` reports progress. With no
+/// candidate only the full-cache answers are produced (for exact-answer accuracy).
 pub fn evaluate(
     model: &Model,
     prompts: &[Vec<u32>],
@@ -146,6 +147,15 @@ pub fn evaluate(
     for prompt in prompts {
         let full = full_cache_answer(&mut full_runner, prompt, answer_tokens, &eos)?;
         full_seconds.push(full.prefill_seconds);
+        if candidates.is_empty() {
+            // full-cache accuracy only: no selection to compare with the answer's attention
+            answers.push(PromptAnswers {
+                full: full.answer,
+                evicted: Vec::new(),
+            });
+            on_prompt();
+            continue;
+        }
         let ground_truth =
             AttentionTarget::compute(&frozen, prompt, &full.answer)?.ground_truth()?;
         for (sum, &budget) in oracle.iter_mut().zip(budgets) {
@@ -196,13 +206,17 @@ pub fn evaluate(
             });
         }
     }
-    Ok(Evaluation {
-        rows,
-        oracle_recall: budgets
+    let oracle_recall = match candidates.is_empty() {
+        true => Vec::new(),
+        false => budgets
             .iter()
             .zip(oracle)
             .map(|(&budget, sum)| (budget, sum / n))
             .collect(),
+    };
+    Ok(Evaluation {
+        rows,
+        oracle_recall,
         answers,
     })
 }
