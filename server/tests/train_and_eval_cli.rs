@@ -124,6 +124,53 @@ fn sample_train_resume_and_evaluate() {
     }
 }
 
+/// Prompts with expected answers (two held-out single-needle instances of the retrieval model,
+/// 1024 tokens) add the accuracy tables and the needle-depth heat maps; the full cache answers both
+/// right (the model's documented capability), and StreamingLLM at budget 16 — which keeps the first
+/// 4 and last 12 entries of a prompt whose needles sit at 0 % and ~12 % depth behind hundreds of
+/// tokens — cannot answer either.
+#[test]
+fn prompts_with_answers_are_scored_per_task_with_depth_heat_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/retrieval-eval/retrieval-1024.jsonl"),
+    )
+    .unwrap();
+    let prompts = dir.path().join("needles.jsonl");
+    let two: Vec<&str> = all.lines().take(2).collect();
+    assert!(two.iter().all(|l| l.contains("\"task\": \"niah_single\"")));
+    std::fs::write(&prompts, two.join("\n")).unwrap();
+    let out_dir = dir.path().join("eval");
+    let eval = ok(&[
+        "eval",
+        "--model",
+        "models/retrieval-byte-6l",
+        "--prompts",
+        path(&prompts),
+        "--budgets",
+        "16",
+        "--answer-tokens",
+        "12",
+        "--out-dir",
+        path(&out_dir),
+    ]);
+    let table = String::from_utf8_lossy(&eval.stdout);
+    assert!(table.contains("| niah_single | 1.00 |"), "{table}");
+    assert!(table.contains("| streaming_llm | 0.00 |"), "{table}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(report["accuracy"].as_array().unwrap().len(), 2 * (1 + 3));
+    for file in [
+        "eval-accuracy.png",
+        "accuracy-depth-full.png",
+        "accuracy-depth-snapkv.png",
+        "accuracy-depth-pyramidkv.png",
+        "accuracy-depth-streaming_llm.png",
+    ] {
+        assert!(out_dir.join(file).exists(), "{file} not written");
+    }
+}
+
 #[test]
 fn bad_prompt_files_and_modules_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();

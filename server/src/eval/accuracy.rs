@@ -467,14 +467,8 @@ mod tests {
     fn one_heat_map_per_policy_and_one_for_the_full_cache() {
         let dir = tempfile::tempdir().unwrap();
         let paths = plot_depth_heat_maps(&sample(), dir.path()).unwrap();
-        let names: Vec<&str> = paths
-            .iter()
-            .map(|p| p.file_name().unwrap().to_str().unwrap())
-            .collect();
-        assert_eq!(
-            names,
-            ["accuracy-depth-full.png", "accuracy-depth-snapkv.png"]
-        );
+        let expected = ["accuracy-depth-full.png", "accuracy-depth-snapkv.png"];
+        assert_eq!(paths, expected.map(|name| dir.path().join(name)));
         let image = image::open(&paths[1]).unwrap().to_rgb8();
         assert_eq!((image.width(), image.height()), HEAT_SIZE);
         let RGBColor(r, g, b) = heat_colour(1.0);
