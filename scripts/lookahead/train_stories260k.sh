@@ -16,13 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=$(realpath -m "${1:-lookahead-out}")
 mkdir -p "$OUT"
-cargo build --release -p glimpse-server
-# Runs the binary and prints the step's wall time on stderr.
-glimpse() {
-  local start=$SECONDS
-  target/release/glimpse "$@"
-  echo "[$((SECONDS - start)) s] glimpse $1" >&2
-}
+# shellcheck source=scripts/timed-glimpse.sh
+source scripts/timed-glimpse.sh
 
 glimpse sample-prompts --count 1056 --seed 11 --out "$OUT/train.jsonl"
 [ -f data/lookahead-eval/stories260k-eval.jsonl ] ||
