@@ -5,7 +5,6 @@
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -19,9 +18,17 @@ pub struct Progress {
 
 struct LogState {
     label: String,
-    started: Instant,
     /// Tenths of the job already logged.
     logged_tenths: AtomicU64,
+}
+
+impl LogState {
+    /// Whether `position` of `len` steps completes a tenth of the job not yet logged (and from
+    /// now on counts as logged).
+    fn newly_completed(&self, position: u64, len: u64) -> bool {
+        let tenths = completed_tenths(position, len);
+        self.logged_tenths.fetch_max(tenths, Ordering::Relaxed) < tenths
+    }
 }
 
 /// A bar of `len` steps on stderr when it is a terminal, so stdout stays the report; `{msg}`
@@ -38,7 +45,6 @@ pub fn bar(label: &str, len: usize) -> Progress {
     let log = (!std::io::stderr().is_terminal()).then(|| {
         Arc::new(LogState {
             label: label.to_owned(),
-            started: Instant::now(),
             logged_tenths: AtomicU64::new(0),
         })
     });
@@ -67,11 +73,10 @@ impl Progress {
     fn log_if_due(&self) {
         let Some(log) = &self.log else { return };
         let (position, len) = (self.bar.position(), self.bar.length().unwrap_or(0));
-        let tenths = completed_tenths(position, len);
-        if log.logged_tenths.fetch_max(tenths, Ordering::Relaxed) >= tenths {
+        if !log.newly_completed(position, len) {
             return;
         }
-        let elapsed_seconds = format!("{:.0}", log.started.elapsed().as_secs_f64());
+        let elapsed_seconds = format!("{:.0}", self.bar.elapsed().as_secs_f64());
         let message = self.bar.message();
         if message.is_empty() {
             tracing::info!(job = %log.label, done = position, total = len, elapsed_seconds, "progress");
@@ -96,16 +101,16 @@ mod tests {
 
     #[test]
     fn a_job_is_reported_once_per_completed_tenth() {
-        let tenths: Vec<u64> = (0..=25).map(|p| completed_tenths(p, 25)).collect();
-        let mut reported = Vec::new();
-        let mut last = 0;
-        for t in tenths {
-            if t > last {
-                reported.push(t);
-                last = t;
-            }
-        }
-        assert_eq!(reported, (1..=10).collect::<Vec<_>>());
+        let log = LogState {
+            label: "eval".into(),
+            logged_tenths: AtomicU64::new(0),
+        };
+        let reported: Vec<u64> = (0..=25).filter(|&p| log.newly_completed(p, 25)).collect();
+        // 25 steps: tenths complete at 3, 5, 8, 10, 13, 15, 18, 20, 23 and 25
+        assert_eq!(reported, [3, 5, 8, 10, 13, 15, 18, 20, 23, 25]);
+        // a position seen again, or going back (set_position on resume), logs nothing new
+        assert!(!log.newly_completed(25, 25));
+        assert!(!log.newly_completed(12, 25));
         assert_eq!(completed_tenths(3, 1000), 0);
         assert_eq!(completed_tenths(7, 5), 10);
         assert_eq!(completed_tenths(0, 0), 0);

@@ -22,8 +22,14 @@ pub enum PlainLines {
     AreErrors,
 }
 
-/// The prompt texts of a prompts file, in order. Errors name the file and line.
-pub fn read_prompt_texts(path: &Path, plain: PlainLines) -> anyhow::Result<Vec<String>> {
+/// One prompt line: its prompt text and, for a JSON line, the whole object.
+struct PromptLine {
+    text: String,
+    json: Option<serde_json::Value>,
+}
+
+/// The prompt lines of a prompts file, in order. Errors name the file and line.
+fn read_prompt_lines(path: &Path, plain: PlainLines) -> anyhow::Result<Vec<PromptLine>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading prompts from {}", path.display()))?;
     let mut prompts = Vec::new();
@@ -33,13 +39,17 @@ pub fn read_prompt_texts(path: &Path, plain: PlainLines) -> anyhow::Result<Vec<S
         }
         let at = || format!("{}:{}", path.display(), number + 1);
         match serde_json::from_str::<serde_json::Value>(line) {
-            Ok(value) => prompts.push(
-                value["prompt"]
+            Ok(value) => prompts.push(PromptLine {
+                text: value["prompt"]
                     .as_str()
                     .with_context(|| format!("{}: no string field `prompt`", at()))?
                     .to_string(),
-            ),
-            Err(_) if plain == PlainLines::AreItsPrompts => prompts.push(line.to_string()),
+                json: Some(value),
+            }),
+            Err(_) if plain == PlainLines::AreItsPrompts => prompts.push(PromptLine {
+                text: line.to_string(),
+                json: None,
+            }),
             Err(e) => {
                 return Err(e)
                     .with_context(|| format!("{}: expected {{\"prompt\": \"...\"}}", at()));
@@ -49,20 +59,35 @@ pub fn read_prompt_texts(path: &Path, plain: PlainLines) -> anyhow::Result<Vec<S
     Ok(prompts)
 }
 
-/// Reads a strict prompts file and tokenizes each prompt as the server would (special tokens
-/// added). Errors name the file and line.
-pub fn read_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<Vec<Vec<u32>>> {
-    let texts = read_prompt_texts(path, PlainLines::AreErrors)?;
-    anyhow::ensure!(!texts.is_empty(), "{} holds no prompt", path.display());
-    texts
-        .iter()
+/// The prompt texts of a prompts file, in order. Errors name the file and line.
+pub fn read_prompt_texts(path: &Path, plain: PlainLines) -> anyhow::Result<Vec<String>> {
+    let lines = read_prompt_lines(path, plain)?;
+    Ok(lines.into_iter().map(|line| line.text).collect())
+}
+
+/// Tokenizes the prompts of a strict file as the server would (special tokens added).
+fn tokenize<'a>(
+    path: &Path,
+    texts: impl Iterator<Item = &'a str>,
+    tokenizer: &Tokenizer,
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let prompts = texts
         .enumerate()
         .map(|(i, text)| {
             tokenizer
                 .encode(text, true)
                 .with_context(|| format!("{}: tokenizing prompt {}", path.display(), i + 1))
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!prompts.is_empty(), "{} holds no prompt", path.display());
+    Ok(prompts)
+}
+
+/// Reads a strict prompts file and tokenizes each prompt as the server would (special tokens
+/// added). Errors name the file and line.
+pub fn read_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<Vec<Vec<u32>>> {
+    let texts = read_prompt_texts(path, PlainLines::AreErrors)?;
+    tokenize(path, texts.iter().map(String::as_str), tokenizer)
 }
 
 /// Token-id prompts and, when the file gives them, their expected answers.
@@ -71,17 +96,15 @@ pub type EvalPrompts = (Vec<Vec<u32>>, Option<Vec<Expected>>);
 /// The prompts of a strict prompts file with their expected answers: all `None` when no line has
 /// an `answer`, all `Some` when every line has one (a file that mixes both is refused). A right
 /// answer contains the line's `answers` (a list of strings, all of them in any order) when it has
-/// one, else its `answer`. A line's
-/// `task`, `depth` (needle depth in percent) and `context_tokens_target` (the length it was built
-/// for; the prompt's token count when absent) label the answer in the accuracy tables.
+/// one, else its `answer`. A line's `task`, `depth` (needle depth in percent) and
+/// `context_tokens_target` (the length it was built for; the prompt's token count when absent)
+/// label the answer in the accuracy tables.
 pub fn read_eval_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<EvalPrompts> {
-    let prompts = read_prompts(path, tokenizer)?;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading prompts from {}", path.display()))?;
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).expect("read_prompts parsed every line"))
+    let lines = read_prompt_lines(path, PlainLines::AreErrors)?;
+    let prompts = tokenize(path, lines.iter().map(|l| l.text.as_str()), tokenizer)?;
+    let lines: Vec<&serde_json::Value> = lines
+        .iter()
+        .map(|l| l.json.as_ref().expect("a strict file's lines are JSON"))
         .collect();
     let with_answer = lines.iter().filter(|v| v.get("answer").is_some()).count();
     if with_answer == 0 {

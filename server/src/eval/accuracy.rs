@@ -118,19 +118,15 @@ fn cell(value: Option<(f64, usize)>) -> String {
 pub fn markdown(outcomes: &[AnswerOutcome]) -> String {
     let tasks = distinct(outcomes, |o| o.task.clone());
     let lengths = distinct(outcomes, |o| o.context_tokens);
-    let budgets = distinct(outcomes, |o| o.budget).into_iter().flatten();
-    let budgets: Vec<usize> = budgets.collect();
+    let budgets = budgets_of(outcomes);
     let policies = evicting_policies(outcomes);
     let full = |o: &AnswerOutcome| o.budget.is_none();
 
     let mut out = String::from(
         "Exact-answer accuracy (a right greedy answer contains every expected value, in any order).\n\n",
     );
-    out.push_str("Full cache, task × context length:\n\n| task |");
-    for length in &lengths {
-        out.push_str(&format!(" {length} |"));
-    }
-    out.push_str(&format!("\n|---|{}\n", "---:|".repeat(lengths.len())));
+    out.push_str("Full cache, task × context length:\n\n");
+    out.push_str(&table_header("task", &lengths));
     for task in &tasks {
         out.push_str(&format!("| {task} |"));
         for &length in &lengths {
@@ -154,13 +150,10 @@ pub fn markdown(outcomes: &[AnswerOutcome]) -> String {
         let full_acc = fraction(outcomes, |o| full(o) && in_group(o));
         let n = full_acc.map_or(0, |(_, n)| n);
         out.push_str(&format!(
-            "\n**{title}** (full cache {}, {n} prompts):\n\n| policy |",
+            "\n**{title}** (full cache {}, {n} prompts):\n\n",
             cell(full_acc)
         ));
-        for budget in &budgets {
-            out.push_str(&format!(" {budget} |"));
-        }
-        out.push_str(&format!("\n|---|{}\n", "---:|".repeat(budgets.len())));
+        out.push_str(&table_header("policy", &budgets));
         for policy in &policies {
             out.push_str(&format!("| {policy} |"));
             for &budget in &budgets {
@@ -179,6 +172,24 @@ pub fn markdown(outcomes: &[AnswerOutcome]) -> String {
         }
     }
     out
+}
+
+/// The header and alignment rows of a Markdown table: a text column, then one numeric column
+/// per value.
+fn table_header(first: &str, columns: &[usize]) -> String {
+    let names: String = columns.iter().map(|c| format!(" {c} |")).collect();
+    format!(
+        "| {first} |{names}\n|---|{}\n",
+        "---:|".repeat(columns.len())
+    )
+}
+
+/// Distinct budgets of the evicting policies, ascending.
+fn budgets_of(outcomes: &[AnswerOutcome]) -> Vec<usize> {
+    distinct(outcomes, |o| o.budget)
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Depth bins of the heat maps: needle depth rounded to the nearest 10 %.
@@ -234,10 +245,11 @@ pub fn plot_depth_heat_maps(
         })
         .collect();
     maps.push(("full".to_string(), FULL_CACHE.to_string(), rows));
+    let budgets = budgets_of(outcomes);
     for policy in evicting_policies(outcomes) {
-        let budgets = distinct(outcomes, |o| o.budget).into_iter().flatten();
         let rows = budgets
-            .map(|budget| HeatRow {
+            .iter()
+            .map(|&budget| HeatRow {
                 label: format!("budget {budget}"),
                 outcomes: with_depth
                     .iter()

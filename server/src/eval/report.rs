@@ -307,9 +307,13 @@ pub fn plot_all(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>, ReportE
         source,
     })?;
     let has_accuracy = report.rows.iter().any(|r| r.accuracy.is_some());
-    let mut paths = Metric::ALL
+    let metrics: &[Metric] = if report.rows.is_empty() {
+        &[]
+    } else {
+        &Metric::ALL
+    };
+    let mut paths = metrics
         .iter()
-        .filter(|_| !report.rows.is_empty())
         .filter(|&&metric| metric != Metric::Accuracy || has_accuracy)
         .map(|&metric| {
             let path = dir.join(metric.file_name());

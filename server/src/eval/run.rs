@@ -126,7 +126,10 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let entries = longest + answer_tokens + BLOCK_SIZE;
-    let frozen = FrozenModel::load(model, DType::F32, longest + answer_tokens)?;
+    // the answer's attention is compared with what the policies keep: nothing to compare without one
+    let frozen = (!candidates.is_empty())
+        .then(|| FrozenModel::load(model, DType::F32, longest + answer_tokens))
+        .transpose()?;
     let mut full_runner = OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, None)?;
     let mut runners = candidates
         .iter()
@@ -147,17 +150,12 @@ pub fn evaluate(
     for prompt in prompts {
         let full = full_cache_answer(&mut full_runner, prompt, answer_tokens, &eos)?;
         full_seconds.push(full.prefill_seconds);
-        if candidates.is_empty() {
-            // full-cache accuracy only: no selection to compare with the answer's attention
-            answers.push(PromptAnswers {
-                full: full.answer,
-                evicted: Vec::new(),
-            });
-            on_prompt();
-            continue;
-        }
-        let ground_truth =
-            AttentionTarget::compute(&frozen, prompt, &full.answer)?.ground_truth()?;
+        let ground_truth = match &frozen {
+            Some(frozen) => {
+                AttentionTarget::compute(frozen, prompt, &full.answer)?.ground_truth()?
+            }
+            None => Vec::new(),
+        };
         for (sum, &budget) in oracle.iter_mut().zip(budgets) {
             *sum += oracle_recall(&ground_truth, budget);
         }
@@ -206,13 +204,13 @@ pub fn evaluate(
             });
         }
     }
-    let oracle_recall = match candidates.is_empty() {
-        true => Vec::new(),
-        false => budgets
+    let oracle_recall = match frozen {
+        Some(_) => budgets
             .iter()
             .zip(oracle)
             .map(|(&budget, sum)| (budget, sum / n))
             .collect(),
+        None => Vec::new(),
     };
     Ok(Evaluation {
         rows,
