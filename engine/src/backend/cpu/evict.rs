@@ -7,7 +7,8 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use super::kv_cache::{CpuKvCache, PagedKeys};
+use super::kv_cache::CpuKvCache;
+use super::scoring_keys::PagedKeys;
 use crate::batch::SequenceEviction;
 use crate::error::Result;
 use crate::eviction::{

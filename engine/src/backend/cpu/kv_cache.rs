@@ -7,10 +7,8 @@
 
 use std::ops::Range;
 
-use super::attention::{QueryContext, lane_pieces};
-use super::attention_kernels::{Kernels, KeyRun, LANES};
+use super::attention_kernels::KeyRun;
 use crate::backend::KvGeometry;
-use crate::eviction::KeySource;
 
 /// Keys and values of every block of the pool.
 pub struct CpuKvCache {
@@ -121,61 +119,6 @@ impl CpuKvCache {
     }
 }
 
-/// One sequence's keys of one layer, read in place from its blocks for eviction scoring.
-pub struct PagedKeys<'a> {
-    pub layer: LayerView<'a>,
-    pub block_table: &'a [u32],
-    pub block_size: usize,
-    pub head_dim: usize,
-    pub num_entries: usize,
-}
-
-impl KeySource for PagedKeys<'_> {
-    fn num_entries(&self) -> usize {
-        self.num_entries
-    }
-
-    fn read_key(&self, kv_head: usize, entry: usize, out: &mut [f32]) {
-        let block = self.block_table[entry / self.block_size] as usize;
-        let start = self.layer.head_offset(block, kv_head) + entry % self.block_size;
-        let column = self.layer.keys[start..].iter().step_by(self.block_size);
-        for (o, &k) in out[..self.head_dim].iter_mut().zip(column) {
-            *o = k;
-        }
-    }
-
-    /// The attention kernel's scores, run by run over the blocks: each key load is shared by
-    /// [`Kernels::scores`]' block of queries.
-    fn scaled_dots(
-        &self,
-        kv_head: usize,
-        queries: &[f32],
-        head_dim: usize,
-        scale: f32,
-        out: &mut [f32],
-    ) {
-        let n = self.num_entries;
-        let kernels = Kernels::detect();
-        let mut scores = vec![[0.0f32; LANES]; queries.len() / head_dim];
-        let every_entry = QueryContext {
-            block_table: self.block_table,
-            num_entries: n,
-            skip: 0..0,
-            extra: None,
-        };
-        every_entry.for_each_run(self.block_size, |block, slot, entry, count| {
-            for piece in lane_pieces(slot, count) {
-                let run = self.layer.key_run(block, kv_head, piece.clone());
-                kernels.scores(queries, head_dim, &run, scale, &mut scores);
-                let columns = entry + piece.start - slot..entry + piece.end - slot;
-                for (row, s) in out.chunks_exact_mut(n).zip(&scores) {
-                    row[columns.clone()].copy_from_slice(&s[..piece.len()]);
-                }
-            }
-        });
-    }
-}
-
 /// One layer of the pool, borrowed for attention.
 #[derive(Clone, Copy)]
 pub struct LayerView<'a> {
@@ -188,8 +131,8 @@ pub struct LayerView<'a> {
 }
 
 impl<'a> LayerView<'a> {
-    /// The entries in `slots` (at most [`LANES`], see [`lane_pieces`]) of `head` in `block`, as
-    /// the attention kernels read them.
+    /// The entries in `slots` (at most [`LANES`](super::attention_kernels::LANES), one piece of
+    /// `attention::lane_pieces`) of `head` in `block`, as the attention kernels read them.
     pub fn key_run(&self, block: usize, head: usize, slots: Range<usize>) -> KeyRun<'a> {
         let (base, bs, d) = (
             self.head_offset(block, head),
@@ -209,71 +152,5 @@ impl<'a> LayerView<'a> {
     #[inline]
     pub fn head_offset(&self, block: usize, head: usize) -> usize {
         block * self.block_stride + head * self.head_stride
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::eviction::{ContiguousKeys, KeySource};
-    use crate::test_util::pseudo_random;
-
-    /// Keys written entry by entry come back from the transposed layout unchanged, and the
-    /// kernel's scaled dot products agree with the key-by-key default, for block sizes below, at
-    /// and above one vector of lanes.
-    #[test]
-    fn transposed_keys_read_back_and_score_like_the_default() {
-        let (num_kv_heads, d, n) = (2, 24, 45usize);
-        for block_size in [4, 16, 32] {
-            let geometry = KvGeometry {
-                num_layers: 2,
-                num_kv_heads,
-                head_dim: d,
-                block_size,
-                num_blocks: 16,
-                element_bytes: 4,
-            };
-            let mut cache = CpuKvCache::new(geometry);
-            // Distinct blocks, out of order.
-            let table: Vec<u32> = (0..n.div_ceil(block_size) as u32)
-                .map(|i| (i * 5 + 3) % 16)
-                .collect();
-            let keys = pseudo_random(n * num_kv_heads * d, 4);
-            let values = pseudo_random(n * num_kv_heads * d, 5);
-            for entry in 0..n {
-                let row = entry * num_kv_heads * d..(entry + 1) * num_kv_heads * d;
-                let block = table[entry / block_size] as usize;
-                cache.write(
-                    1,
-                    block,
-                    entry % block_size,
-                    &keys[row.clone()],
-                    &values[row],
-                );
-            }
-            let paged = PagedKeys {
-                layer: cache.layer(1),
-                block_table: &table,
-                block_size,
-                head_dim: d,
-                num_entries: n,
-            };
-            let contiguous = ContiguousKeys::new(&keys, num_kv_heads, d).expect("whole rows");
-            let queries = pseudo_random(11 * d, 6);
-            for kv_head in 0..num_kv_heads {
-                let (mut got, mut want) = (vec![0.0; d], vec![0.0; d]);
-                for entry in 0..n {
-                    paged.read_key(kv_head, entry, &mut got);
-                    contiguous.read_key(kv_head, entry, &mut want);
-                    assert_eq!(got, want, "block size {block_size}, entry {entry}");
-                }
-                let (mut got, mut want) = (vec![0.0; 11 * n], vec![0.0; 11 * n]);
-                paged.scaled_dots(kv_head, &queries, d, 0.3, &mut got);
-                contiguous.scaled_dots(kv_head, &queries, d, 0.3, &mut want);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!((g - w).abs() < 1e-6, "block size {block_size}, dot {i}");
-                }
-            }
-        }
     }
 }

@@ -13,6 +13,7 @@ pub mod linear;
 mod lora;
 mod ops;
 mod rows;
+mod scoring_keys;
 #[cfg(test)]
 mod tests;
 
