@@ -8,8 +8,7 @@
 
 use std::time::Instant;
 
-use glimpse_engine::backend::Backend;
-use glimpse_engine::backend::cpu::CpuBackend;
+use glimpse_engine::backend::{Backend, Device, create_backend};
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
 use glimpse_engine::model::Model;
 
@@ -123,7 +122,7 @@ fn blocks_for(tokens: usize, block_size: usize) -> usize {
     tokens.div_ceil(block_size)
 }
 
-fn prefill_seconds(backend: &mut CpuBackend, prompt: &[u32], block_size: usize) -> f64 {
+fn prefill_seconds(backend: &mut dyn Backend, prompt: &[u32], block_size: usize) -> f64 {
     let table: Vec<u32> = (0..blocks_for(prompt.len(), block_size) as u32).collect();
     let batch = ForwardBatch {
         sequences: vec![SequenceInput {
@@ -144,7 +143,7 @@ fn prefill_seconds(backend: &mut CpuBackend, prompt: &[u32], block_size: usize) 
 
 /// Seconds for `steps` decode steps of `batch` sequences after a `prompt_len` prefill each.
 fn decode_seconds(
-    backend: &mut CpuBackend,
+    backend: &mut dyn Backend,
     vocab: usize,
     batch: usize,
     prompt_len: usize,
@@ -212,7 +211,8 @@ fn main() {
         * blocks_for(args.decode_prompt + args.decode_tokens, block_size)
         * block_size;
     let num_blocks = blocks_for(max_prefill.max(max_decode), block_size);
-    let mut backend = CpuBackend::new(&model, block_size, num_blocks, None).expect("backend");
+    let mut backend =
+        create_backend(Device::Cpu, &model, block_size, num_blocks, None).expect("backend");
     let threads = rayon::current_num_threads();
     eprintln!(
         "glimpse forward bench: {} parameters, {threads} threads",
@@ -231,10 +231,10 @@ fn main() {
     let mut prefill = Vec::new();
     for &n in &args.prefill {
         let prompt = tokens(n, vocab, 7);
-        prefill_seconds(&mut backend, &prompt[..n.min(64)], block_size);
+        prefill_seconds(backend.as_mut(), &prompt[..n.min(64)], block_size);
         let times: Vec<f64> = (0..args.repeats)
             .map(|r| {
-                let s = prefill_seconds(&mut backend, &prompt, block_size);
+                let s = prefill_seconds(backend.as_mut(), &prompt, block_size);
                 eprintln!("prefill {n}: repeat {}/{}: {s:.3} s", r + 1, args.repeats);
                 s
             })
@@ -247,7 +247,7 @@ fn main() {
         let times: Vec<f64> = (0..args.repeats)
             .map(|r| {
                 let s = decode_seconds(
-                    &mut backend,
+                    backend.as_mut(),
                     vocab,
                     b,
                     args.decode_prompt,

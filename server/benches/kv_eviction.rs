@@ -28,8 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use glimpse_engine::backend::Backend;
-use glimpse_engine::backend::cpu::CpuBackend;
+use glimpse_engine::backend::{Backend, Device, create_backend};
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
 use glimpse_engine::eviction::{EvictionPolicy, Policy};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
@@ -116,7 +115,7 @@ struct Prefill {
 
 /// Prefills `prompt` in chunks, the last one carrying `eviction`.
 fn prefill(
-    backend: &mut CpuBackend,
+    backend: &mut dyn Backend,
     prompt: &[u32],
     chunk: usize,
     eviction: EvictionPolicy,
@@ -257,7 +256,7 @@ fn main() {
     let longest = args.lengths.iter().copied().max().unwrap_or(0);
     let num_blocks = longest.div_ceil(BLOCK_SIZE) + 1;
     let mut backend =
-        CpuBackend::new(&model, BLOCK_SIZE, num_blocks, Some(module)).expect("backend");
+        create_backend(Device::Cpu, &model, BLOCK_SIZE, num_blocks, Some(module)).expect("backend");
     let bytes_per_block = backend.geometry().bytes_per_block();
     let vocab = model.config.vocab_size as u32;
     let mut results = Vec::new();
@@ -272,7 +271,12 @@ fn main() {
             let count = args.policies.len();
             for p in (0..count).map(|i| (i + repeat) % count) {
                 let name = &args.policies[p];
-                let run = prefill(&mut backend, &prompt, args.chunk, policy(name, args.budget));
+                let run = prefill(
+                    backend.as_mut(),
+                    &prompt,
+                    args.chunk,
+                    policy(name, args.budget),
+                );
                 eprintln!(
                     "[{len} tokens, repeat {}/{}] {name}: {:.2} s (eviction {:.1} ms)",
                     repeat + 1,
