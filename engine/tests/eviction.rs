@@ -22,12 +22,12 @@ mod support;
 use std::sync::Arc;
 
 use glimpse_engine::backend::Backend;
-use glimpse_engine::backend::cpu::linear::PackedMatrix;
 use glimpse_engine::batch::LogitsRequest;
 use glimpse_engine::config::ModelConfig;
 use glimpse_engine::eviction::{EvictionPolicy, LayerSelection, Policy, Pool};
+use glimpse_engine::loader::CheckpointTensor;
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
-use glimpse_engine::model::{Linear, Model, ModelWeights, RopeTables};
+use glimpse_engine::model::{LinearWeights, Model, ModelWeights, RopeTables};
 use support::*;
 
 /// Largest absolute difference of logits allowed against the reference: DESIGN §3's f32 parity
@@ -429,8 +429,8 @@ impl Mask<'_> {
     }
 }
 
-/// The oracle: a dense forward pass, one token at a time, over the model's public weights with
-/// plain loops, accumulating in f64. It keeps every position's keys and values (RoPE'd at their
+/// The oracle: a dense forward pass, one token at a time, over the model's checkpoint tensors
+/// (widened to f32, unfused) with plain loops, accumulating in f64. It keeps every position's keys and values (RoPE'd at their
 /// true positions) and never forgets any; a [`Mask`] says which ones a token attends to.
 #[derive(Clone)]
 struct Reference<'m> {
@@ -468,13 +468,13 @@ impl<'m> Reference<'m> {
         let position = self.keys[0].len();
         let mut x = row(&w.embed_tokens, token as usize);
         for (l, lw) in w.layers.iter().enumerate() {
-            let qkv = matvec(&lw.qkv_proj, &rms_norm(&x, &lw.input_layernorm, eps));
-            let (q, kv) = qkv.split_at(c.num_heads * d);
-            let (k, v) = kv.split_at(c.num_kv_heads * d);
-            let (mut q, mut k) = (q.to_vec(), k.to_vec());
+            let normed = rms_norm(&x, &lw.input_layernorm.to_f32(), eps);
+            let (mut q, mut k) = (matvec(&lw.q_proj, &normed), matvec(&lw.k_proj, &normed));
+            let v = matvec(&lw.v_proj, &normed);
             for (heads, norm) in [(&mut q, &lw.q_norm), (&mut k, &lw.k_norm)] {
+                let norm = norm.as_ref().map(CheckpointTensor::to_f32);
                 for head in heads.chunks_mut(d) {
-                    if let Some(norm) = norm {
+                    if let Some(norm) = &norm {
                         let normed = rms_norm(head, norm, eps);
                         head.copy_from_slice(&normed);
                     }
@@ -482,7 +482,7 @@ impl<'m> Reference<'m> {
                 }
             }
             self.keys[l].push(k);
-            self.values[l].push(v.to_vec());
+            self.values[l].push(v);
             let group = c.group_size();
             let attention: Vec<f32> = q
                 .chunks(d)
@@ -495,22 +495,19 @@ impl<'m> Reference<'m> {
                 })
                 .collect();
             add(&mut x, &matvec(&lw.o_proj, &attention));
-            let gate_up = matvec(
-                &lw.gate_up_proj,
-                &rms_norm(&x, &lw.post_attention_layernorm, eps),
-            );
-            let (gate, up) = gate_up.split_at(c.intermediate_size);
+            let normed = rms_norm(&x, &lw.post_attention_layernorm.to_f32(), eps);
+            let (gate, up) = (matvec(&lw.gate_proj, &normed), matvec(&lw.up_proj, &normed));
             let activated: Vec<f32> = gate
                 .iter()
-                .zip(up)
+                .zip(&up)
                 .map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32)
                 .collect();
             add(&mut x, &matvec(&lw.down_proj, &activated));
         }
-        let normed = rms_norm(&x, &w.norm, eps);
+        let normed = rms_norm(&x, &w.norm.to_f32(), eps);
         match &w.lm_head {
             Some(lm_head) => matvec(lm_head, &normed),
-            None => (0..w.embed_tokens.rows())
+            None => (0..w.embed_tokens.shape()[0])
                 .map(|token| dot(&row(&w.embed_tokens, token), &normed) as f32)
                 .collect(),
         }
@@ -549,19 +546,20 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
-/// Row `j` of a weight matrix (stored packed for the GEMM).
-fn row(matrix: &PackedMatrix, j: usize) -> Vec<f32> {
-    let mut out = vec![0.0; matrix.cols()];
-    matrix.copy_row(j, &mut out);
+/// Row `j` of a checkpoint matrix, widened to f32.
+fn row(matrix: &CheckpointTensor, j: usize) -> Vec<f32> {
+    let mut out = Vec::new();
+    matrix.rows_to_f32(j..j + 1, &mut out);
     out
 }
 
 /// `W·x + b` for an `[out, in]` weight.
-fn matvec(linear: &Linear, x: &[f32]) -> Vec<f32> {
-    assert_eq!(x.len(), linear.in_features);
-    (0..linear.out_features)
+fn matvec(linear: &LinearWeights, x: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), linear.in_features());
+    let bias = linear.bias.as_ref().map(CheckpointTensor::to_f32);
+    (0..linear.out_features())
         .map(|o| {
-            let bias = linear.bias.as_ref().map_or(0.0, |b| b[o] as f64);
+            let bias = bias.as_ref().map_or(0.0, |b| b[o] as f64);
             (dot(&row(&linear.weight, o), x) + bias) as f32
         })
         .collect()

@@ -2,7 +2,10 @@
 //!
 //! Callers (the engine loop, tests, benchmarks) see only the [`Backend`] trait: they never touch
 //! tensors or device memory, so the CUDA backend slots in beside the CPU one without changing them.
-//! A backend is chosen once at start-up from a [`Device`].
+//! A backend is chosen once at start-up from a [`Device`], and builds its own weights from the
+//! device-neutral [`Model`] (checkpoint tensors in their file dtype): the CPU backend widens and
+//! packs them for its GEMM, a CUDA backend would upload them. Nothing outside a backend's module
+//! names its types; callers go through [`create_backend`].
 
 pub mod cpu;
 mod kv_geometry;

@@ -1,11 +1,15 @@
 //! Weight loading from safetensors: one file or a sharded set (`model.safetensors.index.json`),
-//! memory-mapped, every tensor checked against the shape the configuration implies and converted to
-//! f32 (the CPU backend's compute type; bf16/f16 widen exactly). Each error names the file and the
-//! tensor, so a broken download is diagnosed without a debugger.
+//! memory-mapped. A tensor comes out as a [`CheckpointTensor`]: a view of its bytes inside the
+//! mapping, in the file's dtype (f32, bf16 or f16), checked against the shape the configuration
+//! implies. Nothing is copied or widened here; each backend converts the bytes into its own layout
+//! when it is built. Each error names the file and the tensor, so a broken download is diagnosed
+//! without a debugger.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::tensor::TensorView;
@@ -14,24 +18,123 @@ use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
 
-/// A tensor in host memory, row-major, widened to f32.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+/// The float dtypes Glimpse loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    F32,
+    BF16,
+    F16,
 }
 
-/// The safetensors files of one model folder, memory-mapped, with an index from tensor name to file.
+impl WeightDtype {
+    fn of(dtype: Dtype) -> Option<Self> {
+        match dtype {
+            Dtype::F32 => Some(Self::F32),
+            Dtype::BF16 => Some(Self::BF16),
+            Dtype::F16 => Some(Self::F16),
+            _ => None,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::BF16 | Self::F16 => 2,
+        }
+    }
+
+    /// Appends little-endian `bytes` of this dtype to `out` as f32 (bf16 and f16 widen exactly).
+    fn widen_into(self, bytes: &[u8], out: &mut Vec<f32>) {
+        let words = bytes.chunks_exact(self.size_bytes());
+        match self {
+            Self::F32 => out.extend(words.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+            Self::BF16 => {
+                out.extend(words.map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()))
+            }
+            Self::F16 => out.extend(words.map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
+        }
+    }
+}
+
+/// One tensor of a checkpoint as the file stores it: name, dtype, shape (row-major) and a view of
+/// its bytes in the memory-mapped file, which it keeps mapped. Cloning shares the mapping.
+#[derive(Clone)]
+pub struct CheckpointTensor {
+    name: String,
+    dtype: WeightDtype,
+    shape: Vec<usize>,
+    file: Arc<Mmap>,
+    bytes: Range<usize>,
+}
+
+impl std::fmt::Debug for CheckpointTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?} {:?}", self.name, self.dtype, self.shape)
+    }
+}
+
+impl CheckpointTensor {
+    /// The tensor's name in the checkpoint (`model.layers.0.self_attn.q_proj.weight`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dtype(&self) -> WeightDtype {
+        self.dtype
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn num_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The stored little-endian bytes, `num_elements · dtype.size_bytes()` of them.
+    pub fn bytes(&self) -> &[u8] {
+        &self.file[self.bytes.clone()]
+    }
+
+    /// The whole tensor widened to f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.num_elements());
+        self.dtype.widen_into(self.bytes(), &mut out);
+        out
+    }
+
+    /// Rows `rows` of the leading axis widened to f32 into `out` (cleared first), so a large
+    /// matrix can be read a slice at a time.
+    pub fn rows_to_f32(&self, rows: Range<usize>, out: &mut Vec<f32>) {
+        let row_bytes = self.shape[1..].iter().product::<usize>() * self.dtype.size_bytes();
+        out.clear();
+        let bytes = self.bytes();
+        self.dtype
+            .widen_into(&bytes[rows.start * row_bytes..rows.end * row_bytes], out);
+    }
+}
+
+/// The safetensors files of one model folder, memory-mapped, with an index from tensor name to
+/// where its bytes are.
 pub struct WeightFiles {
     files: Vec<MappedFile>,
-    location: HashMap<String, usize>,
+    location: HashMap<String, Location>,
     /// What error messages call the set of files when a tensor is missing from all of them.
     description: PathBuf,
 }
 
 struct MappedFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
+}
+
+/// A tensor's file, header entry and bytes within the mapping.
+struct Location {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Range<usize>,
 }
 
 #[derive(Deserialize)]
@@ -73,20 +176,32 @@ impl WeightFiles {
         let mut location = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
             let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
-            // SAFETY: the mapping is read-only and lives as long as `WeightFiles`; like every
-            // mmap-based loader we assume the model files are not truncated while the engine runs.
+            // SAFETY: the mapping is read-only and lives as long as the last `CheckpointTensor`
+            // holding it; like every mmap-based loader we assume the model files are not
+            // truncated while the engine runs.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
-            let tensors =
-                SafeTensors::deserialize(&mmap).map_err(|e| EngineError::Safetensors {
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| EngineError::Safetensors {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
-            for name in tensors.names() {
-                location.insert(name.to_string(), i);
+            // The data section follows the 8-byte header length and the JSON header.
+            let data_start = 8 + header_len;
+            for (name, info) in metadata.tensors() {
+                let (begin, end) = info.data_offsets;
+                location.insert(
+                    name,
+                    Location {
+                        file: i,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        bytes: data_start + begin..data_start + end,
+                    },
+                );
             }
             files.push(MappedFile {
                 path: path.clone(),
-                mmap,
+                mmap: Arc::new(mmap),
             });
         }
         Ok(Self {
@@ -101,73 +216,62 @@ impl WeightFiles {
         self.location.contains_key(name)
     }
 
-    /// Loads `name`, checks it has `expected_shape`, and widens it to f32.
-    pub fn load(&self, name: &str, expected_shape: &[usize]) -> Result<HostTensor> {
-        let &file_index = self
+    /// Tensor `name`, checked to have `expected_shape` and a float dtype Glimpse loads.
+    pub fn tensor(&self, name: &str, expected_shape: &[usize]) -> Result<CheckpointTensor> {
+        let at = self
             .location
             .get(name)
             .ok_or_else(|| EngineError::MissingTensor {
                 path: self.description.clone(),
                 tensor: name.to_string(),
             })?;
-        let file = &self.files[file_index];
-        let tensors = SafeTensors::deserialize(&file.mmap)
-            .expect("a file that parsed at open parses again (a bug otherwise)");
-        let view = tensors.tensor(name).map_err(|e| EngineError::Safetensors {
-            path: file.path.clone(),
-            message: e.to_string(),
-        })?;
-        read_f32(&file.path, name, &view, expected_shape)
+        let file = &self.files[at.file];
+        let dtype = check(&file.path, name, at.dtype, &at.shape, expected_shape)?;
+        Ok(CheckpointTensor {
+            name: name.to_string(),
+            dtype,
+            shape: at.shape.clone(),
+            file: Arc::clone(&file.mmap),
+            bytes: at.bytes.clone(),
+        })
     }
 }
 
-/// Checks that tensor `name` of the safetensors file at `path` has `expected_shape` and widens it to
-/// f32. Model weights and lookahead module files both read through it, so they accept the same
-/// dtypes and report a wrong shape or dtype the same way.
+/// Checks that tensor `name` of the safetensors file at `path` has `expected_shape` and widens it
+/// to f32. Lookahead module files read through it and model weights through the same [`check`], so
+/// both accept the same dtypes and report a wrong shape or dtype the same way.
 pub(crate) fn read_f32(
     path: &Path,
     name: &str,
     view: &TensorView<'_>,
     expected_shape: &[usize],
-) -> Result<HostTensor> {
-    if view.shape() != expected_shape {
+) -> Result<Vec<f32>> {
+    let dtype = check(path, name, view.dtype(), view.shape(), expected_shape)?;
+    let mut data = Vec::with_capacity(view.data().len() / dtype.size_bytes());
+    dtype.widen_into(view.data(), &mut data);
+    Ok(data)
+}
+
+/// The tensor's dtype, if its shape is `expected_shape` and its dtype one Glimpse loads; otherwise
+/// an error naming the file, the tensor and what was found.
+fn check(
+    path: &Path,
+    name: &str,
+    dtype: Dtype,
+    shape: &[usize],
+    expected_shape: &[usize],
+) -> Result<WeightDtype> {
+    if shape != expected_shape {
         return Err(EngineError::TensorShape {
             path: path.to_path_buf(),
             tensor: name.to_string(),
             expected: expected_shape.to_vec(),
-            actual: view.shape().to_vec(),
+            actual: shape.to_vec(),
         });
     }
-    let data = widen_to_f32(view.dtype(), view.data()).ok_or_else(|| EngineError::TensorDtype {
+    WeightDtype::of(dtype).ok_or_else(|| EngineError::TensorDtype {
         path: path.to_path_buf(),
         tensor: name.to_string(),
-        dtype: format!("{:?}", view.dtype()),
-    })?;
-    Ok(HostTensor {
-        shape: view.shape().to_vec(),
-        data,
+        dtype: format!("{dtype:?}"),
     })
-}
-
-/// Converts little-endian bytes of a float dtype to f32; `None` for dtypes Glimpse does not load.
-fn widen_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    let words = |width: usize| bytes.chunks_exact(width);
-    match dtype {
-        Dtype::F32 => Some(
-            words(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ),
-        Dtype::BF16 => Some(
-            words(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-        ),
-        Dtype::F16 => Some(
-            words(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-        ),
-        _ => None,
-    }
 }

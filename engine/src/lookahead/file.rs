@@ -367,7 +367,7 @@ impl Reader<'_, '_> {
                 path: self.path.to_path_buf(),
                 tensor: name.to_string(),
             })?;
-        let data = read_f32(self.path, name, &view, expected)?.data;
+        let data = read_f32(self.path, name, &view, expected)?;
         if let Some((index, value)) = data.iter().enumerate().find(|(_, x)| !x.is_finite()) {
             return Err(file_error(
                 self.path,

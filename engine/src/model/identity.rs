@@ -5,6 +5,9 @@
 use super::Model;
 use crate::error::{EngineError, Result};
 
+/// Embedding rows widened per read while hashing.
+const IDENTITY_ROWS_PER_READ: usize = 1024;
+
 /// The base model an adapter was made for. `hash` is what loaders compare; `name` is only there so
 /// an error can tell a person which model each side is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,9 +24,9 @@ impl Model {
     /// absent or the absolute path of whatever machine saved the checkpoint. A model copied or
     /// renamed keeps its hash, so only the name changes and nothing that compares hashes breaks.
     ///
-    /// The hash is FNV-1a 64 over the bytes of `config.json` followed by the embedding matrix as
-    /// loaded (f32, little-endian, so a bf16 checkpoint hashes its widened values). The config alone
-    /// cannot tell apart fine-tunes of one architecture, which share it byte for byte; the
+    /// The hash is FNV-1a 64 over the bytes of `config.json` followed by the embedding matrix
+    /// widened to f32 (little-endian, so a bf16 checkpoint hashes its widened values). The config
+    /// alone cannot tell apart fine-tunes of one architecture, which share it byte for byte; the
     /// embeddings nearly always move in a fine-tune and are a small part of the weights, so hashing
     /// them stays cheap (one pass over `vocab × hidden` floats) where hashing every weight would
     /// read gigabytes. Known limits: a fine-tune that froze the embeddings and kept `config.json`
@@ -38,10 +41,15 @@ impl Model {
         let mut hash = Fnv1a64::default();
         hash.write(&config);
         let embeddings = &self.weights.embed_tokens;
-        let mut row = vec![0.0f32; embeddings.cols()];
-        for token in 0..embeddings.rows() {
-            embeddings.copy_row(token, &mut row);
-            for value in &row {
+        let vocab = embeddings.shape()[0];
+        let mut rows = Vec::new();
+        // A slice of rows at a time: a large vocabulary widened whole would be gigabytes.
+        for first in (0..vocab).step_by(IDENTITY_ROWS_PER_READ) {
+            embeddings.rows_to_f32(
+                first..(first + IDENTITY_ROWS_PER_READ).min(vocab),
+                &mut rows,
+            );
+            for value in &rows {
                 hash.write(&value.to_le_bytes());
             }
         }
@@ -85,9 +93,11 @@ impl Fnv1a64 {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::sync::Arc;
+
+    use safetensors::SafeTensors;
 
     use super::Fnv1a64;
+    use crate::loader::WeightDtype;
     use crate::model::Model;
 
     fn stories() -> Model {
@@ -110,14 +120,24 @@ mod tests {
 
     #[test]
     fn a_changed_embedding_changes_the_hash() {
-        let mut model = stories();
+        let model = stories();
         let before = model.identity().unwrap();
-        let embeddings = &mut Arc::make_mut(&mut model.weights).embed_tokens;
-        let mut row = vec![0.0f32; embeddings.cols()];
-        embeddings.copy_row(1, &mut row);
-        row[36] += 1e-3;
-        embeddings.set_rows(1, &row);
-        let after = model.identity().unwrap();
+        // The same folder with one embedding element moved by 1e-3, under the same name.
+        let copy = tempfile::tempdir().unwrap();
+        let dir = copy.path().join("stories260K");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(model.dir.join("config.json"), dir.join("config.json")).unwrap();
+        let mut bytes = std::fs::read(model.dir.join("model.safetensors")).unwrap();
+        let embeddings = &model.weights.embed_tokens;
+        assert_eq!(embeddings.dtype(), WeightDtype::F32);
+        let element = embeddings.shape()[1] + 36;
+        let (header_len, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
+        let data = 8 + header_len + metadata.info(embeddings.name()).unwrap().data_offsets.0;
+        let at = data + 4 * element;
+        let value = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) + 1e-3;
+        bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        let after = Model::load(&dir).unwrap().identity().unwrap();
         assert_eq!(after.name, before.name);
         assert_ne!(after.hash, before.hash);
     }

@@ -1,16 +1,17 @@
-//! A model folder loaded into host memory: resolved configuration, generation defaults and weights.
-//! Backends take a [`Model`] and place its weights on their device.
+//! A model folder, opened: resolved configuration, generation defaults and the checkpoint's tensors
+//! in their file dtype, memory-mapped ([`ModelWeights`]). Nothing here is laid out for a device
+//! (this module imports no backend); each backend converts a [`Model`]'s tensors into its own
+//! weights type when it is built.
 
 mod identity;
 mod rope;
 mod weights;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub use identity::BaseModelIdentity;
 pub use rope::RopeTables;
-pub use weights::{LayerWeights, Linear, ModelWeights};
+pub use weights::{LayerWeights, LinearWeights, ModelWeights};
 
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::Result;
@@ -21,8 +22,7 @@ pub struct Model {
     pub dir: PathBuf,
     pub config: ModelConfig,
     pub generation: GenerationConfig,
-    /// Shared so a backend can hold the weights without copying them.
-    pub weights: Arc<ModelWeights>,
+    pub weights: ModelWeights,
 }
 
 impl Model {
@@ -35,7 +35,7 @@ impl Model {
         let generation =
             GenerationConfig::from_file_if_present(&dir.join("generation_config.json"))?;
         let files = WeightFiles::open(dir)?;
-        let weights = Arc::new(ModelWeights::load(&config, &files)?);
+        let weights = ModelWeights::load(&config, &files)?;
         tracing::info!(
             dir = %dir.display(),
             architecture = ?config.architecture,

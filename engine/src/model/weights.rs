@@ -1,178 +1,174 @@
-//! The Llama-family weight tree in host memory. Fields keep checkpoint names; q/k/v and gate/up are
-//! fused into one matrix each so the forward pass does one matmul where the checkpoint has two or
-//! three (DESIGN §2: each linear layer is one GEMM over the whole varlen batch).
+//! The Llama-family weight tree of a checkpoint: the one table of tensor names and the shapes the
+//! configuration gives them. Fields keep checkpoint names and hold [`CheckpointTensor`]s in the
+//! file's dtype, still memory-mapped, so the tree belongs to no device: each backend converts it
+//! into its own weights type at construction (the CPU backend packs it for its GEMM), and training
+//! reads the same tensors into candle.
 
-use crate::backend::cpu::linear::PackedMatrix;
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::loader::WeightFiles;
+use crate::loader::{CheckpointTensor, WeightFiles};
 
-/// A linear layer `y = x·Wᵀ + b` with `W [out_features, in_features]` as stored by HF.
+/// A linear layer `y = x·Wᵀ + b`, `W [out_features, in_features]` as stored by HF.
 #[derive(Debug, Clone)]
-pub struct Linear {
-    /// `W`, packed at load into the CPU GEMM's panel layout (instead of HF's row-major one, not
-    /// beside it) so the forward pass never repacks it.
-    pub weight: PackedMatrix,
-    pub bias: Option<Vec<f32>>,
-    pub out_features: usize,
-    pub in_features: usize,
+pub struct LinearWeights {
+    pub weight: CheckpointTensor,
+    /// `[out_features]`.
+    pub bias: Option<CheckpointTensor>,
 }
 
-impl Linear {
+impl LinearWeights {
+    /// Loads `{name}.weight` of shape `[out, inp]` and, when `bias`, `{name}.bias`.
     fn load(files: &WeightFiles, name: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
-        Self::fuse(files, &[(name, out)], inp, bias)
+        Ok(Self {
+            weight: files.tensor(&format!("{name}.weight"), &[out, inp])?,
+            bias: bias
+                .then(|| files.tensor(&format!("{name}.bias"), &[out]))
+                .transpose()?,
+        })
     }
 
-    /// Stacks several checkpoint matrices with the same input width along the output axis.
-    fn fuse(files: &WeightFiles, parts: &[(&str, usize)], inp: usize, bias: bool) -> Result<Self> {
-        let out_features: usize = parts.iter().map(|(_, out)| out).sum();
-        // Packed part by part: the row-major form of only one part is held at a time.
-        let mut weight = PackedMatrix::zeros(out_features, inp);
-        let mut biases = bias.then(|| Vec::with_capacity(out_features));
-        let mut first_row = 0;
-        for &(name, out) in parts {
-            weight.set_rows(
-                first_row,
-                &files.load(&format!("{name}.weight"), &[out, inp])?.data,
-            );
-            first_row += out;
-            if let Some(b) = biases.as_mut() {
-                b.extend(files.load(&format!("{name}.bias"), &[out])?.data);
-            }
-        }
+    pub fn out_features(&self) -> usize {
+        self.weight.shape()[0]
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.shape()[1]
+    }
+
+    fn num_parameters(&self) -> usize {
+        self.weight.num_elements() + self.bias.as_ref().map_or(0, |b| b.num_elements())
+    }
+}
+
+/// One decoder layer, `model.layers.{l}`.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    /// `[hidden]`.
+    pub input_layernorm: CheckpointTensor,
+    /// `self_attn.q_proj`: `[heads·head_dim, hidden]`.
+    pub q_proj: LinearWeights,
+    /// `self_attn.k_proj`, `self_attn.v_proj`: `[kv_heads·head_dim, hidden]`.
+    pub k_proj: LinearWeights,
+    pub v_proj: LinearWeights,
+    /// Qwen3's per-head RMSNorm weights for queries and keys (`[head_dim]` each).
+    pub q_norm: Option<CheckpointTensor>,
+    pub k_norm: Option<CheckpointTensor>,
+    /// `self_attn.o_proj`: `[hidden, heads·head_dim]`.
+    pub o_proj: LinearWeights,
+    /// `[hidden]`.
+    pub post_attention_layernorm: CheckpointTensor,
+    /// `mlp.gate_proj`, `mlp.up_proj`: `[intermediate, hidden]`.
+    pub gate_proj: LinearWeights,
+    pub up_proj: LinearWeights,
+    /// `mlp.down_proj`: `[hidden, intermediate]`.
+    pub down_proj: LinearWeights,
+}
+
+impl LayerWeights {
+    /// Loads layer `l`, checking every shape against `c`.
+    fn load(c: &ModelConfig, files: &WeightFiles, l: usize) -> Result<Self> {
+        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (q_width, kv_width) = (c.num_heads * d, c.num_kv_heads * d);
+        let p = format!("model.layers.{l}");
+        let attn = |n: &str| format!("{p}.self_attn.{n}");
+        let mlp = |n: &str| format!("{p}.mlp.{n}");
+        let norm = |name: String| c.qk_norm.then(|| files.tensor(&name, &[d])).transpose();
         Ok(Self {
-            weight,
-            bias: biases,
-            out_features,
-            in_features: inp,
+            input_layernorm: files.tensor(&format!("{p}.input_layernorm.weight"), &[h])?,
+            q_proj: LinearWeights::load(files, &attn("q_proj"), q_width, h, c.qkv_bias)?,
+            k_proj: LinearWeights::load(files, &attn("k_proj"), kv_width, h, c.qkv_bias)?,
+            v_proj: LinearWeights::load(files, &attn("v_proj"), kv_width, h, c.qkv_bias)?,
+            q_norm: norm(attn("q_norm.weight"))?,
+            k_norm: norm(attn("k_norm.weight"))?,
+            o_proj: LinearWeights::load(files, &attn("o_proj"), h, q_width, c.o_bias)?,
+            post_attention_layernorm: files
+                .tensor(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            gate_proj: LinearWeights::load(files, &mlp("gate_proj"), i, h, c.mlp_bias)?,
+            up_proj: LinearWeights::load(files, &mlp("up_proj"), i, h, c.mlp_bias)?,
+            down_proj: LinearWeights::load(files, &mlp("down_proj"), h, i, c.mlp_bias)?,
         })
     }
 
     fn num_parameters(&self) -> usize {
-        self.weight.rows() * self.weight.cols() + self.bias.as_ref().map_or(0, Vec::len)
+        let linears = [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ];
+        let vectors = [
+            Some(&self.input_layernorm),
+            Some(&self.post_attention_layernorm),
+            self.q_norm.as_ref(),
+            self.k_norm.as_ref(),
+        ];
+        linears.iter().map(|l| l.num_parameters()).sum::<usize>()
+            + vectors
+                .iter()
+                .flatten()
+                .map(|v| v.num_elements())
+                .sum::<usize>()
     }
-}
-
-/// One decoder layer.
-#[derive(Debug, Clone)]
-pub struct LayerWeights {
-    pub input_layernorm: Vec<f32>,
-    /// `q_proj`, `k_proj`, `v_proj` stacked: output rows `[q | k | v]`.
-    pub qkv_proj: Linear,
-    /// Qwen3's per-head RMSNorm weights for queries and keys (`[head_dim]` each).
-    pub q_norm: Option<Vec<f32>>,
-    pub k_norm: Option<Vec<f32>>,
-    pub o_proj: Linear,
-    pub post_attention_layernorm: Vec<f32>,
-    /// `gate_proj` and `up_proj` stacked: output rows `[gate | up]`.
-    pub gate_up_proj: Linear,
-    pub down_proj: Linear,
 }
 
 /// All weights of a model.
 #[derive(Debug, Clone)]
 pub struct ModelWeights {
-    /// `[vocab, hidden]`, packed like a [`Linear`] weight: with tied embeddings it is also the LM
-    /// head, and one packed copy serves both — the embedding lookup reads a row back with
-    /// [`PackedMatrix::copy_row`] — so the table is held once, not twice.
-    pub embed_tokens: PackedMatrix,
+    /// `model.embed_tokens.weight`, `[vocab, hidden]`; also the LM head when `lm_head` is `None`.
+    pub embed_tokens: CheckpointTensor,
     pub layers: Vec<LayerWeights>,
-    pub norm: Vec<f32>,
-    /// `None` when the output projection is tied to `embed_tokens`.
-    pub lm_head: Option<Linear>,
+    /// `model.norm.weight`, `[hidden]`.
+    pub norm: CheckpointTensor,
+    /// `lm_head`, `[vocab, hidden]`; `None` when the output projection is tied to `embed_tokens`.
+    pub lm_head: Option<LinearWeights>,
 }
 
 impl ModelWeights {
-    /// Loads every tensor the configuration requires, checking each shape.
+    /// Finds every tensor the configuration requires, checking each shape and dtype.
+    ///
+    /// Fails with an error naming the file and the tensor that is missing, misshapen or of a dtype
+    /// Glimpse does not load.
     pub fn load(c: &ModelConfig, files: &WeightFiles) -> Result<Self> {
-        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
-        let vector =
-            |name: &str, len: usize| -> Result<Vec<f32>> { Ok(files.load(name, &[len])?.data) };
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for l in 0..c.num_layers {
-            let p = format!("model.layers.{l}");
-            let attn = format!("{p}.self_attn");
-            let mlp = format!("{p}.mlp");
-            let qkv_parts = [
-                (format!("{attn}.q_proj"), c.num_heads * d),
-                (format!("{attn}.k_proj"), c.num_kv_heads * d),
-                (format!("{attn}.v_proj"), c.num_kv_heads * d),
-            ];
-            let qkv_refs: Vec<(&str, usize)> =
-                qkv_parts.iter().map(|(n, o)| (n.as_str(), *o)).collect();
-            let gate_up = [
-                (format!("{mlp}.gate_proj"), i),
-                (format!("{mlp}.up_proj"), i),
-            ];
-            let gate_up_refs: Vec<(&str, usize)> =
-                gate_up.iter().map(|(n, o)| (n.as_str(), *o)).collect();
-            layers.push(LayerWeights {
-                input_layernorm: vector(&format!("{p}.input_layernorm.weight"), h)?,
-                qkv_proj: Linear::fuse(files, &qkv_refs, h, c.qkv_bias)?,
-                q_norm: c
-                    .qk_norm
-                    .then(|| vector(&format!("{attn}.q_norm.weight"), d))
-                    .transpose()?,
-                k_norm: c
-                    .qk_norm
-                    .then(|| vector(&format!("{attn}.k_norm.weight"), d))
-                    .transpose()?,
-                o_proj: Linear::load(
-                    files,
-                    &format!("{attn}.o_proj"),
-                    h,
-                    c.num_heads * d,
-                    c.o_bias,
-                )?,
-                post_attention_layernorm: vector(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    h,
-                )?,
-                gate_up_proj: Linear::fuse(files, &gate_up_refs, h, c.mlp_bias)?,
-                down_proj: Linear::load(files, &format!("{mlp}.down_proj"), h, i, c.mlp_bias)?,
-            });
-        }
-        let embed_tokens = PackedMatrix::pack(
-            &files
-                .load("model.embed_tokens.weight", &[c.vocab_size, h])?
-                .data,
-            c.vocab_size,
-            h,
-        );
+        let layers = (0..c.num_layers)
+            .map(|l| LayerWeights::load(c, files, l))
+            .collect::<Result<Vec<_>>>()?;
+        let embed_tokens =
+            files.tensor("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
         // Some tied checkpoints still ship `lm_head.weight`; an untied one must.
         let lm_head = if c.tie_word_embeddings && !files.contains("lm_head.weight") {
             None
         } else {
-            Some(Linear::load(files, "lm_head", c.vocab_size, h, false)?)
+            Some(LinearWeights::load(
+                files,
+                "lm_head",
+                c.vocab_size,
+                c.hidden_size,
+                false,
+            )?)
         };
         Ok(Self {
             embed_tokens,
             layers,
-            norm: vector("model.norm.weight", h)?,
+            norm: files.tensor("model.norm.weight", &[c.hidden_size])?,
             lm_head,
         })
     }
 
-    /// Total number of scalar parameters held (tied embeddings counted once).
+    /// Total number of scalar parameters (tied embeddings counted once).
     pub fn num_parameters(&self) -> usize {
-        let per_layer: usize = self
-            .layers
+        self.layers
             .iter()
-            .map(|l| {
-                l.input_layernorm.len()
-                    + l.post_attention_layernorm.len()
-                    + l.qkv_proj.num_parameters()
-                    + l.o_proj.num_parameters()
-                    + l.gate_up_proj.num_parameters()
-                    + l.down_proj.num_parameters()
-                    + l.q_norm.as_ref().map_or(0, Vec::len)
-                    + l.k_norm.as_ref().map_or(0, Vec::len)
-            })
-            .sum();
-        per_layer
-            + self.embed_tokens.rows() * self.embed_tokens.cols()
-            + self.norm.len()
-            + self.lm_head.as_ref().map_or(0, Linear::num_parameters)
+            .map(LayerWeights::num_parameters)
+            .sum::<usize>()
+            + self.embed_tokens.num_elements()
+            + self.norm.num_elements()
+            + self
+                .lm_head
+                .as_ref()
+                .map_or(0, LinearWeights::num_parameters)
     }
 
     /// Bytes read from memory per decode step at f32: every parameter once.

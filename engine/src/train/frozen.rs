@@ -2,9 +2,10 @@
 //! decoder layer written with the differentiable ops of [`super::ops`], so the same code runs the
 //! gradient-free target pass and the differentiated lookahead pass.
 //!
-//! Weights are loaded from the model folder unfused (q, k, v and gate, up apart), transposed once
-//! to `[in, out]` so every projection is a plain `x · Wᵀ` matmul. Only what the attention of every
-//! layer needs is kept: the embeddings and decoder layers, not the final norm or the LM head.
+//! Weights are the model's checkpoint tensors ([`ModelWeights`], the one table of tensor names),
+//! unfused (q, k, v and gate, up apart), transposed once to `[in, out]` so every projection is a
+//! plain `x · Wᵀ` matmul. Only what the attention of every layer needs is kept: the embeddings and
+//! decoder layers, not the final norm or the LM head.
 
 use candle_core::{D, DType, Device, Tensor};
 
@@ -12,9 +13,9 @@ use super::adapters::{LayerLora, LoraVars};
 use super::ops::{rms_norm, rope, silu, softmax_last_dim};
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::loader::WeightFiles;
+use crate::loader::CheckpointTensor;
 use crate::lookahead::Projection;
-use crate::model::{Model, RopeTables};
+use crate::model::{LayerWeights, LinearWeights, Model, RopeTables};
 
 /// A frozen projection `y = x · Wᵀ + b`.
 pub(crate) struct FrozenLinear {
@@ -24,25 +25,11 @@ pub(crate) struct FrozenLinear {
 }
 
 impl FrozenLinear {
-    fn load(
-        files: &WeightFiles,
-        name: &str,
-        shape: [usize; 2],
-        bias: bool,
-        dtype: DType,
-    ) -> Result<Self> {
-        let w = files.load(&format!("{name}.weight"), &shape)?;
-        let weight_t = Tensor::from_vec(w.data, shape.to_vec(), &Device::Cpu)?
-            .t()?
-            .contiguous()?
-            .to_dtype(dtype)?;
-        let bias = bias
-            .then(|| -> Result<Tensor> {
-                let b = files.load(&format!("{name}.bias"), &shape[..1])?;
-                Ok(Tensor::from_vec(b.data, shape[0], &Device::Cpu)?.to_dtype(dtype)?)
-            })
-            .transpose()?;
-        Ok(Self { weight_t, bias })
+    fn new(linear: &LinearWeights, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            weight_t: tensor(&linear.weight, dtype)?.t()?.contiguous()?,
+            bias: linear.bias.as_ref().map(|b| tensor(b, dtype)).transpose()?,
+        })
     }
 
     /// `x · Wᵀ + b`, plus `scale · (x · Aᵀ) · Bᵀ` when a LoRA pair is given.
@@ -74,6 +61,31 @@ pub(crate) struct FrozenLayer {
     gate: FrozenLinear,
     up: FrozenLinear,
     down: FrozenLinear,
+}
+
+impl FrozenLayer {
+    fn new(w: &LayerWeights, dtype: DType) -> Result<Self> {
+        let linear = |l: &LinearWeights| FrozenLinear::new(l, dtype);
+        let norm = |t: &Option<CheckpointTensor>| t.as_ref().map(|t| tensor(t, dtype)).transpose();
+        Ok(Self {
+            input_norm: tensor(&w.input_layernorm, dtype)?,
+            q: linear(&w.q_proj)?,
+            k: linear(&w.k_proj)?,
+            v: linear(&w.v_proj)?,
+            q_norm: norm(&w.q_norm)?,
+            k_norm: norm(&w.k_norm)?,
+            o: linear(&w.o_proj)?,
+            post_norm: tensor(&w.post_attention_layernorm, dtype)?,
+            gate: linear(&w.gate_proj)?,
+            up: linear(&w.up_proj)?,
+            down: linear(&w.down_proj)?,
+        })
+    }
+}
+
+/// A checkpoint tensor as a candle tensor of its shape in `dtype` (widened to f32 first, exactly).
+fn tensor(t: &CheckpointTensor, dtype: DType) -> Result<Tensor> {
+    Ok(Tensor::from_vec(t.to_f32(), t.shape(), &Device::Cpu)?.to_dtype(dtype)?)
 }
 
 /// What one layer computed for a block of rows.
@@ -112,50 +124,21 @@ pub struct FrozenModel {
 }
 
 impl FrozenModel {
-    /// Loads `model`'s weights from its folder in `dtype` (F32 to train; F64 for gradient checks),
-    /// with RoPE tables for `max_positions` positions (prompt, answer and lookahead rows).
+    /// Converts `model`'s checkpoint tensors to candle tensors in `dtype` (F32 to train; F64 for
+    /// gradient checks), with RoPE tables for `max_positions` positions (prompt, answer and
+    /// lookahead rows).
     ///
-    /// Fails with the loader's errors naming file and tensor.
+    /// Fails only if candle cannot build a tensor (the shapes were checked when `model` loaded).
     pub fn load(model: &Model, dtype: DType, max_positions: usize) -> Result<Self> {
         let c = model.config.clone();
-        let files = WeightFiles::open(&model.dir)?;
-        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
-        let vector = |name: &str, len: usize| -> Result<Tensor> {
-            let t = files.load(name, &[len])?;
-            Ok(Tensor::from_vec(t.data, len, &Device::Cpu)?.to_dtype(dtype)?)
-        };
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for l in 0..c.num_layers {
-            let p = format!("model.layers.{l}");
-            let attn = |n: &str| format!("{p}.self_attn.{n}");
-            let mlp = |n: &str| format!("{p}.mlp.{n}");
-            let linear = |name: String, out: usize, inp: usize, bias: bool| {
-                FrozenLinear::load(&files, &name, [out, inp], bias, dtype)
-            };
-            layers.push(FrozenLayer {
-                input_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
-                q: linear(attn("q_proj"), c.num_heads * d, h, c.qkv_bias)?,
-                k: linear(attn("k_proj"), c.num_kv_heads * d, h, c.qkv_bias)?,
-                v: linear(attn("v_proj"), c.num_kv_heads * d, h, c.qkv_bias)?,
-                q_norm: c
-                    .qk_norm
-                    .then(|| vector(&attn("q_norm.weight"), d))
-                    .transpose()?,
-                k_norm: c
-                    .qk_norm
-                    .then(|| vector(&attn("k_norm.weight"), d))
-                    .transpose()?,
-                o: linear(attn("o_proj"), h, c.num_heads * d, c.o_bias)?,
-                post_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate: linear(mlp("gate_proj"), i, h, c.mlp_bias)?,
-                up: linear(mlp("up_proj"), i, h, c.mlp_bias)?,
-                down: linear(mlp("down_proj"), h, i, c.mlp_bias)?,
-            });
-        }
-        let embed = files.load("model.embed_tokens.weight", &[c.vocab_size, h])?;
-        let embeddings =
-            Tensor::from_vec(embed.data, (c.vocab_size, h), &Device::Cpu)?.to_dtype(dtype)?;
-        let tables = RopeTables::new(&c.rope, d, max_positions);
+        let weights = &model.weights;
+        let layers = weights
+            .layers
+            .iter()
+            .map(|w| FrozenLayer::new(w, dtype))
+            .collect::<Result<Vec<_>>>()?;
+        let embeddings = tensor(&weights.embed_tokens, dtype)?;
+        let tables = RopeTables::new(&c.rope, c.head_dim, max_positions);
         let half = tables.half_dim;
         let cos =
             Tensor::from_vec(tables.cos, (max_positions, half), &Device::Cpu)?.to_dtype(dtype)?;

@@ -1,9 +1,10 @@
 //! The CPU backend: the Llama-family forward pass over a paged KV pool in host memory.
 //!
-//! Activations and the cache are f32 (weights stored as bf16/f16 are widened at load: CPUs here
-//! have no fast bf16 GEMM). The hot kernels are our own — a batch-invariant GEMM ([`linear`]),
-//! paged attention that reads K/V in place ([`attention`]) and row-wise ops ([`ops`]) — and every
-//! buffer of a step is reused from the previous one, so a step allocates only when the batch grows.
+//! Activations, weights and the cache are f32: the model's checkpoint tensors (f32, bf16 or f16)
+//! are widened and packed into [`CpuWeights`] when the backend is built (CPUs here have no fast
+//! bf16 GEMM). The hot kernels are our own — a batch-invariant GEMM ([`linear`]), paged attention
+//! that reads K/V in place ([`attention`]) and row-wise ops ([`ops`]) — and every buffer of a step
+//! is reused from the previous one, so a step allocates only when the batch grows.
 
 mod attention;
 mod attention_kernels;
@@ -16,6 +17,7 @@ mod rows;
 mod scoring_keys;
 #[cfg(test)]
 mod tests;
+mod weights;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +27,7 @@ use evict::{PendingEviction, ScoringInput};
 use kv_cache::CpuKvCache;
 use lora::{LoraScratch, OutputColumns, add_lora_delta};
 use rows::{LookaheadKv, SequenceRows};
+use weights::{CpuWeights, Linear};
 
 use super::{Backend, KvGeometry};
 use crate::batch::{ForwardBatch, ForwardOutput, ForwardProfile, RowRange, SequenceInput};
@@ -32,12 +35,12 @@ use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::eviction::{EvictionPolicy, HeadLayout, ScoringQueries};
 use crate::lookahead::{LookaheadModule, LoraPair};
-use crate::model::{Linear, Model, ModelWeights, RopeTables};
+use crate::model::{Model, RopeTables};
 
 /// Runs a model on the CPU with a paged KV pool of `num_blocks` blocks.
 pub struct CpuBackend {
     config: ModelConfig,
-    weights: Arc<ModelWeights>,
+    weights: CpuWeights,
     /// LookaheadKV's learned rows and adapters, if the server loaded a module.
     lookahead: Option<Arc<LookaheadModule>>,
     rope: RopeTables,
@@ -102,7 +105,8 @@ fn row_span(rows: std::ops::Range<usize>, width: usize) -> std::ops::Range<usize
 }
 
 impl CpuBackend {
-    /// Places `model` on the CPU with an f32 KV pool of `num_blocks` × `block_size` entries,
+    /// Places `model` on the CPU — its checkpoint tensors widened to f32 and packed into
+    /// [`CpuWeights`] — with an f32 KV pool of `num_blocks` × `block_size` entries,
     /// with `lookahead`'s rows and adapters for the LookaheadKV policy if given (its shapes were
     /// checked against the model when it was loaded).
     pub fn new(
@@ -116,7 +120,7 @@ impl CpuBackend {
         let lookahead_positions = lookahead.as_ref().map_or(0, |m| m.num_tokens);
         Ok(Self {
             config: model.config.clone(),
-            weights: Arc::clone(&model.weights),
+            weights: CpuWeights::new(&model.weights),
             rope: RopeTables::new(
                 &model.config.rope,
                 model.config.head_dim,

@@ -1,0 +1,98 @@
+//! The CPU backend's weights: the checkpoint tensors of a [`ModelWeights`] widened to f32 and
+//! packed into the GEMM's panel layout once, when the backend is built, so the forward pass never
+//! repacks.
+//! q/k/v and gate/up are fused into one matrix each so the pass does one matmul where the
+//! checkpoint has two or three (DESIGN §2: each linear layer is one GEMM over the whole varlen
+//! batch). Fields keep checkpoint names, fused ones the names joined.
+
+use super::linear::PackedMatrix;
+use crate::model::{LayerWeights, LinearWeights, ModelWeights};
+
+/// A linear layer `y = x·Wᵀ + b` with `W [out_features, in_features]`.
+pub struct Linear {
+    /// `W`, packed instead of row-major, not beside it.
+    pub weight: PackedMatrix,
+    pub bias: Option<Vec<f32>>,
+    pub out_features: usize,
+}
+
+impl Linear {
+    /// Stacks the checkpoint matrices `parts` (same input width) along the output axis, packing
+    /// one part at a time so only one part's row-major f32 form is held at once.
+    fn stack(parts: &[&LinearWeights]) -> Self {
+        let out_features = parts.iter().map(|p| p.out_features()).sum();
+        let mut weight = PackedMatrix::zeros(out_features, parts[0].in_features());
+        let mut bias = parts[0]
+            .bias
+            .is_some()
+            .then(|| Vec::with_capacity(out_features));
+        let mut first_row = 0;
+        for part in parts {
+            weight.set_rows(first_row, &part.weight.to_f32());
+            first_row += part.out_features();
+            if let (Some(b), Some(part_bias)) = (bias.as_mut(), &part.bias) {
+                b.extend(part_bias.to_f32());
+            }
+        }
+        Self {
+            weight,
+            bias,
+            out_features,
+        }
+    }
+}
+
+/// One decoder layer.
+pub struct CpuLayer {
+    pub input_layernorm: Vec<f32>,
+    /// `q_proj`, `k_proj`, `v_proj` stacked: output rows `[q | k | v]`.
+    pub qkv_proj: Linear,
+    /// Qwen3's per-head RMSNorm weights for queries and keys (`[head_dim]` each).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub o_proj: Linear,
+    pub post_attention_layernorm: Vec<f32>,
+    /// `gate_proj` and `up_proj` stacked: output rows `[gate | up]`.
+    pub gate_up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl CpuLayer {
+    fn new(w: &LayerWeights) -> Self {
+        Self {
+            input_layernorm: w.input_layernorm.to_f32(),
+            qkv_proj: Linear::stack(&[&w.q_proj, &w.k_proj, &w.v_proj]),
+            q_norm: w.q_norm.as_ref().map(|t| t.to_f32()),
+            k_norm: w.k_norm.as_ref().map(|t| t.to_f32()),
+            o_proj: Linear::stack(&[&w.o_proj]),
+            post_attention_layernorm: w.post_attention_layernorm.to_f32(),
+            gate_up_proj: Linear::stack(&[&w.gate_proj, &w.up_proj]),
+            down_proj: Linear::stack(&[&w.down_proj]),
+        }
+    }
+}
+
+/// All weights of a model, as the CPU forward pass reads them.
+pub struct CpuWeights {
+    /// `[vocab, hidden]`, packed like a [`Linear`] weight: with tied embeddings it is also the LM
+    /// head, and one packed copy serves both — the embedding lookup reads a row back with
+    /// [`PackedMatrix::copy_row`] — so the table is held once, not twice.
+    pub embed_tokens: PackedMatrix,
+    pub layers: Vec<CpuLayer>,
+    pub norm: Vec<f32>,
+    /// `None` when the output projection is tied to `embed_tokens`.
+    pub lm_head: Option<Linear>,
+}
+
+impl CpuWeights {
+    /// Widens and packs `w` (its shapes were checked when the model was loaded).
+    pub fn new(w: &ModelWeights) -> Self {
+        let shape = w.embed_tokens.shape();
+        Self {
+            embed_tokens: PackedMatrix::pack(&w.embed_tokens.to_f32(), shape[0], shape[1]),
+            layers: w.layers.iter().map(CpuLayer::new).collect(),
+            norm: w.norm.to_f32(),
+            lm_head: w.lm_head.as_ref().map(|l| Linear::stack(&[l])),
+        }
+    }
+}
