@@ -3,7 +3,9 @@
 //! here, which is what keeps LookaheadKV from changing a prompt's keys, values or logits.
 
 use super::linear::matmul_nt;
-use crate::lookahead::LoraPair;
+use super::row_span;
+use super::rows::SequenceRows;
+use crate::lookahead::{LayerAdapters, LookaheadModule, LoraPair, Projection};
 
 /// Reused intermediate buffers of the two small GEMMs.
 #[derive(Default)]
@@ -16,7 +18,7 @@ pub struct LoraScratch {
 
 /// Where a delta lands: columns `column..` of the rows of `y`, each `width` wide (a fused
 /// projection's output holds several projections side by side).
-pub struct OutputColumns<'a> {
+struct OutputColumns<'a> {
     pub y: &'a mut [f32],
     pub width: usize,
     pub column: usize,
@@ -24,7 +26,7 @@ pub struct OutputColumns<'a> {
 
 /// Adds the scaled LoRA delta of `pair` for `rows` rows of `x` (`[rows, in_features]`) into
 /// `out`'s columns `column..column + out_features`.
-pub fn add_lora_delta(
+fn add_lora_delta(
     x: &[f32],
     rows: usize,
     pair: &LoraPair,
@@ -61,6 +63,58 @@ pub fn add_lora_delta(
             .zip(delta_row)
         {
             *out += scale * d;
+        }
+    }
+}
+
+/// One layer's lookahead adapters as its projections apply them: on the lookahead rows of
+/// `sequences` only, scaled by `scale = α/r`.
+#[derive(Clone, Copy)]
+pub struct LayerLora<'a> {
+    adapters: &'a LayerAdapters,
+    scale: f32,
+    sequences: &'a [SequenceRows],
+}
+
+impl<'a> LayerLora<'a> {
+    /// Layer `layer`'s adapters of `module`, if one is loaded, over the pass's `sequences`.
+    pub fn of(
+        module: Option<&'a LookaheadModule>,
+        layer: usize,
+        sequences: &'a [SequenceRows],
+    ) -> Option<Self> {
+        module.map(|m| Self {
+            adapters: &m.layers[layer],
+            scale: m.scale(),
+            sequences,
+        })
+    }
+
+    /// Adds the deltas of `targets` to `y` on every lookahead row; every other row is left exactly
+    /// as the base projection made it. `x` is the projection's input `[T, in]` and `y` its output
+    /// `[T, out]`, where a fused projection holds the targets' outputs side by side in order.
+    pub fn add_deltas(
+        &self,
+        targets: &[Projection],
+        x: &[f32],
+        y: &mut [f32],
+        scratch: &mut LoraScratch,
+    ) {
+        let pairs = targets.iter().map(|&p| self.adapters.get(p));
+        let y_width: usize = pairs.clone().map(|pair| pair.out_features).sum();
+        for rows in self.sequences.iter().filter(|r| r.num_lookahead > 0) {
+            let span = rows.lookahead_rows();
+            let mut column = 0;
+            for pair in pairs.clone() {
+                let out = OutputColumns {
+                    y: &mut y[row_span(span.clone(), y_width)],
+                    width: y_width,
+                    column,
+                };
+                let x = &x[row_span(span.clone(), pair.in_features)];
+                add_lora_delta(x, rows.num_lookahead, pair, self.scale, out, scratch);
+                column += pair.out_features;
+            }
         }
     }
 }

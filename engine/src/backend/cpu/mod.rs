@@ -5,6 +5,10 @@
 //! bf16 GEMM). The hot kernels are our own — a batch-invariant GEMM ([`linear`]), paged attention
 //! that reads K/V in place ([`attention`]) and row-wise ops ([`ops`]) — and every buffer of a step
 //! is reused from the previous one, so a step allocates only when the batch grows.
+//!
+//! A layer is two pre-norm residual blocks of numbered steps, `attention_block` and `mlp_block`,
+//! every linear layer of which goes through [`Projector::project`]; between them, an evicting
+//! sequence scores, selects and compacts that layer's cache ([`evict`]).
 
 mod attention;
 mod attention_kernels;
@@ -13,6 +17,7 @@ mod kv_cache;
 pub mod linear;
 mod lora;
 mod ops;
+mod project;
 mod rows;
 mod scoring_keys;
 #[cfg(test)]
@@ -25,16 +30,17 @@ use std::time::{Duration, Instant};
 use attention::{AttentionShape, QueryContext, paged_attention};
 use evict::{PendingEviction, ScoringInput};
 use kv_cache::CpuKvCache;
-use lora::{LoraScratch, OutputColumns, add_lora_delta};
+use lora::LayerLora;
+use project::{DOWN, GATE_UP, O, Projector, QKV};
 use rows::{LookaheadKv, SequenceRows};
-use weights::{CpuWeights, Linear};
+use weights::{CpuLayer, CpuWeights};
 
 use super::{Backend, KvGeometry};
 use crate::batch::{ForwardBatch, ForwardOutput, ForwardProfile, RowRange, SequenceInput};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::eviction::{EvictionPolicy, HeadLayout, ScoringQueries};
-use crate::lookahead::{LookaheadModule, LoraPair};
+use crate::lookahead::LookaheadModule;
 use crate::model::{Model, RopeTables};
 
 /// Runs a model on the CPU with a paged KV pool of `num_blocks` blocks.
@@ -75,7 +81,8 @@ struct StepBuffers {
     sequences: Vec<SequenceRows>,
     /// Keys and values of the lookahead rows of the current layer.
     lookahead_kv: LookaheadKv,
-    lora: LoraScratch,
+    /// LoRA scratch and GEMM time of the projections.
+    projector: Projector,
     /// Residual stream `[T, hidden]`.
     hidden: Vec<f32>,
     /// Normalised input of a sub-layer `[T, hidden]`.
@@ -94,8 +101,7 @@ struct StepBuffers {
     activated: Vec<f32>,
     /// Final hidden states of the rows that want logits `[R, hidden]`.
     logits_hidden: Vec<f32>,
-    /// Time in GEMMs and attention during the current forward pass.
-    matmul_time: Duration,
+    /// Time in attention during the current forward pass.
     attention_time: Duration,
 }
 
@@ -318,102 +324,75 @@ impl CpuBackend {
         }
     }
 
-    fn layer(&mut self, batch: &ForwardBatch<'_>, layer_index: usize) -> Result<()> {
-        let Self {
-            config: c,
-            weights,
-            lookahead,
-            rope,
-            cache,
-            buffers: b,
-        } = self;
-        let w = &weights.layers[layer_index];
-        let adapters = lookahead
-            .as_deref()
-            .map(|m| (&m.layers[layer_index], m.scale()));
-        let tokens = b.slots.len();
-        let (d, q_width, kv_width) = (
-            c.head_dim,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-        );
+    /// Decoder layer `l`: the attention block, then this layer's eviction (its cache is final once
+    /// its attention ran), then the MLP block.
+    fn layer(&mut self, batch: &ForwardBatch<'_>, l: usize) -> Result<()> {
+        self.attention_block(batch, l);
+        self.evict_layer(batch, l)?;
+        self.mlp_block(l);
+        Ok(())
+    }
 
-        // 1. Attention block: norm → fused qkv → (q/k norm) → RoPE → cache write → attention → o_proj.
-        resize(&mut b.normed, tokens * c.hidden_size);
+    /// `hidden += o_proj(attention(rope(qkv_proj(rms_norm(hidden)))))` over the flat batch, storing
+    /// every row's K/V (`T` rows; `H`, `KV` query and KV heads of width `D`).
+    fn attention_block(&mut self, batch: &ForwardBatch<'_>, l: usize) {
+        let (c, w, b) = (&self.config, &self.weights.layers[l], &mut self.buffers);
+        let module = self.lookahead.as_deref();
+        // 1. normed = rms_norm(hidden): [T, hidden].
+        resize(&mut b.normed, b.slots.len() * c.hidden_size);
         ops::rms_norm(&b.hidden, &w.input_layernorm, c.rms_norm_eps, &mut b.normed);
-        timed(&mut b.matmul_time, || {
-            linear(&b.normed, tokens, &w.qkv_proj, &mut b.qkv)
-        });
-        let qkv_width = c.qkv_width();
-        if let Some((a, scale)) = adapters {
-            let targets = [(&a.q, 0), (&a.k, q_width), (&a.v, q_width + kv_width)];
-            let io = LoraIo::new(&b.normed, c.hidden_size, &mut b.qkv, qkv_width);
-            lookahead_lora(&b.sequences, io, &targets, scale, &mut b.lora);
-        }
+        // 2. qkv = qkv_proj(normed): [T, (H + 2·KV)·D], rows [q | k | v].
+        let lora = LayerLora::of(module, l, &b.sequences).map(|lora| (lora, QKV));
+        b.projector
+            .project(&b.normed, &w.qkv_proj, &mut b.qkv, lora);
         let attention_start = Instant::now();
-        resize(&mut b.queries, tokens * q_width);
-        for (t, slot) in b.slots.iter().enumerate() {
-            let row = &mut b.qkv[t * qkv_width..(t + 1) * qkv_width];
-            let (q, kv) = row.split_at_mut(q_width);
-            let (k, v) = kv.split_at_mut(kv_width);
-            if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
-                ops::rms_norm_heads_in_place(q, qn, c.rms_norm_eps);
-                ops::rms_norm_heads_in_place(k, kn, c.rms_norm_eps);
-            }
-            q.chunks_mut(d)
-                .for_each(|head| rope.rotate(head, slot.position));
-            k.chunks_mut(d)
-                .for_each(|head| rope.rotate(head, slot.position));
-            match slot.cache {
-                Some(at) => cache.write(layer_index, at.block, at.offset, k, v),
-                None => {
-                    let rows = &b.sequences[slot.sequence];
-                    let row = t - rows.lookahead_rows().start;
-                    b.lookahead_kv.write(rows.lookahead_index, row, k, v);
-                }
-            }
-            b.queries[t * q_width..(t + 1) * q_width].copy_from_slice(q);
-        }
-        resize(&mut b.attention, tokens * q_width);
-        let shape = AttentionShape {
-            num_heads: c.num_heads,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: d,
-            block_size: cache.geometry().block_size,
-            scale: 1.0 / (d as f32).sqrt(),
-        };
-        let contexts: Vec<QueryContext<'_>> = b
-            .slots
-            .iter()
-            .map(|slot| {
-                let seq = &batch.sequences[slot.sequence];
-                let rows = &b.sequences[slot.sequence];
-                QueryContext {
-                    block_table: seq.block_table,
-                    num_entries: slot.num_entries,
-                    skip: seq
-                        .compacted
-                        .map_or(0..0, |p| p.layer_kept[layer_index]..p.entries),
-                    extra: slot.cache.is_none().then(|| {
-                        let count = slot.position - rows.prompt_len() + 1;
-                        b.lookahead_kv.extra(rows.lookahead_index, count)
-                    }),
-                }
-            })
-            .collect();
-        paged_attention(
-            &b.queries,
-            &contexts,
-            cache.layer(layer_index),
-            shape,
-            &mut b.attention,
-        );
-        drop(contexts);
+        // 3. q/k norm and RoPE; k, v → cache (lookahead rows: side buffer); queries: [T, H·D].
+        store_kv(c, w, &self.rope, &mut self.cache, b, l);
+        // 4. attention = softmax(q·Kᵀ/√D)·V over each row's entries: [T, H·D].
+        attend(c, &self.cache, b, batch, l);
         b.attention_time += attention_start.elapsed();
+        // 5. hidden += o_proj(attention): [T, hidden].
+        let lora = LayerLora::of(module, l, &b.sequences).map(|lora| (lora, O));
+        b.projector
+            .project(&b.attention, &w.o_proj, &mut b.projected, lora);
+        ops::add_in_place(&mut b.hidden, &b.projected);
+    }
+
+    /// `hidden += down_proj(silu(gate_proj(x)) · up_proj(x))` with `x = rms_norm(hidden)`
+    /// (`T` rows, `I` intermediate width).
+    fn mlp_block(&mut self, l: usize) {
+        let (c, w, b) = (&self.config, &self.weights.layers[l], &mut self.buffers);
+        let module = self.lookahead.as_deref();
+        let lora = |targets| LayerLora::of(module, l, &b.sequences).map(|lora| (lora, targets));
+        // 1. normed = rms_norm(hidden): [T, hidden].
+        ops::rms_norm(
+            &b.hidden,
+            &w.post_attention_layernorm,
+            c.rms_norm_eps,
+            &mut b.normed,
+        );
+        // 2. gate_up = gate_up_proj(normed): [T, 2·I], rows [gate | up].
+        b.projector
+            .project(&b.normed, &w.gate_up_proj, &mut b.gate_up, lora(GATE_UP));
+        // 3. activated = silu(gate) · up: [T, I].
+        let inter = c.intermediate_size;
+        resize(&mut b.activated, b.slots.len() * inter);
+        ops::silu_mul(&b.gate_up, inter, &mut b.activated);
+        // 4. hidden += down_proj(activated): [T, hidden].
+        b.projector
+            .project(&b.activated, &w.down_proj, &mut b.projected, lora(DOWN));
+        ops::add_in_place(&mut b.hidden, &b.projected);
+    }
+
+    /// Scores, selects and compacts layer `l` of every sequence that evicts in this pass, from the
+    /// layer's RoPE'd queries (and lookahead keys) of the attention block.
+    fn evict_layer(&mut self, batch: &ForwardBatch<'_>, l: usize) -> Result<()> {
+        let (c, b) = (&self.config, &mut self.buffers);
+        let q_width = c.num_heads * c.head_dim;
         let layout = HeadLayout {
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,
-            head_dim: d,
+            head_dim: c.head_dim,
         };
         for (seq, rows) in batch.sequences.iter().zip(b.sequences.iter_mut()) {
             let Some(pending) = rows.eviction.as_mut() else {
@@ -423,57 +402,13 @@ impl CpuBackend {
             let queries = &b.queries[row_span(scoring_rows, q_width)];
             let extra_keys =
                 (rows.num_lookahead > 0).then(|| b.lookahead_kv.key_rows(rows.lookahead_index));
-            pending.run_layer(
-                cache,
-                layer_index,
-                seq.block_table,
-                ScoringInput {
-                    layout,
-                    queries,
-                    extra_keys,
-                },
-            )?;
+            let input = ScoringInput {
+                layout,
+                queries,
+                extra_keys,
+            };
+            pending.run_layer(&mut self.cache, l, seq.block_table, input)?;
         }
-        timed(&mut b.matmul_time, || {
-            linear(&b.attention, tokens, &w.o_proj, &mut b.projected)
-        });
-        if let Some((a, scale)) = adapters {
-            let io = LoraIo::new(&b.attention, q_width, &mut b.projected, c.hidden_size);
-            lookahead_lora(&b.sequences, io, &[(&a.o, 0)], scale, &mut b.lora);
-        }
-        ops::add_in_place(&mut b.hidden, &b.projected);
-
-        // 2. MLP block: norm → fused gate/up → SwiGLU → down.
-        ops::rms_norm(
-            &b.hidden,
-            &w.post_attention_layernorm,
-            c.rms_norm_eps,
-            &mut b.normed,
-        );
-        timed(&mut b.matmul_time, || {
-            linear(&b.normed, tokens, &w.gate_up_proj, &mut b.gate_up)
-        });
-        let inter = c.intermediate_size;
-        if let Some((a, scale)) = adapters {
-            let io = LoraIo::new(&b.normed, c.hidden_size, &mut b.gate_up, 2 * inter);
-            lookahead_lora(
-                &b.sequences,
-                io,
-                &[(&a.gate, 0), (&a.up, inter)],
-                scale,
-                &mut b.lora,
-            );
-        }
-        resize(&mut b.activated, tokens * inter);
-        ops::silu_mul(&b.gate_up, inter, &mut b.activated);
-        timed(&mut b.matmul_time, || {
-            linear(&b.activated, tokens, &w.down_proj, &mut b.projected)
-        });
-        if let Some((a, scale)) = adapters {
-            let io = LoraIo::new(&b.activated, inter, &mut b.projected, c.hidden_size);
-            lookahead_lora(&b.sequences, io, &[(&a.down, 0)], scale, &mut b.lora);
-        }
-        ops::add_in_place(&mut b.hidden, &b.projected);
         Ok(())
     }
 
@@ -502,17 +437,15 @@ impl CpuBackend {
         );
         out.vocab_size = self.config.vocab_size;
         resize(&mut out.logits, rows * self.config.vocab_size);
-        let started = Instant::now();
+        let x = &b.normed[..rows * h];
         match &self.weights.lm_head {
-            Some(lm_head) => linear(&b.normed[..rows * h], rows, lm_head, &mut out.logits),
-            None => linear::matmul_packed(
-                &b.normed[..rows * h],
-                rows,
-                &self.weights.embed_tokens,
-                &mut out.logits,
-            ),
+            Some(lm_head) => b.projector.project(x, lm_head, &mut out.logits, None),
+            None => {
+                let started = Instant::now();
+                linear::matmul_packed(x, rows, &self.weights.embed_tokens, &mut out.logits);
+                b.projector.matmul_time += started.elapsed();
+            }
         }
-        b.matmul_time += started.elapsed();
     }
 }
 
@@ -524,7 +457,7 @@ impl Backend for CpuBackend {
     fn forward(&mut self, batch: &ForwardBatch<'_>, out: &mut ForwardOutput) -> Result<()> {
         self.validate(batch)?;
         let started = Instant::now();
-        self.buffers.matmul_time = Duration::ZERO;
+        self.buffers.projector.matmul_time = Duration::ZERO;
         self.buffers.attention_time = Duration::ZERO;
         self.plan_rows(batch);
         self.embed(batch);
@@ -538,7 +471,8 @@ impl Backend for CpuBackend {
                 out.evictions.push(pending.finish(index));
             }
         }
-        let (matmul, attention) = (self.buffers.matmul_time, self.buffers.attention_time);
+        let b = &self.buffers;
+        let (matmul, attention) = (b.projector.matmul_time, b.attention_time);
         out.profile = ForwardProfile {
             matmul,
             attention,
@@ -548,66 +482,94 @@ impl Backend for CpuBackend {
     }
 }
 
-/// The input rows and output buffer of one projection, for its lookahead deltas.
-struct LoraIo<'a> {
-    x: &'a [f32],
-    x_width: usize,
-    y: &'a mut [f32],
-    y_width: usize,
-}
-
-impl<'a> LoraIo<'a> {
-    fn new(x: &'a [f32], x_width: usize, y: &'a mut [f32], y_width: usize) -> Self {
-        Self {
-            x,
-            x_width,
-            y,
-            y_width,
-        }
-    }
-}
-
-/// Adds each target adapter's delta (at its output column) on the lookahead rows of every
-/// sequence that has them; every other row is left exactly as the base projection made it.
-fn lookahead_lora(
-    sequences: &[SequenceRows],
-    io: LoraIo<'_>,
-    targets: &[(&LoraPair, usize)],
-    scale: f32,
-    scratch: &mut LoraScratch,
-) {
-    for rows in sequences.iter().filter(|r| r.num_lookahead > 0) {
-        let span = rows.lookahead_rows();
-        let x = &io.x[row_span(span.clone(), io.x_width)];
-        let y = &mut io.y[row_span(span, io.y_width)];
-        for &(pair, column) in targets {
-            let out = OutputColumns {
-                y: &mut *y,
-                width: io.y_width,
-                column,
-            };
-            add_lora_delta(x, rows.num_lookahead, pair, scale, out, scratch);
-        }
-    }
-}
-
-/// Runs `f`, adding its wall time to `total`.
-fn timed(total: &mut Duration, f: impl FnOnce()) {
-    let started = Instant::now();
-    f();
-    *total += started.elapsed();
-}
-
 /// Sets `buf` to `len` elements, reusing its allocation.
 fn resize(buf: &mut Vec<f32>, len: usize) {
     buf.resize(len, 0.0);
 }
 
-/// `y = x·Wᵀ + b` into `y` (resized to `[rows, out_features]`).
-fn linear(x: &[f32], rows: usize, layer: &Linear, y: &mut Vec<f32>) {
-    resize(y, rows * layer.out_features);
-    linear::matmul_packed(x, rows, &layer.weight, y);
-    if let Some(bias) = &layer.bias {
-        ops::add_bias(y, bias);
+/// Step 3 of the attention block, row by row: Qwen3's per-head q/k norm, RoPE at the row's
+/// position, K/V into the row's cache slot (a lookahead row's into the side buffer instead, never
+/// the cache), and the query into `b.queries` (`[T, H·D]`).
+fn store_kv(
+    c: &ModelConfig,
+    w: &CpuLayer,
+    rope: &RopeTables,
+    cache: &mut CpuKvCache,
+    b: &mut StepBuffers,
+    l: usize,
+) {
+    let (d, q_width, kv_width) = (
+        c.head_dim,
+        c.num_heads * c.head_dim,
+        c.num_kv_heads * c.head_dim,
+    );
+    let qkv_width = c.qkv_width();
+    resize(&mut b.queries, b.slots.len() * q_width);
+    for (t, slot) in b.slots.iter().enumerate() {
+        let row = &mut b.qkv[t * qkv_width..(t + 1) * qkv_width];
+        let (q, kv) = row.split_at_mut(q_width);
+        let (k, v) = kv.split_at_mut(kv_width);
+        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+            ops::rms_norm_heads_in_place(q, qn, c.rms_norm_eps);
+            ops::rms_norm_heads_in_place(k, kn, c.rms_norm_eps);
+        }
+        q.chunks_mut(d)
+            .for_each(|head| rope.rotate(head, slot.position));
+        k.chunks_mut(d)
+            .for_each(|head| rope.rotate(head, slot.position));
+        match slot.cache {
+            Some(at) => cache.write(l, at.block, at.offset, k, v),
+            None => {
+                let rows = &b.sequences[slot.sequence];
+                let row = t - rows.lookahead_rows().start;
+                b.lookahead_kv.write(rows.lookahead_index, row, k, v);
+            }
+        }
+        b.queries[t * q_width..(t + 1) * q_width].copy_from_slice(q);
     }
+}
+
+/// Step 4 of the attention block: paged attention of `b.queries` over layer `l` of the cache into
+/// `b.attention` (`[T, H·D]`). A row sees its sequence's entries up to its own, minus a compacted
+/// layer's unused tail; a lookahead row also sees the lookahead rows up to its own.
+fn attend(
+    c: &ModelConfig,
+    cache: &CpuKvCache,
+    b: &mut StepBuffers,
+    batch: &ForwardBatch<'_>,
+    l: usize,
+) {
+    let d = c.head_dim;
+    resize(&mut b.attention, b.slots.len() * c.num_heads * d);
+    let shape = AttentionShape {
+        num_heads: c.num_heads,
+        num_kv_heads: c.num_kv_heads,
+        head_dim: d,
+        block_size: cache.geometry().block_size,
+        scale: 1.0 / (d as f32).sqrt(),
+    };
+    let contexts: Vec<QueryContext<'_>> = b
+        .slots
+        .iter()
+        .map(|slot| {
+            let seq = &batch.sequences[slot.sequence];
+            let rows = &b.sequences[slot.sequence];
+            QueryContext {
+                block_table: seq.block_table,
+                num_entries: slot.num_entries,
+                skip: seq.compacted.map_or(0..0, |p| p.layer_kept[l]..p.entries),
+                extra: slot.cache.is_none().then(|| {
+                    let count = slot.position - rows.prompt_len() + 1;
+                    b.lookahead_kv.extra(rows.lookahead_index, count)
+                }),
+            }
+        })
+        .collect();
+    paged_attention(
+        &b.queries,
+        &contexts,
+        cache.layer(l),
+        shape,
+        &mut b.attention,
+    );
 }

@@ -1,0 +1,50 @@
+//! The one linear step of the forward pass: `y = x·Wᵀ + b` over every row of the flat batch (one
+//! GEMM, DESIGN §2), then the lookahead LoRA deltas on lookahead rows only (DESIGN §4).
+
+use std::time::{Duration, Instant};
+
+use super::lora::{LayerLora, LoraScratch};
+use super::ops;
+use super::weights::Linear;
+use super::{linear, resize};
+use crate::lookahead::Projection;
+
+/// The adapters each fused CPU linear adds, in the order its output columns stack them.
+pub const QKV: &[Projection] = &[Projection::Q, Projection::K, Projection::V];
+pub const O: &[Projection] = &[Projection::O];
+pub const GATE_UP: &[Projection] = &[Projection::Gate, Projection::Up];
+pub const DOWN: &[Projection] = &[Projection::Down];
+
+/// Scratch and clock of a pass's projections.
+#[derive(Default)]
+pub struct Projector {
+    lora: LoraScratch,
+    /// Time in GEMMs during the current forward pass.
+    pub matmul_time: Duration,
+}
+
+impl Projector {
+    /// `x [T, in] → y [T, out]` (`y` resized): `y = x·Wᵀ + b`, then, with `lora`, the deltas of
+    /// each of its targets on the lookahead rows.
+    pub fn project(
+        &mut self,
+        x: &[f32],
+        layer: &Linear,
+        y: &mut Vec<f32>,
+        lora: Option<(LayerLora<'_>, &[Projection])>,
+    ) {
+        let in_features = layer.weight.cols();
+        debug_assert_eq!(x.len() % in_features, 0, "x holds whole rows");
+        let rows = x.len() / in_features;
+        let started = Instant::now();
+        resize(y, rows * layer.out_features);
+        linear::matmul_packed(x, rows, &layer.weight, y);
+        if let Some(bias) = &layer.bias {
+            ops::add_bias(y, bias);
+        }
+        self.matmul_time += started.elapsed();
+        if let Some((lora, targets)) = lora {
+            lora.add_deltas(targets, x, y, &mut self.lora);
+        }
+    }
+}
