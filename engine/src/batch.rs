@@ -58,13 +58,32 @@ pub struct SequenceInput<'a> {
     pub compacted: Option<CompactedPrefix<'a>>,
 }
 
-/// The leading cache entries of a sequence that eviction compacted with a different number of
-/// entries per layer: the blocks hold `entries` entries, of which layer `l` uses only the first
-/// `layer_kept[l]`; attention skips `layer_kept[l]..entries` in that layer.
+/// A [`Compaction`] as one pass reads it, borrowed from its owner.
 #[derive(Debug, Clone, Copy)]
 pub struct CompactedPrefix<'a> {
     pub entries: usize,
     pub layer_kept: &'a [usize],
+}
+
+/// The leading cache entries of a sequence that eviction compacted with a different number of
+/// entries per layer: the blocks hold `entries` entries, of which layer `l` uses only the first
+/// `layer_kept[l]`; attention skips `layer_kept[l]..entries` in that layer. Whoever runs the
+/// sequence (the engine loop, [`crate::runner::OfflineRunner`]) keeps it until the sequence ends
+/// or is recomputed, and hands it to every later pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    pub entries: usize,
+    pub layer_kept: Vec<usize>,
+}
+
+impl Compaction {
+    /// The borrowed form a [`SequenceInput`] carries.
+    pub fn as_prefix(&self) -> CompactedPrefix<'_> {
+        CompactedPrefix {
+            entries: self.entries,
+            layer_kept: &self.layer_kept,
+        }
+    }
 }
 
 impl SequenceInput<'_> {
@@ -128,6 +147,16 @@ pub struct SequenceEviction {
 }
 
 impl SequenceEviction {
+    /// What later passes over this sequence must respect, or `None` when every layer kept
+    /// `kept_entries` (the cache then reads as an ordinary one of that many entries).
+    pub fn compaction(&self) -> Option<Compaction> {
+        let uneven = self.layer_kept.iter().any(|&k| k != self.kept_entries);
+        uneven.then(|| Compaction {
+            entries: self.kept_entries,
+            layer_kept: self.layer_kept.clone(),
+        })
+    }
+
     /// Prompt entries dropped, summed over layers and KV heads.
     pub fn evicted_entries(&self) -> usize {
         self.selections

@@ -1,19 +1,23 @@
 //! Driving a few sequences through a backend without a scheduler, for offline jobs — building
 //! training data for the lookahead module, evaluating eviction policies — that run whole
-//! sequences to completion and need their logits (or teacher-forced tokens), not a serving loop.
+//! sequences to completion and need their logits (or teacher-forced tokens), not a serving loop;
+//! and for the engine's own tests, which prove the backend follows block tables by handing blocks
+//! out in a scrambled order ([`OfflineRunner::with_scrambled_blocks`]).
 //!
-//! [`OfflineRunner`] owns a backend and a free list of its blocks; [`RunnerSequence`] is one
-//! sequence's tokens and block table. Blocks are taken as a sequence grows, handed back after an
-//! eviction exactly as the engine loop does (the blocks past the kept entries), and released when
-//! the caller is done with the sequence. The serving path uses the scheduler instead; this one
-//! exists so offline tools exercise the very same forward pass, eviction and compaction code.
+//! [`OfflineRunner`] owns a backend and the scheduler crate's [`BlockAllocator`] over its pool;
+//! [`RunnerSequence`] is one sequence's tokens, [`BlockTable`] and [`Compaction`]. Blocks are
+//! taken as a sequence grows, handed back after an eviction exactly as the engine loop does (the
+//! blocks past the kept entries, through [`BlockTable::release_from`]), and released when the
+//! caller is done with the sequence. The serving path uses the scheduler instead; this one exists
+//! so offline tools exercise the very same forward pass, eviction and compaction code.
 
 use std::sync::Arc;
 
-use crate::backend::Backend;
-use crate::backend::cpu::CpuBackend;
+use glimpse_scheduler::{BlockAllocator, BlockId, BlockTable};
+
+use crate::backend::{self, Backend, Device, KvGeometry};
 use crate::batch::{
-    CompactedPrefix, ForwardBatch, ForwardOutput, LogitsRequest, SequenceEviction, SequenceInput,
+    Compaction, ForwardBatch, ForwardOutput, LogitsRequest, SequenceEviction, SequenceInput,
 };
 use crate::error::{EngineError, Result};
 use crate::eviction::EvictionPolicy;
@@ -28,10 +32,9 @@ pub struct RunnerSequence {
     pub tokens: Vec<u32>,
     /// Cache entries held: `tokens.len()` until an eviction compacts the prompt.
     num_cached: usize,
-    block_table: Vec<u32>,
+    blocks: BlockTable,
     /// Set when an eviction kept a different number of entries per layer (PyramidKV).
-    layer_kept: Option<Vec<usize>>,
-    compacted_entries: usize,
+    compaction: Option<Compaction>,
 }
 
 impl RunnerSequence {
@@ -40,23 +43,36 @@ impl RunnerSequence {
         self.num_cached
     }
 
-    /// Blocks the sequence holds.
-    pub fn num_blocks(&self) -> usize {
-        self.block_table.len()
+    /// The blocks holding the sequence's cache entries, in entry order.
+    pub fn block_table(&self) -> &[BlockId] {
+        self.blocks.as_slice()
     }
+}
+
+/// What [`OfflineRunner::prefill_evicting`] did to a sequence.
+#[derive(Debug)]
+pub struct Evicted {
+    /// What eviction kept, as the backend reported it.
+    pub report: SequenceEviction,
+    /// The sequence's blocks past `ceil(kept_entries / block_size)`, in table order, now back in
+    /// the pool and first in line to be handed out again.
+    pub released_blocks: Vec<BlockId>,
 }
 
 /// A backend plus the bookkeeping a scheduler would do for a handful of sequences.
 pub struct OfflineRunner {
     backend: Box<dyn Backend>,
-    block_size: usize,
-    free: Vec<u32>,
+    allocator: BlockAllocator,
+    /// The block tables of the pass being built, as the backend reads them; reused across passes.
+    tables: Vec<u32>,
     output: ForwardOutput,
 }
 
 impl OfflineRunner {
     /// A CPU runner over `model` with room for `max_entries` cache entries in blocks of
     /// `block_size`, and the lookahead module if the caller evaluates that policy.
+    ///
+    /// Fails with the backend's construction errors.
     pub fn cpu(
         model: &Model,
         block_size: usize,
@@ -64,20 +80,58 @@ impl OfflineRunner {
         lookahead: Option<Arc<LookaheadModule>>,
     ) -> Result<Self> {
         let num_blocks = max_entries.div_ceil(block_size).max(1);
-        let backend = CpuBackend::new(model, block_size, num_blocks, lookahead)?;
-        Ok(Self::new(Box::new(backend)))
+        let backend =
+            backend::create_backend(Device::Cpu, model, block_size, num_blocks, lookahead)?;
+        Ok(Self::new(backend))
     }
 
-    /// A runner over any backend; every block of its pool starts free.
+    /// A runner over any backend; every block of its pool starts free and is handed out in
+    /// ascending order.
     pub fn new(backend: Box<dyn Backend>) -> Self {
-        let geometry = backend.geometry();
-        let (block_size, num_blocks) = (geometry.block_size, geometry.num_blocks);
+        let allocator = BlockAllocator::new(backend.geometry().num_blocks);
         Self {
             backend,
-            block_size,
-            free: (0..num_blocks as u32).rev().collect(),
+            allocator,
+            tables: Vec::new(),
             output: ForwardOutput::default(),
         }
+    }
+
+    /// This runner, handing its blocks out alternately from the two ends of the pool
+    /// (`n−1, 0, n−2, 1, …`), so consecutive blocks of a sequence are never adjacent: tests use
+    /// it to prove the backend follows the block table rather than assuming contiguous blocks.
+    ///
+    /// Panics if a sequence already holds blocks (the caller owes a fresh runner).
+    pub fn with_scrambled_blocks(mut self) -> Self {
+        let num_blocks = self.allocator.num_total();
+        assert_eq!(
+            self.allocator.num_free(),
+            num_blocks,
+            "blocks are scrambled before any is handed out"
+        );
+        let mut order = Vec::with_capacity(num_blocks);
+        let (mut lo, mut hi) = (0, num_blocks as u32);
+        while lo < hi {
+            hi -= 1;
+            order.push(BlockId(hi));
+            if lo < hi {
+                order.push(BlockId(lo));
+                lo += 1;
+            }
+        }
+        // The pool is a stack: take every block, then free them in reverse hand-out order.
+        while self.allocator.allocate().is_some() {}
+        for &block in order.iter().rev() {
+            self.allocator
+                .free(block)
+                .expect("every block of the pool was just taken once");
+        }
+        self
+    }
+
+    /// The shape of the backend's KV pool.
+    pub fn geometry(&self) -> &KvGeometry {
+        self.backend.geometry()
     }
 
     /// The logits of the last pass.
@@ -87,12 +141,12 @@ impl OfflineRunner {
 
     /// Blocks not held by any sequence.
     pub fn num_free_blocks(&self) -> usize {
-        self.free.len()
+        self.allocator.num_free()
     }
 
     /// Gives `sequence`'s blocks back to the pool; the sequence is empty afterwards.
     pub fn release(&mut self, sequence: &mut RunnerSequence) {
-        self.free.extend(sequence.block_table.drain(..).rev());
+        sequence.blocks.release_from(0, &mut self.allocator);
         *sequence = RunnerSequence::default();
     }
 
@@ -100,7 +154,7 @@ impl OfflineRunner {
     /// sequence `i` wants back (see [`Self::output`]).
     ///
     /// Fails with [`EngineError::InvalidBatch`] when the pool has too few free blocks, and with
-    /// the backend's errors; the sequences are unchanged then.
+    /// the backend's errors; the sequences and the pool are unchanged then.
     pub fn step(
         &mut self,
         work: &mut [(&mut RunnerSequence, &[u32], LogitsRequest)],
@@ -110,26 +164,35 @@ impl OfflineRunner {
     }
 
     /// Runs `tokens` as `sequence`'s last prefill chunk with `policy`, then returns the blocks
-    /// past the kept entries to the pool, as the engine loop does. Returns what eviction kept, or
-    /// `None` when the policy left the prompt alone (full cache, or a prompt within budget).
+    /// past the kept entries to the pool, as the engine loop does. Returns what eviction kept and
+    /// released, or `None` when the policy left the prompt alone (full cache, or a prompt within
+    /// budget).
+    ///
+    /// Fails as [`Self::step`] does.
     pub fn prefill_evicting(
         &mut self,
         sequence: &mut RunnerSequence,
         tokens: &[u32],
         logits: LogitsRequest,
         policy: EvictionPolicy,
-    ) -> Result<Option<SequenceEviction>> {
+    ) -> Result<Option<Evicted>> {
         self.run(&mut [(sequence, tokens, logits)], &[Some(policy)])?;
+        debug_assert!(
+            self.output.evictions.len() <= 1,
+            "a pass of one sequence reports at most one eviction"
+        );
         let Some(report) = self.output.evictions.pop() else {
             return Ok(None);
         };
         sequence.num_cached = report.kept_entries;
-        sequence.compacted_entries = report.kept_entries;
-        let uneven = report.layer_kept.iter().any(|&k| k != report.kept_entries);
-        sequence.layer_kept = uneven.then(|| report.layer_kept.clone());
-        let keep = report.kept_entries.div_ceil(self.block_size);
-        self.free.extend(sequence.block_table.drain(keep..).rev());
-        Ok(Some(report))
+        sequence.compaction = report.compaction();
+        let keep = self.geometry().blocks_for(report.kept_entries);
+        let released_blocks = sequence.blocks.as_slice()[keep..].to_vec();
+        sequence.blocks.release_from(keep, &mut self.allocator);
+        Ok(Some(Evicted {
+            report,
+            released_blocks,
+        }))
     }
 
     /// Continues each prompt with its sampler until a stop token (kept in the output) or
@@ -195,44 +258,48 @@ impl OfflineRunner {
         work: &mut [(&mut RunnerSequence, &[u32], LogitsRequest)],
         policies: &[Option<EvictionPolicy>],
     ) -> Result<()> {
+        let geometry = *self.backend.geometry();
+        let missing = |seq: &RunnerSequence, tokens: &[u32]| {
+            geometry
+                .blocks_for(seq.num_cached + tokens.len())
+                .saturating_sub(seq.blocks.len())
+        };
         let needed: usize = work
             .iter()
-            .map(|(seq, tokens, _)| {
-                (seq.num_cached + tokens.len())
-                    .div_ceil(self.block_size)
-                    .saturating_sub(seq.block_table.len())
-            })
+            .map(|(seq, tokens, _)| missing(seq, tokens))
             .sum();
-        if needed > self.free.len() {
+        if !self.allocator.can_allocate(needed) {
             return Err(EngineError::InvalidBatch {
                 message: format!(
                     "the runner's pool has {} free blocks, the pass needs {needed}",
-                    self.free.len()
+                    self.allocator.num_free()
                 ),
             });
         }
-        let taken = self.free.len();
+        let free_before = self.allocator.num_free();
+        self.tables.clear();
+        let mut spans = Vec::with_capacity(work.len());
         for (seq, tokens, _) in work.iter_mut() {
-            while seq.block_table.len() * self.block_size < seq.num_cached + tokens.len() {
-                seq.block_table
-                    .push(self.free.pop().expect("counted above"));
-            }
+            let count = missing(seq, tokens);
+            seq.blocks.grow(count, &mut self.allocator);
+            let start = self.tables.len();
+            self.tables
+                .extend(seq.blocks.as_slice().iter().map(|block| block.0));
+            spans.push(start..self.tables.len());
         }
         let batch = ForwardBatch {
             sequences: work
                 .iter()
                 .zip(policies)
-                .map(|((seq, tokens, logits), policy)| SequenceInput {
+                .zip(spans)
+                .map(|(((seq, tokens, logits), policy), span)| SequenceInput {
                     token_ids: tokens,
                     first_position: seq.tokens.len(),
                     first_cache_entry: seq.num_cached,
-                    block_table: &seq.block_table,
+                    block_table: &self.tables[span],
                     logits: *logits,
                     eviction: *policy,
-                    compacted: seq.layer_kept.as_deref().map(|layer_kept| CompactedPrefix {
-                        entries: seq.compacted_entries,
-                        layer_kept,
-                    }),
+                    compacted: seq.compaction.as_ref().map(Compaction::as_prefix),
                 })
                 .collect(),
         };
@@ -241,11 +308,10 @@ impl OfflineRunner {
         if let Err(e) = result {
             // Hand back the blocks this pass took, so a failed pass changes nothing.
             for (seq, _, _) in work.iter_mut() {
-                let held = seq.num_cached.div_ceil(self.block_size);
-                self.free
-                    .extend(seq.block_table.drain(held.min(seq.block_table.len())..));
+                let held = geometry.blocks_for(seq.num_cached);
+                seq.blocks.release_from(held, &mut self.allocator);
             }
-            debug_assert_eq!(self.free.len(), taken);
+            debug_assert_eq!(self.allocator.num_free(), free_before);
             return Err(e);
         }
         for (seq, tokens, _) in work.iter_mut() {
@@ -253,5 +319,107 @@ impl OfflineRunner {
             seq.num_cached += tokens.len();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::eviction::Policy;
+
+    const BLOCK_SIZE: usize = 4;
+
+    fn runner(num_blocks: usize) -> OfflineRunner {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_gqa");
+        let model = Model::load(&dir).unwrap();
+        OfflineRunner::cpu(&model, BLOCK_SIZE, num_blocks * BLOCK_SIZE, None).unwrap()
+    }
+
+    fn prompt(len: usize) -> Vec<u32> {
+        (1..=len as u32).collect()
+    }
+
+    fn ids(blocks: &[BlockId]) -> Vec<u32> {
+        blocks.iter().map(|block| block.0).collect()
+    }
+
+    #[test]
+    fn scrambled_blocks_come_alternately_from_both_ends_of_the_pool() {
+        let mut runner = runner(6).with_scrambled_blocks();
+        let mut seq = RunnerSequence::default();
+        let tokens = prompt(6 * BLOCK_SIZE);
+        runner
+            .step(&mut [(&mut seq, &tokens, LogitsRequest::Last)])
+            .unwrap();
+        assert_eq!(ids(seq.block_table()), [5, 0, 4, 1, 3, 2]);
+        runner.release(&mut seq);
+        assert_eq!(runner.num_free_blocks(), 6);
+        runner.allocator.check_invariants();
+    }
+
+    #[test]
+    fn eviction_hands_back_the_blocks_past_the_kept_entries_first_in_line() {
+        let mut runner = runner(8);
+        let mut seq = RunnerSequence::default();
+        let policy = EvictionPolicy {
+            policy: Policy::streaming_llm(),
+            budget: 2 * BLOCK_SIZE,
+        };
+        let evicted = runner
+            .prefill_evicting(
+                &mut seq,
+                &prompt(5 * BLOCK_SIZE),
+                LogitsRequest::Last,
+                policy,
+            )
+            .unwrap()
+            .expect("a prompt over budget is evicted");
+        assert_eq!(seq.num_cached(), 2 * BLOCK_SIZE);
+        assert_eq!(ids(seq.block_table()), [0, 1]);
+        assert_eq!(ids(&evicted.released_blocks), [2, 3, 4]);
+        assert_eq!(runner.num_free_blocks(), 6);
+        let mut other = RunnerSequence::default();
+        runner
+            .step(&mut [(&mut other, &prompt(3 * BLOCK_SIZE), LogitsRequest::None)])
+            .unwrap();
+        assert_eq!(other.block_table(), evicted.released_blocks);
+        runner.allocator.check_invariants();
+    }
+
+    #[test]
+    fn a_failed_pass_changes_neither_the_sequence_nor_the_pool() {
+        let mut runner = runner(8);
+        let mut seq = RunnerSequence::default();
+        runner
+            .step(&mut [(&mut seq, &prompt(BLOCK_SIZE + 1), LogitsRequest::None)])
+            .unwrap();
+        // No lookahead module is loaded, so the backend refuses the policy.
+        let policy = EvictionPolicy {
+            policy: Policy::lookahead(),
+            budget: BLOCK_SIZE,
+        };
+        let refused = runner.prefill_evicting(
+            &mut seq,
+            &prompt(3 * BLOCK_SIZE),
+            LogitsRequest::Last,
+            policy,
+        );
+        assert!(refused.is_err());
+        assert_eq!(
+            (seq.tokens.len(), seq.num_cached()),
+            (BLOCK_SIZE + 1, BLOCK_SIZE + 1)
+        );
+        assert_eq!(ids(seq.block_table()), [0, 1]);
+        assert_eq!(runner.num_free_blocks(), 6);
+        let too_long = prompt(8 * BLOCK_SIZE);
+        let mut other = RunnerSequence::default();
+        assert!(matches!(
+            runner.step(&mut [(&mut other, &too_long, LogitsRequest::None)]),
+            Err(EngineError::InvalidBatch { .. })
+        ));
+        assert_eq!(runner.num_free_blocks(), 6);
+        runner.allocator.check_invariants();
     }
 }

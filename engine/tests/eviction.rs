@@ -21,13 +21,14 @@ mod support;
 
 use std::sync::Arc;
 
-use glimpse_engine::backend::Backend;
 use glimpse_engine::batch::LogitsRequest;
 use glimpse_engine::config::ModelConfig;
 use glimpse_engine::eviction::{EvictionPolicy, LayerSelection, Policy, Pool};
 use glimpse_engine::loader::CheckpointTensor;
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::{LinearWeights, Model, ModelWeights, RopeTables};
+use glimpse_engine::runner::{Evicted, OfflineRunner, RunnerSequence};
+use glimpse_scheduler::BlockId;
 use support::*;
 
 /// Largest absolute difference of logits allowed against the reference: DESIGN §3's f32 parity
@@ -259,47 +260,59 @@ fn run_engine(
     first_chunk: Option<usize>,
 ) -> EngineRun {
     let num_blocks = 2 * (prompt.len() + DECODE_STEPS).div_ceil(block_size) + 2;
-    let mut driver =
-        PagedDriver::with_lookahead(model, block_size, num_blocks, Some(Arc::clone(module)));
-    let mut seq = driver.new_sequence();
+    let mut runner = scrambled_runner(model, block_size, num_blocks, Some(Arc::clone(module)));
+    let mut seq = RunnerSequence::default();
     let split = first_chunk.unwrap_or(0);
     if split > 0 {
-        driver.step(&mut [(&mut seq, &prompt[..split], LogitsRequest::None)]);
+        runner
+            .step(&mut [(&mut seq, &prompt[..split], LogitsRequest::None)])
+            .unwrap();
     }
-    let eviction = driver.step_evicting(&mut seq, &prompt[split..], LogitsRequest::Last, policy);
-    let first_logits = driver.output.last_row(0).to_vec();
+    let eviction = runner
+        .prefill_evicting(&mut seq, &prompt[split..], LogitsRequest::Last, policy)
+        .unwrap();
+    let first_logits = runner.output().last_row(0).to_vec();
     let held = eviction
         .as_ref()
         .map_or(prompt.len(), |e| e.report.kept_entries);
     // The sequence holds exactly the blocks of its entries, ceil(held / block_size), and decoding
     // only appends blocks after them.
-    let geometry = *driver.backend.geometry();
-    assert_eq!(seq.num_cached, held);
+    let geometry = *runner.geometry();
+    assert_eq!(seq.num_cached(), held);
     assert_eq!(geometry.blocks_for(held), held.div_ceil(block_size));
-    assert_eq!(seq.block_table.len(), geometry.blocks_for(held));
-    let kept_blocks = seq.block_table.clone();
+    assert_eq!(seq.block_table().len(), geometry.blocks_for(held));
+    let kept_blocks = seq.block_table().to_vec();
     if let Some(evicted) = &eviction {
         assert_eq!(
-            evicted.freed_blocks.len(),
+            evicted.released_blocks.len(),
             prompt.len().div_ceil(block_size) - held.div_ceil(block_size)
         );
-        assert!(!evicted.freed_blocks.is_empty(), "eviction freed no block");
-        overwrite_blocks(&mut driver, &evicted.freed_blocks, model.config.vocab_size);
+        assert!(
+            !evicted.released_blocks.is_empty(),
+            "eviction freed no block"
+        );
+        overwrite_blocks(
+            &mut runner,
+            &evicted.released_blocks,
+            model.config.vocab_size,
+        );
     }
     let mut decoded = Vec::with_capacity(DECODE_STEPS);
     let mut token = argmax(&first_logits);
     for _ in 0..DECODE_STEPS {
-        driver.step(&mut [(&mut seq, &[token], LogitsRequest::Last)]);
-        let logits = driver.output.last_row(0).to_vec();
+        runner
+            .step(&mut [(&mut seq, &[token], LogitsRequest::Last)])
+            .unwrap();
+        let logits = runner.output().last_row(0).to_vec();
         decoded.push((token, logits));
         token = argmax(&decoded.last().unwrap().1);
     }
     // Positions kept counting from the prompt; entries continued after the compacted prefix.
     assert_eq!(seq.tokens.len(), prompt.len() + DECODE_STEPS);
-    assert_eq!(seq.num_cached, held + DECODE_STEPS);
-    assert!(seq.block_table.starts_with(&kept_blocks));
+    assert_eq!(seq.num_cached(), held + DECODE_STEPS);
+    assert!(seq.block_table().starts_with(&kept_blocks));
     assert_eq!(
-        seq.block_table.len(),
+        seq.block_table().len(),
         geometry.blocks_for(held + DECODE_STEPS)
     );
     EngineRun {
@@ -312,11 +325,14 @@ fn run_engine(
 
 /// Has a new sequence take exactly `blocks` (next in line in the pool) and fill them with K/V of
 /// other tokens.
-fn overwrite_blocks(driver: &mut PagedDriver, blocks: &[u32], vocab_size: usize) {
-    let mut other = driver.new_sequence();
-    let tokens = pseudo_random_prompt(vocab_size, blocks.len() * driver.block_size, 99);
-    driver.step(&mut [(&mut other, &tokens, LogitsRequest::None)]);
-    let (mut got, mut want) = (other.block_table.clone(), blocks.to_vec());
+fn overwrite_blocks(runner: &mut OfflineRunner, blocks: &[BlockId], vocab_size: usize) {
+    let mut other = RunnerSequence::default();
+    let block_size = runner.geometry().block_size;
+    let tokens = pseudo_random_prompt(vocab_size, blocks.len() * block_size, 99);
+    runner
+        .step(&mut [(&mut other, &tokens, LogitsRequest::None)])
+        .unwrap();
+    let (mut got, mut want) = (other.block_table().to_vec(), blocks.to_vec());
     got.sort_unstable();
     want.sort_unstable();
     assert_eq!(got, want, "the other sequence took the freed blocks");

@@ -19,8 +19,9 @@ use glimpse_engine::eviction::{
     ScoringRequest, score_prompt,
 };
 use glimpse_engine::model::Model;
+use glimpse_engine::runner::RunnerSequence;
 use serde_json::Value;
-use support::{PagedDriver, fixture_dir};
+use support::{fixture_dir, scrambled_runner};
 
 const MODELS: [&str; 3] = ["llama_gqa", "qwen3_qknorm", "llama3_rope_tied"];
 const BLOCK_SIZES: [usize; 3] = [1, 4, 16];
@@ -168,10 +169,11 @@ fn check_engine(fixture: &Fixture, model: &Model, case: &Value, block_size: usiz
     let label = format!("{} bs={block_size}", label(fixture, case));
     let prompt = fixture.prompt();
     assert_eq!(prompt.len(), fixture.usize("prompt_len"));
-    let mut driver = PagedDriver::new(model, block_size, prompt.len().div_ceil(block_size));
-    let mut seq = driver.new_sequence();
-    let evicted = driver
-        .step_evicting(&mut seq, &prompt, LogitsRequest::Last, case_policy(case))
+    let mut runner = scrambled_runner(model, block_size, prompt.len().div_ceil(block_size), None);
+    let mut seq = RunnerSequence::default();
+    let evicted = runner
+        .prefill_evicting(&mut seq, &prompt, LogitsRequest::Last, case_policy(case))
+        .unwrap()
         .unwrap_or_else(|| panic!("{label}: not evicted"));
     let selections = &evicted.report.selections;
     assert_eq!(selections.len(), fixture.usize("num_layers"), "{label}");

@@ -6,6 +6,7 @@ mod support;
 
 use glimpse_engine::batch::LogitsRequest;
 use glimpse_engine::model::Model;
+use glimpse_engine::runner::{OfflineRunner, RunnerSequence};
 use support::*;
 
 const TOLERANCE: f32 = 1e-4;
@@ -13,8 +14,8 @@ const BLOCK_SIZES: [usize; 3] = [1, 7, 16];
 
 /// Decodes the reference greedy ids one by one, comparing every logits row.
 fn check_decode(
-    driver: &mut PagedDriver,
-    seqs: &mut [DrivenSequence],
+    runner: &mut OfflineRunner,
+    seqs: &mut [RunnerSequence],
     refs: &[PromptReference],
     label: &str,
 ) {
@@ -27,10 +28,10 @@ fn check_decode(
                 .zip(&inputs)
                 .map(|(s, t)| (s, &t[..], LogitsRequest::Last))
                 .collect();
-            driver.step(&mut work);
+            runner.step(&mut work).unwrap();
         }
         for (i, r) in refs.iter().enumerate() {
-            let row = driver.output.last_row(i);
+            let row = runner.output().last_row(i);
             let diff = max_abs_diff(row, &r.decode_logits[step]);
             assert!(
                 diff < TOLERANCE,
@@ -53,18 +54,20 @@ fn each_prompt_alone_matches_transformers_for_every_block_size() {
         for bs in BLOCK_SIZES {
             for (i, r) in refs.iter().enumerate() {
                 let label = format!("{name} bs={bs} prompt {i}");
-                let mut driver = PagedDriver::new(&model, bs, 128);
-                let mut seq = driver.new_sequence();
-                driver.step(&mut [(&mut seq, &r.prompt[..], LogitsRequest::All)]);
+                let mut runner = scrambled_runner(&model, bs, 128, None);
+                let mut seq = RunnerSequence::default();
+                runner
+                    .step(&mut [(&mut seq, &r.prompt[..], LogitsRequest::All)])
+                    .unwrap();
                 for (pos, want) in r.prefill_logits.iter().enumerate() {
-                    let diff = max_abs_diff(driver.output.row(0, pos), want);
+                    let diff = max_abs_diff(runner.output().row(0, pos), want);
                     assert!(
                         diff < TOLERANCE,
                         "{label}: prefill position {pos}: max diff {diff}"
                     );
                 }
                 check_decode(
-                    &mut driver,
+                    &mut runner,
                     std::slice::from_mut(&mut seq),
                     std::slice::from_ref(r),
                     &label,
@@ -81,23 +84,25 @@ fn a_varlen_batch_of_three_matches_transformers() {
         let refs = load_references(&fixture_dir(name));
         for bs in BLOCK_SIZES {
             let label = format!("{name} bs={bs} batch");
-            let mut driver = PagedDriver::new(&model, bs, 256);
-            let mut seqs: Vec<_> = refs.iter().map(|_| driver.new_sequence()).collect();
+            let mut runner = scrambled_runner(&model, bs, 256, None);
+            let mut seqs: Vec<_> = refs.iter().map(|_| RunnerSequence::default()).collect();
             let mut work: Vec<_> = seqs
                 .iter_mut()
                 .zip(&refs)
                 .map(|(s, r)| (s, &r.prompt[..], LogitsRequest::Last))
                 .collect();
-            driver.step(&mut work);
+            runner.step(&mut work).unwrap();
             for (i, r) in refs.iter().enumerate() {
-                let diff =
-                    max_abs_diff(driver.output.last_row(i), r.prefill_logits.last().unwrap());
+                let diff = max_abs_diff(
+                    runner.output().last_row(i),
+                    r.prefill_logits.last().unwrap(),
+                );
                 assert!(
                     diff < TOLERANCE,
                     "{label}: prompt {i} prefill: max diff {diff}"
                 );
             }
-            check_decode(&mut driver, &mut seqs, &refs, &label);
+            check_decode(&mut runner, &mut seqs, &refs, &label);
         }
     }
 }
@@ -109,14 +114,16 @@ fn chunked_prefill_matches_one_shot_prefill() {
     let refs = load_references(&fixture_dir(name));
     let r = refs.iter().max_by_key(|r| r.prompt.len()).unwrap();
     for bs in BLOCK_SIZES {
-        let mut driver = PagedDriver::new(&model, bs, 128);
-        let mut seq = driver.new_sequence();
+        let mut runner = scrambled_runner(&model, bs, 128, None);
+        let mut seq = RunnerSequence::default();
         let mut start = 0;
         for chunk in [3, 9, 1, 100] {
             let end = (start + chunk).min(r.prompt.len());
-            driver.step(&mut [(&mut seq, &r.prompt[start..end], LogitsRequest::All)]);
+            runner
+                .step(&mut [(&mut seq, &r.prompt[start..end], LogitsRequest::All)])
+                .unwrap();
             for (j, pos) in (start..end).enumerate() {
-                let diff = max_abs_diff(driver.output.row(0, j), &r.prefill_logits[pos]);
+                let diff = max_abs_diff(runner.output().row(0, j), &r.prefill_logits[pos]);
                 assert!(
                     diff < TOLERANCE,
                     "bs={bs} chunked prefill position {pos}: max diff {diff}"

@@ -13,6 +13,7 @@ use glimpse_engine::batch::LogitsRequest;
 use glimpse_engine::eviction::{EvictionPolicy, Policy};
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
+use glimpse_engine::runner::{OfflineRunner, RunnerSequence};
 use glimpse_engine::tokenizer::Tokenizer;
 use safetensors::SafeTensors;
 use support::*;
@@ -39,19 +40,23 @@ fn retrieval_model_matches_transformers_on_a_long_needle_prompt() {
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
 
-    let mut driver = PagedDriver::new(&model, 16, 128);
-    let mut seq = driver.new_sequence();
-    driver.step(&mut [(&mut seq, &prompt[..], LogitsRequest::All)]);
+    let mut runner = scrambled_runner(&model, 16, 128, None);
+    let mut seq = RunnerSequence::default();
+    runner
+        .step(&mut [(&mut seq, &prompt[..], LogitsRequest::All)])
+        .unwrap();
     let first = prompt.len() - 16;
     for (i, want) in rows.chunks(vocab).enumerate() {
-        let diff = max_abs_diff(driver.output.row(0, first + i), want);
+        let diff = max_abs_diff(runner.output().row(0, first + i), want);
         assert!(diff < 1e-4, "position {}: max diff {diff}", first + i);
     }
-    let mut generated = vec![argmax(driver.output.last_row(0))];
+    let mut generated = vec![argmax(runner.output().last_row(0))];
     while generated.len() < greedy.len() {
         let next = [*generated.last().unwrap()];
-        driver.step(&mut [(&mut seq, &next[..], LogitsRequest::Last)]);
-        generated.push(argmax(driver.output.last_row(0)));
+        runner
+            .step(&mut [(&mut seq, &next[..], LogitsRequest::Last)])
+            .unwrap();
+        generated.push(argmax(runner.output().last_row(0)));
     }
     assert_eq!(generated, greedy);
 }
@@ -124,10 +129,12 @@ fn held_out_answers_through_the_engine_match_transformers() {
     assert_eq!(sample.len(), 10, "two instances of each of the five tasks");
     for instance in &sample {
         let prompt = tokenizer.encode(&instance.prompt, true).unwrap();
-        let mut driver = PagedDriver::new(&model, 16, (prompt.len() + 64).div_ceil(16));
-        let mut seq = driver.new_sequence();
-        driver.step(&mut [(&mut seq, &prompt[..], LogitsRequest::Last)]);
-        let answer = greedy_answer(&mut driver, &mut seq, &eos);
+        let mut runner = scrambled_runner(&model, 16, (prompt.len() + 64).div_ceil(16), None);
+        let mut seq = RunnerSequence::default();
+        runner
+            .step(&mut [(&mut seq, &prompt[..], LogitsRequest::Last)])
+            .unwrap();
+        let answer = greedy_answer(&mut runner, &mut seq, &eos);
         let text = tokenizer.decode(&answer, true).unwrap();
         assert_eq!(text, instance.transformers_answer, "{}", instance.id);
         let right = instance.answers.iter().all(|a| text.contains(a.as_str()));
@@ -143,15 +150,17 @@ fn held_out_answers_through_the_engine_match_transformers() {
 
 /// Greedy tokens from the logits of the last step on, up to 40 or an end-of-sequence token
 /// (excluded), as `eval_transformers.py` decodes.
-fn greedy_answer(driver: &mut PagedDriver, seq: &mut DrivenSequence, eos: &[u32]) -> Vec<u32> {
+fn greedy_answer(runner: &mut OfflineRunner, seq: &mut RunnerSequence, eos: &[u32]) -> Vec<u32> {
     let mut answer = Vec::new();
     loop {
-        let token = argmax(driver.output.last_row(0));
+        let token = argmax(runner.output().last_row(0));
         if eos.contains(&token) || answer.len() == 40 {
             return answer;
         }
         answer.push(token);
-        driver.step(&mut [(&mut *seq, &[token][..], LogitsRequest::Last)]);
+        runner
+            .step(&mut [(&mut *seq, &[token][..], LogitsRequest::Last)])
+            .unwrap();
     }
 }
 
@@ -180,14 +189,15 @@ fn the_shipped_lookahead_module_keeps_the_needles_at_budget_32() {
     for instance in &sample {
         let prompt = tokenizer.encode(&instance.prompt, true).unwrap();
         let blocks = (prompt.len() + 64).div_ceil(16);
-        let mut driver = PagedDriver::with_lookahead(&model, 16, blocks, Some(Arc::clone(&module)));
-        let mut seq = driver.new_sequence();
-        let evicted = driver
-            .step_evicting(&mut seq, &prompt, LogitsRequest::Last, policy)
+        let mut runner = scrambled_runner(&model, 16, blocks, Some(Arc::clone(&module)));
+        let mut seq = RunnerSequence::default();
+        let evicted = runner
+            .prefill_evicting(&mut seq, &prompt, LogitsRequest::Last, policy)
+            .unwrap()
             .expect("a 2048-token prompt is evicted at budget 32");
         assert_eq!(evicted.report.kept_entries, 32);
-        assert_eq!(seq.block_table.len(), 2);
-        let answer = greedy_answer(&mut driver, &mut seq, &eos);
+        assert_eq!(seq.block_table().len(), 2);
+        let answer = greedy_answer(&mut runner, &mut seq, &eos);
         let text = tokenizer.decode(&answer, true).unwrap();
         assert!(
             instance.answers.iter().all(|a| text.contains(a.as_str())),

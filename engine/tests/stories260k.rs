@@ -5,6 +5,7 @@ mod support;
 
 use glimpse_engine::batch::LogitsRequest;
 use glimpse_engine::model::Model;
+use glimpse_engine::runner::RunnerSequence;
 use serde_json::Value;
 use support::*;
 
@@ -27,9 +28,11 @@ fn prompt_logits_and_greedy_ids_match_golden() {
     for case in golden()["generation_cases"].as_array().unwrap() {
         let prompt = ids(&case["prompt_ids"]);
         let expected = ids(&case["greedy_new_ids"]);
-        let mut driver = PagedDriver::new(&model, 16, 64);
-        let mut seq = driver.new_sequence();
-        driver.step(&mut [(&mut seq, &prompt[..], LogitsRequest::All)]);
+        let mut runner = scrambled_runner(&model, 16, 64, None);
+        let mut seq = RunnerSequence::default();
+        runner
+            .step(&mut [(&mut seq, &prompt[..], LogitsRequest::All)])
+            .unwrap();
         if let Some(rows) = case["logits_prompt_positions"].as_array() {
             for (pos, row) in rows.iter().enumerate() {
                 let want: Vec<f32> = row
@@ -38,7 +41,7 @@ fn prompt_logits_and_greedy_ids_match_golden() {
                     .iter()
                     .map(|x| x.as_f64().unwrap() as f32)
                     .collect();
-                let diff = max_abs_diff(driver.output.row(0, pos), &want);
+                let diff = max_abs_diff(runner.output().row(0, pos), &want);
                 assert!(
                     diff < 1e-4,
                     "{:?} position {pos}: max diff {diff}",
@@ -46,7 +49,7 @@ fn prompt_logits_and_greedy_ids_match_golden() {
                 );
             }
         }
-        let last = driver.output.last_row(0).to_vec();
+        let last = runner.output().last_row(0).to_vec();
         for pair in case["last_position_logits_top5"].as_array().unwrap() {
             let (id, logit) = (
                 pair[0].as_u64().unwrap() as usize,
@@ -61,8 +64,10 @@ fn prompt_logits_and_greedy_ids_match_golden() {
         let mut generated = vec![argmax(&last)];
         while generated.len() < expected.len() {
             let next = [*generated.last().unwrap()];
-            driver.step(&mut [(&mut seq, &next[..], LogitsRequest::Last)]);
-            generated.push(argmax(driver.output.last_row(0)));
+            runner
+                .step(&mut [(&mut seq, &next[..], LogitsRequest::Last)])
+                .unwrap();
+            generated.push(argmax(runner.output().last_row(0)));
         }
         assert_eq!(
             generated, expected,

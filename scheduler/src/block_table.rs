@@ -11,7 +11,7 @@ use crate::ids::BlockId;
 
 /// The blocks of one sequence, cache entry order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct BlockTable {
+pub struct BlockTable {
     blocks: Vec<BlockId>,
 }
 

@@ -41,6 +41,7 @@ mod scheduler;
 mod sequence;
 
 pub use block_allocator::BlockAllocator;
+pub use block_table::BlockTable;
 pub use config::SchedulerConfig;
 pub use error::{Result, SchedulerError};
 pub use ids::{BlockId, SeqId};

@@ -121,7 +121,7 @@ fn training_scores_select_what_the_engine_keeps() {
     let budget = 12;
     let mut runner = OfflineRunner::cpu(&model, 4, 64, Some(Arc::new(module.clone()))).unwrap();
     let mut seq = RunnerSequence::default();
-    let report = runner
+    let evicted = runner
         .prefill_evicting(
             &mut seq,
             &prompt,
@@ -142,7 +142,7 @@ fn training_scores_select_what_the_engine_keeps() {
     // Any answer gives the prompt K/V; only those matter for the prediction.
     let target = AttentionTarget::compute(&frozen, &prompt, &[1]).unwrap();
     let scores = lookahead_scores(&frozen, &trainable, &target).unwrap();
-    for (layer, (predicted, kept)) in scores.iter().zip(&report.selections).enumerate() {
+    for (layer, (predicted, kept)) in scores.iter().zip(&evicted.report.selections).enumerate() {
         let rows: Vec<Vec<f32>> = predicted.to_vec2().unwrap();
         for (head, row) in rows.iter().enumerate() {
             assert_eq!(

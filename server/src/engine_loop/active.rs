@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use glimpse_engine::batch::Compaction;
 use glimpse_engine::eviction::EvictionPolicy;
 use glimpse_engine::sampling::{SampledToken, Sampler};
 use glimpse_engine::tokenizer::{IncrementalDetokenizer, Tokenizer};
@@ -41,9 +42,8 @@ pub struct ActiveRequest {
     pub usage: Usage,
     /// The request's KV eviction policy, resolved against the engine default.
     pub policy: EvictionPolicy,
-    /// After a per-layer-budget eviction (PyramidKV): entries the compacted prefix spans and
-    /// the entries each layer kept, which decode attention must respect.
-    pub compacted: Option<(usize, Vec<usize>)>,
+    /// After a per-layer-budget eviction (PyramidKV): what decode attention must respect.
+    pub compacted: Option<Compaction>,
     /// Time spent scoring, selecting and compacting this request's cache.
     pub eviction_time: std::time::Duration,
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use glimpse_engine::backend::Backend;
 use glimpse_engine::batch::{
-    CompactedPrefix, ForwardBatch, ForwardOutput, ForwardProfile, LogitsRequest, SequenceInput,
+    Compaction, ForwardBatch, ForwardOutput, ForwardProfile, LogitsRequest, SequenceInput,
 };
 use glimpse_engine::eviction::{EvictionPolicy, Policy};
 use glimpse_engine::model::Model;
@@ -291,12 +291,7 @@ impl EngineCore {
             request.usage.kv_entries_kept = eviction.kept_entries;
             request.usage.kv_blocks_freed += outcome.released_blocks;
             request.eviction_time += eviction.time;
-            let uniform = eviction
-                .layer_kept
-                .iter()
-                .all(|&k| k == eviction.kept_entries);
-            request.compacted =
-                (!uniform).then(|| (eviction.kept_entries, eviction.layer_kept.clone()));
+            request.compacted = eviction.compaction();
             report.evictions.push(EvictionReport {
                 policy: request.policy.policy.name(),
                 evicted_tokens: eviction.evicted_tokens(),
@@ -368,12 +363,7 @@ impl EngineCore {
                 block_table: &self.tables[span.clone()],
                 logits: LogitsRequest::Last,
                 eviction: None,
-                compacted: request.compacted.as_ref().map(|(entries, layer_kept)| {
-                    CompactedPrefix {
-                        entries: *entries,
-                        layer_kept,
-                    }
-                }),
+                compacted: request.compacted.as_ref().map(Compaction::as_prefix),
             });
         }
         self.backend

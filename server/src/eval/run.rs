@@ -351,7 +351,7 @@ fn greedy_under(
     }
     Ok(GreedyRun {
         answer,
-        selections: report.map(|r| r.selections),
+        selections: report.map(|evicted| evicted.report.selections),
         prefill_seconds,
     })
 }
