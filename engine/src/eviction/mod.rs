@@ -24,7 +24,9 @@ mod selection;
 #[cfg(test)]
 mod tests;
 
-pub use policy::{EvictionPolicy, Policy, ScoringPlan, ScoringQueries};
+pub use policy::{
+    EvictionPolicy, LookaheadMismatch, Policy, PolicyKind, PolicyKnobs, ScoringPlan, ScoringQueries,
+};
 pub use pooling::{Pool, Pooling, avg_pool1d, max_pool1d, pool1d};
 pub use pyramid::pyramid_budgets;
 pub use scoring::{
