@@ -142,10 +142,18 @@ impl Policy {
 
     /// PyramidKV with SnapKV's defaults and β = 20.
     pub const fn pyramidkv() -> Self {
+        let Policy::SnapKv {
+            window,
+            kernel,
+            pool,
+        } = Policy::snapkv()
+        else {
+            unreachable!()
+        };
         Policy::PyramidKv {
-            window: 32,
-            kernel: 7,
-            pool: Pool::Max,
+            window,
+            kernel,
+            pool,
             beta: 20,
         }
     }
