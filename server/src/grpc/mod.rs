@@ -1,8 +1,9 @@
 //! The `glimpse.v1.Generation` gRPC service. Handlers tokenize, validate with the engine's
 //! validator, submit to the engine thread and forward its events as a stream; they never touch
-//! the model. Every refusal is a [`RequestError`] turned into a status in [`status`]. A dropped stream (client
-//! cancel or disconnect) drops the engine's event receiver, which aborts the request and frees its
-//! blocks at the next step. `grpc-timeout` deadlines cover the whole stream.
+//! the model. Every refusal is a [`RequestError`] turned into a status by [`status_of`]. A
+//! dropped stream (client cancel or disconnect) drops the engine's event receiver, which aborts
+//! the request and frees its blocks at the next step. `grpc-timeout` deadlines cover the whole
+//! stream.
 
 mod convert;
 mod deadline;
