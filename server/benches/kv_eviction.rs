@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use glimpse_engine::backend::{Backend, Device, create_backend};
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
-use glimpse_engine::eviction::{EvictionPolicy, Policy};
+use glimpse_engine::eviction::{EvictionPolicy, PolicyKind, PolicyKnobs};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
 use glimpse_scheduler::{LastChunk, Request, Scheduler, SchedulerConfig, SeqId};
@@ -54,9 +54,7 @@ fn parse_args() -> Args {
     let mut a = Args {
         model: PathBuf::new(),
         lengths: vec![1024, 4096, 8128],
-        policies: ["full", "streaming_llm", "snapkv", "pyramidkv", "lookahead"]
-            .map(String::from)
-            .to_vec(),
+        policies: PolicyKind::ALL.map(|k| k.name().to_owned()).to_vec(),
         budget: 128,
         repeats: 2,
         chunk: 2048,
@@ -88,14 +86,11 @@ fn parse_args() -> Args {
 }
 
 fn policy(name: &str, budget: usize) -> EvictionPolicy {
-    let policy = match name {
-        "full" => return EvictionPolicy::default(),
-        "streaming_llm" => Policy::streaming_llm(),
-        "snapkv" => Policy::snapkv(),
-        "pyramidkv" => Policy::pyramidkv(),
-        "lookahead" => Policy::lookahead(),
-        other => panic!("unknown policy {other}"),
-    };
+    let kind: PolicyKind = name.parse().unwrap_or_else(|e| panic!("{e}"));
+    if kind == PolicyKind::Full {
+        return EvictionPolicy::default();
+    }
+    let policy = kind.with_knobs(PolicyKnobs::default());
     EvictionPolicy { policy, budget }
 }
 

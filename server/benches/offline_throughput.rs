@@ -108,7 +108,8 @@ fn run(
     let start = Instant::now();
     for r in requests {
         let (tx, rx) = unbounded_channel();
-        core.add_request(r.clone(), tx, Instant::now())
+        let valid = core.validator().validate(r.clone()).expect("valid request");
+        core.add_request(valid, tx, Instant::now())
             .expect("request accepted");
         streams.push(rx);
     }

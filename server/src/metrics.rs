@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use glimpse_engine::eviction::PolicyKind;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -110,7 +111,7 @@ pub fn install(addr: SocketAddr, info: &BuildInfo<'_>) -> anyhow::Result<()> {
     for reason in ["stop", "length", "abort"] {
         counter!("glimpse_request_success_total", "finished_reason" => reason).absolute(0);
     }
-    for policy in ["full", "streaming_llm", "snapkv", "pyramidkv", "lookahead"] {
+    for policy in PolicyKind::ALL.map(PolicyKind::name) {
         counter!("glimpse_kv_evicted_tokens_total", "policy" => policy).absolute(0);
         counter!("glimpse_kv_blocks_freed_by_eviction_total", "policy" => policy).absolute(0);
     }

@@ -11,7 +11,8 @@ use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_server::engine_loop::{
-    BatchLimits, EngineCore, GenerationRequest, StopConditions, StreamEvent,
+    BatchLimits, EngineCore, EventSink, GenerationRequest, RequestError, StopConditions,
+    StreamEvent,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -95,12 +96,22 @@ fn drain(events: &mut UnboundedReceiver<StreamEvent>) -> Vec<u32> {
     panic!("stream did not finish")
 }
 
+/// Validates `request` with the engine's validator, then queues it (what a handler does).
+fn add(
+    core: &mut EngineCore,
+    request: GenerationRequest,
+    events: EventSink,
+) -> Result<(), RequestError> {
+    let request = core.validator().validate(request)?;
+    core.add_request(request, events, Instant::now()).map(drop)
+}
+
 /// Runs `requests` together; returns their token ids and the number of preemptions seen.
 fn run_together(core: &mut EngineCore, requests: &[GenerationRequest]) -> (Vec<Vec<u32>>, usize) {
     let mut streams = Vec::new();
     for r in requests {
         let (tx, rx) = unbounded_channel();
-        core.add_request(r.clone(), tx, Instant::now()).unwrap();
+        add(core, r.clone(), tx).unwrap();
         streams.push(rx);
     }
     let mut preemptions = 0;

@@ -9,8 +9,8 @@ use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_server::engine_loop::{
-    self, BatchLimits, EngineCore, FinishReason, FinishedEvent, GenerationRequest, RequestError,
-    StopConditions,
+    self, BatchLimits, EngineCore, EventSink, FinishReason, FinishedEvent, GenerationRequest,
+    RequestError, StopConditions,
 };
 use tokio::sync::mpsc::unbounded_channel;
 
@@ -43,9 +43,19 @@ fn request(tokenizer: &Tokenizer, prompt: &str, stop: StopConditions) -> Generat
     }
 }
 
+/// Validates `request` with the engine's validator, then queues it (what a handler does).
+fn add(
+    core: &mut EngineCore,
+    request: GenerationRequest,
+    events: EventSink,
+) -> Result<(), RequestError> {
+    let request = core.validator().validate(request)?;
+    core.add_request(request, events, Instant::now()).map(drop)
+}
+
 fn run(core: &mut EngineCore, request: GenerationRequest) -> (Vec<u32>, String, FinishedEvent) {
     let (tx, rx) = unbounded_channel();
-    core.add_request(request, tx, Instant::now()).unwrap();
+    add(core, request, tx).unwrap();
     while core.has_work() {
         core.step();
     }
@@ -131,10 +141,10 @@ fn a_stop_token_ends_the_stream_but_not_before_min_tokens() {
 fn a_dropped_stream_is_aborted_and_its_blocks_freed_within_one_step() {
     let (mut core, tokenizer) = core();
     let (tx, rx) = unbounded_channel();
-    core.add_request(
+    add(
+        &mut core,
         request(&tokenizer, "Once upon a time", max_tokens(200)),
         tx,
-        Instant::now(),
     )
     .unwrap();
     core.step();
@@ -152,7 +162,7 @@ fn invalid_requests_are_refused_naming_the_field() {
     let (mut core, tokenizer) = core();
     let mut refuse = |r: GenerationRequest| {
         let (tx, _rx) = unbounded_channel();
-        core.add_request(r, tx, Instant::now()).unwrap_err()
+        add(&mut core, r, tx).unwrap_err()
     };
     let base = request(&tokenizer, "Once upon a time", max_tokens(4));
     let field = |e: RequestError| match e {
@@ -218,11 +228,8 @@ fn the_threaded_loop_serves_concurrent_submissions() {
     let (handle, thread) = engine_loop::spawn(core, ());
     let streams: Vec<_> = (0..8)
         .map(|i| {
-            handle.submit(request(
-                &tokenizer,
-                &format!("Once upon a time {i}"),
-                max_tokens(20),
-            ))
+            let request = request(&tokenizer, &format!("Once upon a time {i}"), max_tokens(20));
+            handle.submit(handle.validator().validate(request).unwrap())
         })
         .collect();
     drop(handle);

@@ -13,8 +13,8 @@ use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_server::engine_loop::{
-    BatchLimits, EngineCore, EvictionSettings, GenerationRequest, RequestError, StopConditions,
-    StreamEvent,
+    BatchLimits, EngineCore, EventSink, EvictionSettings, GenerationRequest, RequestError,
+    StopConditions, StreamEvent,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -61,6 +61,16 @@ fn request(seed: u32, policy: EvictionPolicy, max_tokens: usize) -> GenerationRe
     }
 }
 
+/// Validates `request` with the engine's validator, then queues it (what a handler does).
+fn add(
+    core: &mut EngineCore,
+    request: GenerationRequest,
+    events: EventSink,
+) -> Result<(), RequestError> {
+    let request = core.validator().validate(request)?;
+    core.add_request(request, events, Instant::now()).map(drop)
+}
+
 fn snapkv(budget: usize) -> EvictionPolicy {
     EvictionPolicy {
         policy: Policy::snapkv(),
@@ -94,8 +104,7 @@ fn generated(events: &mut UnboundedReceiver<StreamEvent>) -> (usize, usize) {
 fn the_prefill_step_returns_the_evicted_blocks() {
     let mut core = core(64, false);
     let (tx, mut rx) = unbounded_channel();
-    core.add_request(request(1, snapkv(64), 4), tx, Instant::now())
-        .unwrap();
+    add(&mut core, request(1, snapkv(64), 4), tx).unwrap();
     let report = core.step();
     assert_eq!(report.num_sampled, 1, "the whole prompt fits one step");
     let [eviction] = report.evictions.as_slice() else {
@@ -120,8 +129,7 @@ fn evicting_prompts_run_more_at_once_in_the_same_pool() {
         let mut streams = Vec::new();
         for seed in 0..6 {
             let (tx, rx) = unbounded_channel();
-            core.add_request(request(seed, policy, 8), tx, Instant::now())
-                .unwrap();
+            add(&mut core, request(seed, policy, 8), tx).unwrap();
             streams.push(rx);
         }
         let peak = run_to_idle(&mut core);
@@ -163,8 +171,7 @@ fn every_policy_decodes_to_the_end_on_its_compacted_cache() {
     for (seed, policy) in policies.into_iter().enumerate() {
         let policy = EvictionPolicy { policy, budget: 64 };
         let (tx, rx) = unbounded_channel();
-        core.add_request(request(seed as u32, policy, 40), tx, Instant::now())
-            .unwrap();
+        add(&mut core, request(seed as u32, policy, 40), tx).unwrap();
         streams.push((policy, rx));
     }
     run_to_idle(&mut core);
@@ -184,17 +191,13 @@ fn lookahead_without_a_module_is_refused() {
         policy: Policy::lookahead(),
         budget: 64,
     };
-    let error = core
-        .add_request(request(1, policy, 4), tx, Instant::now())
-        .unwrap_err();
+    let error = add(&mut core, request(1, policy, 4), tx).unwrap_err();
     assert!(
         matches!(error, RequestError::NotConfigured { .. }),
         "{error:?}"
     );
     let (tx, _rx) = unbounded_channel();
-    let error = core
-        .add_request(request(1, snapkv(16), 4), tx, Instant::now())
-        .unwrap_err();
+    let error = add(&mut core, request(1, snapkv(16), 4), tx).unwrap_err();
     assert!(
         matches!(
             error,

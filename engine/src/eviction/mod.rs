@@ -2,7 +2,8 @@
 //! head). DESIGN §4; LookaheadKV (Ahn et al., arXiv 2603.10899) §3.3 "inference"; the baselines
 //! SnapKV, PyramidKV and StreamingLLM as kvpress 0.5.5 implements them (reference §3).
 //!
-//! Owns the policy configuration ([`EvictionPolicy`]), the scoring of a layer's prompt keys by its
+//! Owns the policy list and names ([`PolicyKind::ALL`]), the policy configuration and its defaults
+//! ([`EvictionPolicy`], [`Policy`]'s constructors), the scoring of a layer's prompt keys by its
 //! scoring queries ([`score_prompt`]), pooling, PyramidKV's per-layer budgets and the selection
 //! ([`EvictionPolicy::select_layer`]). Pure functions over f32 slices: it must not know the paged
 //! cache, blocks, the scheduler or compaction. The backend owes it, per layer, the scoring queries
@@ -12,7 +13,9 @@
 //! One prompt, per layer:
 //! 1. `policy.applies_to(n)`? Otherwise keep everything.
 //! 2. `policy.scoring_plan(n)` says which queries to compute (last `window` prompt rows, or the
-//!    lookahead rows) and how to reduce them; `score_prompt` gives [`KvHeadScores`].
+//!    lookahead rows) and how to reduce them; `score_prompt` gives [`KvHeadScores`]. The same
+//!    [`ScoringPlan`] tells the scheduler what the last prefill chunk must hold
+//!    (`min_last_chunk_tokens`, `extra_rows`) and the backend which rows score.
 //! 3. `policy.layer_budgets(n, layers)[l]` and `policy.select_layer(..)` give the kept entries.
 
 mod policy;
@@ -24,7 +27,9 @@ mod selection;
 #[cfg(test)]
 mod tests;
 
-pub use policy::{EvictionPolicy, Policy, ScoringPlan, ScoringQueries};
+pub use policy::{
+    EvictionPolicy, LookaheadMismatch, Policy, PolicyKind, PolicyKnobs, ScoringPlan, ScoringQueries,
+};
 pub use pooling::{Pool, Pooling, avg_pool1d, max_pool1d, pool1d};
 pub use pyramid::pyramid_budgets;
 pub use scoring::{

@@ -1,5 +1,11 @@
-//! Eviction policy configuration: which policy, its knobs, the budget, and what the backend must
-//! compute for it. Validated once, independent of any prompt (STYLE rule 2).
+//! Eviction policy configuration: which policies exist ([`PolicyKind::ALL`], their names), their
+//! knobs and defaults, the budget, and what a prompt's last chunk and the backend must compute for
+//! them ([`ScoringPlan`]). Validated once, independent of any prompt (STYLE rule 2). Adding a
+//! policy touches this module (and the wire enums that name it), nothing that only runs policies.
+
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
 
 use crate::error::{EngineError, Result};
 
@@ -35,6 +41,90 @@ pub enum Policy {
     Lookahead { num_tokens: usize, window: usize },
 }
 
+/// The policies by name, without their knobs: what a CLI flag, a metric label or a wire enum
+/// names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    Full,
+    StreamingLlm,
+    SnapKv,
+    PyramidKv,
+    Lookahead,
+}
+
+impl PolicyKind {
+    /// Every policy, in the order listings show them.
+    pub const ALL: [PolicyKind; 5] = [
+        PolicyKind::Full,
+        PolicyKind::StreamingLlm,
+        PolicyKind::SnapKv,
+        PolicyKind::PyramidKv,
+        PolicyKind::Lookahead,
+    ];
+
+    /// The policy's name, as flags take it and metrics label it
+    /// (`glimpse_kv_evicted_tokens_total{policy}`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Full => "full",
+            PolicyKind::StreamingLlm => "streaming_llm",
+            PolicyKind::SnapKv => "snapkv",
+            PolicyKind::PyramidKv => "pyramidkv",
+            PolicyKind::Lookahead => "lookahead",
+        }
+    }
+
+    /// The policy with its defaults (the constructors of [`Policy`]), each knob given in `knobs`
+    /// overriding its default; knobs the policy does not have are ignored.
+    pub fn with_knobs(self, knobs: PolicyKnobs) -> Policy {
+        let defaults = match self {
+            PolicyKind::Full => Policy::Full,
+            PolicyKind::StreamingLlm => Policy::streaming_llm(),
+            PolicyKind::SnapKv => Policy::snapkv(),
+            PolicyKind::PyramidKv => Policy::pyramidkv(),
+            PolicyKind::Lookahead => Policy::lookahead(),
+        };
+        defaults.with_knobs(knobs)
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PolicyKind {
+    type Err = EngineError;
+
+    /// A policy by its [`name`](PolicyKind::name); the error lists the names.
+    fn from_str(name: &str) -> Result<Self> {
+        PolicyKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.name()).collect();
+                invalid(
+                    "eviction.policy",
+                    format!("must be one of {}, got `{name}`", names.join(", ")),
+                )
+            })
+    }
+}
+
+/// Knobs a request or a flag may set; `None` keeps the policy's default
+/// ([`PolicyKind::with_knobs`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyKnobs {
+    pub sinks: Option<usize>,
+    pub window: Option<usize>,
+    pub kernel: Option<usize>,
+    pub pool: Option<Pool>,
+    pub beta: Option<usize>,
+    /// Lookahead tokens: the loaded module's, never the client's.
+    pub num_tokens: Option<usize>,
+}
+
 impl Policy {
     /// StreamingLLM with 4 sinks.
     pub const fn streaming_llm() -> Self {
@@ -52,10 +142,18 @@ impl Policy {
 
     /// PyramidKV with SnapKV's defaults and β = 20.
     pub const fn pyramidkv() -> Self {
+        let Policy::SnapKv {
+            window,
+            kernel,
+            pool,
+        } = Policy::snapkv()
+        else {
+            unreachable!()
+        };
         Policy::PyramidKv {
-            window: 32,
-            kernel: 7,
-            pool: Pool::Max,
+            window,
+            kernel,
+            pool,
             beta: 20,
         }
     }
@@ -68,14 +166,53 @@ impl Policy {
         }
     }
 
+    /// Which policy this is, without its knobs.
+    pub const fn kind(&self) -> PolicyKind {
+        match self {
+            Policy::Full => PolicyKind::Full,
+            Policy::StreamingLlm { .. } => PolicyKind::StreamingLlm,
+            Policy::SnapKv { .. } => PolicyKind::SnapKv,
+            Policy::PyramidKv { .. } => PolicyKind::PyramidKv,
+            Policy::Lookahead { .. } => PolicyKind::Lookahead,
+        }
+    }
+
     /// The policy's name as metrics label it (`glimpse_kv_evicted_tokens_total{policy}`).
     pub const fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// This policy with each knob given in `knobs` replacing its own.
+    pub fn with_knobs(self, knobs: PolicyKnobs) -> Self {
         match self {
-            Policy::Full => "full",
-            Policy::StreamingLlm { .. } => "streaming_llm",
-            Policy::SnapKv { .. } => "snapkv",
-            Policy::PyramidKv { .. } => "pyramidkv",
-            Policy::Lookahead { .. } => "lookahead",
+            Policy::Full => Policy::Full,
+            Policy::StreamingLlm { sinks } => Policy::StreamingLlm {
+                sinks: knobs.sinks.unwrap_or(sinks),
+            },
+            Policy::SnapKv {
+                window,
+                kernel,
+                pool,
+            } => Policy::SnapKv {
+                window: knobs.window.unwrap_or(window),
+                kernel: knobs.kernel.unwrap_or(kernel),
+                pool: knobs.pool.unwrap_or(pool),
+            },
+            Policy::PyramidKv {
+                window,
+                kernel,
+                pool,
+                beta,
+            } => Policy::PyramidKv {
+                window: knobs.window.unwrap_or(window),
+                kernel: knobs.kernel.unwrap_or(kernel),
+                pool: knobs.pool.unwrap_or(pool),
+                beta: knobs.beta.unwrap_or(beta),
+            },
+            Policy::Lookahead { num_tokens, window } => Policy::Lookahead {
+                num_tokens: knobs.num_tokens.unwrap_or(num_tokens),
+                window: knobs.window.unwrap_or(window),
+            },
         }
     }
 
@@ -129,7 +266,64 @@ pub struct ScoringPlan {
     pub pooling: Option<Pooling>,
 }
 
+impl ScoringPlan {
+    /// Prompt tokens the last prefill chunk must hold: SnapKV and PyramidKV score with the
+    /// queries of the last `window` prompt tokens, which exist only in the pass computing them.
+    pub const fn min_last_chunk_tokens(&self) -> usize {
+        match self.queries {
+            ScoringQueries::PromptWindow { window } => window,
+            ScoringQueries::Lookahead { .. } => 0,
+        }
+    }
+
+    /// Rows the last chunk's pass appends after the prompt: LookaheadKV's lookahead rows.
+    pub const fn extra_rows(&self) -> usize {
+        match self.queries {
+            ScoringQueries::PromptWindow { .. } => 0,
+            ScoringQueries::Lookahead { num_tokens } => num_tokens,
+        }
+    }
+
+    /// Rows of a flat batch whose queries score, for a last chunk whose `num_tokens` token rows
+    /// start at `first_row` and are followed by its [`extra_rows`](Self::extra_rows).
+    pub fn query_rows(&self, first_row: usize, num_tokens: usize) -> Range<usize> {
+        let end = first_row + num_tokens;
+        end - self.min_last_chunk_tokens()..end + self.extra_rows()
+    }
+}
+
+/// Why a policy cannot run with the lookahead module at hand (see
+/// [`EvictionPolicy::check_lookahead_module`]); each caller turns it into its own error kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LookaheadMismatch {
+    /// LookaheadKV without a loaded module.
+    #[error("lookahead needs a lookahead module, and none is loaded")]
+    NotLoaded,
+    /// The module's token count differs from the policy's.
+    #[error("the loaded lookahead module has {loaded} tokens, got {requested}")]
+    TokenCount { loaded: usize, requested: usize },
+}
+
 impl EvictionPolicy {
+    /// Whether the policy can run with a loaded lookahead module of `loaded_tokens` tokens
+    /// (`None`: no module). Only LookaheadKV needs one.
+    pub fn check_lookahead_module(
+        &self,
+        loaded_tokens: Option<usize>,
+    ) -> std::result::Result<(), LookaheadMismatch> {
+        let Policy::Lookahead { num_tokens, .. } = self.policy else {
+            return Ok(());
+        };
+        match loaded_tokens {
+            None => Err(LookaheadMismatch::NotLoaded),
+            Some(loaded) if loaded != num_tokens => Err(LookaheadMismatch::TokenCount {
+                loaded,
+                requested: num_tokens,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Checks the knobs against each other, whatever the prompt. Errors name the field, the limit
     /// and the value given.
     pub fn validate(&self) -> Result<()> {

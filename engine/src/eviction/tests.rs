@@ -496,3 +496,88 @@ fn scoring_rejects_inconsistent_shapes() {
     let policy = snapkv(4, 3, Pool::Max, 8);
     assert!(policy.select_layer(8, 20, 2, None).is_err());
 }
+
+#[test]
+fn every_policy_kind_parses_back_from_its_name_and_builds_its_policy() {
+    for kind in PolicyKind::ALL {
+        assert_eq!(kind.name().parse::<PolicyKind>().unwrap(), kind);
+        let policy = kind.with_knobs(PolicyKnobs::default());
+        assert_eq!((policy.kind(), policy.name()), (kind, kind.name()));
+    }
+    assert_eq!(
+        PolicyKind::SnapKv.with_knobs(PolicyKnobs::default()),
+        Policy::snapkv()
+    );
+    assert!(matches!(
+        "snap".parse::<PolicyKind>(),
+        Err(EngineError::InvalidParameter { field: "eviction.policy", ref message })
+            if message.contains("streaming_llm") && message.ends_with("`snap`")
+    ));
+}
+
+#[test]
+fn knobs_replace_only_the_defaults_they_name() {
+    let knobs = PolicyKnobs {
+        window: Some(8),
+        beta: Some(3),
+        ..PolicyKnobs::default()
+    };
+    assert_eq!(
+        PolicyKind::PyramidKv.with_knobs(knobs),
+        Policy::PyramidKv {
+            window: 8,
+            kernel: 7,
+            pool: Pool::Max,
+            beta: 3
+        }
+    );
+    assert_eq!(
+        PolicyKind::StreamingLlm.with_knobs(knobs),
+        Policy::streaming_llm()
+    );
+}
+
+#[test]
+fn the_scoring_plan_says_what_the_last_chunk_holds() {
+    let window = snapkv(4, 3, Pool::Max, 16).scoring_plan(40).unwrap();
+    assert_eq!(
+        (window.min_last_chunk_tokens(), window.extra_rows()),
+        (4, 0)
+    );
+    assert_eq!(window.query_rows(10, 20), 26..30);
+    let lookahead = EvictionPolicy {
+        policy: Policy::lookahead(),
+        budget: 16,
+    }
+    .scoring_plan(40)
+    .unwrap();
+    assert_eq!(
+        (lookahead.min_last_chunk_tokens(), lookahead.extra_rows()),
+        (0, 32)
+    );
+    assert_eq!(lookahead.query_rows(10, 20), 30..62);
+}
+
+#[test]
+fn only_lookahead_needs_a_matching_module() {
+    let lookahead = EvictionPolicy {
+        policy: Policy::lookahead(),
+        budget: 16,
+    };
+    assert_eq!(
+        lookahead.check_lookahead_module(None),
+        Err(LookaheadMismatch::NotLoaded)
+    );
+    assert_eq!(
+        lookahead.check_lookahead_module(Some(16)),
+        Err(LookaheadMismatch::TokenCount {
+            loaded: 16,
+            requested: 32
+        })
+    );
+    assert_eq!(lookahead.check_lookahead_module(Some(32)), Ok(()));
+    assert_eq!(
+        snapkv(4, 3, Pool::Max, 16).check_lookahead_module(None),
+        Ok(())
+    );
+}

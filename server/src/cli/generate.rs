@@ -99,7 +99,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             skip_special_tokens: true,
             kv_cache: None,
         };
-        request.validate(handle.limits())?;
+        let request = handle.validator().validate(request)?;
         streams.push(handle.submit(request));
     }
     drop(handle);

@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use glimpse_engine::EngineError;
 use glimpse_engine::backend::{Device, create_backend};
-use glimpse_engine::eviction::{EvictionPolicy, Policy};
+use glimpse_engine::eviction::{EvictionPolicy, PolicyKind, PolicyKnobs};
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -91,9 +92,10 @@ pub struct EngineArgs {
     /// Most sequences running at once.
     #[arg(long, default_value_t = 256, env = "GLIMPSE_MAX_NUM_SEQS")]
     pub max_num_seqs: usize,
-    /// KV eviction policy of requests that name none (each policy with DESIGN's defaults).
-    #[arg(long, value_enum, default_value = "full", env = "GLIMPSE_KV_POLICY")]
-    pub kv_policy: KvPolicyArg,
+    /// KV eviction policy of requests that name none, by name (`full`, `snapkv`, ...; each
+    /// policy with DESIGN's defaults).
+    #[arg(long, default_value = "full", value_parser = parse_kv_policy, env = "GLIMPSE_KV_POLICY")]
+    pub kv_policy: PolicyKind,
     /// Prompt entries kept per layer and KV head by requests that set no budget.
     #[arg(long, default_value_t = 256, env = "GLIMPSE_KV_BUDGET")]
     pub kv_budget: usize,
@@ -103,30 +105,10 @@ pub struct EngineArgs {
     pub lookahead_module: Option<PathBuf>,
 }
 
-/// The `--kv-policy` choices.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum KvPolicyArg {
-    Full,
-    StreamingLlm,
-    Snapkv,
-    Pyramidkv,
-    Lookahead,
-}
-
-impl KvPolicyArg {
-    fn policy(self, budget: usize, lookahead_tokens: Option<usize>) -> EvictionPolicy {
-        let policy = match self {
-            Self::Full => return EvictionPolicy::default(),
-            Self::StreamingLlm => Policy::streaming_llm(),
-            Self::Snapkv => Policy::snapkv(),
-            Self::Pyramidkv => Policy::pyramidkv(),
-            Self::Lookahead => Policy::Lookahead {
-                num_tokens: lookahead_tokens.unwrap_or(32),
-                window: 0,
-            },
-        };
-        EvictionPolicy { policy, budget }
-    }
+/// `--kv-policy`: a policy by its name; dashes stand for underscores (`streaming-llm`, as the flag
+/// has always been spelt, or `streaming_llm`, as metrics label it).
+fn parse_kv_policy(name: &str) -> Result<PolicyKind, EngineError> {
+    name.replace('-', "_").parse()
 }
 
 /// A loaded model and tokenizer, and an engine core ready to run.
@@ -183,17 +165,23 @@ impl EngineArgs {
             None => None,
         };
         let lookahead_tokens = lookahead.as_ref().map(|m| m.num_tokens);
+        let policy = self.kv_policy.with_knobs(PolicyKnobs {
+            num_tokens: lookahead_tokens,
+            ..PolicyKnobs::default()
+        });
         let eviction = EvictionSettings {
-            default_policy: self.kv_policy.policy(self.kv_budget, lookahead_tokens),
+            default_policy: EvictionPolicy {
+                policy,
+                budget: self.kv_budget,
+            },
             default_budget: self.kv_budget,
             lookahead_tokens,
         };
-        if let Policy::Lookahead { .. } = eviction.default_policy.policy {
-            anyhow::ensure!(
-                lookahead_tokens.is_some(),
-                "--kv-policy lookahead needs --lookahead-module"
-            );
-        }
+        anyhow::ensure!(
+            eviction.supports(self.kv_policy),
+            "--kv-policy {} needs --lookahead-module",
+            self.kv_policy
+        );
         eviction.default_policy.validate()?;
         let backend = create_backend(device, &model, self.block_size, pool.num_blocks, lookahead)?;
         let limits = BatchLimits {

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use glimpse_engine::eviction::PolicyKind;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_proto::v1;
 use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions};
-use glimpse_server::grpc::{Admission, GenerationService, policy_message};
+use glimpse_server::grpc::{Admission, GenerationService, policy_message, wire_policy};
 use glimpse_server::metrics::{self, BuildInfo, EngineMetrics};
 use tonic::transport::Server;
 
@@ -78,7 +79,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .context("starting the metrics endpoint")?;
-    let eviction = core.request_limits().eviction;
+    let eviction = core.validator().limits().eviction;
     let (engine, engine_thread) = engine_loop::spawn(core, EngineMetrics);
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -102,17 +103,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         num_kv_blocks: geometry.num_blocks as u32,
         kv_cache_bytes: geometry.total_bytes() as u64,
         default_policy: Some(policy_message(eviction.default_policy)),
-        supported_policies: [
-            Some(v1::KvPolicy::Full),
-            Some(v1::KvPolicy::StreamingLlm),
-            Some(v1::KvPolicy::Snapkv),
-            Some(v1::KvPolicy::Pyramidkv),
-            eviction.lookahead_tokens.map(|_| v1::KvPolicy::Lookahead),
-        ]
-        .into_iter()
-        .flatten()
-        .map(Into::into)
-        .collect(),
+        supported_policies: PolicyKind::ALL
+            .into_iter()
+            .filter(|&kind| eviction.supports(kind))
+            .map(|kind| wire_policy(kind).into())
+            .collect(),
         lookahead_loaded: eviction.lookahead_tokens.is_some(),
         lookahead_name: args
             .engine
@@ -127,7 +122,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let service = GenerationService {
         engine: engine.clone(),
         tokenizer: Arc::clone(&tokenizer),
-        generation_defaults: model.generation.clone(),
         model_info,
         admission: Arc::clone(&admission),
     };
@@ -205,6 +199,7 @@ async fn warm_up(
         skip_special_tokens: true,
         kv_cache: None,
     };
+    let request = engine.validator().validate(request)?;
     engine_loop::collect(engine.submit(request)).await?;
     Ok(())
 }

@@ -10,11 +10,10 @@ use glimpse_engine::sampling::{SampledToken, Sampler};
 use glimpse_engine::tokenizer::{IncrementalDetokenizer, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::request::{
-    FinishReason, FinishedEvent, GenerationRequest, RequestError, StopConditions, StreamEvent,
-    Timings, TokenEvent, Usage,
-};
+use super::request::{FinishReason, FinishedEvent, StreamEvent, Timings, TokenEvent, Usage};
 use super::stop::{Matched, StopStringMatcher};
+use crate::error::RequestError;
+use crate::validation::{StopConditions, ValidRequest};
 
 /// Where a request's events go; a closed channel means the client left.
 pub type EventSink = UnboundedSender<StreamEvent>;
@@ -56,8 +55,7 @@ pub enum TokenOutcome {
 
 impl ActiveRequest {
     pub fn new(
-        request: GenerationRequest,
-        policy: EvictionPolicy,
+        request: ValidRequest,
         vocab_size: usize,
         tokenizer: Arc<Tokenizer>,
         events: EventSink,
@@ -94,7 +92,7 @@ impl ActiveRequest {
                 kv_entries_kept: prompt_len,
                 ..Usage::default()
             },
-            policy,
+            policy: request.policy,
             compacted: None,
             eviction_time: std::time::Duration::ZERO,
         })

@@ -14,7 +14,7 @@ use glimpse_engine::backend::Backend;
 use glimpse_engine::batch::{
     Compaction, ForwardBatch, ForwardOutput, ForwardProfile, LogitsRequest, SequenceInput,
 };
-use glimpse_engine::eviction::{EvictionPolicy, Policy};
+use glimpse_engine::eviction::EvictionPolicy;
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_scheduler::{
@@ -23,9 +23,9 @@ use glimpse_scheduler::{
 };
 
 use super::active::{ActiveRequest, EventSink, TokenOutcome};
-use super::request::{
-    EvictionSettings, FinishReason, GenerationRequest, RequestError, RequestLimits, Timings, Usage,
-};
+use super::request::{FinishReason, Timings, Usage};
+use crate::error::RequestError;
+use crate::validation::{EvictionSettings, RequestLimits, ValidRequest, Validator};
 
 /// Batching limits of the loop (vLLM's names and defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +90,7 @@ pub struct EngineCore {
     scheduler: Scheduler,
     tokenizer: Arc<Tokenizer>,
     eos_token_ids: Vec<u32>,
-    limits: RequestLimits,
+    validator: Validator,
     requests: HashMap<SeqId, ActiveRequest>,
     next_seq: u64,
     plan: Plan,
@@ -122,11 +122,14 @@ impl EngineCore {
             scheduler,
             tokenizer,
             eos_token_ids: model.eos_token_ids(),
-            limits: RequestLimits {
-                vocab_size: model.config.vocab_size,
-                max_model_len: model.config.max_model_len,
-                eviction,
-            },
+            validator: Validator::new(
+                RequestLimits {
+                    vocab_size: model.config.vocab_size,
+                    max_model_len: model.config.max_model_len,
+                    eviction,
+                },
+                model.generation.clone(),
+            ),
             requests: HashMap::new(),
             next_seq: 0,
             plan: Plan::default(),
@@ -136,36 +139,9 @@ impl EngineCore {
         })
     }
 
-    /// Limits every request is validated against.
-    pub fn request_limits(&self) -> RequestLimits {
-        self.limits
-    }
-
-    /// The request's policy (or the default), checked against what this engine can run.
-    fn resolve_policy(&self, request: &GenerationRequest) -> Result<EvictionPolicy, RequestError> {
-        let policy = request
-            .kv_cache
-            .unwrap_or(self.limits.eviction.default_policy);
-        policy.validate().map_err(RequestError::from_engine)?;
-        if let Policy::Lookahead { num_tokens, .. } = policy.policy {
-            match self.limits.eviction.lookahead_tokens {
-                None => {
-                    return Err(RequestError::NotConfigured {
-                        message: "the lookahead policy needs a lookahead module; this server was started without one (--lookahead-module)".into(),
-                    });
-                }
-                Some(loaded) if loaded != num_tokens => {
-                    return Err(RequestError::InvalidParameter {
-                        field: "kv_cache.num_tokens",
-                        message: format!(
-                            "the loaded lookahead module has {loaded} tokens, got {num_tokens}"
-                        ),
-                    });
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(policy)
+    /// The validator of this engine's requests (its limits, its model's sampling defaults).
+    pub fn validator(&self) -> &Validator {
+        &self.validator
     }
 
     pub fn scheduler(&self) -> &Scheduler {
@@ -181,23 +157,21 @@ impl EngineCore {
         !self.requests.is_empty()
     }
 
-    /// Validates and queues a request; its events go to `events`. On refusal the error is
-    /// returned (and nothing is sent).
+    /// Queues a validated request; its events go to `events`. When the scheduler refuses it
+    /// (it cannot fit the KV pool) the error is returned and nothing is sent.
     pub fn add_request(
         &mut self,
-        request: GenerationRequest,
+        request: ValidRequest,
         events: EventSink,
         arrival: Instant,
     ) -> Result<SeqId, RequestError> {
-        request.validate(self.limits)?;
-        let policy = self.resolve_policy(&request)?;
         let seq = SeqId(self.next_seq);
         self.scheduler
             .add(Request {
                 id: seq,
                 num_prompt_tokens: request.prompt_ids.len(),
                 max_tokens: request.stop.max_tokens,
-                last_chunk: last_chunk_needs(policy, request.prompt_ids.len()),
+                last_chunk: last_chunk_needs(request.policy, request.prompt_ids.len()),
             })
             .map_err(|e| RequestError::TooLong {
                 message: e.to_string(),
@@ -205,8 +179,7 @@ impl EngineCore {
         self.next_seq += 1;
         let active = ActiveRequest::new(
             request,
-            policy,
-            self.limits.vocab_size,
+            self.validator.limits().vocab_size,
             Arc::clone(&self.tokenizer),
             events,
             arrival,
@@ -460,23 +433,15 @@ fn planned_seqs(plan: &Plan) -> impl Iterator<Item = SeqId> + '_ {
     prefills.chain(plan.decodes.iter().map(|d| d.seq))
 }
 
-/// What the last prefill chunk of a prompt of `prompt_len` tokens must hold under `policy`:
-/// SnapKV and PyramidKV score with the window's queries, LookaheadKV adds its rows.
+/// What the last prefill chunk of a prompt of `prompt_len` tokens must hold under `policy`, as
+/// its scoring plan says (nothing when the prompt is not evicted or needs no scores).
 fn last_chunk_needs(policy: EvictionPolicy, prompt_len: usize) -> LastChunk {
-    if !policy.applies_to(prompt_len) {
-        return LastChunk::default();
-    }
-    match policy.policy {
-        Policy::SnapKv { window, .. } | Policy::PyramidKv { window, .. } => LastChunk {
-            min_tokens: window,
-            extra_rows: 0,
-        },
-        Policy::Lookahead { num_tokens, .. } => LastChunk {
-            min_tokens: 0,
-            extra_rows: num_tokens,
-        },
-        Policy::Full | Policy::StreamingLlm { .. } => LastChunk::default(),
-    }
+    policy
+        .scoring_plan(prompt_len)
+        .map_or_else(LastChunk::default, |plan| LastChunk {
+            min_tokens: plan.min_last_chunk_tokens(),
+            extra_rows: plan.extra_rows(),
+        })
 }
 
 /// Keeps a sequence below `min_tokens` from choosing a token that would stop it.

@@ -1,6 +1,6 @@
 //! The engine loop: one OS thread owns the model, the KV pool and the scheduler ([`EngineCore`]);
-//! everything else talks to it through an [`EngineHandle`] (STYLE rule 9). Handlers validate, then
-//! submit a request with its own event channel; the loop drains new submissions with `try_recv`
+//! everything else talks to it through an [`EngineHandle`] (STYLE rule 9). Handlers validate with
+//! the engine's [`Validator`], then submit the [`ValidRequest`] with its own event channel; the loop drains new submissions with `try_recv`
 //! every step and sleeps in `blocking_recv` when idle. A stream whose receiver is dropped is
 //! aborted at the next step and its blocks freed.
 
@@ -9,15 +9,17 @@ mod core;
 mod request;
 mod stop;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender, error::TryRecvError};
 
 pub use self::active::EventSink;
 pub use self::core::{BatchLimits, CompletedRequest, EngineCore, EvictionReport, StepReport};
-pub use self::request::{
-    EvictionSettings, FinishReason, FinishedEvent, GenerationRequest, RequestError, RequestLimits,
-    StopConditions, StreamEvent, Timings, TokenEvent, Usage,
+pub use self::request::{FinishReason, FinishedEvent, StreamEvent, Timings, TokenEvent, Usage};
+pub use crate::error::RequestError;
+pub use crate::validation::{
+    EvictionSettings, GenerationRequest, RequestLimits, StopConditions, ValidRequest, Validator,
 };
 
 /// Something that wants to know what every step did (metrics, benchmarks).
@@ -31,7 +33,7 @@ impl StepObserver for () {
 
 enum Command {
     Submit {
-        request: GenerationRequest,
+        request: ValidRequest,
         events: EventSink,
         arrival: Instant,
     },
@@ -41,13 +43,13 @@ enum Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     commands: UnboundedSender<Command>,
-    limits: RequestLimits,
+    validator: Arc<Validator>,
 }
 
 impl EngineHandle {
     /// Submits a request; its events arrive on the returned receiver, ending with `Finished` or
     /// `Error`. Dropping the receiver aborts the request.
-    pub fn submit(&self, request: GenerationRequest) -> UnboundedReceiver<StreamEvent> {
+    pub fn submit(&self, request: ValidRequest) -> UnboundedReceiver<StreamEvent> {
         self.submit_at(request, Instant::now())
     }
 
@@ -55,7 +57,7 @@ impl EngineHandle {
     /// are measured from it, e.g. from gRPC receipt).
     pub fn submit_at(
         &self,
-        request: GenerationRequest,
+        request: ValidRequest,
         arrival: Instant,
     ) -> UnboundedReceiver<StreamEvent> {
         let (events, receiver) = mpsc::unbounded_channel();
@@ -70,9 +72,9 @@ impl EngineHandle {
         receiver
     }
 
-    /// Limits requests are validated against (for early validation in handlers).
-    pub fn limits(&self) -> RequestLimits {
-        self.limits
+    /// The engine's validator: requests are validated with it before they are submitted.
+    pub fn validator(&self) -> &Validator {
+        &self.validator
     }
 }
 
@@ -82,12 +84,18 @@ pub fn spawn(
     observer: impl StepObserver + 'static,
 ) -> (EngineHandle, std::thread::JoinHandle<()>) {
     let (commands, receiver) = mpsc::unbounded_channel();
-    let limits = core.request_limits();
+    let validator = Arc::new(core.validator().clone());
     let thread = std::thread::Builder::new()
         .name("glimpse-engine".into())
         .spawn(move || run(core, receiver, observer))
         .expect("the engine thread starts");
-    (EngineHandle { commands, limits }, thread)
+    (
+        EngineHandle {
+            commands,
+            validator,
+        },
+        thread,
+    )
 }
 
 fn run(

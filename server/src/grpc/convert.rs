@@ -1,49 +1,47 @@
-//! Raw `glimpse.v1` requests become validated engine requests here, once; every refusal names the
-//! field, the limit and the value (TGI's `validation.rs` habit). Engine results become wire messages.
+//! `glimpse.v1` messages to and from the server's own types: a `GenerateRequest` becomes a
+//! [`RawRequest`] for the one validator (only wire enums are decoded here), engine results become
+//! wire messages. Refusals are [`RequestError`]s naming the field and the value.
 
-use glimpse_engine::config::GenerationConfig;
-use glimpse_engine::eviction::{EvictionPolicy, Policy, Pool};
-use glimpse_engine::sampling::SamplingParams;
+use glimpse_engine::eviction::{EvictionPolicy, Policy, PolicyKind, PolicyKnobs, Pool};
 use glimpse_engine::tokenizer::{ChatMessage, Tokenizer};
 use glimpse_proto::v1;
-use tonic::Status;
 
-use crate::engine_loop::{
-    EvictionSettings, FinishReason, FinishedEvent, GenerationRequest, RequestError, RequestLimits,
-    StopConditions, TokenEvent,
-};
+use crate::engine_loop::{FinishReason, FinishedEvent, TokenEvent};
+use crate::error::RequestError;
+use crate::validation::{RawPolicy, RawRequest, RawSampling};
 
 /// The prompt of a request, tokenized.
 pub fn prompt_ids(
     tokenizer: &Tokenizer,
     input: Option<&v1::generate_request::Input>,
     add_special_tokens: Option<bool>,
-) -> Result<Vec<u32>, Status> {
+) -> Result<Vec<u32>, RequestError> {
     use v1::generate_request::Input;
-    let invalid = |e: glimpse_engine::EngineError| Status::invalid_argument(e.to_string());
     match input {
         Some(Input::Text(text)) => tokenizer
             .encode(text, add_special_tokens.unwrap_or(true))
-            .map_err(invalid),
+            .map_err(RequestError::malformed),
         Some(Input::TokenIds(ids)) => Ok(ids.ids.clone()),
         Some(Input::Chat(chat)) => {
             let text = render_chat(tokenizer, chat)?;
             tokenizer
                 .encode(&text, add_special_tokens.unwrap_or(false))
-                .map_err(invalid)
+                .map_err(RequestError::malformed)
         }
-        None => Err(Status::invalid_argument(
-            "invalid `input`: set one of `text`, `token_ids` or `chat`",
-        )),
+        None => Err(RequestError::InvalidParameter {
+            field: "input",
+            message: "set one of `text`, `token_ids` or `chat`".into(),
+        }),
     }
 }
 
 /// Renders a conversation with the model's chat template.
-pub fn render_chat(tokenizer: &Tokenizer, chat: &v1::ChatMessages) -> Result<String, Status> {
+pub fn render_chat(tokenizer: &Tokenizer, chat: &v1::ChatMessages) -> Result<String, RequestError> {
     if chat.messages.is_empty() {
-        return Err(Status::invalid_argument(
-            "invalid `chat.messages`: at least one message is needed",
-        ));
+        return Err(RequestError::InvalidParameter {
+            field: "chat.messages",
+            message: "at least one message is needed".into(),
+        });
     }
     let messages: Vec<ChatMessage> = chat
         .messages
@@ -52,112 +50,90 @@ pub fn render_chat(tokenizer: &Tokenizer, chat: &v1::ChatMessages) -> Result<Str
         .collect();
     tokenizer
         .render_chat(&messages, chat.add_generation_prompt.unwrap_or(true))
-        .map_err(|e| Status::invalid_argument(format!("invalid `chat`: {e}")))
+        .map_err(|e| RequestError::InvalidParameter {
+            field: "chat",
+            message: e.to_string(),
+        })
 }
 
-/// Builds and validates the engine request for `raw`, whose prompt is `prompt_ids`.
-pub fn generation_request(
+/// The validator's view of `raw`, whose prompt is `prompt_ids`.
+pub fn raw_request(
     raw: &v1::GenerateRequest,
     prompt_ids: Vec<u32>,
-    defaults: &GenerationConfig,
-    limits: RequestLimits,
-) -> Result<GenerationRequest, Status> {
-    let kv_cache = eviction_policy(raw.kv_cache.as_ref(), limits.eviction)?;
+) -> Result<RawRequest, RequestError> {
+    let kv_cache = raw.kv_cache.as_ref().map(raw_policy).transpose()?;
     let s = raw.sampling.unwrap_or_default();
-    let sampling = SamplingParams {
-        temperature: s.temperature.or(defaults.temperature).unwrap_or(1.0),
-        top_k: s.top_k.or(defaults.top_k.map(|k| k as u32)).unwrap_or(0),
-        top_p: s.top_p.or(defaults.top_p).unwrap_or(1.0),
-        min_p: s.min_p.unwrap_or(0.0),
-        repetition_penalty: s.repetition_penalty.unwrap_or(1.0),
-        presence_penalty: s.presence_penalty.unwrap_or(0.0),
-        frequency_penalty: s.frequency_penalty.unwrap_or(0.0),
-        seed: s.seed,
-        logprobs: (s.logprobs || s.top_logprobs > 0).then_some(s.top_logprobs as usize),
-    };
-    let room = limits.max_model_len.saturating_sub(prompt_ids.len()).max(1);
-    let request = GenerationRequest {
-        stop: StopConditions {
-            max_tokens: raw.max_tokens.map_or(room, |m| m as usize),
-            min_tokens: raw.min_tokens as usize,
-            stop_strings: raw.stop.clone(),
-            stop_token_ids: raw.stop_token_ids.clone(),
-            ignore_eos: raw.ignore_eos,
-        },
+    Ok(RawRequest {
         prompt_ids,
-        sampling,
-        skip_special_tokens: raw.skip_special_tokens.unwrap_or(true),
+        sampling: RawSampling {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repetition_penalty: s.repetition_penalty,
+            presence_penalty: s.presence_penalty,
+            frequency_penalty: s.frequency_penalty,
+            seed: s.seed,
+            logprobs: (s.logprobs || s.top_logprobs > 0).then_some(s.top_logprobs as usize),
+        },
+        max_tokens: raw.max_tokens.map(|m| m as usize),
+        min_tokens: raw.min_tokens as usize,
+        stop_strings: raw.stop.clone(),
+        stop_token_ids: raw.stop_token_ids.clone(),
+        ignore_eos: raw.ignore_eos,
+        skip_special_tokens: raw.skip_special_tokens,
         kv_cache,
-    };
-    request.validate(limits).map_err(status_of)?;
-    Ok(request)
+    })
 }
 
-/// The request's KV policy, or `None` for the server default. Unset knobs take the policy's
-/// defaults (DESIGN §4) and an unset budget the server's; the engine validates the result
-/// (budget, window below budget, ...) and whether LookaheadKV is loaded.
-fn eviction_policy(
-    raw: Option<&v1::KvCachePolicy>,
-    settings: EvictionSettings,
-) -> Result<Option<EvictionPolicy>, Status> {
-    let Some(p) = raw else { return Ok(None) };
-    let kind = v1::KvPolicy::try_from(p.policy).map_err(|_| {
-        Status::invalid_argument(format!(
-            "invalid `kv_cache.policy`: unknown value {}",
-            p.policy
-        ))
-    })?;
-    let default = settings.default_policy;
+/// The request's KV policy with its wire enums decoded; the validator resolves the rest.
+fn raw_policy(p: &v1::KvCachePolicy) -> Result<RawPolicy, RequestError> {
+    let unknown = |field, value: i32| RequestError::InvalidParameter {
+        field,
+        message: format!("unknown value {value}"),
+    };
+    let kind =
+        v1::KvPolicy::try_from(p.policy).map_err(|_| unknown("kv_cache.policy", p.policy))?;
     let pool = match v1::PoolKind::try_from(p.pool) {
-        Ok(v1::PoolKind::Unspecified | v1::PoolKind::Max) => Pool::Max,
-        Ok(v1::PoolKind::Avg) => Pool::Avg,
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "invalid `kv_cache.pool`: unknown value {}",
-                p.pool
-            )));
-        }
+        Ok(v1::PoolKind::Unspecified) => None,
+        Ok(v1::PoolKind::Max) => Some(Pool::Max),
+        Ok(v1::PoolKind::Avg) => Some(Pool::Avg),
+        Err(_) => return Err(unknown("kv_cache.pool", p.pool)),
     };
-    let window = |default: usize| p.window.map_or(default, |w| w as usize);
-    let kernel = p.pool_kernel.map_or(7, |k| k as usize);
-    let policy = match kind {
-        v1::KvPolicy::Unspecified => default.policy,
-        v1::KvPolicy::Full => Policy::Full,
-        v1::KvPolicy::StreamingLlm => Policy::StreamingLlm {
-            sinks: p.sinks.map_or(4, |s| s as usize),
-        },
-        v1::KvPolicy::Snapkv => Policy::SnapKv {
-            window: window(32),
-            kernel,
+    Ok(RawPolicy {
+        kind: policy_kind(kind),
+        budget: p.budget.map(|b| b as usize),
+        knobs: PolicyKnobs {
+            sinks: p.sinks.map(|s| s as usize),
+            window: p.window.map(|w| w as usize),
+            kernel: p.pool_kernel.map(|k| k as usize),
             pool,
+            ..PolicyKnobs::default()
         },
-        v1::KvPolicy::Pyramidkv => Policy::PyramidKv {
-            window: window(32),
-            kernel,
-            pool,
-            beta: beta(p.beta)?,
-        },
-        v1::KvPolicy::Lookahead => Policy::Lookahead {
-            num_tokens: settings.lookahead_tokens.unwrap_or(32),
-            window: window(0),
-        },
-    };
-    let budget = match (p.budget, kind) {
-        (Some(budget), _) => budget as usize,
-        (None, v1::KvPolicy::Unspecified) if default.budget > 0 => default.budget,
-        (None, _) => settings.default_budget,
-    };
-    Ok(Some(EvictionPolicy { policy, budget }))
+        beta: p.beta,
+    })
 }
 
-/// PyramidKV's β is a whole number of steps (kvpress takes an int); the wire carries a float.
-fn beta(raw: Option<f32>) -> Result<usize, Status> {
-    match raw {
-        None => Ok(20),
-        Some(b) if b >= 1.0 && b.fract() == 0.0 && b <= 1e6 => Ok(b as usize),
-        Some(b) => Err(Status::invalid_argument(format!(
-            "invalid `kv_cache.beta`: must be a whole number of at least 1, got {b}"
-        ))),
+/// A wire policy as the engine names it (`None`: unspecified, the server's default).
+fn policy_kind(kind: v1::KvPolicy) -> Option<PolicyKind> {
+    match kind {
+        v1::KvPolicy::Unspecified => None,
+        v1::KvPolicy::Full => Some(PolicyKind::Full),
+        v1::KvPolicy::StreamingLlm => Some(PolicyKind::StreamingLlm),
+        v1::KvPolicy::Snapkv => Some(PolicyKind::SnapKv),
+        v1::KvPolicy::Pyramidkv => Some(PolicyKind::PyramidKv),
+        v1::KvPolicy::Lookahead => Some(PolicyKind::Lookahead),
+    }
+}
+
+/// The wire name of an engine policy.
+pub fn wire_policy(kind: PolicyKind) -> v1::KvPolicy {
+    match kind {
+        PolicyKind::Full => v1::KvPolicy::Full,
+        PolicyKind::StreamingLlm => v1::KvPolicy::StreamingLlm,
+        PolicyKind::SnapKv => v1::KvPolicy::Snapkv,
+        PolicyKind::PyramidKv => v1::KvPolicy::Pyramidkv,
+        PolicyKind::Lookahead => v1::KvPolicy::Lookahead,
     }
 }
 
@@ -171,12 +147,9 @@ pub fn policy_message(policy: EvictionPolicy) -> v1::KvCachePolicy {
         Pool::Max => v1::PoolKind::Max,
         Pool::Avg => v1::PoolKind::Avg,
     };
-    let kind = match policy.policy {
-        Policy::Full => v1::KvPolicy::Full,
-        Policy::StreamingLlm { sinks } => {
-            message.sinks = Some(sinks as u32);
-            v1::KvPolicy::StreamingLlm
-        }
+    match policy.policy {
+        Policy::Full => {}
+        Policy::StreamingLlm { sinks } => message.sinks = Some(sinks as u32),
         Policy::SnapKv {
             window,
             kernel,
@@ -184,7 +157,6 @@ pub fn policy_message(policy: EvictionPolicy) -> v1::KvCachePolicy {
         } => {
             (message.window, message.pool_kernel) = (Some(window as u32), Some(kernel as u32));
             message.pool = pool_kind(pool).into();
-            v1::KvPolicy::Snapkv
         }
         Policy::PyramidKv {
             window,
@@ -195,27 +167,11 @@ pub fn policy_message(policy: EvictionPolicy) -> v1::KvCachePolicy {
             (message.window, message.pool_kernel) = (Some(window as u32), Some(kernel as u32));
             message.pool = pool_kind(pool).into();
             message.beta = Some(beta as f32);
-            v1::KvPolicy::Pyramidkv
         }
-        Policy::Lookahead { window, .. } => {
-            message.window = Some(window as u32);
-            v1::KvPolicy::Lookahead
-        }
-    };
-    message.policy = kind.into();
-    message
-}
-
-/// The gRPC status for a refused or failed request (the one place this mapping lives).
-pub fn status_of(error: RequestError) -> Status {
-    match error {
-        RequestError::InvalidParameter { .. } | RequestError::TooLong { .. } => {
-            Status::invalid_argument(error.to_string())
-        }
-        RequestError::NotConfigured { .. } => Status::failed_precondition(error.to_string()),
-        RequestError::Internal { .. } => Status::internal(error.to_string()),
-        RequestError::ShuttingDown => Status::unavailable(error.to_string()),
+        Policy::Lookahead { window, .. } => message.window = Some(window as u32),
     }
+    message.policy = wire_policy(policy.policy.kind()).into();
+    message
 }
 
 /// A streamed token as a wire chunk.

@@ -3,20 +3,22 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::Status;
 use tonic::metadata::MetadataMap;
 
+use crate::error::RequestError;
+
 /// The deadline a client set, if any; a malformed header is refused.
-pub fn from_metadata(metadata: &MetadataMap) -> Result<Option<Instant>, Status> {
+pub fn from_metadata(metadata: &MetadataMap) -> Result<Option<Instant>, RequestError> {
     let Some(value) = metadata.get("grpc-timeout") else {
         return Ok(None);
     };
+    let malformed = |message: String| RequestError::Malformed { message };
     let text = value
         .to_str()
-        .map_err(|_| Status::invalid_argument("invalid `grpc-timeout` header"))?;
+        .map_err(|_| malformed("invalid `grpc-timeout` header".into()))?;
     parse(text)
         .map(|d| Some(Instant::now() + d))
-        .ok_or_else(|| Status::invalid_argument(format!("invalid `grpc-timeout` header `{text}`")))
+        .ok_or_else(|| malformed(format!("invalid `grpc-timeout` header `{text}`")))
 }
 
 fn parse(text: &str) -> Option<Duration> {

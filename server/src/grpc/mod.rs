@@ -1,17 +1,18 @@
-//! The `glimpse.v1.Generation` gRPC service. Handlers validate and tokenize, submit to the engine
-//! thread and forward its events as a stream; they never touch the model. A dropped stream (client
-//! cancel or disconnect) drops the engine's event receiver, which aborts the request and frees its
-//! blocks at the next step. `grpc-timeout` deadlines cover the whole stream.
+//! The `glimpse.v1.Generation` gRPC service. Handlers tokenize, validate with the engine's
+//! validator, submit to the engine thread and forward its events as a stream; they never touch
+//! the model. Every refusal is a [`RequestError`] turned into a status by [`status_of`]. A
+//! dropped stream (client cancel or disconnect) drops the engine's event receiver, which aborts
+//! the request and frees its blocks at the next step. `grpc-timeout` deadlines cover the whole
+//! stream.
 
 mod convert;
-
 mod deadline;
+mod status;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use glimpse_engine::config::GenerationConfig;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_proto::v1::{self, generation_server::Generation};
 use tokio::sync::mpsc;
@@ -19,9 +20,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::engine_loop::{EngineHandle, StreamEvent};
-use crate::metrics::record_error;
+use crate::error::RequestError;
+use status::refused;
 
-pub use convert::{policy_message, status_of};
+pub use convert::{policy_message, wire_policy};
+pub use status::status_of;
 
 /// Admission control shared by the handlers: a bounded number of requests in flight and a
 /// draining flag set at shutdown.
@@ -51,17 +54,16 @@ impl Admission {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    fn try_admit(self: &Arc<Self>) -> Result<AdmissionGuard, Status> {
+    fn try_admit(self: &Arc<Self>) -> Result<AdmissionGuard, RequestError> {
         if self.draining.load(Ordering::SeqCst) {
-            return Err(Status::unavailable("the server is shutting down"));
+            return Err(RequestError::Draining);
         }
         let previous = self.in_flight.fetch_add(1, Ordering::SeqCst);
         if previous >= self.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(Status::resource_exhausted(format!(
-                "the server is at its limit of {} requests in flight (running + waiting); retry later",
-                self.max_in_flight
-            )));
+            return Err(RequestError::AtCapacity {
+                max_in_flight: self.max_in_flight,
+            });
         }
         Ok(AdmissionGuard(Arc::clone(self)))
     }
@@ -80,28 +82,8 @@ impl Drop for AdmissionGuard {
 pub struct GenerationService {
     pub engine: EngineHandle,
     pub tokenizer: Arc<Tokenizer>,
-    pub generation_defaults: GenerationConfig,
     pub model_info: v1::ModelInfo,
     pub admission: Arc<Admission>,
-}
-
-/// Counts the error by code and passes it on.
-fn counted(status: Status) -> Status {
-    record_error(code_label(status.code()));
-    status
-}
-
-fn code_label(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        InvalidArgument => "INVALID_ARGUMENT",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Unavailable => "UNAVAILABLE",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Unimplemented => "UNIMPLEMENTED",
-        Cancelled => "CANCELLED",
-        _ => "INTERNAL",
-    }
 }
 
 type GenerateStream = ReceiverStream<Result<v1::GenerateResponse, Status>>;
@@ -115,20 +97,15 @@ impl Generation for GenerationService {
         request: Request<v1::GenerateRequest>,
     ) -> Result<Response<GenerateStream>, Status> {
         let arrival = Instant::now();
-        let deadline = deadline::from_metadata(request.metadata()).map_err(counted)?;
+        let deadline = deadline::from_metadata(request.metadata()).map_err(refused)?;
         let raw = request.into_inner();
-        let guard = self.admission.try_admit().map_err(counted)?;
-        let prompt =
+        let guard = self.admission.try_admit().map_err(refused)?;
+        let engine_request =
             convert::prompt_ids(&self.tokenizer, raw.input.as_ref(), raw.add_special_tokens)
-                .map_err(counted)?;
-        let engine_request = convert::generation_request(
-            &raw,
-            prompt,
-            &self.generation_defaults,
-            self.engine.limits(),
-        )
-        .map_err(counted)?;
-        let stop_token_ids = engine_request.stop.stop_token_ids.clone();
+                .and_then(|prompt| convert::raw_request(&raw, prompt))
+                .and_then(|request| self.engine.validator().validate_raw(request))
+                .map_err(refused)?;
+        let stop_token_ids = engine_request.stop().stop_token_ids.clone();
         let mut events = self.engine.submit_at(engine_request, arrival);
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -139,11 +116,7 @@ impl Generation for GenerationService {
                     Some(at) => match tokio::time::timeout_at(at.into(), events.recv()).await {
                         Ok(event) => event,
                         Err(_) => {
-                            let _ = tx
-                                .send(Err(counted(Status::deadline_exceeded(
-                                    "the request's deadline passed",
-                                ))))
-                                .await;
+                            let _ = tx.send(Err(refused(RequestError::DeadlineExceeded))).await;
                             return;
                         }
                     },
@@ -176,15 +149,11 @@ impl Generation for GenerationService {
                         return;
                     }
                     Some(StreamEvent::Error(e)) => {
-                        let _ = tx.send(Err(counted(status_of(e)))).await;
+                        let _ = tx.send(Err(refused(e))).await;
                         return;
                     }
                     None => {
-                        let _ = tx
-                            .send(Err(counted(Status::internal(
-                                "the engine dropped the request",
-                            ))))
-                            .await;
+                        let _ = tx.send(Err(refused(RequestError::Dropped))).await;
                         return;
                     }
                 };
@@ -207,17 +176,18 @@ impl Generation for GenerationService {
                 .tokenizer
                 .encode(text, raw.add_special_tokens.unwrap_or(true)),
             Some(v1::tokenize_request::Input::Chat(chat)) => {
-                let text = convert::render_chat(&self.tokenizer, chat).map_err(counted)?;
+                let text = convert::render_chat(&self.tokenizer, chat).map_err(refused)?;
                 self.tokenizer
                     .encode(&text, raw.add_special_tokens.unwrap_or(false))
             }
             None => {
-                return Err(counted(Status::invalid_argument(
-                    "invalid `input`: set `text` or `chat`",
-                )));
+                return Err(refused(RequestError::InvalidParameter {
+                    field: "input",
+                    message: "set `text` or `chat`".into(),
+                }));
             }
         }
-        .map_err(|e| counted(Status::invalid_argument(e.to_string())))?;
+        .map_err(|e| refused(RequestError::malformed(e)))?;
         let token_strings = if raw.return_token_strings {
             ids.iter()
                 .map(|&id| self.tokenizer.id_to_token(id).unwrap_or_default())
@@ -236,16 +206,17 @@ impl Generation for GenerationService {
         request: Request<v1::DetokenizeRequest>,
     ) -> Result<Response<v1::DetokenizeResponse>, Status> {
         let raw = request.into_inner();
-        let vocab = self.engine.limits().vocab_size;
+        let vocab = self.engine.validator().limits().vocab_size;
         if let Some(bad) = raw.token_ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(counted(Status::invalid_argument(format!(
-                "invalid `token_ids`: {bad} is outside the vocabulary of {vocab} tokens"
-            ))));
+            return Err(refused(RequestError::InvalidParameter {
+                field: "token_ids",
+                message: format!("{bad} is outside the vocabulary of {vocab} tokens"),
+            }));
         }
         let text = self
             .tokenizer
             .decode(&raw.token_ids, raw.skip_special_tokens.unwrap_or(true))
-            .map_err(|e| counted(Status::invalid_argument(e.to_string())))?;
+            .map_err(|e| refused(RequestError::malformed(e)))?;
         Ok(Response::new(v1::DetokenizeResponse { text }))
     }
 

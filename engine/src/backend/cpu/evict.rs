@@ -54,21 +54,15 @@ impl PendingEviction {
 
     /// Lookahead rows the pass must append after the prompt (0 unless LookaheadKV).
     pub fn lookahead_rows(&self) -> usize {
-        match self.scoring.map(|plan| plan.queries) {
-            Some(ScoringQueries::Lookahead { num_tokens }) => num_tokens,
-            _ => 0,
-        }
+        self.scoring.map_or(0, |plan| plan.extra_rows())
     }
 
     /// Rows of the flat batch whose queries score, for a sequence whose `num_tokens` token rows
     /// start at `first_row` (empty when the policy needs no scores).
     pub fn scoring_rows(&self, first_row: usize, num_tokens: usize) -> Range<usize> {
         let end = first_row + num_tokens;
-        match self.scoring.map(|plan| plan.queries) {
-            Some(ScoringQueries::PromptWindow { window }) => end - window..end,
-            Some(ScoringQueries::Lookahead { num_tokens }) => end..end + num_tokens,
-            None => end..end,
-        }
+        self.scoring
+            .map_or(end..end, |plan| plan.query_rows(first_row, num_tokens))
     }
 
     /// Scores, selects and compacts `layer` of the sequence with `block_table`.

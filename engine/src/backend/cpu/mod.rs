@@ -39,7 +39,7 @@ use super::{Backend, KvGeometry};
 use crate::batch::{ForwardBatch, ForwardOutput, ForwardProfile, RowRange, SequenceInput};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::eviction::{EvictionPolicy, HeadLayout, ScoringQueries};
+use crate::eviction::{EvictionPolicy, HeadLayout, LookaheadMismatch};
 use crate::lookahead::LookaheadModule;
 use crate::model::{Model, RopeTables};
 
@@ -217,36 +217,26 @@ impl CpuBackend {
                 "sequence {i}: eviction needs a cache that was never compacted (entries = positions)"
             ));
         }
-        let prompt_len = seq.num_entries_after();
-        match policy.scoring_plan(prompt_len).map(|plan| plan.queries) {
-            Some(ScoringQueries::PromptWindow { window }) if window > seq.token_ids.len() => {
-                bad(format!(
-                    "sequence {i}: the last prefill chunk holds {} tokens, fewer than the scoring window of {window}",
-                    seq.token_ids.len()
-                ))
-            }
-            Some(ScoringQueries::Lookahead { num_tokens }) => {
-                let module =
-                    self.lookahead
-                        .as_ref()
-                        .ok_or_else(|| EngineError::InvalidParameter {
-                            field: "eviction.policy",
-                            message: "lookahead needs a lookahead module, and none is loaded"
-                                .into(),
-                        })?;
-                if module.num_tokens != num_tokens {
-                    return Err(EngineError::InvalidParameter {
-                        field: "eviction.num_tokens",
-                        message: format!(
-                            "the loaded lookahead module has {} tokens, got {num_tokens}",
-                            module.num_tokens
-                        ),
-                    });
-                }
-                Ok(())
-            }
-            _ => Ok(()),
+        let Some(plan) = policy.scoring_plan(seq.num_entries_after()) else {
+            return Ok(());
+        };
+        let window = plan.min_last_chunk_tokens();
+        if window > seq.token_ids.len() {
+            return bad(format!(
+                "sequence {i}: the last prefill chunk holds {} tokens, fewer than the scoring window of {window}",
+                seq.token_ids.len()
+            ));
         }
+        let loaded = self.lookahead.as_ref().map(|module| module.num_tokens);
+        policy
+            .check_lookahead_module(loaded)
+            .map_err(|mismatch| EngineError::InvalidParameter {
+                field: match mismatch {
+                    LookaheadMismatch::NotLoaded => "eviction.policy",
+                    LookaheadMismatch::TokenCount { .. } => "eviction.num_tokens",
+                },
+                message: mismatch.to_string(),
+            })
     }
 
     /// Lays out the flat batch: each sequence's token rows, followed by its lookahead rows if

@@ -1,0 +1,442 @@
+//! The one request validator, for every wire format (TGI's `router/src/validation.rs`). A request
+//! as a wire carries it ([`RawRequest`]: knobs optional) or as an in-process caller builds it
+//! ([`GenerationRequest`]: everything set) becomes a [`ValidRequest`] here and nowhere else:
+//! sampling resolved against the model's `generation_config.json`, the KV policy against the
+//! server's default and the loaded lookahead module, every limit checked. Refusals are
+//! [`RequestError`]s naming the field, the limit and the value. The engine loop takes only
+//! [`ValidRequest`]s; it must not know any wire format, and this module must not know the loop.
+
+use glimpse_engine::config::GenerationConfig;
+use glimpse_engine::eviction::{EvictionPolicy, LookaheadMismatch, PolicyKind, PolicyKnobs};
+use glimpse_engine::sampling::SamplingParams;
+
+use crate::error::RequestError;
+
+/// When a sequence stops, besides running out of `max_tokens`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopConditions {
+    /// Generated tokens at most (≥ 1).
+    pub max_tokens: usize,
+    /// EOS, stop tokens and stop strings are ignored before this many tokens.
+    pub min_tokens: usize,
+    /// Text that ends generation; it is cut from the output.
+    pub stop_strings: Vec<String>,
+    /// Extra token ids that end generation (kept in the output, like EOS).
+    pub stop_token_ids: Vec<u32>,
+    /// Keep generating through the model's EOS tokens.
+    pub ignore_eos: bool,
+}
+
+impl Default for StopConditions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 16,
+            min_tokens: 0,
+            stop_strings: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// A generation request as an in-process caller builds it: a tokenized prompt and how to sample
+/// and stop, not yet validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    pub prompt_ids: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub stop: StopConditions,
+    pub skip_special_tokens: bool,
+    /// KV eviction for this request; `None` takes the engine's default policy.
+    pub kv_cache: Option<EvictionPolicy>,
+}
+
+/// A request the [`Validator`] accepted: every limit checked and the KV policy resolved. Only the
+/// validator makes one, so the engine loop trusts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRequest {
+    pub(crate) prompt_ids: Vec<u32>,
+    pub(crate) sampling: SamplingParams,
+    pub(crate) stop: StopConditions,
+    pub(crate) skip_special_tokens: bool,
+    /// The request's policy, or the engine's default; checked against the loaded module.
+    pub(crate) policy: EvictionPolicy,
+}
+
+impl ValidRequest {
+    /// When the request stops.
+    pub fn stop(&self) -> &StopConditions {
+        &self.stop
+    }
+}
+
+/// A generation request as a wire format carries it: a tokenized prompt, every setting optional.
+/// Unset settings take the model's or the server's defaults in [`Validator::validate_raw`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawRequest {
+    pub prompt_ids: Vec<u32>,
+    pub sampling: RawSampling,
+    /// `None`: as many tokens as the model's length leaves after the prompt.
+    pub max_tokens: Option<usize>,
+    pub min_tokens: usize,
+    pub stop_strings: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// `None`: skipped.
+    pub skip_special_tokens: Option<bool>,
+    /// `None`: the engine's default policy.
+    pub kv_cache: Option<RawPolicy>,
+}
+
+/// Sampling settings as a wire carries them; unset ones take `generation_config.json`'s values,
+/// then [`SamplingParams::default`]'s.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RawSampling {
+    pub temperature: Option<f32>,
+    pub top_k: Option<u32>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    /// Log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
+}
+
+/// A KV policy as a wire carries it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RawPolicy {
+    /// `None`: the engine's default policy, knobs and all.
+    pub kind: Option<PolicyKind>,
+    /// `None`: the engine's default budget.
+    pub budget: Option<usize>,
+    /// Knobs the request sets; `beta` and `num_tokens` are the validator's to fill.
+    pub knobs: PolicyKnobs,
+    /// PyramidKV's β, a whole number carried as a float (kvpress takes an int).
+    pub beta: Option<f32>,
+}
+
+/// Limits a request is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub vocab_size: usize,
+    pub max_model_len: usize,
+    pub eviction: EvictionSettings,
+}
+
+/// KV eviction settings of the whole engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EvictionSettings {
+    /// The policy of requests that name none.
+    pub default_policy: EvictionPolicy,
+    /// The budget of requests that name a policy but no budget.
+    pub default_budget: usize,
+    /// Lookahead tokens of the loaded LookaheadKV module; `None` when no module is loaded, so
+    /// the lookahead policy is refused.
+    pub lookahead_tokens: Option<usize>,
+}
+
+impl EvictionSettings {
+    /// Whether requests may name `kind` (LookaheadKV needs a loaded module).
+    pub fn supports(&self, kind: PolicyKind) -> bool {
+        kind != PolicyKind::Lookahead || self.lookahead_tokens.is_some()
+    }
+}
+
+/// Turns requests into [`ValidRequest`]s against one engine's limits and one model's defaults.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    limits: RequestLimits,
+    generation_defaults: GenerationConfig,
+}
+
+impl Validator {
+    pub fn new(limits: RequestLimits, generation_defaults: GenerationConfig) -> Self {
+        Self {
+            limits,
+            generation_defaults,
+        }
+    }
+
+    /// Limits every request is checked against.
+    pub fn limits(&self) -> RequestLimits {
+        self.limits
+    }
+
+    /// Resolves a wire request's unset settings, then validates it as [`Self::validate`] does.
+    pub fn validate_raw(&self, raw: RawRequest) -> Result<ValidRequest, RequestError> {
+        let kv_cache = raw.kv_cache.map(|p| self.policy(p)).transpose()?;
+        let room = self
+            .limits
+            .max_model_len
+            .saturating_sub(raw.prompt_ids.len())
+            .max(1);
+        self.validate(GenerationRequest {
+            sampling: self.sampling(raw.sampling),
+            stop: StopConditions {
+                max_tokens: raw.max_tokens.unwrap_or(room),
+                min_tokens: raw.min_tokens,
+                stop_strings: raw.stop_strings,
+                stop_token_ids: raw.stop_token_ids,
+                ignore_eos: raw.ignore_eos,
+            },
+            prompt_ids: raw.prompt_ids,
+            skip_special_tokens: raw.skip_special_tokens.unwrap_or(true),
+            kv_cache,
+        })
+    }
+
+    /// Checks a request against the limits and resolves its policy (the default when it names
+    /// none), which must suit the loaded lookahead module.
+    pub fn validate(&self, request: GenerationRequest) -> Result<ValidRequest, RequestError> {
+        self.check_limits(&request)?;
+        let policy = self.resolve_policy(request.kv_cache)?;
+        Ok(ValidRequest {
+            prompt_ids: request.prompt_ids,
+            sampling: request.sampling,
+            stop: request.stop,
+            skip_special_tokens: request.skip_special_tokens,
+            policy,
+        })
+    }
+
+    fn sampling(&self, s: RawSampling) -> SamplingParams {
+        let (model, fallback) = (&self.generation_defaults, SamplingParams::default());
+        SamplingParams {
+            temperature: s
+                .temperature
+                .or(model.temperature)
+                .unwrap_or(fallback.temperature),
+            top_k: s
+                .top_k
+                .or(model.top_k.map(|k| k as u32))
+                .unwrap_or(fallback.top_k),
+            top_p: s.top_p.or(model.top_p).unwrap_or(fallback.top_p),
+            min_p: s.min_p.unwrap_or(fallback.min_p),
+            repetition_penalty: s.repetition_penalty.unwrap_or(fallback.repetition_penalty),
+            presence_penalty: s.presence_penalty.unwrap_or(fallback.presence_penalty),
+            frequency_penalty: s.frequency_penalty.unwrap_or(fallback.frequency_penalty),
+            seed: s.seed,
+            logprobs: s.logprobs,
+        }
+    }
+
+    /// The request's policy: unset knobs take the policy's defaults (its constructor), the
+    /// lookahead token count the loaded module's, an unset budget the server's.
+    fn policy(&self, raw: RawPolicy) -> Result<EvictionPolicy, RequestError> {
+        let settings = self.limits.eviction;
+        let default = settings.default_policy;
+        let policy = match raw.kind {
+            None => default.policy,
+            Some(kind) => kind.with_knobs(PolicyKnobs {
+                // Like every knob, β is ignored by the policies without one, malformed or not.
+                beta: match kind {
+                    PolicyKind::PyramidKv => beta(raw.beta)?,
+                    _ => None,
+                },
+                num_tokens: settings.lookahead_tokens,
+                ..raw.knobs
+            }),
+        };
+        let budget = match (raw.budget, raw.kind) {
+            (Some(budget), _) => budget,
+            (None, None) if default.budget > 0 => default.budget,
+            (None, _) => settings.default_budget,
+        };
+        Ok(EvictionPolicy { policy, budget })
+    }
+
+    /// The request's policy (or the default), checked against what this engine can run.
+    fn resolve_policy(
+        &self,
+        requested: Option<EvictionPolicy>,
+    ) -> Result<EvictionPolicy, RequestError> {
+        let policy = requested.unwrap_or(self.limits.eviction.default_policy);
+        policy.validate().map_err(RequestError::from_engine)?;
+        policy
+            .check_lookahead_module(self.limits.eviction.lookahead_tokens)
+            .map_err(|mismatch| match mismatch {
+                LookaheadMismatch::NotLoaded => RequestError::NotConfigured {
+                    message: "the lookahead policy needs a lookahead module; this server was started without one (--lookahead-module)".into(),
+                },
+                LookaheadMismatch::TokenCount { .. } => RequestError::InvalidParameter {
+                    field: "kv_cache.num_tokens",
+                    message: mismatch.to_string(),
+                },
+            })?;
+        Ok(policy)
+    }
+
+    /// Everything that does not depend on the engine's momentary state.
+    fn check_limits(&self, request: &GenerationRequest) -> Result<(), RequestError> {
+        let limits = self.limits;
+        let invalid =
+            |field, message: String| Err(RequestError::InvalidParameter { field, message });
+        if request.prompt_ids.is_empty() {
+            return invalid("prompt", "the prompt has no tokens".into());
+        }
+        if let Some(&bad) = request
+            .prompt_ids
+            .iter()
+            .find(|&&t| t as usize >= limits.vocab_size)
+        {
+            return invalid(
+                "prompt",
+                format!(
+                    "token id {bad} is outside the vocabulary of {} tokens",
+                    limits.vocab_size
+                ),
+            );
+        }
+        let stop = &request.stop;
+        if stop.max_tokens == 0 {
+            return invalid("max_tokens", "must be at least 1, got 0".into());
+        }
+        if stop.min_tokens > stop.max_tokens {
+            return invalid(
+                "min_tokens",
+                format!(
+                    "must not exceed max_tokens ({}), got {}",
+                    stop.max_tokens, stop.min_tokens
+                ),
+            );
+        }
+        if stop.stop_strings.iter().any(String::is_empty) {
+            return invalid("stop", "stop strings must not be empty".into());
+        }
+        if let Some(&bad) = stop
+            .stop_token_ids
+            .iter()
+            .find(|&&t| t as usize >= limits.vocab_size)
+        {
+            return invalid(
+                "stop_token_ids",
+                format!(
+                    "token id {bad} is outside the vocabulary of {} tokens",
+                    limits.vocab_size
+                ),
+            );
+        }
+        request
+            .sampling
+            .validate()
+            .map_err(RequestError::from_engine)?;
+        let total = request.prompt_ids.len() + stop.max_tokens;
+        if total > limits.max_model_len {
+            return Err(RequestError::TooLong {
+                message: format!(
+                    "prompt ({} tokens) + max_tokens ({}) = {total} exceeds the model's maximum length of {} tokens",
+                    request.prompt_ids.len(),
+                    stop.max_tokens,
+                    limits.max_model_len
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// PyramidKV's β is a whole number of steps; the wire carries a float.
+fn beta(raw: Option<f32>) -> Result<Option<usize>, RequestError> {
+    match raw {
+        None => Ok(None),
+        Some(b) if b >= 1.0 && b.fract() == 0.0 && b <= 1e6 => Ok(Some(b as usize)),
+        Some(b) => Err(RequestError::InvalidParameter {
+            field: "kv_cache.beta",
+            message: format!("must be a whole number of at least 1, got {b}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use glimpse_engine::eviction::{Policy, Pool};
+
+    use super::*;
+
+    fn validator(lookahead_tokens: Option<usize>) -> Validator {
+        let limits = RequestLimits {
+            vocab_size: 512,
+            max_model_len: 512,
+            eviction: EvictionSettings {
+                default_budget: 64,
+                lookahead_tokens,
+                ..EvictionSettings::default()
+            },
+        };
+        let defaults = GenerationConfig {
+            temperature: Some(0.5),
+            ..GenerationConfig::default()
+        };
+        Validator::new(limits, defaults)
+    }
+
+    fn raw(kv_cache: Option<RawPolicy>) -> RawRequest {
+        RawRequest {
+            prompt_ids: vec![1, 2, 3],
+            kv_cache,
+            ..RawRequest::default()
+        }
+    }
+
+    #[test]
+    fn unset_settings_take_the_model_and_policy_defaults() {
+        let valid = validator(None)
+            .validate_raw(raw(Some(RawPolicy {
+                kind: Some(PolicyKind::PyramidKv),
+                knobs: PolicyKnobs {
+                    pool: Some(Pool::Avg),
+                    ..PolicyKnobs::default()
+                },
+                ..RawPolicy::default()
+            })))
+            .unwrap();
+        assert_eq!(valid.sampling.temperature, 0.5);
+        assert_eq!(valid.sampling.top_p, SamplingParams::default().top_p);
+        assert_eq!(valid.stop.max_tokens, 509, "the room the prompt leaves");
+        let Policy::PyramidKv { pool, .. } = valid.policy.policy else {
+            panic!("{:?}", valid.policy);
+        };
+        assert_eq!(
+            valid.policy.policy,
+            Policy::pyramidkv().with_knobs(PolicyKnobs {
+                pool: Some(pool),
+                ..PolicyKnobs::default()
+            })
+        );
+        assert_eq!((pool, valid.policy.budget), (Pool::Avg, 64));
+    }
+
+    #[test]
+    fn lookahead_takes_the_module_token_count_or_is_refused_without_one() {
+        let lookahead = raw(Some(RawPolicy {
+            kind: Some(PolicyKind::Lookahead),
+            ..RawPolicy::default()
+        }));
+        let valid = validator(Some(16)).validate_raw(lookahead.clone()).unwrap();
+        assert!(matches!(
+            valid.policy.policy,
+            Policy::Lookahead { num_tokens: 16, .. }
+        ));
+        assert!(matches!(
+            validator(None).validate_raw(lookahead),
+            Err(RequestError::NotConfigured { .. })
+        ));
+    }
+
+    #[test]
+    fn a_fractional_beta_is_refused_naming_it() {
+        let error = validator(None)
+            .validate_raw(raw(Some(RawPolicy {
+                kind: Some(PolicyKind::PyramidKv),
+                beta: Some(2.5),
+                ..RawPolicy::default()
+            })))
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid `kv_cache.beta`: must be a whole number of at least 1, got 2.5"
+        );
+    }
+}
