@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use glimpse_bench::stats::percentile;
 use glimpse_engine::backend::Backend;
 use glimpse_engine::backend::cpu::CpuBackend;
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
@@ -35,7 +36,6 @@ use glimpse_engine::eviction::{EvictionPolicy, Policy};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
 use glimpse_scheduler::{LastChunk, Request, Scheduler, SchedulerConfig, SeqId};
-use glimpse_server::bench::stats::percentile;
 
 const BLOCK_SIZE: usize = 16;
 

@@ -1,9 +1,6 @@
-//! Glimpse server library: the engine loop, the load-test client and the eval report; the binary
-//! adds the CLI.
+//! Glimpse server library: the engine loop, the gRPC service and its metrics; the binary adds the
+//! CLI, which dispatches `bench` to `glimpse-bench` and the offline jobs to `glimpse-jobs`.
 
-pub mod bench;
 pub mod engine_loop;
-pub mod eval;
 pub mod grpc;
 pub mod metrics;
-pub mod progress;

@@ -8,6 +8,7 @@
 
 use candle_core::{D, DType, Device, Tensor};
 
+use super::Precision;
 use super::adapters::{LayerLora, LoraVars};
 use super::ops::{rms_norm, rope, silu, softmax_last_dim};
 use crate::config::ModelConfig;
@@ -112,11 +113,12 @@ pub struct FrozenModel {
 }
 
 impl FrozenModel {
-    /// Loads `model`'s weights from its folder in `dtype` (F32 to train; F64 for gradient checks),
+    /// Loads `model`'s weights from its folder in `precision` (F32 to train; F64 for gradient checks),
     /// with RoPE tables for `max_positions` positions (prompt, answer and lookahead rows).
     ///
     /// Fails with the loader's errors naming file and tensor.
-    pub fn load(model: &Model, dtype: DType, max_positions: usize) -> Result<Self> {
+    pub fn load(model: &Model, precision: Precision, max_positions: usize) -> Result<Self> {
+        let dtype = precision.dtype();
         let c = model.config.clone();
         let files = WeightFiles::open(&model.dir)?;
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
