@@ -5,14 +5,14 @@
 //! expected answers exact-answer accuracy per task and needle depth — written as Markdown tables,
 //! a JSON file and PNG plots.
 //!
-//! The [`run`](mod@run) module measures, [`accuracy`] scores answers against expected ones and
-//! [`report`] writes everything; [`output`] holds what the two writers share (the error, the
-//! font), so `report` uses `accuracy` and nothing points back.
+//! [`measure`] runs the prompts under every policy, [`accuracy`] scores answers against expected
+//! ones and [`report`] writes everything; [`output`] holds what the two writers share (the error,
+//! the font), so `report` uses `accuracy` and nothing points back.
 
 pub mod accuracy;
+pub mod measure;
 pub mod output;
 pub mod report;
-pub mod run;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,8 +26,8 @@ use glimpse_progress::bar;
 use crate::prompts::read_eval_prompts;
 use crate::{JobError, load_model_and_tokenizer};
 use accuracy::{AnswerOutcome, Expected, FULL_CACHE};
+use measure::{Candidate, CandidateKind, EvictedLength, PromptAnswers, evaluate};
 use report::{EvalReport, EvalRow};
-use run::{Candidate, CandidateKind, EvictedLength, PromptAnswers, evaluate};
 
 /// Flags of `glimpse eval`.
 #[derive(Args)]
