@@ -8,48 +8,38 @@
 
 use std::time::Instant;
 
+use clap::Parser;
 use glimpse_engine::backend::{Backend, Device, create_backend};
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
 use glimpse_engine::model::Model;
 
+/// Engine forward-pass benchmark: prefill and decode tokens/s, and memory copy bandwidth.
+#[derive(Parser)]
 struct Args {
+    /// Model folder.
+    #[arg(long)]
     model: String,
+    /// Write the results as JSON here.
+    #[arg(long)]
     json: Option<String>,
+    /// Prompt lengths of the prefill runs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "512,4096")]
     prefill: Vec<usize>,
+    /// Batch sizes of the decode runs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
     decode_batches: Vec<usize>,
+    /// Prompt tokens of each decoding sequence.
+    #[arg(long, default_value_t = 128)]
     decode_prompt: usize,
+    /// Tokens decoded per sequence.
+    #[arg(long, default_value_t = 64)]
     decode_tokens: usize,
+    /// Runs per measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
     repeats: usize,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        model: String::new(),
-        json: None,
-        prefill: vec![512, 4096],
-        decode_batches: vec![1, 16],
-        decode_prompt: 128,
-        decode_tokens: 64,
-        repeats: 3,
-    };
-    let list = |s: String| s.split(',').map(|x| x.parse().expect("a number")).collect();
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => args.model = value(),
-            "--json" => args.json = Some(value()),
-            "--prefill" => args.prefill = list(value()),
-            "--decode-batches" => args.decode_batches = list(value()),
-            "--decode-prompt" => args.decode_prompt = value().parse().expect("a number"),
-            "--decode-tokens" => args.decode_tokens = value().parse().expect("a number"),
-            "--repeats" => args.repeats = value().parse().expect("a number"),
-            "--bench" => {}
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    assert!(!args.model.is_empty(), "--model DIR is required");
-    args
+    /// Passed by `cargo bench` to every bench binary; ignored.
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -202,7 +192,7 @@ fn decode_seconds(
 }
 
 fn main() {
-    let args = parse_args();
+    let args = Args::parse();
     let model = Model::load(std::path::Path::new(&args.model)).expect("model loads");
     let vocab = model.config.vocab_size;
     let block_size = 16;

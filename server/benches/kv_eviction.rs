@@ -28,61 +28,50 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use clap::Parser;
+use glimpse_bench::stats::percentile;
 use glimpse_engine::backend::{Backend, Device, create_backend};
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
 use glimpse_engine::eviction::{EvictionPolicy, PolicyKind, PolicyKnobs};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
 use glimpse_scheduler::{LastChunk, Request, Scheduler, SchedulerConfig, SeqId};
-use glimpse_server::bench::stats::percentile;
 
 const BLOCK_SIZE: usize = 16;
 
+/// What KV eviction costs (TTFT) and buys (KV bytes, concurrency), on one model.
+#[derive(Parser)]
 struct Args {
+    /// Model folder.
+    #[arg(long)]
     model: PathBuf,
+    /// Prompt lengths, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1024,4096,8128")]
     lengths: Vec<usize>,
+    /// Policies, comma-separated (default: every policy).
+    #[arg(long, value_delimiter = ',')]
     policies: Vec<String>,
+    /// Prompt entries kept per layer and KV head.
+    #[arg(long, default_value_t = 128)]
     budget: usize,
+    /// Repetitions; medians are reported.
+    #[arg(long, default_value_t = 2)]
     repeats: usize,
+    /// Prefill tokens per step.
+    #[arg(long, default_value_t = 2048)]
     chunk: usize,
+    /// Full-cache prompts the concurrency pool is sized for.
+    #[arg(long, default_value_t = 4)]
     pool_requests: usize,
+    /// Prompt length of the concurrency test.
+    #[arg(long, default_value_t = 8128)]
     concurrency_len: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
     json: Option<PathBuf>,
-}
-
-fn parse_args() -> Args {
-    let mut a = Args {
-        model: PathBuf::new(),
-        lengths: vec![1024, 4096, 8128],
-        policies: PolicyKind::ALL.map(|k| k.name().to_owned()).to_vec(),
-        budget: 128,
-        repeats: 2,
-        chunk: 2048,
-        pool_requests: 4,
-        concurrency_len: 8128,
-        json: None,
-    };
-    let list = |v: String| -> Vec<String> { v.split(',').map(String::from).collect() };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        let number = |v: String| v.parse::<usize>().expect("a number");
-        match flag.as_str() {
-            "--model" => a.model = value().into(),
-            "--lengths" => a.lengths = list(value()).into_iter().map(number).collect(),
-            "--policies" => a.policies = list(value()),
-            "--budget" => a.budget = number(value()),
-            "--repeats" => a.repeats = number(value()),
-            "--chunk" => a.chunk = number(value()),
-            "--pool-requests" => a.pool_requests = number(value()),
-            "--concurrency-len" => a.concurrency_len = number(value()),
-            "--json" => a.json = Some(value().into()),
-            "--bench" => {}
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    assert!(!a.model.as_os_str().is_empty(), "--model DIR is required");
-    a
+    /// Passed by `cargo bench` to every bench binary; ignored.
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
 }
 
 fn policy(name: &str, budget: usize) -> EvictionPolicy {
@@ -241,7 +230,10 @@ fn resident_capacity(
 }
 
 fn main() {
-    let args = parse_args();
+    let mut args = Args::parse();
+    if args.policies.is_empty() {
+        args.policies = PolicyKind::ALL.map(|k| k.name().to_owned()).to_vec();
+    }
     let model = Model::load(&args.model).expect("model");
     let module = Arc::new(LookaheadModule::random(
         &model.config,

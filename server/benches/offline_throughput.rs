@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use glimpse_engine::backend::{Device, KvGeometry, create_backend};
 use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
@@ -20,46 +21,33 @@ use glimpse_server::engine_loop::{
 };
 use tokio::sync::mpsc::unbounded_channel;
 
+/// Offline throughput of the engine loop: requests batched by the loop vs one at a time.
+#[derive(Parser)]
 struct Args {
+    /// Model folder.
+    #[arg(long)]
     model: PathBuf,
+    /// Tokenizer folder.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/stories260K"))]
     tokenizer: PathBuf,
+    /// Requests submitted at once.
+    #[arg(long, default_value_t = 64)]
     requests: usize,
+    /// Random prompt tokens per request.
+    #[arg(long, default_value_t = 256)]
     prompt_len: usize,
+    /// Greedy tokens generated per request (EOS ignored).
+    #[arg(long, default_value_t = 128)]
     output_len: usize,
+    /// Requests also run one at a time.
+    #[arg(long, default_value_t = 4)]
     alone: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
     json: Option<PathBuf>,
-}
-
-fn parse_args() -> Args {
-    let mut a = Args {
-        model: PathBuf::new(),
-        tokenizer: PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../models/stories260K"
-        )),
-        requests: 64,
-        prompt_len: 256,
-        output_len: 128,
-        alone: 4,
-        json: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => a.model = value().into(),
-            "--tokenizer" => a.tokenizer = value().into(),
-            "--requests" => a.requests = value().parse().expect("a number"),
-            "--prompt-len" => a.prompt_len = value().parse().expect("a number"),
-            "--output-len" => a.output_len = value().parse().expect("a number"),
-            "--alone" => a.alone = value().parse().expect("a number"),
-            "--json" => a.json = Some(value().into()),
-            "--bench" => {}
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    assert!(!a.model.as_os_str().is_empty(), "--model DIR is required");
-    a
+    /// Passed by `cargo bench` to every bench binary; ignored.
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
 }
 
 #[derive(Default)]
@@ -146,7 +134,7 @@ fn run(
 }
 
 fn main() {
-    let args = parse_args();
+    let args = Args::parse();
     let model = Model::load(&args.model).expect("model loads");
     let tokenizer = Arc::new(Tokenizer::from_dir(&args.tokenizer).expect("tokenizer loads"));
     let vocab = model.config.vocab_size;

@@ -1,11 +1,9 @@
 //! Glimpse server library: the engine loop, the one request validator and its error, the gRPC
-//! service, the load-test client and the eval report; the binary adds the CLI.
+//! service and its metrics; the binary adds the CLI, which dispatches `bench` to `glimpse-bench`
+//! and the offline jobs to `glimpse-jobs`.
 
-pub mod bench;
 pub mod engine_loop;
 pub mod error;
-pub mod eval;
 pub mod grpc;
 pub mod metrics;
-pub mod progress;
 pub mod validation;

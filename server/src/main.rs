@@ -1,6 +1,6 @@
 //! The `glimpse` command line: `generate` runs prompts offline, `serve` runs the gRPC server,
-//! `health` probes a server, `bench` load-tests one, `init-lookahead` writes a random
-//! lookahead module.
+//! `health` probes a server; `bench` load-tests one (crate `glimpse-bench`); `init-lookahead`,
+//! `train-lookahead`, `sample-prompts` and `eval` are the offline jobs (crate `glimpse-jobs`).
 
 mod cli;
 
@@ -34,15 +34,15 @@ enum Command {
     /// Check a server's gRPC health (exit 0 when SERVING).
     Health(cli::health::HealthArgs),
     /// Load-test a running server like `vllm bench serve` (a gRPC client; no engine inside).
-    Bench(glimpse_server::bench::BenchArgs),
+    Bench(glimpse_bench::BenchArgs),
     /// Write a randomly initialised lookahead module for a model (load tests, benchmarks).
-    InitLookahead(cli::init_lookahead::InitLookaheadArgs),
+    InitLookahead(glimpse_jobs::init_lookahead::InitLookaheadArgs),
     /// Train a LookaheadKV module for a model on its own answers (KL to the answer's attention).
-    TrainLookahead(cli::train_lookahead::TrainLookaheadArgs),
+    TrainLookahead(glimpse_jobs::train_lookahead::TrainLookaheadArgs),
     /// Write prompts sampled from the model itself (JSON Lines), for training and evaluation.
-    SamplePrompts(cli::sample_prompts::SamplePromptsArgs),
+    SamplePrompts(glimpse_jobs::sample_prompts::SamplePromptsArgs),
     /// Measure how much of the full-cache answer survives each eviction policy and budget.
-    Eval(cli::eval::EvalArgs),
+    Eval(glimpse_jobs::eval::EvalArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,13 +52,19 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => cli::generate::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Health(args) => cli::health::run(args),
-        Command::InitLookahead(args) => cli::init_lookahead::run(args),
-        Command::TrainLookahead(args) => cli::train_lookahead::run(args),
-        Command::SamplePrompts(args) => cli::sample_prompts::run(args),
-        Command::Eval(args) => cli::eval::run(args),
-        Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
+        Command::InitLookahead(args) => Ok(glimpse_jobs::init_lookahead::run(args)?),
+        Command::TrainLookahead(args) => Ok(glimpse_jobs::train_lookahead::run(
+            args,
+            &cli::default_model_dir(),
+        )?),
+        Command::SamplePrompts(args) => Ok(glimpse_jobs::sample_prompts::run(
+            args,
+            &cli::default_model_dir(),
+        )?),
+        Command::Eval(args) => Ok(glimpse_jobs::eval::run(args, &cli::default_model_dir())?),
+        Command::Bench(args) => Ok(tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(glimpse_server::bench::run(args)),
+            .block_on(glimpse_bench::run(args))?),
     }
 }

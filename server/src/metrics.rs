@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use glimpse_engine::eviction::PolicyKind;
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 use crate::engine_loop::{EngineCore, StepObserver, StepReport};
 
@@ -69,8 +69,9 @@ pub struct BuildInfo<'a> {
 }
 
 /// Installs the Prometheus exporter on `addr` and registers every series at zero, so dashboards
-/// and alerts have data before the first request.
-pub fn install(addr: SocketAddr, info: &BuildInfo<'_>) -> anyhow::Result<()> {
+/// and alerts have data before the first request. Fails when the exporter cannot be built or
+/// its listener bound.
+pub fn install(addr: SocketAddr, info: &BuildInfo<'_>) -> Result<(), BuildError> {
     let token_buckets = one_two_five(info.max_model_len);
     PrometheusBuilder::new()
         .with_http_listener(addr)

@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
+use super::Precision;
 use crate::error::Result;
 use crate::lookahead::{LayerAdapters, LookaheadModule, LoraPair, Projection};
 
@@ -53,9 +54,10 @@ fn values(v: &Var) -> Result<Vec<f32>> {
 }
 
 impl TrainableModule {
-    /// Starts from `module`'s values in `dtype`. With `train_lora` false, every `B` is zeroed and
+    /// Starts from `module`'s values in `precision`. With `train_lora` false, every `B` is zeroed and
     /// only the embeddings are handed to the optimiser.
-    pub fn new(module: &LookaheadModule, dtype: DType, train_lora: bool) -> Result<Self> {
+    pub fn new(module: &LookaheadModule, precision: Precision, train_lora: bool) -> Result<Self> {
+        let dtype = precision.dtype();
         let embeddings = var(
             &module.embeddings,
             (module.num_tokens, module.hidden_size),

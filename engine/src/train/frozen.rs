@@ -9,6 +9,7 @@
 
 use candle_core::{D, DType, Device, Tensor};
 
+use super::Precision;
 use super::adapters::{LayerLora, LoraVars};
 use super::ops::{rms_norm, rope, silu, softmax_last_dim};
 use crate::config::ModelConfig;
@@ -124,12 +125,13 @@ pub struct FrozenModel {
 }
 
 impl FrozenModel {
-    /// Converts `model`'s checkpoint tensors to candle tensors in `dtype` (F32 to train; F64 for
-    /// gradient checks), with RoPE tables for `max_positions` positions (prompt, answer and
+    /// Converts `model`'s checkpoint tensors to candle tensors in `precision` (F32 to train; F64
+    /// for gradient checks), with RoPE tables for `max_positions` positions (prompt, answer and
     /// lookahead rows).
     ///
     /// Fails only if candle cannot build a tensor (the shapes were checked when `model` loaded).
-    pub fn load(model: &Model, dtype: DType, max_positions: usize) -> Result<Self> {
+    pub fn load(model: &Model, precision: Precision, max_positions: usize) -> Result<Self> {
+        let dtype = precision.dtype();
         let c = model.config.clone();
         let weights = &model.weights;
         let layers = weights

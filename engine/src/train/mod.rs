@@ -29,3 +29,22 @@ pub use adapters::TrainableModule;
 pub use frozen::FrozenModel;
 pub use target::AttentionTarget;
 pub use trainer::{StepReport, TrainOptions, Trainer, checkpoint_module_path};
+
+use candle_core::DType;
+
+/// Float type of the training tensors: `F32` to train, `F64` for gradient checks. Callers name
+/// it through this type, so candle stays inside the training module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F64,
+}
+
+impl Precision {
+    pub(crate) fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F64 => DType::F64,
+        }
+    }
+}

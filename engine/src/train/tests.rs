@@ -65,8 +65,8 @@ fn set_element(var: &Var, index: usize, x: f64) {
 #[test]
 fn autograd_gradients_match_central_differences() {
     let model = model("tests/fixtures/llama_gqa");
-    let frozen = FrozenModel::load(&model, DType::F64, 64).unwrap();
-    let module = TrainableModule::new(&random_module(&model, 4, 2), DType::F64, true).unwrap();
+    let frozen = FrozenModel::load(&model, Precision::F64, 64).unwrap();
+    let module = TrainableModule::new(&random_module(&model, 4, 2), Precision::F64, true).unwrap();
     let vocab = model.config.vocab_size;
     let target =
         AttentionTarget::compute(&frozen, &tokens(13, 1, vocab), &tokens(6, 2, vocab)).unwrap();
@@ -137,8 +137,8 @@ fn training_scores_select_what_the_engine_keeps() {
         .unwrap()
         .expect("the prompt is longer than the budget");
 
-    let frozen = FrozenModel::load(&model, DType::F32, 64).unwrap();
-    let trainable = TrainableModule::new(&module, DType::F32, true).unwrap();
+    let frozen = FrozenModel::load(&model, Precision::F32, 64).unwrap();
+    let trainable = TrainableModule::new(&module, Precision::F32, true).unwrap();
     // Any answer gives the prompt K/V; only those matter for the prediction.
     let target = AttentionTarget::compute(&frozen, &prompt, &[1]).unwrap();
     let scores = lookahead_scores(&frozen, &trainable, &target).unwrap();
@@ -188,8 +188,8 @@ fn a_short_run_lowers_the_validation_loss_on_stories260k() {
     let model = model("../models/stories260K");
     let examples = stories_examples(&model, 10);
     assert!(examples.iter().all(|e| !e.answer.is_empty()));
-    let frozen = FrozenModel::load(&model, DType::F32, model.config.max_model_len).unwrap();
-    let module = TrainableModule::new(&random_module(&model, 8, 4), DType::F32, true).unwrap();
+    let frozen = FrozenModel::load(&model, Precision::F32, model.config.max_model_len).unwrap();
+    let module = TrainableModule::new(&random_module(&model, 8, 4), Precision::F32, true).unwrap();
     let mut trainer = Trainer::new(
         &frozen,
         module,
@@ -213,7 +213,7 @@ fn a_short_run_lowers_the_validation_loss_on_stories260k() {
 #[test]
 fn a_resumed_run_continues_exactly() {
     let model = model("tests/fixtures/llama_gqa");
-    let frozen = FrozenModel::load(&model, DType::F32, 64).unwrap();
+    let frozen = FrozenModel::load(&model, Precision::F32, 64).unwrap();
     let vocab = model.config.vocab_size;
     let train: Vec<(Vec<u32>, Vec<u32>)> = (0..5)
         .map(|i| {
@@ -230,7 +230,7 @@ fn a_resumed_run_continues_exactly() {
             .collect()
     };
     let start = random_module(&model, 4, 2);
-    let fresh = || TrainableModule::new(&start, DType::F32, true).unwrap();
+    let fresh = || TrainableModule::new(&start, Precision::F32, true).unwrap();
     let options = TrainOptions {
         batch_size: 2,
         ..options()
@@ -250,7 +250,7 @@ fn a_resumed_run_continues_exactly() {
     let saved = LookaheadModule::load(&checkpoint_module_path(dir.path()), &model).unwrap();
     let mut resumed = Trainer::new(
         &frozen,
-        TrainableModule::new(&saved, DType::F32, true).unwrap(),
+        TrainableModule::new(&saved, Precision::F32, true).unwrap(),
         targets(),
         vec![],
         options,
@@ -272,11 +272,11 @@ fn a_resumed_run_continues_exactly() {
 #[test]
 fn an_embeddings_only_module_keeps_its_adapters_at_zero() {
     let model = model("tests/fixtures/llama_gqa");
-    let frozen = FrozenModel::load(&model, DType::F32, 64).unwrap();
+    let frozen = FrozenModel::load(&model, Precision::F32, 64).unwrap();
     let vocab = model.config.vocab_size;
     let target =
         AttentionTarget::compute(&frozen, &tokens(20, 1, vocab), &tokens(5, 2, vocab)).unwrap();
-    let module = TrainableModule::new(&random_module(&model, 4, 2), DType::F32, false).unwrap();
+    let module = TrainableModule::new(&random_module(&model, 4, 2), Precision::F32, false).unwrap();
     assert_eq!(module.trainable().len(), 1);
     let mut trainer = Trainer::new(&frozen, module, vec![target], vec![], options()).unwrap();
     trainer.step().unwrap();

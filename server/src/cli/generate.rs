@@ -12,7 +12,7 @@ use glimpse_engine::sampling::SamplingParams;
 use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions, StreamEvent};
 
 use super::EngineArgs;
-use super::prompts::{PlainLines, read_prompt_texts};
+use glimpse_jobs::prompts::{PlainLines, read_prompt_texts};
 
 #[derive(Args)]
 pub struct GenerateArgs {

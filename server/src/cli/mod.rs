@@ -1,14 +1,9 @@
 //! Subcommands of the `glimpse` binary and what they share: model location, engine options,
 //! logging.
 
-pub mod eval;
 pub mod generate;
 pub mod health;
-pub mod init_lookahead;
-pub mod prompts;
-pub mod sample_prompts;
 pub mod serve;
-pub mod train_lookahead;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,23 +42,12 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// The bundled model: `models/stories260K` under the working directory, else beside the sources.
-fn default_model_dir() -> PathBuf {
+pub fn default_model_dir() -> PathBuf {
     let local = PathBuf::from("models/stories260K");
     if local.join("config.json").exists() {
         return local;
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K")
-}
-
-/// Loads a model folder (default: the bundled stories260K) and its tokenizer, for the offline
-/// jobs; returns the folder too, for reports.
-fn load_model_and_tokenizer(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Model, Tokenizer)> {
-    let dir = dir.unwrap_or_else(default_model_dir);
-    let model =
-        Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
-    let tokenizer = Tokenizer::from_dir(&dir)
-        .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
-    Ok((dir, model, tokenizer))
 }
 
 /// Options that build an engine: model, device, KV pool, batching limits.

@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
-use super::report::{FONT_FAMILY, ReportError, register_font};
+use super::output::{FONT_FAMILY, ReportError, register_font};
 
 /// Policy label of the full-cache reference in outcomes, tables and plots.
 pub const FULL_CACHE: &str = "full cache";

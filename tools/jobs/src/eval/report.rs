@@ -3,18 +3,17 @@
 //! chart per metric (budget on a log₂ axis, one line per policy).
 //!
 //! Knows nothing of models, caches or timing: it formats [`EvalRow`]s measured elsewhere.
-//! Plot text uses the bundled DejaVu Sans (`server/assets/fonts`), so plots need no system
-//! fonts and look the same on every machine.
+//! Plot text uses the bundled font of [`super::output`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
 use super::accuracy::{self, AnswerOutcome};
+use super::output::{FONT_FAMILY, ReportError, register_font};
 
 /// One policy at one budget, averaged over the prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,26 +62,6 @@ pub struct EvalReport {
     /// policy × budget); empty when the prompts carry no answers.
     #[serde(default)]
     pub accuracy: Vec<AnswerOutcome>,
-}
-
-/// Why a report could not be saved, loaded or drawn.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: not an eval report: {source}", path.display())]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    /// JSON has no NaN or infinity: serde_json would write `null`, which never reads back.
-    #[error("{field} is {value}, which JSON cannot hold")]
-    NonFinite { field: String, value: f64 },
-    #[error("plotting {}: {message}", path.display())]
-    Plot { path: PathBuf, message: String },
 }
 
 /// A quantity plotted against the budget, one chart each.
@@ -329,19 +308,6 @@ const PLOT_SIZE: (u32, u32) = (960, 500);
 const CHART_WIDTH: u32 = 600;
 /// Room left and right of the outermost budgets on the x axis, as a factor (about ⅓ octave).
 const X_MARGIN: f64 = 1.25;
-/// Font family name the bundled font is registered under.
-pub(super) const FONT_FAMILY: &str = "sans-serif";
-const DEJAVU_SANS: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-
-/// Registers the bundled font with plotters once per process (its `ab_glyph` text renderer
-/// reads no system fonts); false when the font did not parse.
-pub(super) fn register_font() -> bool {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    *REGISTERED.get_or_init(|| {
-        plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, DEJAVU_SANS).is_ok()
-    })
-}
-
 fn draw<'a>(
     report: &EvalReport,
     metric: Metric,

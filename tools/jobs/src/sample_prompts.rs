@@ -1,16 +1,16 @@
 //! `glimpse sample-prompts`: writes prompts sampled from the model itself (seeded stories cut at a
 //! random length), for training and evaluating lookahead modules where no text corpus is at hand.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_engine::train::data::sample_prompts;
+use glimpse_progress::bar as progress_bar;
 
-use super::load_model_and_tokenizer;
-use super::prompts::write_prompts;
-use glimpse_server::progress::bar as progress_bar;
+use crate::prompts::write_prompts;
+use crate::{JobError, load_model_and_tokenizer};
 
 /// How many prompts to draw from the model, and how long.
 #[derive(Args, Clone)]
@@ -27,22 +27,22 @@ pub struct SelfGenerateArgs {
 }
 
 impl SelfGenerateArgs {
-    /// Samples `count` prompts with a progress bar.
+    /// Samples `count` prompts with a progress bar. Fails when the model has no BOS token to
+    /// start from, or on an engine error.
     pub fn sample(
         &self,
         model: &Model,
         tokenizer: &Tokenizer,
         count: usize,
-    ) -> anyhow::Result<Vec<Vec<u32>>> {
+    ) -> Result<Vec<Vec<u32>>, JobError> {
         let start: Vec<u32> = tokenizer
             .bos_token_id()
             .or(model.config.bos_token_id)
             .into_iter()
             .collect();
-        anyhow::ensure!(
-            !start.is_empty(),
-            "the model has no BOS token to start stories from"
-        );
+        if start.is_empty() {
+            return Err(JobError::NoBosToken);
+        }
         let bar = progress_bar("prompts", count);
         let prompts = sample_prompts(
             model,
@@ -73,8 +73,10 @@ pub struct SamplePromptsArgs {
     pub out: PathBuf,
 }
 
-pub fn run(args: SamplePromptsArgs) -> anyhow::Result<()> {
-    let (_, model, tokenizer) = load_model_and_tokenizer(args.model)?;
+/// Runs `glimpse sample-prompts`: writes `--count` sampled prompts to `--out`.
+/// `default_model_dir` is the model used when `--model` is not given.
+pub fn run(args: SamplePromptsArgs, default_model_dir: &Path) -> Result<(), JobError> {
+    let (_, model, tokenizer) = load_model_and_tokenizer(args.model, default_model_dir)?;
     let prompts = args.sampling.sample(&model, &tokenizer, args.count)?;
     write_prompts(&args.out, &prompts, &tokenizer)?;
     tracing::info!(count = prompts.len(), out = %args.out.display(), "prompts written");

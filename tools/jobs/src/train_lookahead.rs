@@ -6,23 +6,22 @@
 //! mean KL divergence between the answer's attention and the lookahead rows' attention. Progress
 //! shows the loss; checkpoints allow `--resume`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::DType;
 use clap::Args;
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::train::data::greedy_answers;
 use glimpse_engine::train::{
-    AdamOptions, AttentionTarget, FrozenModel, TrainOptions, TrainableModule, Trainer,
+    AdamOptions, AttentionTarget, FrozenModel, Precision, TrainOptions, TrainableModule, Trainer,
     checkpoint_module_path,
 };
-use glimpse_server::progress::bar;
+use glimpse_progress::bar;
 
-use super::init_lookahead::ModuleShapeArgs;
-use super::load_model_and_tokenizer;
-use super::prompts::read_prompts;
-use super::sample_prompts::SelfGenerateArgs;
+use crate::init_lookahead::ModuleShapeArgs;
+use crate::prompts::read_prompts;
+use crate::sample_prompts::SelfGenerateArgs;
+use crate::{JobError, load_model_and_tokenizer};
 
 /// Flags of `glimpse train-lookahead`.
 #[derive(Args)]
@@ -83,8 +82,11 @@ pub struct TrainLookaheadArgs {
     pub out: PathBuf,
 }
 
-pub fn run(args: TrainLookaheadArgs) -> anyhow::Result<()> {
-    let (_, model, tokenizer) = load_model_and_tokenizer(args.model.clone())?;
+/// Runs `glimpse train-lookahead` and writes the module to `--out`. `default_model_dir` is the
+/// model used when `--model` is not given. Fails on bad flags or data, an unreadable model or
+/// checkpoint, or an engine error while answering or training.
+pub fn run(args: TrainLookaheadArgs, default_model_dir: &Path) -> Result<(), JobError> {
+    let (_, model, tokenizer) = load_model_and_tokenizer(args.model.clone(), default_model_dir)?;
 
     let started = Instant::now();
     let prompts = match (&args.prompts, args.self_generate) {
@@ -92,12 +94,12 @@ pub fn run(args: TrainLookaheadArgs) -> anyhow::Result<()> {
         (None, Some(count)) => args.sampling.sample(&model, &tokenizer, count)?,
         (None, None) => unreachable!("clap requires one of --prompts and --self-generate"),
     };
-    anyhow::ensure!(
-        prompts.len() > args.validation_prompts,
-        "{} prompts leave none to train on after {} validation prompts",
-        prompts.len(),
-        args.validation_prompts
-    );
+    if prompts.len() <= args.validation_prompts {
+        return Err(JobError::NoTrainingPrompts {
+            prompts: prompts.len(),
+            validation: args.validation_prompts,
+        });
+    }
     let answering = bar("answers", prompts.len());
     let examples = greedy_answers(&model, prompts, args.answer_tokens, || answering.inc(1))?;
     answering.finish_and_clear();
@@ -106,7 +108,7 @@ pub fn run(args: TrainLookaheadArgs) -> anyhow::Result<()> {
         .config
         .max_model_len
         .max(examples.iter().map(|e| e.prompt.len()).max().unwrap_or(0) + args.shape.num_tokens);
-    let frozen = FrozenModel::load(&model, DType::F32, max_positions)?;
+    let frozen = FrozenModel::load(&model, Precision::F32, max_positions)?;
     let targeting = bar("targets", examples.len());
     let mut targets = Vec::with_capacity(examples.len());
     for e in examples.iter().filter(|e| !e.answer.is_empty()) {
@@ -138,7 +140,7 @@ pub fn run(args: TrainLookaheadArgs) -> anyhow::Result<()> {
             ..AdamOptions::default()
         },
     };
-    let module = TrainableModule::new(&initial, DType::F32, !args.no_lora)?;
+    let module = TrainableModule::new(&initial, Precision::F32, !args.no_lora)?;
     let mut trainer = Trainer::new(&frozen, module, targets, validation, options)?;
     if let Some(checkpoint) = &args.resume {
         trainer = trainer.resume(checkpoint)?;

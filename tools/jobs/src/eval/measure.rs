@@ -18,7 +18,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::DType;
 use glimpse_engine::Result;
 use glimpse_engine::batch::LogitsRequest;
 use glimpse_engine::eviction::{EvictionPolicy, LayerSelection, Policy};
@@ -26,7 +25,7 @@ use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
 use glimpse_engine::runner::{OfflineRunner, RunnerSequence};
 use glimpse_engine::sampling::{argmax, log_sum_exp};
-use glimpse_engine::train::{AttentionTarget, FrozenModel};
+use glimpse_engine::train::{AttentionTarget, FrozenModel, Precision};
 
 use super::report::EvalRow;
 
@@ -128,7 +127,7 @@ pub fn evaluate(
     let entries = longest + answer_tokens + BLOCK_SIZE;
     // the answer's attention is compared with what the policies keep: nothing to compare without one
     let frozen = (!candidates.is_empty())
-        .then(|| FrozenModel::load(model, DType::F32, longest + answer_tokens))
+        .then(|| FrozenModel::load(model, Precision::F32, longest + answer_tokens))
         .transpose()?;
     let mut full_runner = OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, None)?;
     let mut runners = candidates
@@ -420,8 +419,26 @@ fn kl_divergence(p_log: &[f32], q_logits: &[f32]) -> f64 {
         .sum()
 }
 
-/// The median of `values` (NaN when empty), by the benchmark's percentile rule.
+/// The median of `values` (NaN when empty): the middle value, or halfway between the two middle
+/// ones, as `glimpse bench` interpolates its percentiles.
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
-    crate::bench::stats::percentile(values, 50.0).unwrap_or(f64::NAN)
+    let Some(last) = values.len().checked_sub(1) else {
+        return f64::NAN;
+    };
+    let (low, high) = (values[last / 2], values[last.div_ceil(2)]);
+    low + (high - low) * 0.5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_value_or_halfway_between_the_two_middle_ones() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [0.5]), 0.5);
+        assert!(median(&mut []).is_nan());
+    }
 }

@@ -81,7 +81,7 @@ pub async fn run_policy(
         .cloned()
         .map(|s| tokio::spawn(scrape_until(s, stopped)));
 
-    let bar = crate::progress::bar(&plan.label, plan.prompts.len());
+    let bar = glimpse_progress::bar(&plan.label, plan.prompts.len());
     let semaphore = plan.max_concurrency.map(|n| Arc::new(Semaphore::new(n)));
     let run_start = Instant::now();
     let mut tasks = JoinSet::new();
@@ -154,8 +154,8 @@ mod tests {
     use tonic::{Request, Response, Status};
 
     use super::*;
-    use crate::bench::dataset::PromptInput;
-    use crate::bench::stats;
+    use crate::dataset::PromptInput;
+    use crate::stats;
 
     /// Streams tokens 7, 8, 9 as "a", "b", "c" and a LENGTH `Final`; refuses `bench-2`.
     struct FakeServer;

@@ -5,10 +5,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
+
+use crate::JobError;
 
 /// Flags of `glimpse init-lookahead`.
 #[derive(Args)]
@@ -42,12 +43,12 @@ pub struct ModuleShapeArgs {
 }
 
 impl ModuleShapeArgs {
-    /// A seeded random module of this shape for `model`.
-    pub fn random_module(&self, model: &Model, seed: u64) -> anyhow::Result<LookaheadModule> {
-        anyhow::ensure!(
-            self.num_tokens > 0 && self.rank > 0 && self.alpha.is_finite(),
-            "--num-tokens and --rank must be at least 1 and --alpha finite"
-        );
+    /// A seeded random module of this shape for `model`. Fails on an empty or non-finite shape,
+    /// or when the model's identity cannot be read.
+    pub fn random_module(&self, model: &Model, seed: u64) -> Result<LookaheadModule, JobError> {
+        if !(self.num_tokens > 0 && self.rank > 0 && self.alpha.is_finite()) {
+            return Err(JobError::ModuleShape);
+        }
         let init = RandomInit {
             seed,
             num_tokens: self.num_tokens,
@@ -62,9 +63,12 @@ impl ModuleShapeArgs {
     }
 }
 
-pub fn run(args: InitLookaheadArgs) -> anyhow::Result<()> {
-    let model = Model::load(&args.model)
-        .with_context(|| format!("loading model from {}", args.model.display()))?;
+/// Runs `glimpse init-lookahead`: writes the random module to `--out`.
+pub fn run(args: InitLookaheadArgs) -> Result<(), JobError> {
+    let model = Model::load(&args.model).map_err(|source| JobError::LoadModel {
+        dir: args.model.clone(),
+        source,
+    })?;
     let module = args.shape.random_module(&model, args.seed)?;
     module.save(&args.out)?;
     tracing::info!(out = %args.out.display(), base_model = %module.identity.name, "random lookahead module written");

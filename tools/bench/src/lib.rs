@@ -1,10 +1,11 @@
-//! `glimpse bench`: a load-test client for a running `glimpse serve`, in the manner of
+//! `glimpse bench` (crate `glimpse-bench`): a load-test client for a running `glimpse serve`, in the manner of
 //! `vllm bench serve`, that compares KV eviction policies side by side.
 //!
 //! Every requested policy runs the same prompts on the same arrival schedule, one policy
 //! after another, so differences in throughput, latency, peak KV usage and (greedy)
 //! agreement with the full cache come from the policy alone. The harness links no engine:
-//! it speaks only the public `glimpse.v1` gRPC API and reads `/metrics`.
+//! it speaks only the public `glimpse.v1` gRPC API and reads `/metrics` (its only Glimpse
+//! dependency is `glimpse-proto`), so it measures any server that speaks the API.
 //!
 //! Modules: `schedule` (arrival times), `dataset` (prompts), `client` (one request),
 //! `runner` (one policy run), `scrape` (KV gauges), `stats` and `report` (the numbers).
@@ -20,18 +21,17 @@ pub mod stats;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use glimpse_proto::v1::{KvPolicy, ModelInfo};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
 
-use client::{Connection, RequestSettings};
-use dataset::{Prompt, RandomShape, TokenSampler, TokenizedCorpus};
+use client::{ClientError, Connection, RequestSettings};
+use dataset::{DatasetError, Prompt, RandomShape, TokenSampler, TokenizedCorpus};
 use report::{BenchReport, ModelSummary, PolicyRun};
 use runner::{RunPlan, Scraper};
-use schedule::ArrivalProcess;
-use scrape::MetricsUrl;
+use schedule::{ArrivalProcess, ScheduleError};
+use scrape::{MetricsUrl, ScrapeError};
 use stats::Slo;
 
 /// Where prompts come from.
@@ -191,6 +191,31 @@ pub enum ArgsError {
     Zero { flag: &'static str },
 }
 
+/// Why a benchmark could not run or report; each module's error, as it names the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    Scrape(#[from] ScrapeError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("--output-len is too large")]
+    OutputLen(#[source] std::num::TryFromIntError),
+    #[error("encoding the JSON report")]
+    Json(#[source] serde_json::Error),
+    #[error("writing {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl BenchArgs {
     fn validate(&self) -> Result<(), ArgsError> {
         if self.compare_to_full && self.temperature != 0.0 {
@@ -236,7 +261,7 @@ impl BenchArgs {
 
 /// Runs the benchmark and prints the report. Fails on bad flags, an unreachable server
 /// or unreadable data; failed requests are counted in the report instead.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     args.validate()?;
     let arrival = ArrivalProcess::new(args.request_rate, args.burstiness)?;
     let scraper = match &args.metrics_url {
@@ -302,8 +327,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             model: model_summary(&info),
             policies: reports,
         };
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        let json = serde_json::to_string_pretty(&report).map_err(BenchError::Json)?;
+        std::fs::write(path, json).map_err(|source| BenchError::Write {
+            path: path.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -326,14 +354,14 @@ async fn build_prompts(
     info: &ModelInfo,
     client: &mut Connection,
     rng: &mut StdRng,
-) -> anyhow::Result<Vec<Prompt>> {
+) -> Result<Vec<Prompt>, BenchError> {
     let shape = RandomShape {
         num_prompts: args.num_prompts,
         input_len: args.input_len,
         output_len: args.output_len,
         range_ratio: args.range_ratio,
     };
-    let max_tokens = u32::try_from(args.output_len).context("--output-len is too large")?;
+    let max_tokens = u32::try_from(args.output_len).map_err(BenchError::OutputLen)?;
     Ok(match args.dataset {
         DatasetKind::Random => dataset::random_prompts(
             shape,

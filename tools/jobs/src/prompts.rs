@@ -1,12 +1,75 @@
-//! Prompt files shared by `train-lookahead`, `eval` and `sample-prompts`: JSON Lines with one
-//! `{"prompt": "..."}` object per line (other fields ignored, blank lines skipped).
+//! Prompt files shared by `train-lookahead`, `eval`, `sample-prompts` and `generate
+//! --prompts-file`: JSON Lines with one `{"prompt": "..."}` object per line (other fields
+//! ignored, blank lines skipped).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use glimpse_engine::EngineError;
 use glimpse_engine::tokenizer::Tokenizer;
-use glimpse_server::eval::accuracy::Expected;
+
+use crate::eval::accuracy::Expected;
+
+/// Why a prompts file could not be read or written; `at` names the file and line (or prompt).
+#[derive(Debug, thiserror::Error)]
+pub enum PromptsError {
+    #[error("reading prompts from {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{at}: no string field `prompt`")]
+    NoPromptField { at: String },
+    #[error("{at}: expected {{\"prompt\": \"...\"}}")]
+    NotJson {
+        at: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: tokenizing prompt {number}", path.display())]
+    Tokenize {
+        path: PathBuf,
+        number: usize,
+        #[source]
+        source: Box<EngineError>,
+    },
+    #[error("{} holds no prompt", path.display())]
+    Empty { path: PathBuf },
+    #[error(
+        "{}: {with_answer} of {total} prompts carry an `answer`; give every prompt one or none",
+        path.display()
+    )]
+    MixedAnswers {
+        path: PathBuf,
+        with_answer: usize,
+        total: usize,
+    },
+    #[error("{at}: `answer` is not a string")]
+    AnswerNotString { at: String },
+    #[error("{at}: `answers` is not a non-empty list of strings")]
+    AnswersNotStrings { at: String },
+    #[error("{at}: an expected answer is empty (every output would contain it)")]
+    EmptyAnswer { at: String },
+    #[error("creating {}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("decoding a prompt for {}", path.display())]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: Box<EngineError>,
+    },
+}
 
 #[derive(serde::Serialize)]
 struct PromptLineOut<'a> {
@@ -29,9 +92,11 @@ struct PromptLine {
 }
 
 /// The prompt lines of a prompts file, in order. Errors name the file and line.
-fn read_prompt_lines(path: &Path, plain: PlainLines) -> anyhow::Result<Vec<PromptLine>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading prompts from {}", path.display()))?;
+fn read_prompt_lines(path: &Path, plain: PlainLines) -> Result<Vec<PromptLine>, PromptsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PromptsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut prompts = Vec::new();
     for (number, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -42,7 +107,7 @@ fn read_prompt_lines(path: &Path, plain: PlainLines) -> anyhow::Result<Vec<Promp
             Ok(value) => prompts.push(PromptLine {
                 text: value["prompt"]
                     .as_str()
-                    .with_context(|| format!("{}: no string field `prompt`", at()))?
+                    .ok_or_else(|| PromptsError::NoPromptField { at: at() })?
                     .to_string(),
                 json: Some(value),
             }),
@@ -50,17 +115,14 @@ fn read_prompt_lines(path: &Path, plain: PlainLines) -> anyhow::Result<Vec<Promp
                 text: line.to_string(),
                 json: None,
             }),
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("{}: expected {{\"prompt\": \"...\"}}", at()));
-            }
+            Err(source) => return Err(PromptsError::NotJson { at: at(), source }),
         }
     }
     Ok(prompts)
 }
 
 /// The prompt texts of a prompts file, in order. Errors name the file and line.
-pub fn read_prompt_texts(path: &Path, plain: PlainLines) -> anyhow::Result<Vec<String>> {
+pub fn read_prompt_texts(path: &Path, plain: PlainLines) -> Result<Vec<String>, PromptsError> {
     let lines = read_prompt_lines(path, plain)?;
     Ok(lines.into_iter().map(|line| line.text).collect())
 }
@@ -70,22 +132,30 @@ fn tokenize<'a>(
     path: &Path,
     texts: impl Iterator<Item = &'a str>,
     tokenizer: &Tokenizer,
-) -> anyhow::Result<Vec<Vec<u32>>> {
+) -> Result<Vec<Vec<u32>>, PromptsError> {
     let prompts = texts
         .enumerate()
         .map(|(i, text)| {
             tokenizer
                 .encode(text, true)
-                .with_context(|| format!("{}: tokenizing prompt {}", path.display(), i + 1))
+                .map_err(|source| PromptsError::Tokenize {
+                    path: path.to_path_buf(),
+                    number: i + 1,
+                    source: Box::new(source),
+                })
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    anyhow::ensure!(!prompts.is_empty(), "{} holds no prompt", path.display());
+        .collect::<Result<Vec<_>, _>>()?;
+    if prompts.is_empty() {
+        return Err(PromptsError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
     Ok(prompts)
 }
 
 /// Reads a strict prompts file and tokenizes each prompt as the server would (special tokens
 /// added). Errors name the file and line.
-pub fn read_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<Vec<Vec<u32>>> {
+pub fn read_prompts(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>, PromptsError> {
     let texts = read_prompt_texts(path, PlainLines::AreErrors)?;
     tokenize(path, texts.iter().map(String::as_str), tokenizer)
 }
@@ -99,7 +169,7 @@ pub type EvalPrompts = (Vec<Vec<u32>>, Option<Vec<Expected>>);
 /// one, else its `answer`. A line's `task`, `depth` (needle depth in percent) and
 /// `context_tokens_target` (the length it was built for; the prompt's token count when absent)
 /// label the answer in the accuracy tables.
-pub fn read_eval_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<EvalPrompts> {
+pub fn read_eval_prompts(path: &Path, tokenizer: &Tokenizer) -> Result<EvalPrompts, PromptsError> {
     let lines = read_prompt_lines(path, PlainLines::AreErrors)?;
     let prompts = tokenize(path, lines.iter().map(|l| l.text.as_str()), tokenizer)?;
     let lines: Vec<&serde_json::Value> = lines
@@ -110,12 +180,13 @@ pub fn read_eval_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<E
     if with_answer == 0 {
         return Ok((prompts, None));
     }
-    anyhow::ensure!(
-        with_answer == lines.len(),
-        "{}: {with_answer} of {} prompts carry an `answer`; give every prompt one or none",
-        path.display(),
-        lines.len()
-    );
+    if with_answer != lines.len() {
+        return Err(PromptsError::MixedAnswers {
+            path: path.to_path_buf(),
+            with_answer,
+            total: lines.len(),
+        });
+    }
     let expected = lines
         .iter()
         .zip(&prompts)
@@ -124,22 +195,18 @@ pub fn read_eval_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<E
             let at = || format!("{}: prompt {}", path.display(), i + 1);
             let answer = line["answer"]
                 .as_str()
-                .with_context(|| format!("{}: `answer` is not a string", at()))?;
+                .ok_or_else(|| PromptsError::AnswerNotString { at: at() })?;
             let answers = match line.get("answers") {
                 None => vec![answer.to_string()],
                 Some(list) => list
                     .as_array()
                     .filter(|l| !l.is_empty())
                     .and_then(|l| l.iter().map(|v| v.as_str().map(String::from)).collect())
-                    .with_context(|| {
-                        format!("{}: `answers` is not a non-empty list of strings", at())
-                    })?,
+                    .ok_or_else(|| PromptsError::AnswersNotStrings { at: at() })?,
             };
-            anyhow::ensure!(
-                answers.iter().all(|a| !a.is_empty()),
-                "{}: an expected answer is empty (every output would contain it)",
-                at()
-            );
+            if answers.iter().any(String::is_empty) {
+                return Err(PromptsError::EmptyAnswer { at: at() });
+            }
             Ok(Expected {
                 task: line["task"].as_str().unwrap_or("-").to_string(),
                 answers,
@@ -149,7 +216,7 @@ pub fn read_eval_prompts(path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<E
                 depth_percent: line["depth"].as_f64(),
             })
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((prompts, Some(expected)))
 }
 
@@ -159,16 +226,28 @@ pub fn write_prompts(
     path: &Path,
     prompts: &[Vec<u32>],
     tokenizer: &Tokenizer,
-) -> anyhow::Result<()> {
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-    );
+) -> Result<(), PromptsError> {
+    let write_error = |source| PromptsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::create(path).map_err(|source| PromptsError::Create {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut out = std::io::BufWriter::new(file);
     for ids in prompts {
-        let text = tokenizer.decode(ids, true)?;
-        serde_json::to_writer(&mut out, &PromptLineOut { prompt: &text })?;
-        writeln!(out)?;
+        let text = tokenizer
+            .decode(ids, true)
+            .map_err(|source| PromptsError::Decode {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        serde_json::to_writer(&mut out, &PromptLineOut { prompt: &text })
+            .map_err(|e| write_error(e.into()))?;
+        writeln!(out).map_err(write_error)?;
     }
-    out.flush()?;
+    out.flush().map_err(write_error)?;
     Ok(())
 }
 
@@ -195,7 +274,7 @@ mod tests {
 
     fn byte_tokenizer() -> Tokenizer {
         let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/retrieval-byte-6l");
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/retrieval-byte-6l");
         Tokenizer::from_dir(&dir).unwrap()
     }
 

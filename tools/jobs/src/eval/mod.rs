@@ -1,23 +1,33 @@
-//! `glimpse eval`: how much of a full-cache answer survives each KV eviction policy at each budget
-//! on a prompts file — agreement, teacher-forced KL, attention recall, TTFT overhead, and when the
-//! prompts carry expected answers exact-answer accuracy per task and needle depth — written as
-//! Markdown tables, a JSON file and PNG plots.
+//! `glimpse eval`: how much of a full-cache answer survives each KV eviction policy at each
+//! budget on a prompts file. Every policy answers the same prompts greedily; each answer is
+//! compared token by token and distribution by distribution with the full-cache answer —
+//! agreement, teacher-forced KL, attention recall, TTFT overhead, and when the prompts carry
+//! expected answers exact-answer accuracy per task and needle depth — written as Markdown tables,
+//! a JSON file and PNG plots.
+//!
+//! [`measure`] runs the prompts under every policy, [`accuracy`] scores answers against expected
+//! ones and [`report`] writes everything; [`output`] holds what the two writers share (the error,
+//! the font), so `report` uses `accuracy` and nothing points back.
 
-use std::path::PathBuf;
+pub mod accuracy;
+pub mod measure;
+pub mod output;
+pub mod report;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Args;
 use glimpse_engine::eviction::Policy;
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::tokenizer::Tokenizer;
-use glimpse_server::eval::accuracy::{self, AnswerOutcome, Expected, FULL_CACHE};
-use glimpse_server::eval::report::{self, EvalReport, EvalRow};
-use glimpse_server::eval::run::{Candidate, CandidateKind, EvictedLength, PromptAnswers, evaluate};
-use glimpse_server::progress::bar;
+use glimpse_progress::bar;
 
-use super::load_model_and_tokenizer;
-use super::prompts::read_eval_prompts;
+use crate::prompts::read_eval_prompts;
+use crate::{JobError, load_model_and_tokenizer};
+use accuracy::{AnswerOutcome, Expected, FULL_CACHE};
+use measure::{Candidate, CandidateKind, EvictedLength, PromptAnswers, evaluate};
+use report::{EvalReport, EvalRow};
 
 /// Flags of `glimpse eval`.
 #[derive(Args)]
@@ -53,11 +63,18 @@ pub struct EvalArgs {
     pub out_dir: PathBuf,
 }
 
-pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let (dir, model, tokenizer) = load_model_and_tokenizer(args.model.clone())?;
+/// Runs `glimpse eval`: prints the Markdown table and writes it, the JSON report and the plots
+/// to `--out-dir`. `default_model_dir` is the model used when `--model` is not given. Fails on
+/// bad flags, unreadable model, prompts or modules, or an unwritable output directory.
+pub fn run(args: EvalArgs, default_model_dir: &Path) -> Result<(), JobError> {
+    let (dir, model, tokenizer) = load_model_and_tokenizer(args.model.clone(), default_model_dir)?;
     let (prompts, expected) = read_eval_prompts(&args.prompts, &tokenizer)?;
-    anyhow::ensure!(!args.budgets.is_empty(), "--budgets lists no budget");
-    anyhow::ensure!(args.answer_tokens > 0, "--answer-tokens must be at least 1");
+    if args.budgets.is_empty() {
+        return Err(JobError::NoBudgets);
+    }
+    if args.answer_tokens == 0 {
+        return Err(JobError::NoAnswerTokens);
+    }
 
     let mut candidates = Vec::new();
     let mut modules = Vec::new();
@@ -66,8 +83,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .split_once('=')
             .map_or(("lookahead", spec.as_str()), |(l, p)| (l, p));
         let path = PathBuf::from(path);
-        let module = LookaheadModule::load(&path, &model)
-            .with_context(|| format!("loading lookahead module {}", path.display()))?;
+        let module =
+            LookaheadModule::load(&path, &model).map_err(|source| JobError::LoadModule {
+                path: path.clone(),
+                source,
+            })?;
         modules.push((label.to_string(), path.display().to_string()));
         let module = Arc::new(module);
         for &window in &args.lookahead_windows {
@@ -95,10 +115,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             });
         }
     }
-    anyhow::ensure!(
-        !candidates.is_empty() || expected.is_some(),
-        "nothing to evaluate: no --lookahead, --no-baselines and no expected answers in the prompts"
-    );
+    if candidates.is_empty() && expected.is_none() {
+        return Err(JobError::NothingToEvaluate);
+    }
 
     let progress = bar("eval", prompts.len());
     let evaluation = evaluate(
@@ -146,10 +165,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         oracle_recall: evaluation.oracle_recall,
         accuracy: outcomes,
     };
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    std::fs::create_dir_all(&args.out_dir).map_err(|source| JobError::CreateDir {
+        path: args.out_dir.clone(),
+        source,
+    })?;
     let table = report::markdown(&report);
-    std::fs::write(args.out_dir.join("eval.md"), &table)?;
+    let table_path = args.out_dir.join("eval.md");
+    std::fs::write(&table_path, &table).map_err(|source| JobError::Write {
+        path: table_path,
+        source,
+    })?;
     report::write_json(&report, &args.out_dir.join("eval.json"))?;
     let plots = report::plot_all(&report, &args.out_dir)?;
     println!("{table}");
@@ -164,7 +189,7 @@ fn score_answers(
     answers: &[PromptAnswers],
     candidates: &[Candidate],
     budgets: &[usize],
-) -> anyhow::Result<Vec<AnswerOutcome>> {
+) -> Result<Vec<AnswerOutcome>, JobError> {
     let mut outcomes = Vec::new();
     for (expected, answers) in expected.iter().zip(answers) {
         let full = tokenizer.decode(&answers.full, true)?;
