@@ -125,6 +125,22 @@ pub struct RequestLimits {
     pub eviction: EvictionSettings,
 }
 
+impl RequestLimits {
+    /// Refuses the first id of `ids` outside the vocabulary, naming `field`.
+    fn check_vocabulary(&self, field: &'static str, ids: &[u32]) -> Result<(), RequestError> {
+        match ids.iter().find(|&&t| t as usize >= self.vocab_size) {
+            Some(bad) => Err(RequestError::InvalidParameter {
+                field,
+                message: format!(
+                    "token id {bad} is outside the vocabulary of {} tokens",
+                    self.vocab_size
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// KV eviction settings of the whole engine.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EvictionSettings {
@@ -276,19 +292,7 @@ impl Validator {
         if request.prompt_ids.is_empty() {
             return invalid("prompt", "the prompt has no tokens".into());
         }
-        if let Some(&bad) = request
-            .prompt_ids
-            .iter()
-            .find(|&&t| t as usize >= limits.vocab_size)
-        {
-            return invalid(
-                "prompt",
-                format!(
-                    "token id {bad} is outside the vocabulary of {} tokens",
-                    limits.vocab_size
-                ),
-            );
-        }
+        limits.check_vocabulary("prompt", &request.prompt_ids)?;
         let stop = &request.stop;
         if stop.max_tokens == 0 {
             return invalid("max_tokens", "must be at least 1, got 0".into());
@@ -305,19 +309,7 @@ impl Validator {
         if stop.stop_strings.iter().any(String::is_empty) {
             return invalid("stop", "stop strings must not be empty".into());
         }
-        if let Some(&bad) = stop
-            .stop_token_ids
-            .iter()
-            .find(|&&t| t as usize >= limits.vocab_size)
-        {
-            return invalid(
-                "stop_token_ids",
-                format!(
-                    "token id {bad} is outside the vocabulary of {} tokens",
-                    limits.vocab_size
-                ),
-            );
-        }
+        limits.check_vocabulary("stop_token_ids", &stop.stop_token_ids)?;
         request
             .sampling
             .validate()

@@ -2,17 +2,19 @@
 //! ran alone or among 64 others, split by chunked prefill and preempted and recomputed — greedy and
 //! seeded sampling, on the bundled stories260K and on a Qwen3 fixture model.
 
+mod common;
+
+use common::add;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use glimpse_engine::backend::{Device, create_backend};
 use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_server::engine_loop::{
-    BatchLimits, EngineCore, EventSink, GenerationRequest, RequestError, StopConditions,
-    StreamEvent,
+    BatchLimits, EngineCore, GenerationRequest, StopConditions, StreamEvent,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -94,16 +96,6 @@ fn drain(events: &mut UnboundedReceiver<StreamEvent>) -> Vec<u32> {
         }
     }
     panic!("stream did not finish")
-}
-
-/// Validates `request` with the engine's validator, then queues it (what a handler does).
-fn add(
-    core: &mut EngineCore,
-    request: GenerationRequest,
-    events: EventSink,
-) -> Result<(), RequestError> {
-    let request = core.validator().validate(request)?;
-    core.add_request(request, events, Instant::now()).map(drop)
 }
 
 /// Runs `requests` together; returns their token ids and the number of preemptions seen.

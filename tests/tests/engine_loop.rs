@@ -1,16 +1,19 @@
 //! The engine loop's stop rules, cancellation and validation on the bundled stories260K model.
 
+mod common;
+
+use common::add;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use glimpse_engine::backend::{Device, create_backend};
 use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_server::engine_loop::{
-    self, BatchLimits, EngineCore, EventSink, FinishReason, FinishedEvent, GenerationRequest,
-    RequestError, StopConditions,
+    self, BatchLimits, EngineCore, FinishReason, FinishedEvent, GenerationRequest, RequestError,
+    StopConditions,
 };
 use tokio::sync::mpsc::unbounded_channel;
 
@@ -41,16 +44,6 @@ fn request(tokenizer: &Tokenizer, prompt: &str, stop: StopConditions) -> Generat
         skip_special_tokens: true,
         kv_cache: None,
     }
-}
-
-/// Validates `request` with the engine's validator, then queues it (what a handler does).
-fn add(
-    core: &mut EngineCore,
-    request: GenerationRequest,
-    events: EventSink,
-) -> Result<(), RequestError> {
-    let request = core.validator().validate(request)?;
-    core.add_request(request, events, Instant::now()).map(drop)
 }
 
 fn run(core: &mut EngineCore, request: GenerationRequest) -> (Vec<u32>, String, FinishedEvent) {

@@ -2,9 +2,12 @@
 //! pool in the step that finishes a prefill, so more long prompts run at once than a full cache
 //! allows, and every policy decodes to completion on its compacted cache.
 
+mod common;
+
+use common::add;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use glimpse_engine::backend::{Device, create_backend};
 use glimpse_engine::eviction::{EvictionPolicy, Policy, Pool};
@@ -13,8 +16,8 @@ use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_server::engine_loop::{
-    BatchLimits, EngineCore, EventSink, EvictionSettings, GenerationRequest, RequestError,
-    StopConditions, StreamEvent,
+    BatchLimits, EngineCore, EvictionSettings, GenerationRequest, RequestError, StopConditions,
+    StreamEvent,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -59,16 +62,6 @@ fn request(seed: u32, policy: EvictionPolicy, max_tokens: usize) -> GenerationRe
         skip_special_tokens: true,
         kv_cache: Some(policy),
     }
-}
-
-/// Validates `request` with the engine's validator, then queues it (what a handler does).
-fn add(
-    core: &mut EngineCore,
-    request: GenerationRequest,
-    events: EventSink,
-) -> Result<(), RequestError> {
-    let request = core.validator().validate(request)?;
-    core.add_request(request, events, Instant::now()).map(drop)
 }
 
 fn snapkv(budget: usize) -> EvictionPolicy {

@@ -32,13 +32,13 @@ pub struct InitLookaheadArgs {
 #[derive(Args)]
 pub struct ModuleShapeArgs {
     /// Lookahead tokens.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = RandomInit::default().num_tokens)]
     pub num_tokens: usize,
     /// LoRA rank.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = RandomInit::default().rank)]
     pub rank: usize,
     /// LoRA alpha (deltas are scaled by alpha / rank).
-    #[arg(long, default_value_t = 32.0)]
+    #[arg(long, default_value_t = RandomInit::default().alpha)]
     pub alpha: f32,
 }
 
