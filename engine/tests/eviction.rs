@@ -162,7 +162,10 @@ fn masked_equivalence(name: &str, group: usize) {
     let prompt = pseudo_random_prompt(c.vocab_size, PROMPT_LEN, 1);
     let (reference, full_logits) = Reference::after_prompt(&model, &prompt);
     for (label, policy) in evicting_policies() {
-        let budgets = policy.layer_budgets(PROMPT_LEN, c.num_layers);
+        let budgets = policy
+            .for_prompt(PROMPT_LEN)
+            .expect("the prompt exceeds the budget")
+            .layer_budgets(c.num_layers);
         if let Policy::PyramidKv { .. } = policy.policy {
             assert!(
                 budgets.windows(2).all(|pair| pair[0] > pair[1]),

@@ -122,10 +122,13 @@ fn check_selection(fixture: &Fixture, case: &Value) {
     let policy = case_policy(case);
     policy.validate().unwrap();
     let n = fixture.usize("prompt_len");
-    let budgets = policy.layer_budgets(n, fixture.usize("num_layers"));
+    let prompt = policy
+        .for_prompt(n)
+        .expect("the fixture prompt exceeds the budget");
+    let budgets = prompt.layer_budgets(fixture.usize("num_layers"));
     check_layer_budgets(case, &budgets, &label(fixture, case));
     for (layer, &budget) in budgets.iter().enumerate() {
-        let scores = policy.scoring_plan(n).map(|plan| {
+        let scores = prompt.scoring_plan().map(|plan| {
             let keys = fixture.tensor(&format!("layers.{layer}.keys"));
             let extra = fixture.tensor(&format!("layers.{layer}.lookahead_keys"));
             let (queries, rows) = match plan.queries {
@@ -152,8 +155,8 @@ fn check_selection(fixture: &Fixture, case: &Value) {
             };
             score_prompt(layout, &request, &keys).unwrap()
         });
-        let got = policy
-            .select_layer(budget, n, fixture.usize("num_kv_heads"), scores.as_ref())
+        let got = prompt
+            .select_layer(budget, fixture.usize("num_kv_heads"), scores.as_ref())
             .unwrap();
         assert_eq!(
             got.kept,

@@ -5,18 +5,19 @@
 //! Owns the policy list and names ([`PolicyKind::ALL`]), the policy configuration and its defaults
 //! ([`EvictionPolicy`], [`Policy`]'s constructors), the scoring of a layer's prompt keys by its
 //! scoring queries ([`score_prompt`]), pooling, PyramidKV's per-layer budgets and the selection
-//! ([`EvictionPolicy::select_layer`]). Pure functions over f32 slices: it must not know the paged
+//! ([`PromptEviction::select_layer`]). Pure functions over f32 slices: it must not know the paged
 //! cache, blocks, the scheduler or compaction. The backend owes it, per layer, the scoring queries
 //! (RoPE'd, `q_norm`'d) and the cached prompt keys through [`KeySource`], and gathers the kept
 //! entries itself.
 //!
 //! One prompt, per layer:
-//! 1. `policy.applies_to(n)`? Otherwise keep everything.
-//! 2. `policy.scoring_plan(n)` says which queries to compute (last `window` prompt rows, or the
+//! 1. `policy.for_prompt(n)` gives the prompt's [`PromptEviction`], or `None`: keep everything
+//!    (Full, or a prompt within budget). Nothing else decides whether a prompt is evicted.
+//! 2. `prompt.scoring_plan()` says which queries to compute (last `window` prompt rows, or the
 //!    lookahead rows) and how to reduce them; `score_prompt` gives [`KvHeadScores`]. The same
 //!    [`ScoringPlan`] tells the scheduler what the last prefill chunk must hold
 //!    (`min_last_chunk_tokens`, `extra_rows`) and the backend which rows score.
-//! 3. `policy.layer_budgets(n, layers)[l]` and `policy.select_layer(..)` give the kept entries.
+//! 3. `prompt.layer_budgets(layers)[l]` and `prompt.select_layer(..)` give the kept entries.
 
 mod policy;
 mod pooling;
@@ -28,7 +29,8 @@ mod selection;
 mod tests;
 
 pub use policy::{
-    EvictionPolicy, LookaheadMismatch, Policy, PolicyKind, PolicyKnobs, ScoringPlan, ScoringQueries,
+    EvictionPolicy, LookaheadMismatch, Policy, PolicyKind, PolicyKnobs, PromptEviction,
+    ScoringPlan, ScoringQueries,
 };
 pub use pooling::{Pool, Pooling, avg_pool1d, max_pool1d, pool1d};
 pub use pyramid::pyramid_budgets;

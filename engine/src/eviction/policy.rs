@@ -1,7 +1,9 @@
 //! Eviction policy configuration: which policies exist ([`PolicyKind::ALL`], their names), their
-//! knobs and defaults, the budget, and what a prompt's last chunk and the backend must compute for
-//! them ([`ScoringPlan`]). Validated once, independent of any prompt (STYLE rule 2). Adding a
-//! policy touches this module (and the wire enums that name it), nothing that only runs policies.
+//! knobs and defaults and the budget, validated once, independent of any prompt (STYLE rule 2).
+//! Then, per prompt: whether it is evicted at all ([`EvictionPolicy::for_prompt`], the one place
+//! that decides) and, for a [`PromptEviction`], what its last chunk and the backend must compute
+//! ([`ScoringPlan`]). Adding a policy touches this module (and the wire enums that name it),
+//! nothing that only runs policies.
 
 use std::fmt;
 use std::ops::Range;
@@ -364,32 +366,51 @@ impl EvictionPolicy {
         Ok(())
     }
 
-    /// Whether a prompt of `prompt_len` entries is evicted at all: prompts no longer than the
-    /// budget (and every prompt under [`Policy::Full`]) are left untouched.
-    pub fn applies_to(&self, prompt_len: usize) -> bool {
-        !matches!(self.policy, Policy::Full) && prompt_len > self.budget
+    /// The eviction of a prompt of `prompt_len` entries, or `None` when the prompt is kept whole:
+    /// under [`Policy::Full`] and when it is no longer than the budget. The one place that
+    /// decides whether a prompt is evicted at all.
+    pub fn for_prompt(&self, prompt_len: usize) -> Option<PromptEviction> {
+        let evicted = !matches!(self.policy, Policy::Full) && prompt_len > self.budget;
+        evicted.then_some(PromptEviction {
+            policy: *self,
+            prompt_len,
+        })
+    }
+}
+
+/// A policy applied to one prompt it evicts (from [`EvictionPolicy::for_prompt`]): the prompt is
+/// longer than the budget and the policy is not [`Policy::Full`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptEviction {
+    pub(super) policy: EvictionPolicy,
+    pub(super) prompt_len: usize,
+}
+
+impl PromptEviction {
+    /// Entries of the prompt, all of which the cache holds when the eviction runs.
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_len
     }
 
     /// Entries kept per KV head in each of `num_layers` layers: the budget everywhere except under
-    /// PyramidKV. The caller owes a prompt the policy [`applies_to`](Self::applies_to).
-    pub fn layer_budgets(&self, prompt_len: usize, num_layers: usize) -> Vec<usize> {
-        match self.policy {
+    /// PyramidKV.
+    pub fn layer_budgets(&self, num_layers: usize) -> Vec<usize> {
+        let budget = self.policy.budget;
+        match self.policy.policy {
             Policy::PyramidKv { window, beta, .. } => {
-                super::pyramid::pyramid_budgets(self.budget, window, beta, prompt_len, num_layers)
+                super::pyramid::pyramid_budgets(budget, window, beta, self.prompt_len, num_layers)
             }
-            _ => vec![self.budget; num_layers],
+            _ => vec![budget; num_layers],
         }
     }
 
     /// What the backend must score for this prompt, or `None` when the policy needs no scores
-    /// (Full, StreamingLLM) or the prompt is within budget.
-    pub fn scoring_plan(&self, prompt_len: usize) -> Option<ScoringPlan> {
-        if !self.applies_to(prompt_len) {
-            return None;
-        }
-        let window = self.policy.window();
-        let scored_entries = prompt_len - window;
-        match self.policy {
+    /// (StreamingLLM).
+    pub fn scoring_plan(&self) -> Option<ScoringPlan> {
+        let policy = self.policy.policy;
+        let window = policy.window();
+        let scored_entries = self.prompt_len - window;
+        match policy {
             Policy::Full | Policy::StreamingLlm { .. } => None,
             Policy::SnapKv { kernel, pool, .. } | Policy::PyramidKv { kernel, pool, .. } => {
                 Some(ScoringPlan {

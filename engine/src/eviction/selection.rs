@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 
 use crate::error::{EngineError, Result};
 
-use super::policy::{EvictionPolicy, Policy};
+use super::policy::{Policy, PromptEviction};
 use super::scoring::KvHeadScores;
 
 /// The prompt entries one layer keeps, per KV head, ascending.
@@ -66,28 +66,21 @@ pub fn select_with_window(
     kept
 }
 
-impl EvictionPolicy {
+impl PromptEviction {
     /// Selects one layer's kept entries given its budget (from
     /// [`layer_budgets`](Self::layer_budgets)) and its scores (from
     /// [`super::scoring::score_prompt`] under [`scoring_plan`](Self::scoring_plan); `None` for
-    /// policies that need none). A prompt within budget keeps everything. Fails when scores are
-    /// missing or do not match the prompt.
+    /// policies that need none). Fails when scores are missing or do not match the prompt.
     pub fn select_layer(
         &self,
         layer_budget: usize,
-        prompt_len: usize,
         num_kv_heads: usize,
         scores: Option<&KvHeadScores>,
     ) -> Result<LayerSelection> {
-        let all = || LayerSelection {
-            kept: vec![(0..prompt_len).collect(); num_kv_heads],
-        };
-        if !self.applies_to(prompt_len) {
-            return Ok(all());
-        }
-        let window = self.policy.window();
-        match self.policy {
-            Policy::Full => Ok(all()),
+        let prompt_len = self.prompt_len;
+        let window = self.policy.policy.window();
+        match self.policy.policy {
+            Policy::Full => unreachable!("for_prompt never evicts under Policy::Full"),
             Policy::StreamingLlm { sinks } => Ok(LayerSelection {
                 kept: vec![select_streaming(prompt_len, layer_budget, sinks); num_kv_heads],
             }),

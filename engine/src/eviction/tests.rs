@@ -122,15 +122,10 @@ fn validation_names_field_limit_and_value() {
 #[test]
 fn prompts_within_budget_are_untouched() {
     let policy = snapkv(4, 3, Pool::Max, 16);
-    assert!(!policy.applies_to(16));
-    assert!(policy.applies_to(17));
-    assert_eq!(policy.scoring_plan(16), None);
-    let selection = policy
-        .select_layer(16, 16, 2, None)
-        .expect("no scores needed");
-    assert_eq!(selection.kept, vec![(0..16).collect::<Vec<_>>(); 2]);
+    assert_eq!(policy.for_prompt(16), None);
+    assert!(policy.for_prompt(17).is_some());
     let full = EvictionPolicy::default();
-    assert!(!full.applies_to(100_000));
+    assert_eq!(full.for_prompt(100_000), None);
 }
 
 #[test]
@@ -139,7 +134,11 @@ fn streaming_keeps_sinks_and_recent() {
         policy: Policy::streaming_llm(),
         budget: 10,
     };
-    let selection = policy.select_layer(10, 50, 3, None).expect("streaming");
+    let selection = policy
+        .for_prompt(50)
+        .expect("over budget")
+        .select_layer(10, 3, None)
+        .expect("streaming");
     let want: Vec<usize> = (0..4).chain(44..50).collect();
     assert_eq!(selection.kept, vec![want; 3]);
 }
@@ -153,7 +152,9 @@ fn snapkv_always_keeps_the_window() {
     scores[3] = 5.0;
     let scores = KvHeadScores::from_vec(1, n - window, scores).expect("shape");
     let kept = policy
-        .select_layer(budget, n, 1, Some(&scores))
+        .for_prompt(n)
+        .expect("over budget")
+        .select_layer(budget, 1, Some(&scores))
         .expect("select");
     let kept = &kept.kept[0];
     assert_eq!(kept.len(), budget);
@@ -470,7 +471,8 @@ fn sum_and_mean_over_queries_select_the_same_entries() {
             pooling,
             n - nq,
         );
-        policy.select_layer(budget, n, 2, Some(&s)).expect("select")
+        let prompt = policy.for_prompt(n).expect("over budget");
+        prompt.select_layer(budget, 2, Some(&s)).expect("select")
     };
     assert_eq!(select(QueryReduction::Sum), select(QueryReduction::Mean));
 }
@@ -494,7 +496,8 @@ fn scoring_rejects_inconsistent_shapes() {
     assert!(score_prompt(layout, &request, &keys).is_err());
     assert!(ContiguousKeys::new(&[0.0; 7], 2, 4).is_err());
     let policy = snapkv(4, 3, Pool::Max, 8);
-    assert!(policy.select_layer(8, 20, 2, None).is_err());
+    let prompt = policy.for_prompt(20).expect("over budget");
+    assert!(prompt.select_layer(8, 2, None).is_err());
 }
 
 #[test]
@@ -539,7 +542,10 @@ fn knobs_replace_only_the_defaults_they_name() {
 
 #[test]
 fn the_scoring_plan_says_what_the_last_chunk_holds() {
-    let window = snapkv(4, 3, Pool::Max, 16).scoring_plan(40).unwrap();
+    let window = snapkv(4, 3, Pool::Max, 16)
+        .for_prompt(40)
+        .and_then(|prompt| prompt.scoring_plan())
+        .unwrap();
     assert_eq!(
         (window.min_last_chunk_tokens(), window.extra_rows()),
         (4, 0)
@@ -549,7 +555,8 @@ fn the_scoring_plan_says_what_the_last_chunk_holds() {
         policy: Policy::lookahead(),
         budget: 16,
     }
-    .scoring_plan(40)
+    .for_prompt(40)
+    .and_then(|prompt| prompt.scoring_plan())
     .unwrap();
     assert_eq!(
         (lookahead.min_last_chunk_tokens(), lookahead.extra_rows()),

@@ -437,7 +437,8 @@ fn planned_seqs(plan: &Plan) -> impl Iterator<Item = SeqId> + '_ {
 /// its scoring plan says (nothing when the prompt is not evicted or needs no scores).
 fn last_chunk_needs(policy: EvictionPolicy, prompt_len: usize) -> LastChunk {
     policy
-        .scoring_plan(prompt_len)
+        .for_prompt(prompt_len)
+        .and_then(|prompt| prompt.scoring_plan())
         .map_or_else(LastChunk::default, |plan| LastChunk {
             min_tokens: plan.min_last_chunk_tokens(),
             extra_rows: plan.extra_rows(),

@@ -12,14 +12,13 @@ use super::scoring_keys::PagedKeys;
 use crate::batch::SequenceEviction;
 use crate::error::Result;
 use crate::eviction::{
-    EvictionPolicy, HeadLayout, LayerSelection, QueryRows, ScoringPlan, ScoringQueries,
+    HeadLayout, LayerSelection, PromptEviction, QueryRows, ScoringPlan, ScoringQueries,
     ScoringRequest, score_prompt,
 };
 
 /// One sequence's eviction while the pass runs through the layers.
 pub struct PendingEviction {
-    policy: EvictionPolicy,
-    prompt_len: usize,
+    prompt: PromptEviction,
     layer_budgets: Vec<usize>,
     scoring: Option<ScoringPlan>,
     selections: Vec<LayerSelection>,
@@ -36,20 +35,19 @@ pub struct ScoringInput<'a> {
 }
 
 impl PendingEviction {
-    /// Starts evicting a prompt of `prompt_len` entries that the policy applies to.
-    pub fn new(policy: EvictionPolicy, prompt_len: usize, num_layers: usize) -> Self {
+    /// Starts evicting `prompt` from a model of `num_layers` layers.
+    pub fn new(prompt: PromptEviction, num_layers: usize) -> Self {
         Self {
-            policy,
-            prompt_len,
-            layer_budgets: policy.layer_budgets(prompt_len, num_layers),
-            scoring: policy.scoring_plan(prompt_len),
+            prompt,
+            layer_budgets: prompt.layer_budgets(num_layers),
+            scoring: prompt.scoring_plan(),
             selections: Vec::with_capacity(num_layers),
             time: Duration::ZERO,
         }
     }
 
     pub fn prompt_len(&self) -> usize {
-        self.prompt_len
+        self.prompt.prompt_len()
     }
 
     /// Lookahead rows the pass must append after the prompt (0 unless LookaheadKV).
@@ -82,7 +80,7 @@ impl PendingEviction {
                     block_table,
                     block_size: geometry.block_size,
                     head_dim: geometry.head_dim,
-                    num_entries: self.prompt_len,
+                    num_entries: self.prompt.prompt_len(),
                 };
                 let rows = match plan.queries {
                     ScoringQueries::PromptWindow { .. } => QueryRows::PromptSuffix,
@@ -101,9 +99,8 @@ impl PendingEviction {
             }
             None => None,
         };
-        let selection = self.policy.select_layer(
+        let selection = self.prompt.select_layer(
             self.layer_budgets[layer],
-            self.prompt_len,
             geometry.num_kv_heads,
             scores.as_ref(),
         )?;
@@ -122,7 +119,7 @@ impl PendingEviction {
             .collect();
         SequenceEviction {
             sequence,
-            prompt_len: self.prompt_len,
+            prompt_len: self.prompt.prompt_len(),
             kept_entries: layer_kept.iter().copied().max().unwrap_or(0),
             layer_kept,
             selections: self.selections,

@@ -217,7 +217,10 @@ impl CpuBackend {
                 "sequence {i}: eviction needs a cache that was never compacted (entries = positions)"
             ));
         }
-        let Some(plan) = policy.scoring_plan(seq.num_entries_after()) else {
+        let plan = policy
+            .for_prompt(seq.num_entries_after())
+            .and_then(|prompt| prompt.scoring_plan());
+        let Some(plan) = plan else {
             return Ok(());
         };
         let window = plan.min_last_chunk_tokens();
@@ -265,8 +268,8 @@ impl CpuBackend {
             let prompt_len = seq.num_entries_after();
             let eviction = seq
                 .eviction
-                .filter(|policy| policy.applies_to(prompt_len))
-                .map(|policy| PendingEviction::new(policy, prompt_len, num_layers));
+                .and_then(|policy| policy.for_prompt(prompt_len))
+                .map(|prompt| PendingEviction::new(prompt, num_layers));
             let num_lookahead = eviction.as_ref().map_or(0, PendingEviction::lookahead_rows);
             for i in 0..num_lookahead {
                 b.slots.push(TokenSlot {
