@@ -1,12 +1,12 @@
 //! The unit of work a backend executes: a **varlen batch**. Tokens of several sequences — prefill
 //! chunks of any length and single decode tokens, mixed — form one flat activation, so each linear
-//! layer is one matmul; attention runs per sequence through its block table (DESIGN §2.3).
+//! layer is one matmul; attention runs per sequence through its block table (docs/design.md §2.3).
 //!
 //! A sequence distinguishes *positions* (RoPE, counting every token it has seen) from *cache entries*
 //! (KV slots it holds). They coincide until KV eviction keeps fewer entries than positions; then new
 //! tokens keep counting positions from the prompt length while their K/V fill the next free entry.
 //!
-//! KV eviction (DESIGN §4) rides on the batch: a sequence's last prefill chunk may carry an
+//! KV eviction (docs/design.md §4) rides on the batch: a sequence's last prefill chunk may carry an
 //! [`EvictionPolicy`]; the backend scores, selects and compacts that sequence's prompt entries in
 //! the same pass and reports what it kept in [`ForwardOutput::evictions`].
 

@@ -1,4 +1,4 @@
-//! KV eviction end to end through the CPU backend, on real weights (DESIGN §3–§4).
+//! KV eviction end to end through the CPU backend, on real weights (docs/design.md §3–§4).
 //!
 //! **Masked equivalence** ("eviction is exact about what it keeps"). For every policy, on models
 //! with 1, 2 and 4 query heads per KV head, block sizes 1, 4 and 16 (blocks handed out in a
@@ -31,7 +31,7 @@ use glimpse_engine::runner::{Evicted, OfflineRunner, RunnerSequence};
 use glimpse_scheduler::BlockId;
 use support::*;
 
-/// Largest absolute difference of logits allowed against the reference: DESIGN §3's f32 parity
+/// Largest absolute difference of logits allowed against the reference: docs/design.md §3's f32 parity
 /// tolerance. The engine's f32 arithmetic alone (no eviction at all) differs from the f64
 /// reference by up to about 2e-5 on these models (logits up to about 15), so 1e-5 would fail on
 /// rounding; a single misplaced kept entry moves the logits by 2.5e-3 or more, which every

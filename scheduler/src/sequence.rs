@@ -27,7 +27,7 @@ pub struct Request {
 }
 
 /// Constraints on a request's last prefill chunk, which is where the engine scores and evicts
-/// the prompt's KV entries (DESIGN §4). The default asks for nothing.
+/// the prompt's KV entries (docs/design.md §4). The default asks for nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LastChunk {
     /// Prompt tokens the last chunk must hold: SnapKV and PyramidKV score with the queries of

@@ -1,4 +1,4 @@
-//! What KV eviction costs and what it buys, on one model (DESIGN §4):
+//! What KV eviction costs and what it buys, on one model (docs/design.md §4):
 //!
 //! 1. **TTFT overhead** per policy relative to `full`, in the same run: the prompt's prefill
 //!    (chunked as the engine chunks it, `--chunk` tokens per step, the last chunk carrying the

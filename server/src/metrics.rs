@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN §5): names with the `glimpse_` prefix in base units, histograms with
+//! Prometheus metrics (docs/design.md §5): names with the `glimpse_` prefix in base units, histograms with
 //! vLLM's bucket edges so dashboards port. The engine thread records through [`EngineMetrics`] (a
 //! [`StepObserver`]); gRPC handlers count errors with [`record_error`]. The exporter serves
 //! `/metrics` on its own port.

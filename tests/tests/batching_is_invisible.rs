@@ -1,4 +1,4 @@
-//! DESIGN §3 "batching is invisible": a request's output is the same token for token whether it
+//! docs/design.md §3 "batching is invisible": a request's output is the same token for token whether it
 //! ran alone or among 64 others, split by chunked prefill and preempted and recomputed — greedy and
 //! seeded sampling, on the bundled stories260K and on a Qwen3 fixture model.
 

@@ -1,5 +1,5 @@
 //! KV-cache eviction policies: from attention scores to the prompt entries kept per (layer, KV
-//! head). DESIGN §4; LookaheadKV (Ahn et al., arXiv 2603.10899) §3.3 "inference"; the baselines
+//! head). docs/design.md §4; LookaheadKV (Ahn et al., arXiv 2603.10899) §3.3 "inference"; the baselines
 //! SnapKV, PyramidKV and StreamingLLM as kvpress 0.5.5 implements them (reference §3).
 //!
 //! Owns the policy list and names ([`PolicyKind::ALL`]), the policy configuration and its defaults

@@ -15,7 +15,7 @@ use super::pooling::{Pool, Pooling};
 use super::scoring::QueryReduction;
 
 /// Which prompt entries a policy looks at, with its knobs. Defaults (constructors below) are
-/// DESIGN §4's, the LookaheadKV paper's baseline settings.
+/// docs/design.md §4's, the LookaheadKV paper's baseline settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     /// Keep the whole prompt.
@@ -160,10 +160,10 @@ impl Policy {
         }
     }
 
-    /// LookaheadKV with 32 lookahead tokens and no window.
+    /// LookaheadKV with the paper's 32 lookahead tokens and no window.
     pub const fn lookahead() -> Self {
         Policy::Lookahead {
-            num_tokens: 32,
+            num_tokens: crate::lookahead::DEFAULT_NUM_TOKENS,
             window: 0,
         }
     }

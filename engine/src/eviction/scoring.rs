@@ -2,7 +2,7 @@
 //! routine of reference §5.3 (attention kernels do not return probabilities), in f32.
 //!
 //! Owns: scaled dot products, causal visibility, the softmax, the reduction over queries, pooling
-//! per query head and the mean over each GQA group (DESIGN §4). It must not know where keys live
+//! per query head and the mean over each GQA group (docs/design.md §4). It must not know where keys live
 //! (the backend lends them through [`KeySource`], e.g. in place from paged blocks) nor how entries
 //! are selected. Per query head it holds that head's scaled dot products with the prompt keys
 //! (`n_q × n` floats, computed by the key source in one pass so a backend can share each key load
@@ -14,7 +14,7 @@
 //! prompt keys and, when the backend passes them, the lookahead keys at or before their own
 //! position. Passing the lookahead keys is the engine's choice for LookaheadKV: the scores are then
 //! the probabilities the lookahead rows actually compute, as the training target's are for answer
-//! rows (DESIGN §4 training). Omitting them normalises over the prompt keys alone.
+//! rows (docs/design.md §4 training). Omitting them normalises over the prompt keys alone.
 
 use rayon::prelude::*;
 

@@ -1,4 +1,4 @@
-//! The LookaheadKV module (Ahn et al., *LookaheadKV*; DESIGN §4): learned embeddings appended after
+//! The LookaheadKV module (Ahn et al., *LookaheadKV*; docs/design.md §4): learned embeddings appended after
 //! the prompt during the last prefill chunk, plus one LoRA pair per linear layer that is active only
 //! on those appended rows. Their attention to the prompt keys scores which prompt entries the
 //! answer will need.
@@ -28,6 +28,10 @@ mod tests;
 
 pub use crate::model::BaseModelIdentity;
 pub use random::RandomInit;
+
+/// Lookahead tokens per module in the LookaheadKV paper: the default shape of a new module
+/// and the default of the LookaheadKV policy.
+pub const DEFAULT_NUM_TOKENS: usize = 32;
 
 use crate::config::ModelConfig;
 

@@ -5,7 +5,9 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{BaseModelIdentity, LayerAdapters, LookaheadModule, LoraPair, Projection};
+use super::{
+    BaseModelIdentity, DEFAULT_NUM_TOKENS, LayerAdapters, LookaheadModule, LoraPair, Projection,
+};
 use crate::config::ModelConfig;
 
 /// How [`LookaheadModule::random`] draws a module. The defaults are the paper's sizes (32 tokens,
@@ -22,7 +24,7 @@ impl Default for RandomInit {
     fn default() -> Self {
         Self {
             seed: 0,
-            num_tokens: 32,
+            num_tokens: DEFAULT_NUM_TOKENS,
             rank: 8,
             alpha: 32.0,
         }

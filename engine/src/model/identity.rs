@@ -1,4 +1,4 @@
-//! Which base model a derived artefact (a LookaheadKV module, DESIGN §4) belongs to. A lookahead
+//! Which base model a derived artefact (a LookaheadKV module, docs/design.md §4) belongs to. A lookahead
 //! module is trained against one model's activations; run on another it still loads if the shapes
 //! agree, but its scores are noise. The identity lets a loader refuse that case up front.
 

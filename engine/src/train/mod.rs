@@ -1,4 +1,4 @@
-//! Training LookaheadKV modules (DESIGN §4; Ahn et al., §3.3): the model answers each training
+//! Training LookaheadKV modules (docs/design.md §4; Ahn et al., §3.3): the model answers each training
 //! prompt greedily with the full cache; the mean attention its answer pays to each prompt key is
 //! the ground truth per (layer, KV head); the lookahead rows' attention is the prediction; the loss
 //! is their mean KL divergence; only the module's embeddings and LoRA pairs learn.

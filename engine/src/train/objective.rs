@@ -1,4 +1,4 @@
-//! The lookahead rows' prediction and the training loss (DESIGN §4, paper eq. 4).
+//! The lookahead rows' prediction and the training loss (docs/design.md §4, paper eq. 4).
 //!
 //! The module's embeddings run through every layer after the prompt (positions `n..n+T`), with
 //! the LoRA pairs active on them and the prompt's frozen K/V as context. Their prediction per

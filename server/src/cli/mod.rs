@@ -77,7 +77,7 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 256, env = "GLIMPSE_MAX_NUM_SEQS")]
     pub max_num_seqs: usize,
     /// KV eviction policy of requests that name none, by name (`full`, `snapkv`, ...; each
-    /// policy with DESIGN's defaults).
+    /// policy with the defaults of docs/design.md §4).
     #[arg(long, default_value = "full", value_parser = parse_kv_policy, env = "GLIMPSE_KV_POLICY")]
     pub kv_policy: PolicyKind,
     /// Prompt entries kept per layer and KV head by requests that set no budget.

@@ -1,4 +1,4 @@
-//! `glimpse train-lookahead`: trains a LookaheadKV module for a model (DESIGN §4).
+//! `glimpse train-lookahead`: trains a LookaheadKV module for a model (docs/design.md §4).
 //!
 //! Prompts come from a JSON Lines file or are sampled from the model (`--self-generate N`); the
 //! model answers each greedily with the full cache; a held-out share of the prompts measures the

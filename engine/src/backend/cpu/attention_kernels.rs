@@ -10,7 +10,7 @@
 //! - [`Kernels::accumulate`]: `acc[h][..] += Σ_lane p[h][lane]·v[lane][..]`, values row-major, one
 //!   vector load of a value row shared by every query head of the block.
 //!
-//! Why the arithmetic is pinned: DESIGN §3 "batching is invisible" must hold to the bit, and a
+//! Why the arithmetic is pinned: docs/design.md §3 "batching is invisible" must hold to the bit, and a
 //! query row is computed in a tile of many rows in one step and alone (or in a different tile) in
 //! another, e.g. when a preempted sequence is recomputed. So each output is one chain over `i`
 //! (scores) or over ascending lanes (values), whatever the number of query heads in the block or

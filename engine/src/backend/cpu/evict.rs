@@ -2,7 +2,7 @@
 //! score the evicting sequence's prompt keys (in place in its blocks) with its scoring queries,
 //! select the kept entries per KV head and compact them into the sequence's leading entries.
 //! A layer's cache is final once its attention ran, so compacting it at once is safe, and the
-//! scores need only that layer's queries (DESIGN §4; policies in [`crate::eviction`]).
+//! scores need only that layer's queries (docs/design.md §4; policies in [`crate::eviction`]).
 
 use std::ops::Range;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! `y = x·Wᵀ` for row-major `x [rows, k]` and `W [n, k]` (the layout Hugging Face stores), the CPU
 //! backend's only GEMM.
 //!
-//! Why our own kernel rather than a BLAS: DESIGN §3 "batching is invisible" must hold to the bit, so
+//! Why our own kernel rather than a BLAS: docs/design.md §3 "batching is invisible" must hold to the bit, so
 //! every output element `y[r, j]` is accumulated in one fixed order — a single chain
 //! `acc = x[r, 0]·W[j, 0]`, `acc += x[r, p]·W[j, p]` for `p = 1, 2, …, k-1` (one fused multiply-add
 //! per step with AVX-512, a multiply then an add in the portable kernel) — whatever the number of

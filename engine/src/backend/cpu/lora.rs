@@ -1,5 +1,5 @@
 //! LoRA deltas on the lookahead rows of a forward pass: `y += (α/r)·(x·Aᵀ)·Bᵀ` for the rows of
-//! one sequence's lookahead block only (DESIGN §4). Prompt and decode rows never pass through
+//! one sequence's lookahead block only (docs/design.md §4). Prompt and decode rows never pass through
 //! here, which is what keeps LookaheadKV from changing a prompt's keys, values or logits.
 
 use super::linear::matmul_nt;

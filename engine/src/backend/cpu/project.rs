@@ -1,5 +1,5 @@
 //! The one linear step of the forward pass: `y = x·Wᵀ + b` over every row of the flat batch (one
-//! GEMM, DESIGN §2), then the lookahead LoRA deltas on lookahead rows only (DESIGN §4).
+//! GEMM, docs/design.md §2), then the lookahead LoRA deltas on lookahead rows only (docs/design.md §4).
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,5 @@
 //! The layout of one forward pass's flat rows per sequence, and the side buffer that holds the
-//! lookahead rows' keys and values (which never enter the cache, DESIGN §3).
+//! lookahead rows' keys and values (which never enter the cache, docs/design.md §3).
 
 use std::ops::Range;
 

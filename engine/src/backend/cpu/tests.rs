@@ -1,4 +1,4 @@
-//! LookaheadKV's promise to the prompt (DESIGN §3), checked on the private cache: the lookahead
+//! LookaheadKV's promise to the prompt (docs/design.md §3), checked on the private cache: the lookahead
 //! rows change nothing but the selection. Also the refusals of impossible eviction requests.
 
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! packed into the GEMM's panel layout once, when the backend is built, so the forward pass never
 //! repacks.
 //! q/k/v and gate/up are fused into one matrix each so the pass does one matmul where the
-//! checkpoint has two or three (DESIGN §2: each linear layer is one GEMM over the whole varlen
+//! checkpoint has two or three (docs/design.md §2: each linear layer is one GEMM over the whole varlen
 //! batch). Fields keep checkpoint names, fused ones the names joined.
 
 use super::linear::PackedMatrix;

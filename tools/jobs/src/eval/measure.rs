@@ -44,7 +44,7 @@ pub struct Candidate {
 #[derive(Debug, Clone)]
 pub enum CandidateKind {
     /// A policy without a module; SnapKV's and PyramidKV's window is capped at half the budget,
-    /// since a window must stay below the budget (DESIGN defaults otherwise).
+    /// since a window must stay below the budget (docs/design.md §4 defaults otherwise).
     Baseline(Policy),
     /// LookaheadKV with this module, keeping the last `window` prompt entries too (capped at
     /// half the budget like the baselines' windows; 0: none, the paper's default).
