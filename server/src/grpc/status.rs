@@ -28,15 +28,27 @@ pub fn refused(error: RequestError) -> Status {
     status
 }
 
+/// The canonical name of every gRPC code, so each is counted under its own label: a
+/// FAILED_PRECONDITION counted as INTERNAL would fire the server-fault alert.
 fn code_label(code: Code) -> &'static str {
     match code {
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
-        _ => "INTERNAL",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -79,6 +91,23 @@ mod tests {
         for (error, code, message) in cases {
             let status = status_of(error);
             assert_eq!((status.code(), status.message()), (code, message));
+        }
+    }
+
+    #[test]
+    fn every_code_is_counted_under_its_own_canonical_name() {
+        let codes = (0..=16).map(Code::from_i32);
+        let labels: Vec<&str> = codes.clone().map(code_label).collect();
+        let unique: std::collections::HashSet<_> = labels.iter().collect();
+        assert_eq!(unique.len(), 17, "{labels:?}");
+        assert_eq!(code_label(Code::FailedPrecondition), "FAILED_PRECONDITION");
+        for (code, label) in codes.zip(&labels) {
+            // tonic's Debug is the CamelCase name: INVALID_ARGUMENT <-> InvalidArgument.
+            let camel: String = label
+                .split('_')
+                .map(|w| w[..1].to_string() + &w[1..].to_lowercase())
+                .collect();
+            assert_eq!(format!("{code:?}"), camel);
         }
     }
 }
