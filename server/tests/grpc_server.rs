@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use glimpse_proto::v1::{self, generation_client::GenerationClient};
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// A server process on free loopback ports, killed on drop.
 struct Server {
@@ -50,15 +52,40 @@ impl Server {
             metrics_port,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if server.metric("glimpse_kv_blocks_total").is_some()
-                && TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                return server;
-            }
+        while server.metric("glimpse_kv_blocks_total").is_none()
+            || TcpStream::connect(("127.0.0.1", port)).is_err()
+        {
+            assert!(Instant::now() < deadline, "the server did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("the server did not come up");
+        runtime().block_on(server.wait_until_serving(Duration::from_secs(60)));
+        server
+    }
+
+    /// Open ports are not readiness: the warm-up generation runs after the listeners bind, and
+    /// only then does health turn SERVING (and SIGTERM start draining). Polls until it does.
+    async fn wait_until_serving(&self, limit: Duration) {
+        let channel = self.channel().await;
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = serving_status(&channel).await;
+            if status == ServingStatus::Serving {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "health still {status:?} {limit:?} after the ports opened"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     async fn client(&self) -> GenerationClient<Channel> {
@@ -123,53 +150,82 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn health_is_serving_and_reflection_lists_the_service() {
+    let server = Server::start();
+    runtime().block_on(async {
+        let channel = server.channel().await;
+        assert_eq!(serving_status(&channel).await, ServingStatus::Serving);
+        for names in [
+            reflection_v1_services(channel.clone()).await,
+            reflection_v1alpha_services(channel).await,
+        ] {
+            assert!(
+                names.contains(&"glimpse.v1.Generation".to_string()),
+                "{names:?}"
+            );
+            assert!(
+                names.contains(&"grpc.health.v1.Health".to_string()),
+                "{names:?}"
+            );
+        }
+    });
+}
+
+/// The health status of the generation service.
+async fn serving_status(channel: &Channel) -> ServingStatus {
+    HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "glimpse.v1.Generation".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+/// The services a v1 reflection client lists.
+async fn reflection_v1_services(channel: Channel) -> Vec<String> {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let server = Server::start();
-    runtime().block_on(async {
-        let channel = Channel::from_shared(server.grpc.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: "glimpse.v1.Generation".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            health.status(),
-            tonic_health::pb::health_check_response::ServingStatus::Serving
-        );
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("v1 reflection did not list services");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
 
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = ServerReflectionClient::new(channel)
-            .server_reflection_info(tokio_stream::iter([request]))
-            .await
-            .unwrap()
-            .into_inner();
-        let response = responses.message().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-            panic!("reflection did not list services");
-        };
-        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        assert!(
-            names.contains(&"glimpse.v1.Generation".to_string()),
-            "{names:?}"
-        );
-        assert!(
-            names.contains(&"grpc.health.v1.Health".to_string()),
-            "{names:?}"
-        );
-    });
+/// The services a v1alpha reflection client (grpcurl <= 1.8, Python `grpcio-reflection`) lists.
+async fn reflection_v1alpha_services(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("v1alpha reflection did not list services");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
 }
 
 #[test]
@@ -485,8 +541,17 @@ fn sigterm_drains_running_requests_and_refuses_new_ones() {
             .status()
             .unwrap();
         assert!(status.success());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let refused = generate(&mut client, greedy("Hi", 4)).await.unwrap_err();
+        // The signal lands asynchronously: poll until admissions close rather than sleeping.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused = loop {
+            match generate(&mut client, greedy("Hi", 4)).await {
+                Err(refused) => break refused,
+                Ok(_) => assert!(
+                    Instant::now() < deadline,
+                    "new requests still admitted 10 s after SIGTERM"
+                ),
+            }
+        };
         assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
         let mut finished = None;
         while let Some(message) = running.message().await.unwrap() {
