@@ -1,13 +1,13 @@
 //! Prometheus metrics (docs/design.md §5): names with the `glimpse_` prefix in base units, histograms with
 //! vLLM's bucket edges so dashboards port. The engine thread records through [`EngineMetrics`] (a
-//! [`StepObserver`]); gRPC handlers count errors with [`record_error`]. The exporter serves
-//! `/metrics` on its own port.
+//! [`StepObserver`]); gRPC handlers count errors with [`record_error`]. [`serve`] answers
+//! `GET /metrics` on its own port, and 404 on every other path.
 
-use std::net::SocketAddr;
+use std::time::Duration;
 
 use glimpse_engine::eviction::PolicyKind;
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::engine_loop::{EngineCore, StepObserver, StepReport};
 
@@ -68,13 +68,14 @@ pub struct BuildInfo<'a> {
     pub max_model_len: usize,
 }
 
-/// Installs the Prometheus exporter on `addr` and registers every series at zero, so dashboards
-/// and alerts have data before the first request. Fails when the exporter cannot be built or
-/// its listener bound.
-pub fn install(addr: SocketAddr, info: &BuildInfo<'_>) -> Result<(), BuildError> {
+/// How often histograms drop samples past their window (the exporter's own default).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder and registers every series at zero, so dashboards and alerts
+/// have data before the first request. Fails when the recorder cannot be built or installed.
+pub fn install(info: &BuildInfo<'_>) -> Result<PrometheusHandle, BuildError> {
     let token_buckets = one_two_five(info.max_model_len);
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(TTFT.into()), TTFT_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(ITL.into()), ITL_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(E2E.into()), REQUEST_LATENCY_BUCKETS)?
@@ -87,7 +88,7 @@ pub fn install(addr: SocketAddr, info: &BuildInfo<'_>) -> Result<(), BuildError>
             Matcher::Full(ITERATION_TOKENS.into()),
             ITERATION_TOKEN_BUCKETS,
         )?
-        .install()?;
+        .install_recorder()?;
     gauge!(
         "glimpse_build_info",
         "version" => env!("CARGO_PKG_VERSION"),
@@ -130,7 +131,29 @@ pub fn install(addr: SocketAddr, info: &BuildInfo<'_>) -> Result<(), BuildError>
         // Touch each histogram so its series exists from start-up.
         let _ = histogram!(name);
     }
-    Ok(())
+    Ok(handle)
+}
+
+/// Serves `GET /metrics` from `handle` on `listener` (every other path is 404) and runs the
+/// recorder's upkeep, until the runtime stops.
+pub fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            interval.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || std::future::ready(handle.render())),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "the metrics endpoint stopped");
+        }
+    });
 }
 
 /// Counts a request that failed with gRPC status `code` (e.g. `INVALID_ARGUMENT`).

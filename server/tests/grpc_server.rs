@@ -576,3 +576,50 @@ fn sigterm_drains_running_requests_and_refuses_new_ones() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The status line and body of a plain HTTP/1.0 GET.
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn metrics_port_zero_is_logged_and_serves_only_metrics() {
+    use std::io::BufRead;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["serve", "--port", "0", "--metrics-port", "0"])
+        .args(["--kv-memory-bytes", "20000000", "--log-format", "text"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("glimpse serve starts");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let listening = stderr
+        .lines()
+        .map(Result::unwrap)
+        .find(|line| line.contains("listening"));
+    let port: Option<u16> = listening.as_deref().and_then(|line| {
+        let addr = line.split("metrics=").nth(1)?.split_whitespace().next()?;
+        addr.rsplit(':')
+            .next()?
+            .parse()
+            .ok()
+            .filter(|&port| port != 0)
+    });
+    let responses = port.map(|port| (http_get(port, "/metrics"), http_get(port, "/")));
+    let _ = child.kill();
+    let _ = child.wait();
+    port.unwrap_or_else(|| panic!("no bound metrics port in {listening:?}"));
+    let (metrics, other) = responses.unwrap();
+    assert!(
+        metrics.lines().next().unwrap().contains(" 200 "),
+        "{metrics}"
+    );
+    assert!(metrics.contains("glimpse_kv_blocks_total"), "{metrics}");
+    assert!(other.lines().next().unwrap().contains(" 404 "), "{other}");
+}

@@ -29,7 +29,7 @@ pub struct ServeArgs {
     /// gRPC port (0 picks a free one and logs it).
     #[arg(long, default_value_t = 50051, env = "GLIMPSE_PORT")]
     port: u16,
-    /// Port of the Prometheus `/metrics` endpoint.
+    /// Port of the Prometheus `/metrics` endpoint (0 picks a free one and logs it).
     #[arg(long, default_value_t = 9400, env = "GLIMPSE_METRICS_PORT")]
     metrics_port: u16,
     /// Requests that may wait for a slot beyond `max_num_seqs` running ones; more are refused with
@@ -66,19 +66,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
     });
-    let metrics_addr = SocketAddr::new(args.host, args.metrics_port);
-    metrics::install(
-        metrics_addr,
-        &BuildInfo {
-            model: &model_name,
-            device: &args.engine.device,
-            block_size: geometry.block_size,
-            num_blocks: geometry.num_blocks,
-            kv_cache_bytes: geometry.total_bytes(),
-            max_model_len: model.config.max_model_len,
-        },
-    )
-    .context("starting the metrics endpoint")?;
+    let metrics_handle = metrics::install(&BuildInfo {
+        model: &model_name,
+        device: &args.engine.device,
+        block_size: geometry.block_size,
+        num_blocks: geometry.num_blocks,
+        kv_cache_bytes: geometry.total_bytes(),
+        max_model_len: model.config.max_model_len,
+    })
+    .context("installing the metrics recorder")?;
+    let metrics_listener =
+        tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.metrics_port))
+            .await
+            .with_context(|| format!("binding metrics port {}:{}", args.host, args.metrics_port))?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    metrics::serve(metrics_listener, metrics_handle);
     let eviction = core.validator().limits().eviction;
     let (engine, engine_thread) = engine_loop::spawn(core, EngineMetrics);
 
