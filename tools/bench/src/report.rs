@@ -67,6 +67,9 @@ pub struct PolicyReport {
     pub failed_requests: usize,
     /// Failed requests by gRPC status code.
     pub errors: BTreeMap<String, usize>,
+    /// The first failed request's message for each gRPC status code, so a run that
+    /// failed says why.
+    pub first_errors: BTreeMap<String, String>,
     /// Successful requests by finish reason.
     pub finish_reasons: BTreeMap<String, usize>,
     pub duration_secs: f64,
@@ -137,8 +140,12 @@ pub fn summarize(
         })
         .collect();
     let mut errors = BTreeMap::new();
+    let mut first_errors = BTreeMap::new();
     for failure in run.records.iter().filter_map(|r| r.outcome.as_ref().err()) {
         *errors.entry(failure.code.clone()).or_insert(0) += 1;
+        first_errors
+            .entry(failure.code.clone())
+            .or_insert_with(|| failure.message.clone());
     }
     let mut finish_reasons = BTreeMap::new();
     for c in &done {
@@ -165,6 +172,7 @@ pub fn summarize(
         successful_requests: done.len(),
         failed_requests: run.records.len() - done.len(),
         errors,
+        first_errors,
         finish_reasons,
         duration_secs: secs,
         total_input_tokens,
@@ -432,6 +440,39 @@ mod tests {
         assert_eq!(report.agreement_with_full.unwrap().compared, 1);
         assert_eq!(report.answer_accuracy, Some(0.5));
         assert_eq!(report.peak_concurrency, 2);
+    }
+
+    #[test]
+    fn reports_keep_the_first_message_of_each_error_code() {
+        let failure = |index, code: &str, message: &str| RequestRecord {
+            outcome: Err(Failure {
+                code: code.into(),
+                message: message.into(),
+            }),
+            ..failed_record(index)
+        };
+        let records = vec![
+            failure(
+                0,
+                "InvalidArgument",
+                "prompt (1024 tokens) + max_tokens (128) too long",
+            ),
+            failure(1, "InvalidArgument", "a later message"),
+            failure(2, "Unavailable", "draining"),
+        ];
+        let report = summarize(&run("full", records), None, &[], None);
+        assert_eq!(
+            report
+                .first_errors
+                .get("InvalidArgument")
+                .map(String::as_str),
+            Some("prompt (1024 tokens) + max_tokens (128) too long")
+        );
+        assert_eq!(
+            report.first_errors.get("Unavailable").map(String::as_str),
+            Some("draining")
+        );
+        assert_eq!(report.first_errors.len(), 2);
     }
 
     #[test]
