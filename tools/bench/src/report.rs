@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::client::{Completion, RequestRecord};
 use super::scrape::KvUsage;
-use super::stats::{self, Goodput, RequestLatency, Slo, Summary};
+use super::stats::{self, Goodput, Lengths, RequestLatency, Slo, Summary};
 
 /// How close a policy's greedy outputs are to the full-cache outputs of the same prompts,
 /// over prompts that succeeded in both runs.
@@ -75,6 +75,10 @@ pub struct PolicyReport {
     pub duration_secs: f64,
     pub total_input_tokens: u64,
     pub total_output_tokens: u64,
+    /// Prompt tokens per successful request, as the server counted them.
+    pub input_lens: Option<Lengths>,
+    /// Generated tokens per successful request.
+    pub output_lens: Option<Lengths>,
     pub request_throughput: f64,
     pub output_token_throughput: f64,
     pub total_token_throughput: f64,
@@ -177,6 +181,18 @@ pub fn summarize(
         duration_secs: secs,
         total_input_tokens,
         total_output_tokens,
+        input_lens: Lengths::from_counts(
+            &done
+                .iter()
+                .map(|c| u64::from(c.prompt_tokens))
+                .collect::<Vec<_>>(),
+        ),
+        output_lens: Lengths::from_counts(
+            &done
+                .iter()
+                .map(|c| c.output_ids.len() as u64)
+                .collect::<Vec<_>>(),
+        ),
         request_throughput: stats::ratio(done.len() as f64, secs),
         output_token_throughput: stats::ratio(total_output_tokens as f64, secs),
         total_token_throughput: stats::ratio(
@@ -253,6 +269,13 @@ pub fn markdown(reports: &[PolicyReport]) -> String {
         r.successful_requests.to_string()
     });
     row("failed requests", &|r| failed(r));
+    for (name, pick) in LENGTHS {
+        row(name, &|r| {
+            pick(r).map_or("-".into(), |l| {
+                format!("{} / {:.1} / {}", l.min, l.mean, l.max)
+            })
+        });
+    }
     row("duration (s)", &|r| format!("{:.2}", r.duration_secs));
     row("requests/s", &|r| format!("{:.2}", r.request_throughput));
     row("output tokens/s", &|r| {
@@ -267,8 +290,16 @@ pub fn markdown(reports: &[PolicyReport]) -> String {
                 format!("{:.2} / {:.2}", s.mean_ms, s.median_ms)
             })
         });
-        row(&format!("{name} p90 / p99 (ms)"), &|r| {
-            pick(r).map_or("-".into(), |s| format!("{:.2} / {:.2}", s.p90_ms, s.p99_ms))
+        row(&format!("{name} p25 / p75 (ms)"), &|r| {
+            pick(r).map_or("-".into(), |s| format!("{:.2} / {:.2}", s.p25_ms, s.p75_ms))
+        });
+        row(&format!("{name} p90 / p95 / p99 (ms)"), &|r| {
+            pick(r).map_or("-".into(), |s| {
+                format!("{:.2} / {:.2} / {:.2}", s.p90_ms, s.p95_ms, s.p99_ms)
+            })
+        });
+        row(&format!("{name} min / max (ms)"), &|r| {
+            pick(r).map_or("-".into(), |s| format!("{:.2} / {:.2}", s.min_ms, s.max_ms))
         });
     }
     row("goodput (req/s, fraction)", &|r| {
@@ -312,6 +343,13 @@ pub fn markdown(reports: &[PolicyReport]) -> String {
     }
     out
 }
+
+type LengthPick = fn(&PolicyReport) -> Option<Lengths>;
+
+const LENGTHS: [(&str, LengthPick); 2] = [
+    ("input tokens min / mean / max", |r| r.input_lens),
+    ("output tokens min / mean / max", |r| r.output_lens),
+];
 
 type LatencyPick = fn(&PolicyReport) -> Option<Summary>;
 
@@ -433,6 +471,9 @@ mod tests {
             (10, 3)
         );
         assert_eq!(report.output_token_throughput, 1.5);
+        let input = report.input_lens.unwrap();
+        assert_eq!((input.min, input.max), (10, 10));
+        assert_eq!(report.output_lens.unwrap().max, 3);
         assert_eq!(report.total_token_throughput, 6.5);
         assert_eq!(report.tpot.unwrap().count, 1);
         assert!((report.tpot.unwrap().mean_ms - 450.0).abs() < 1e-9);
@@ -489,6 +530,14 @@ mod tests {
             table.contains("| failed requests | 0 | 1 (ResourceExhausted 1) |"),
             "{table}"
         );
+        for row in [
+            "| TTFT p25 / p75 (ms) |",
+            "| TTFT p90 / p95 / p99 (ms) |",
+            "| TTFT min / max (ms) |",
+            "| output tokens min / mean / max | 1 / 1.0 / 1 | - |",
+        ] {
+            assert!(table.contains(row), "{row} not in {table}");
+        }
         assert!(lines.iter().all(|l| l.matches('|').count() == 4), "{table}");
     }
 }
