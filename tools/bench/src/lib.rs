@@ -175,6 +175,9 @@ pub struct BenchArgs {
     /// Also write the full report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write one CSV row per request (every policy) here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
     /// Exit 0 even when requests failed (the report still counts them).
     #[arg(long)]
     pub allow_errors: bool,
@@ -380,6 +383,12 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         eprintln!("{line}");
     }
     let failures = check_failures(&reports, args.allow_errors);
+    if let Some(path) = &args.csv {
+        std::fs::write(path, report::csv(&runs)).map_err(|source| BenchError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
     if let Some(path) = &args.json {
         let report = BenchReport {
             args: &args,

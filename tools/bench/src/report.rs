@@ -344,6 +344,57 @@ pub fn markdown(reports: &[PolicyReport]) -> String {
     out
 }
 
+/// One CSV row per request of every run (header first), for plotting or a spreadsheet:
+/// times in seconds since its run started, latencies in ms, and the gRPC code and
+/// message of failures. Fields are quoted per RFC 4180 where needed.
+pub fn csv(runs: &[PolicyRun]) -> String {
+    let mut out = String::from(
+        "policy,index,start_secs,end_secs,status,ttft_ms,e2e_ms,prompt_tokens,output_tokens,finish_reason,message\n",
+    );
+    for run in runs {
+        for r in &run.records {
+            let fields: Vec<String> = match &r.outcome {
+                Ok(c) => vec![
+                    "ok".into(),
+                    format!("{:.3}", c.ttft_secs * 1e3),
+                    format!("{:.3}", c.e2e_secs * 1e3),
+                    c.prompt_tokens.to_string(),
+                    c.output_ids.len().to_string(),
+                    c.finish_reason.as_str_name().into(),
+                    String::new(),
+                ],
+                Err(f) => {
+                    let mut row = vec![f.code.clone()];
+                    row.extend(std::iter::repeat_n(String::new(), 5));
+                    row.push(f.message.clone());
+                    row
+                }
+            };
+            let row: Vec<String> = [
+                run.policy.clone(),
+                r.index.to_string(),
+                format!("{:.6}", r.start_secs),
+                format!("{:.6}", r.end_secs),
+            ]
+            .into_iter()
+            .chain(fields)
+            .map(|f| csv_field(&f))
+            .collect();
+            out.push_str(&row.join(","));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
 type LengthPick = fn(&PolicyReport) -> Option<Lengths>;
 
 const LENGTHS: [(&str, LengthPick); 2] = [
@@ -514,6 +565,31 @@ mod tests {
             Some("draining")
         );
         assert_eq!(report.first_errors.len(), 2);
+    }
+
+    #[test]
+    fn csv_has_one_row_per_request_and_quotes_messages() {
+        let records = vec![
+            done(0, 0.0, &[1, 2], "ab"),
+            RequestRecord {
+                outcome: Err(Failure {
+                    code: "InvalidArgument".into(),
+                    message: "prompt, \"too\" long".into(),
+                }),
+                ..failed_record(1)
+            },
+        ];
+        let table = csv(&[run("full", records)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("policy,index,start_secs,"));
+        assert!(lines[1].starts_with("full,0,0.000000,"), "{table}");
+        assert!(lines[1].contains(",ok,"), "{table}");
+        assert!(lines[1].ends_with(",10,2,FINISH_REASON_LENGTH,"), "{table}");
+        assert_eq!(
+            lines[2],
+            "full,1,0.000000,0.500000,InvalidArgument,,,,,,\"prompt, \"\"too\"\" long\""
+        );
     }
 
     #[test]
