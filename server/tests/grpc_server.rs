@@ -1,7 +1,7 @@
 //! The real `glimpse serve` binary on loopback with the bundled model, driven by a tonic client:
 //! health, reflection, streamed text, 64 concurrent streams, every invalid parameter's status code,
-//! and a cancelled stream's blocks coming back. (It lives beside the binary so the test can start
-//! it through `CARGO_BIN_EXE_glimpse`.)
+//! a cancelled stream's blocks coming back, and `glimpse bench` against it. (It lives beside the
+//! binary so the test can start it through `CARGO_BIN_EXE_glimpse`.)
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -622,4 +622,54 @@ fn metrics_port_zero_is_logged_and_serves_only_metrics() {
     );
     assert!(metrics.contains("glimpse_kv_blocks_total"), "{metrics}");
     assert!(other.lines().next().unwrap().contains(" 404 "), "{other}");
+}
+
+/// `glimpse bench` as a newcomer runs it: the defaults (1024 + 128 tokens) do not fit the
+/// bundled model, so it refuses before sending, naming the flags and the limit; a request the
+/// server rejects is reported with its code and message and fails the run unless
+/// `--allow-errors`; the endpoint may omit its scheme.
+#[test]
+fn bench_refuses_oversized_prompts_and_fails_on_failed_requests() {
+    let server = Server::start();
+    let endpoint = server.grpc.strip_prefix("http://").unwrap().to_owned();
+    let bench = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_glimpse"))
+            .args(["bench", "--endpoint", &endpoint, "--num-prompts", "2"])
+            .args(extra)
+            .output()
+            .expect("glimpse bench runs")
+    };
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    let defaults = bench(&[]);
+    assert!(!defaults.status.success(), "{}", stderr(&defaults));
+    for needle in ["--input-len (1024)", "--output-len (128)", "512"] {
+        assert!(stderr(&defaults).contains(needle), "{}", stderr(&defaults));
+    }
+
+    let jsonl = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-too-long.jsonl");
+    let prompt = "word ".repeat(300);
+    std::fs::write(
+        &jsonl,
+        format!("{{\"prompt\":\"{prompt}\",\"max_tokens\":500}}\n"),
+    )
+    .unwrap();
+    let text_args = [
+        "--dataset",
+        "jsonl",
+        "--dataset-path",
+        jsonl.to_str().unwrap(),
+    ];
+    let rejected = bench(&text_args);
+    assert!(!rejected.status.success(), "{}", stderr(&rejected));
+    assert!(
+        stderr(&rejected).contains("failed with InvalidArgument; first: prompt ("),
+        "{}",
+        stderr(&rejected)
+    );
+    let allowed = bench(&[&text_args[..], &["--allow-errors"]].concat());
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+
+    let fits = bench(&["--input-len", "16", "--output-len", "4"]);
+    assert!(fits.status.success(), "{}", stderr(&fits));
 }

@@ -35,6 +35,16 @@ pub enum ClientError {
 /// A cheap-to-clone connection (tonic multiplexes calls over one HTTP/2 channel).
 pub type Connection = GenerationClient<Channel>;
 
+/// The URL to dial for `--endpoint`: as given when it names a scheme, else
+/// `http://` + `host:port` (the form `glimpse serve` logs and grpcurl takes).
+pub fn endpoint_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
 /// Connects to `endpoint` (`http://host:port`).
 pub async fn connect(endpoint: &str) -> Result<Connection, ClientError> {
     let client = GenerationClient::connect(endpoint.to_owned())
@@ -236,6 +246,14 @@ async fn stream_to_end(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_without_a_scheme_are_plain_http() {
+        assert_eq!(endpoint_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(endpoint_url("localhost:1"), "http://localhost:1");
+        assert_eq!(endpoint_url("http://h:2"), "http://h:2");
+        assert_eq!(endpoint_url("https://h:3"), "https://h:3");
+    }
 
     #[test]
     fn requests_carry_the_policy_budget_and_a_per_request_seed() {

@@ -27,8 +27,8 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 
 use client::{ClientError, Connection, RequestSettings};
-use dataset::{DatasetError, Prompt, RandomShape, TokenSampler, TokenizedCorpus};
-use report::{BenchReport, ModelSummary, PolicyRun};
+use dataset::{DatasetError, Prompt, PromptInput, RandomShape, TokenSampler, TokenizedCorpus};
+use report::{BenchReport, ModelSummary, PolicyReport, PolicyRun};
 use runner::{RunPlan, Scraper};
 use schedule::{ArrivalProcess, ScheduleError};
 use scrape::{MetricsUrl, ScrapeError};
@@ -95,7 +95,7 @@ impl BenchPolicy {
 /// Flags of `glimpse bench`.
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct BenchArgs {
-    /// gRPC endpoint of the server.
+    /// gRPC endpoint of the server; `host:port` without a scheme means `http://host:port`.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub endpoint: String,
     /// Prometheus endpoint of the server; scraped before, during and after each run for
@@ -175,6 +175,12 @@ pub struct BenchArgs {
     /// Also write the full report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write one CSV row per request (every policy) here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Exit 0 even when requests failed (the report still counts them).
+    #[arg(long)]
+    pub allow_errors: bool,
 }
 
 /// Flag combinations that cannot run.
@@ -189,6 +195,30 @@ pub enum ArgsError {
     },
     #[error("--{flag} must be at least 1")]
     Zero { flag: &'static str },
+    #[error(
+        "prompt {index} has {prompt_tokens} tokens + {max_tokens} to generate = {}, over the \
+         server's maximum model length of {max_model_len} tokens (GetModelInfo max_model_len); \
+         lower --input-len ({input_len}) or --output-len ({output_len})",
+        prompt_tokens + u64::from(*max_tokens)
+    )]
+    TooLong {
+        index: usize,
+        prompt_tokens: u64,
+        max_tokens: u32,
+        max_model_len: u32,
+        input_len: usize,
+        output_len: usize,
+    },
+}
+
+/// Requests failed and `--allow-errors` was not given.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error(
+    "{failed} of {sent} requests failed (first error of each kind above); pass --allow-errors to exit 0 anyway"
+)]
+pub struct RequestsFailed {
+    pub failed: usize,
+    pub sent: usize,
 }
 
 /// Why a benchmark could not run or report; each module's error, as it names the problem.
@@ -204,6 +234,8 @@ pub enum BenchError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    RequestsFailed(#[from] RequestsFailed),
     #[error("--output-len is too large")]
     OutputLen(#[source] std::num::TryFromIntError),
     #[error("encoding the JSON report")]
@@ -244,6 +276,29 @@ impl BenchArgs {
         Ok(())
     }
 
+    /// Refuses prompts the server would reject as too long, before any is sent: a
+    /// prompt's token ids plus its `max_tokens` must fit `max_model_len`. Text prompts
+    /// (jsonl, long-context cut by chars) have no token count here; the server judges them.
+    fn check_fits(&self, prompts: &[Prompt], max_model_len: u32) -> Result<(), ArgsError> {
+        let too_long = prompts.iter().enumerate().find_map(|(index, prompt)| {
+            let PromptInput::TokenIds(ids) = &prompt.input else {
+                return None;
+            };
+            let prompt_tokens = ids.len() as u64;
+            (prompt_tokens + u64::from(prompt.max_tokens) > u64::from(max_model_len)).then_some(
+                ArgsError::TooLong {
+                    index,
+                    prompt_tokens,
+                    max_tokens: prompt.max_tokens,
+                    max_model_len,
+                    input_len: self.input_len,
+                    output_len: self.output_len,
+                },
+            )
+        });
+        too_long.map_or(Ok(()), Err)
+    }
+
     /// Policies in run order, each once; `full` first when others are compared to it.
     fn policy_order(&self) -> Vec<BenchPolicy> {
         let mut order = Vec::new();
@@ -259,8 +314,10 @@ impl BenchArgs {
     }
 }
 
-/// Runs the benchmark and prints the report. Fails on bad flags, an unreachable server
-/// or unreadable data; failed requests are counted in the report instead.
+/// Runs the benchmark and prints the report. Fails on bad flags, an unreachable server,
+/// unreadable data or prompts longer than the model takes (checked before any request is
+/// sent); failed requests are counted in the report, their first error of each kind is
+/// printed, and they fail the run after the report is written unless `--allow-errors`.
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     args.validate()?;
     let arrival = ArrivalProcess::new(args.request_rate, args.burstiness)?;
@@ -271,10 +328,11 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         }),
         None => None,
     };
-    let mut client = client::connect(&args.endpoint).await?;
+    let mut client = client::connect(&client::endpoint_url(&args.endpoint)).await?;
     let info = client::model_info(&mut client).await?;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let prompts = build_prompts(&args, &info, &mut client, &mut rng).await?;
+    args.check_fits(&prompts, info.max_model_len)?;
     let offsets = arrival.offsets_secs(prompts.len(), &mut rng);
 
     let mut runs: Vec<PolicyRun> = Vec::new();
@@ -321,6 +379,16 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         })
         .collect();
     println!("{}", report::markdown(&reports));
+    for line in first_errors(&reports) {
+        eprintln!("{line}");
+    }
+    let failures = check_failures(&reports, args.allow_errors);
+    if let Some(path) = &args.csv {
+        std::fs::write(path, report::csv(&runs)).map_err(|source| BenchError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
     if let Some(path) = &args.json {
         let report = BenchReport {
             args: &args,
@@ -333,7 +401,37 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             source,
         })?;
     }
-    Ok(())
+    Ok(failures?)
+}
+
+/// One line per policy and gRPC code that failed: how often, and the first message.
+fn first_errors(reports: &[PolicyReport]) -> Vec<String> {
+    reports
+        .iter()
+        .flat_map(|r| {
+            r.errors.iter().map(|(code, n)| {
+                let message = r.first_errors.get(code).map_or("", String::as_str);
+                format!(
+                    "{}: {n} request(s) failed with {code}; first: {message}",
+                    r.policy
+                )
+            })
+        })
+        .collect()
+}
+
+/// Fails when any recorded request failed, unless errors are allowed.
+fn check_failures(reports: &[PolicyReport], allow_errors: bool) -> Result<(), RequestsFailed> {
+    let failed: usize = reports.iter().map(|r| r.failed_requests).sum();
+    let sent: usize = reports
+        .iter()
+        .map(|r| r.failed_requests + r.successful_requests)
+        .sum();
+    if failed == 0 || allow_errors {
+        Ok(())
+    } else {
+        Err(RequestsFailed { failed, sent })
+    }
 }
 
 fn model_summary(info: &ModelInfo) -> ModelSummary {
@@ -485,5 +583,90 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    fn ids_prompt(len: usize, max_tokens: u32) -> Prompt {
+        Prompt {
+            input: PromptInput::TokenIds(vec![1; len]),
+            max_tokens,
+            answer: None,
+        }
+    }
+
+    #[test]
+    fn prompts_longer_than_the_model_are_refused_naming_flags_limit_and_values() {
+        let args = parse(&[]);
+        let prompts = [ids_prompt(100, 28), ids_prompt(1024, 128)];
+        let err = args.check_fits(&prompts, 512).unwrap_err();
+        assert_eq!(
+            err,
+            ArgsError::TooLong {
+                index: 1,
+                prompt_tokens: 1024,
+                max_tokens: 128,
+                max_model_len: 512,
+                input_len: 1024,
+                output_len: 128,
+            }
+        );
+        let message = err.to_string();
+        for needle in ["1152", "512", "--input-len (1024)", "--output-len (128)"] {
+            assert!(message.contains(needle), "{needle:?} not in {message:?}");
+        }
+        assert_eq!(args.check_fits(&prompts[..1], 128), Ok(()));
+        assert_eq!(args.check_fits(&[ids_prompt(384, 128)], 512), Ok(()));
+        let text = Prompt {
+            input: PromptInput::Text("x".repeat(4096)),
+            ..ids_prompt(0, 128)
+        };
+        assert_eq!(args.check_fits(&[text], 512), Ok(()));
+    }
+
+    fn report_with_errors(policy: &str, ok: usize, errors: &[(&str, usize, &str)]) -> PolicyReport {
+        let run = report::PolicyRun {
+            policy: policy.into(),
+            budget: None,
+            records: Vec::new(),
+            duration_secs: 1.0,
+            kv_usage: None,
+        };
+        let mut r = report::summarize(&run, None, &[], None);
+        r.successful_requests = ok;
+        for &(code, n, message) in errors {
+            r.failed_requests += n;
+            r.errors.insert(code.into(), n);
+            r.first_errors.insert(code.into(), message.into());
+        }
+        r
+    }
+
+    #[test]
+    fn failed_requests_are_printed_once_per_kind_and_fail_the_run_unless_allowed() {
+        let reports = [
+            report_with_errors("full", 2, &[]),
+            report_with_errors(
+                "snapkv",
+                0,
+                &[
+                    ("InvalidArgument", 3, "too long"),
+                    ("Unavailable", 1, "draining"),
+                ],
+            ),
+        ];
+        assert_eq!(
+            first_errors(&reports),
+            vec![
+                "snapkv: 3 request(s) failed with InvalidArgument; first: too long",
+                "snapkv: 1 request(s) failed with Unavailable; first: draining",
+            ]
+        );
+        assert_eq!(
+            check_failures(&reports, false),
+            Err(RequestsFailed { failed: 4, sent: 6 })
+        );
+        assert_eq!(check_failures(&reports, true), Ok(()));
+        assert_eq!(check_failures(&reports[..1], false), Ok(()));
+        assert!(parse(&["--allow-errors"]).allow_errors);
+        assert!(!parse(&[]).allow_errors);
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::client::{Completion, RequestRecord};
 use super::scrape::KvUsage;
-use super::stats::{self, Goodput, RequestLatency, Slo, Summary};
+use super::stats::{self, Goodput, Lengths, RequestLatency, Slo, Summary};
 
 /// How close a policy's greedy outputs are to the full-cache outputs of the same prompts,
 /// over prompts that succeeded in both runs.
@@ -67,11 +67,18 @@ pub struct PolicyReport {
     pub failed_requests: usize,
     /// Failed requests by gRPC status code.
     pub errors: BTreeMap<String, usize>,
+    /// The first failed request's message for each gRPC status code, so a run that
+    /// failed says why.
+    pub first_errors: BTreeMap<String, String>,
     /// Successful requests by finish reason.
     pub finish_reasons: BTreeMap<String, usize>,
     pub duration_secs: f64,
     pub total_input_tokens: u64,
     pub total_output_tokens: u64,
+    /// Prompt tokens per successful request, as the server counted them.
+    pub input_lens: Option<Lengths>,
+    /// Generated tokens per successful request.
+    pub output_lens: Option<Lengths>,
     pub request_throughput: f64,
     pub output_token_throughput: f64,
     pub total_token_throughput: f64,
@@ -137,8 +144,12 @@ pub fn summarize(
         })
         .collect();
     let mut errors = BTreeMap::new();
+    let mut first_errors = BTreeMap::new();
     for failure in run.records.iter().filter_map(|r| r.outcome.as_ref().err()) {
         *errors.entry(failure.code.clone()).or_insert(0) += 1;
+        first_errors
+            .entry(failure.code.clone())
+            .or_insert_with(|| failure.message.clone());
     }
     let mut finish_reasons = BTreeMap::new();
     for c in &done {
@@ -165,10 +176,23 @@ pub fn summarize(
         successful_requests: done.len(),
         failed_requests: run.records.len() - done.len(),
         errors,
+        first_errors,
         finish_reasons,
         duration_secs: secs,
         total_input_tokens,
         total_output_tokens,
+        input_lens: Lengths::from_counts(
+            &done
+                .iter()
+                .map(|c| u64::from(c.prompt_tokens))
+                .collect::<Vec<_>>(),
+        ),
+        output_lens: Lengths::from_counts(
+            &done
+                .iter()
+                .map(|c| c.output_ids.len() as u64)
+                .collect::<Vec<_>>(),
+        ),
         request_throughput: stats::ratio(done.len() as f64, secs),
         output_token_throughput: stats::ratio(total_output_tokens as f64, secs),
         total_token_throughput: stats::ratio(
@@ -245,6 +269,13 @@ pub fn markdown(reports: &[PolicyReport]) -> String {
         r.successful_requests.to_string()
     });
     row("failed requests", &|r| failed(r));
+    for (name, pick) in LENGTHS {
+        row(name, &|r| {
+            pick(r).map_or("-".into(), |l| {
+                format!("{} / {:.1} / {}", l.min, l.mean, l.max)
+            })
+        });
+    }
     row("duration (s)", &|r| format!("{:.2}", r.duration_secs));
     row("requests/s", &|r| format!("{:.2}", r.request_throughput));
     row("output tokens/s", &|r| {
@@ -259,8 +290,16 @@ pub fn markdown(reports: &[PolicyReport]) -> String {
                 format!("{:.2} / {:.2}", s.mean_ms, s.median_ms)
             })
         });
-        row(&format!("{name} p90 / p99 (ms)"), &|r| {
-            pick(r).map_or("-".into(), |s| format!("{:.2} / {:.2}", s.p90_ms, s.p99_ms))
+        row(&format!("{name} p25 / p75 (ms)"), &|r| {
+            pick(r).map_or("-".into(), |s| format!("{:.2} / {:.2}", s.p25_ms, s.p75_ms))
+        });
+        row(&format!("{name} p90 / p95 / p99 (ms)"), &|r| {
+            pick(r).map_or("-".into(), |s| {
+                format!("{:.2} / {:.2} / {:.2}", s.p90_ms, s.p95_ms, s.p99_ms)
+            })
+        });
+        row(&format!("{name} min / max (ms)"), &|r| {
+            pick(r).map_or("-".into(), |s| format!("{:.2} / {:.2}", s.min_ms, s.max_ms))
         });
     }
     row("goodput (req/s, fraction)", &|r| {
@@ -304,6 +343,64 @@ pub fn markdown(reports: &[PolicyReport]) -> String {
     }
     out
 }
+
+/// One CSV row per request of every run (header first), for plotting or a spreadsheet:
+/// times in seconds since its run started, latencies in ms, and the gRPC code and
+/// message of failures. Fields are quoted per RFC 4180 where needed.
+pub fn csv(runs: &[PolicyRun]) -> String {
+    let mut out = String::from(
+        "policy,index,start_secs,end_secs,status,ttft_ms,e2e_ms,prompt_tokens,output_tokens,finish_reason,message\n",
+    );
+    for run in runs {
+        for r in &run.records {
+            let fields: Vec<String> = match &r.outcome {
+                Ok(c) => vec![
+                    "ok".into(),
+                    format!("{:.3}", c.ttft_secs * 1e3),
+                    format!("{:.3}", c.e2e_secs * 1e3),
+                    c.prompt_tokens.to_string(),
+                    c.output_ids.len().to_string(),
+                    c.finish_reason.as_str_name().into(),
+                    String::new(),
+                ],
+                Err(f) => {
+                    let mut row = vec![f.code.clone()];
+                    row.extend(std::iter::repeat_n(String::new(), 5));
+                    row.push(f.message.clone());
+                    row
+                }
+            };
+            let row: Vec<String> = [
+                run.policy.clone(),
+                r.index.to_string(),
+                format!("{:.6}", r.start_secs),
+                format!("{:.6}", r.end_secs),
+            ]
+            .into_iter()
+            .chain(fields)
+            .map(|f| csv_field(&f))
+            .collect();
+            out.push_str(&row.join(","));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
+type LengthPick = fn(&PolicyReport) -> Option<Lengths>;
+
+const LENGTHS: [(&str, LengthPick); 2] = [
+    ("input tokens min / mean / max", |r| r.input_lens),
+    ("output tokens min / mean / max", |r| r.output_lens),
+];
 
 type LatencyPick = fn(&PolicyReport) -> Option<Summary>;
 
@@ -425,6 +522,9 @@ mod tests {
             (10, 3)
         );
         assert_eq!(report.output_token_throughput, 1.5);
+        let input = report.input_lens.unwrap();
+        assert_eq!((input.min, input.max), (10, 10));
+        assert_eq!(report.output_lens.unwrap().max, 3);
         assert_eq!(report.total_token_throughput, 6.5);
         assert_eq!(report.tpot.unwrap().count, 1);
         assert!((report.tpot.unwrap().mean_ms - 450.0).abs() < 1e-9);
@@ -432,6 +532,64 @@ mod tests {
         assert_eq!(report.agreement_with_full.unwrap().compared, 1);
         assert_eq!(report.answer_accuracy, Some(0.5));
         assert_eq!(report.peak_concurrency, 2);
+    }
+
+    #[test]
+    fn reports_keep_the_first_message_of_each_error_code() {
+        let failure = |index, code: &str, message: &str| RequestRecord {
+            outcome: Err(Failure {
+                code: code.into(),
+                message: message.into(),
+            }),
+            ..failed_record(index)
+        };
+        let records = vec![
+            failure(
+                0,
+                "InvalidArgument",
+                "prompt (1024 tokens) + max_tokens (128) too long",
+            ),
+            failure(1, "InvalidArgument", "a later message"),
+            failure(2, "Unavailable", "draining"),
+        ];
+        let report = summarize(&run("full", records), None, &[], None);
+        assert_eq!(
+            report
+                .first_errors
+                .get("InvalidArgument")
+                .map(String::as_str),
+            Some("prompt (1024 tokens) + max_tokens (128) too long")
+        );
+        assert_eq!(
+            report.first_errors.get("Unavailable").map(String::as_str),
+            Some("draining")
+        );
+        assert_eq!(report.first_errors.len(), 2);
+    }
+
+    #[test]
+    fn csv_has_one_row_per_request_and_quotes_messages() {
+        let records = vec![
+            done(0, 0.0, &[1, 2], "ab"),
+            RequestRecord {
+                outcome: Err(Failure {
+                    code: "InvalidArgument".into(),
+                    message: "prompt, \"too\" long".into(),
+                }),
+                ..failed_record(1)
+            },
+        ];
+        let table = csv(&[run("full", records)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("policy,index,start_secs,"));
+        assert!(lines[1].starts_with("full,0,0.000000,"), "{table}");
+        assert!(lines[1].contains(",ok,"), "{table}");
+        assert!(lines[1].ends_with(",10,2,FINISH_REASON_LENGTH,"), "{table}");
+        assert_eq!(
+            lines[2],
+            "full,1,0.000000,0.500000,InvalidArgument,,,,,,\"prompt, \"\"too\"\" long\""
+        );
     }
 
     #[test]
@@ -448,6 +606,14 @@ mod tests {
             table.contains("| failed requests | 0 | 1 (ResourceExhausted 1) |"),
             "{table}"
         );
+        for row in [
+            "| TTFT p25 / p75 (ms) |",
+            "| TTFT p90 / p95 / p99 (ms) |",
+            "| TTFT min / max (ms) |",
+            "| output tokens min / mean / max | 1 / 1.0 / 1 | - |",
+        ] {
+            assert!(table.contains(row), "{row} not in {table}");
+        }
         assert!(lines.iter().all(|l| l.matches('|').count() == 4), "{table}");
     }
 }

@@ -29,8 +29,12 @@ pub struct Summary {
     pub count: usize,
     pub mean_ms: f64,
     pub std_ms: f64,
+    pub min_ms: f64,
+    pub p25_ms: f64,
     pub median_ms: f64,
+    pub p75_ms: f64,
     pub p90_ms: f64,
+    pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
 }
@@ -48,10 +52,38 @@ impl Summary {
             count,
             mean_ms,
             std_ms: var.sqrt(),
+            min_ms: *ms.first()?,
+            p25_ms: percentile(&ms, 25.0)?,
             median_ms: percentile(&ms, 50.0)?,
+            p75_ms: percentile(&ms, 75.0)?,
             p90_ms: percentile(&ms, 90.0)?,
+            p95_ms: percentile(&ms, 95.0)?,
             p99_ms: percentile(&ms, 99.0)?,
             max_ms: *ms.last()?,
+        })
+    }
+}
+
+/// Spread of per-request token counts (prompt or output lengths), so a report shows the
+/// lengths that were actually served, not only the ones asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Lengths {
+    pub min: u64,
+    pub mean: f64,
+    pub median: f64,
+    pub max: u64,
+}
+
+impl Lengths {
+    /// `None` for no requests.
+    pub fn from_counts(counts: &[u64]) -> Option<Self> {
+        let mut sorted: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+        sorted.sort_by(f64::total_cmp);
+        Some(Self {
+            min: *counts.iter().min()?,
+            mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
+            median: percentile(&sorted, 50.0)?,
+            max: *counts.iter().max()?,
         })
     }
 }
@@ -216,7 +248,21 @@ mod tests {
         assert!((s.median_ms - 2.5).abs() < 1e-9);
         assert!((s.std_ms - 1.25f64.sqrt()).abs() < 1e-9);
         assert!((s.max_ms - 4.0).abs() < 1e-9);
+        assert!((s.min_ms - 1.0).abs() < 1e-9);
+        // numpy.percentile([1,2,3,4], [25,75,95]) = [1.75, 3.25, 3.85]
+        assert!((s.p25_ms - 1.75).abs() < 1e-9);
+        assert!((s.p75_ms - 3.25).abs() < 1e-9);
+        assert!((s.p95_ms - 3.85).abs() < 1e-9);
         assert_eq!(Summary::from_secs(&[]), None);
+    }
+
+    #[test]
+    fn lengths_give_min_mean_median_and_max() {
+        let l = Lengths::from_counts(&[10, 40, 20, 30]).unwrap();
+        assert_eq!((l.min, l.max), (10, 40));
+        assert!((l.mean - 25.0).abs() < 1e-12);
+        assert!((l.median - 25.0).abs() < 1e-12);
+        assert_eq!(Lengths::from_counts(&[]), None);
     }
 
     #[test]
