@@ -140,6 +140,36 @@ async fn generate(
     panic!("the stream ended without a final message")
 }
 
+/// The services a reflection client of protocol `$version` lists: `v1`, or `v1alpha` (grpcurl
+/// <= 1.8, Python `grpcio-reflection`). The two protocols have the same messages in different
+/// packages, hence a macro rather than a function.
+macro_rules! reflected_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = responses.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("{} reflection did not list services", stringify!($version));
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -155,8 +185,8 @@ fn health_is_serving_and_reflection_lists_the_service() {
         let channel = server.channel().await;
         assert_eq!(serving_status(&channel).await, ServingStatus::Serving);
         for names in [
-            reflection_v1_services(channel.clone()).await,
-            reflection_v1alpha_services(channel).await,
+            reflected_services!(v1, channel.clone()),
+            reflected_services!(v1alpha, channel),
         ] {
             assert!(
                 names.contains(&"glimpse.v1.Generation".to_string()),
@@ -180,52 +210,6 @@ async fn serving_status(channel: &Channel) -> ServingStatus {
         .unwrap()
         .into_inner()
         .status()
-}
-
-/// The services a v1 reflection client lists.
-async fn reflection_v1_services(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("v1 reflection did not list services");
-    };
-    list.service.into_iter().map(|s| s.name).collect()
-}
-
-/// The services a v1alpha reflection client (grpcurl <= 1.8, Python `grpcio-reflection`) lists.
-async fn reflection_v1alpha_services(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("v1alpha reflection did not list services");
-    };
-    list.service.into_iter().map(|s| s.name).collect()
 }
 
 #[test]
@@ -598,11 +582,21 @@ fn metrics_port_zero_is_logged_and_serves_only_metrics() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("glimpse serve starts");
+    // Read the log on its own thread (it keeps draining the pipe), so a server that never says
+    // where it listens fails the test at the deadline instead of hanging it.
     let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let listening = stderr
-        .lines()
-        .map(Result::unwrap)
-        .find(|line| line.contains("listening"));
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listening = std::iter::from_fn(|| {
+        log.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+    })
+    .find(|line| line.contains("listening"));
     let port: Option<u16> = listening.as_deref().and_then(|line| {
         let addr = line.split("metrics=").nth(1)?.split_whitespace().next()?;
         addr.rsplit(':')
