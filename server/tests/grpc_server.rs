@@ -3,113 +3,17 @@
 //! a cancelled stream's blocks coming back, and `glimpse bench` against it. (It lives beside the
 //! binary so the test can start it through `CARGO_BIN_EXE_glimpse`.)
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{Server, http_get, runtime, serving_status};
 
 use glimpse_proto::v1::{self, generation_client::GenerationClient};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-
-/// A server process on free loopback ports, killed on drop.
-struct Server {
-    child: Child,
-    grpc: String,
-    metrics_port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Server {
-    fn start() -> Self {
-        let (port, metrics_port) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .args([
-                "serve",
-                "--port",
-                &port.to_string(),
-                "--metrics-port",
-                &metrics_port.to_string(),
-            ])
-            .args(["--kv-memory-bytes", "20000000", "--max-waiting", "200"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("glimpse serve starts");
-        let server = Self {
-            child,
-            grpc: format!("http://127.0.0.1:{port}"),
-            metrics_port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while server.metric("glimpse_kv_blocks_total").is_none()
-            || TcpStream::connect(("127.0.0.1", port)).is_err()
-        {
-            assert!(Instant::now() < deadline, "the server did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        runtime().block_on(server.wait_until_serving(Duration::from_secs(60)));
-        server
-    }
-
-    /// Open ports are not readiness: the warm-up generation runs after the listeners bind, and
-    /// only then does health turn SERVING (and SIGTERM start draining). Polls until it does.
-    async fn wait_until_serving(&self, limit: Duration) {
-        let channel = self.channel().await;
-        let deadline = Instant::now() + limit;
-        loop {
-            let status = serving_status(&channel).await;
-            if status == ServingStatus::Serving {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "health still {status:?} {limit:?} after the ports opened"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.grpc.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn client(&self) -> GenerationClient<Channel> {
-        GenerationClient::connect(self.grpc.clone()).await.unwrap()
-    }
-
-    /// The value of a series (name with labels, as exported) from `/metrics`.
-    fn metric(&self, name: &str) -> Option<f64> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
-        write!(stream, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).ok()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn greedy(text: &str, max_tokens: u32) -> v1::GenerateRequest {
     v1::GenerateRequest {
@@ -170,14 +74,6 @@ macro_rules! reflected_services {
     }};
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn health_is_serving_and_reflection_lists_the_service() {
     let server = Server::start();
@@ -198,18 +94,6 @@ fn health_is_serving_and_reflection_lists_the_service() {
             );
         }
     });
-}
-
-/// The health status of the generation service.
-async fn serving_status(channel: &Channel) -> ServingStatus {
-    HealthClient::new(channel.clone())
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "glimpse.v1.Generation".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
 }
 
 #[test]
@@ -559,15 +443,6 @@ fn sigterm_drains_running_requests_and_refuses_new_ones() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The status line and body of a plain HTTP/1.0 GET.
-fn http_get(port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 #[test]
