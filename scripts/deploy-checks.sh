@@ -13,9 +13,12 @@
 #   1. Prometheus: promtool check config / check rules / test rules
 #   2. Compose file: docker-compose config (schema and interpolation)
 #   3. Dockerfiles: hadolint, then the project's own rules
-#   4. Kubernetes: kustomize renders the cpu and cuda overlays and the
-#      prometheus-adapter rules; kubernetes-validate (strict, offline schemas of
-#      Kubernetes $K8S_VERSION) validates every object; cross-object checks
+#   4. Kubernetes: kustomize renders the cpu, cuda and inference-gateway
+#      overlays and the prometheus-adapter rules; kubernetes-validate (strict,
+#      offline schemas of Kubernetes $K8S_VERSION) validates every built-in
+#      object, check_crds.py every custom one against the CRDs vendored in
+#      deploy/k8s/crds/ (and must reject a broken InferencePool); cross-object
+#      checks
 #   5. Grafana: the dashboard parses, every panel has a title and PromQL, every
 #      metric name is one the server exports, every alert has a runbook section
 #   6. PromQL: every dashboard and alert expression is evaluated by a real
@@ -146,22 +149,26 @@ step "kubernetes: render with kustomize, validate (Kubernetes $K8S_VERSION, stri
 RENDER="$WORK/rendered"
 rm -rf "$RENDER"
 mkdir -p "$RENDER"
+# Kinds defined by CRDs, which kubernetes-validate has no schema for: the
+# ServiceMonitor (prometheus-operator) is checked by check_manifests.py, the
+# others by check_crds.py against deploy/k8s/crds/.
+CRD_KINDS='ServiceMonitor|InferencePool|Gateway|HTTPRoute'
 validate() {
-	# validate FILE: strict schema validation; only the CRD kinds below may lack a schema.
+	# validate FILE: strict schema validation; only the CRD kinds above may lack a schema.
 	local out
 	out="$("$KVALIDATE" -k "$K8S_VERSION" --strict "$1" 2>&1)" || {
 		printf '%s\n' "$out" >&2
 		die "kubernetes-validate $1"
 	}
-	printf '%s\n' "$out" | grep -v "Couldn't find schema for kind ServiceMonitor with api version monitoring.coreos.com/v1" || true
-	if printf '%s\n' "$out" | grep "Couldn't find schema" | grep -vq "kind ServiceMonitor with api version monitoring.coreos.com/v1"; then
-		die "$1 has an object of a kind with no schema (only ServiceMonitor is expected)"
+	printf '%s\n' "$out" | grep -Ev "Couldn't find schema for kind ($CRD_KINDS) with" || true
+	if printf '%s\n' "$out" | grep "Couldn't find schema" | grep -Evq "kind ($CRD_KINDS) with"; then
+		die "$1 has an object of a kind with no schema (only $CRD_KINDS are expected)"
 	fi
-	if printf '%s\n' "$out" | grep -q "kind ServiceMonitor"; then
-		echo "note: ServiceMonitor is a CRD (prometheus-operator): no core schema; checked by check_manifests.py"
+	if printf '%s\n' "$out" | grep -Eq "Couldn't find schema for kind ($CRD_KINDS) with"; then
+		echo "note: CRD kinds ($CRD_KINDS) have no core schema; checked by check_crds.py and check_manifests.py"
 	fi
 }
-for overlay in cpu cuda; do
+for overlay in cpu cuda inference-gateway; do
 	out="$RENDER/overlay-$overlay.yaml"
 	"$KUBECTL" kustomize "deploy/k8s/overlays/$overlay" >"$out" || die "kustomize deploy/k8s/overlays/$overlay"
 	echo "rendered deploy/k8s/overlays/$overlay: $(grep -c '^kind:' "$out") objects"
@@ -172,6 +179,20 @@ validate "$RENDER/prometheus-adapter.yaml"
 "$PY" scripts/deploy/check_manifests.py --device cpu "$RENDER/overlay-cpu.yaml" || die "manifest checks (cpu)"
 "$PY" scripts/deploy/check_manifests.py --device cuda:0 "$RENDER/overlay-cuda.yaml" || die "manifest checks (cuda)"
 "$PY" scripts/deploy/check_manifests.py --adapter "$RENDER/prometheus-adapter.yaml" || die "prometheus-adapter checks"
+"$PY" scripts/deploy/check_manifests.py --gateway --device cpu "$RENDER/overlay-inference-gateway.yaml" ||
+	die "manifest checks (inference-gateway)"
+
+step "kubernetes: custom objects against the vendored CRDs (deploy/k8s/crds)"
+"$PY" scripts/deploy/check_crds.py --crds deploy/k8s/crds --ignore-kind ServiceMonitor "$RENDER"/*.yaml ||
+	die "custom objects do not validate against their CRDs"
+# The check must catch a broken object: an InferencePool target port out of range.
+broken="$WORK/broken-inferencepool.yaml"
+sed 's/^  - number: 8000$/  - number: 80000/' "$RENDER/overlay-inference-gateway.yaml" >"$broken"
+grep -q '^  - number: 80000$' "$broken" || die "could not build the broken InferencePool for the negative check"
+if "$PY" scripts/deploy/check_crds.py --crds deploy/k8s/crds --ignore-kind ServiceMonitor "$broken" >/dev/null 2>&1; then
+	die "check_crds.py accepted an InferencePool with targetPorts[0].number 80000"
+fi
+echo "check_crds.py rejects an InferencePool with targetPorts[0].number 80000: ok"
 
 # ---------------------------------------------------------------- grafana
 step "grafana: dashboard structure, metric names, runbook links"

@@ -19,6 +19,12 @@ deployment rules.
   - with --device cuda:*: an nvidia.com/gpu limit and a GPU toleration
   - HPA custom metrics and prometheus-adapter rules name metrics the server
     exports
+  - with --gateway (overlays/inference-gateway): the application objects pass
+    the checks above, and the InferencePool selects the server's pods on its
+    http port, its endpointPickerRef is the endpoint picker's Service, the
+    picker watches that pool, reads the protocol's metrics under the names the
+    server exports from its metrics port, has its plugin config and RBAC, runs
+    a pinned image, and the HTTPRoute sends /v1 from a Gateway to the pool
 
 Needs PyYAML.
 """
@@ -165,6 +171,110 @@ def check_app(docs, device: str) -> list[str]:
     return p
 
 
+EPP_COMPONENT = "endpoint-picker"
+GATEWAY_KINDS = {"InferencePool", "Gateway", "HTTPRoute"}
+# The model-server protocol's metrics (Inference Extension v1.0.2 flags) and
+# the server's series that answer them.
+EPP_METRIC_FLAGS = {
+    "--total-queued-requests-metric": "glimpse_num_requests_waiting",
+    "--kv-cache-usage-percentage-metric": "glimpse_kv_cache_usage_ratio",
+}
+
+
+def component(doc) -> str | None:
+    return doc.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component")
+
+
+def flags(args: list[str]) -> dict[str, str]:
+    """`--flag value` pairs of a container's args."""
+    return {a: b for a, b in zip(args, args[1:]) if a.startswith("--")}
+
+
+def check_gateway(docs, device: str) -> list[str]:
+    app = [d for d in docs if d.get("kind") not in GATEWAY_KINDS and component(d) != EPP_COMPONENT]
+    p = check_app(app, device)
+    by_kind: dict[str, list] = {}
+    for d in docs:
+        by_kind.setdefault(d.get("kind"), []).append(d)
+    server_dep = next(d for d in app if d.get("kind") == "Deployment")
+    server_pod = server_dep["spec"]["template"]
+    server = next(c for c in server_pod["spec"]["containers"] if c["name"] == "glimpse")
+    server_ports = {pt.get("name"): pt["containerPort"] for pt in server.get("ports", [])}
+
+    pools = by_kind.get("InferencePool", [])
+    if len(pools) != 1:
+        return p + [f"expected one InferencePool, found {len(pools)}"]
+    pool = pools[0]
+    pname = pool["metadata"]["name"]
+    if not selects(pool["spec"]["selector"].get("matchLabels", {}), server_pod["metadata"].get("labels", {})):
+        p.append(f"InferencePool/{pname}: selector does not select the server's pods")
+    targets = [t.get("number") for t in pool["spec"].get("targetPorts", [])]
+    if targets != [server_ports.get("http")]:
+        p.append(f"InferencePool/{pname}: targetPorts {targets} are not the server's http port {server_ports.get('http')}")
+
+    epps = [d for d in by_kind.get("Deployment", []) if component(d) == EPP_COMPONENT]
+    if len(epps) != 1:
+        return p + [f"expected one endpoint-picker Deployment, found {len(epps)}"]
+    epp_pod = epps[0]["spec"]["template"]
+    epp = epp_pod["spec"]["containers"][0]
+    epp_ports = {pt.get("name"): pt["containerPort"] for pt in epp.get("ports", [])}
+    f = flags(epp.get("args", []))
+    if f.get("--pool-name") != pname:
+        p.append(f"endpoint picker: --pool-name {f.get('--pool-name')} is not InferencePool/{pname}")
+    for flag, series in EPP_METRIC_FLAGS.items():
+        if f.get(flag) != series or series not in KNOWN_SERIES:
+            p.append(f"endpoint picker: {flag} {f.get(flag)!r} is not the server's {series}")
+    if f.get("--model-server-metrics-port") != str(server_ports.get("metrics")):
+        p.append(f"endpoint picker: --model-server-metrics-port {f.get('--model-server-metrics-port')} is not the server's metrics port {server_ports.get('metrics')}")
+    image = epp.get("image", "")
+    if not re.search(r":v\d+\.\d+\.\d+$", image):
+        p.append(f"endpoint picker: image {image} is not pinned to a release tag")
+    config = f.get("--config-file", "")
+    maps = {v["name"]: v["configMap"]["name"] for v in epp_pod["spec"].get("volumes", []) if "configMap" in v}
+    cms = {c["metadata"]["name"]: c for c in by_kind.get("ConfigMap", [])}
+    if not any(cms.get(m, {}).get("data", {}).get(Path(config).name) for m in maps.values()):
+        p.append(f"endpoint picker: no mounted ConfigMap holds its --config-file {config}")
+
+    ref = pool["spec"].get("endpointPickerRef", {})
+    epp_labels = epp_pod["metadata"].get("labels", {})
+    svcs = [s for s in by_kind.get("Service", []) if s["metadata"]["name"] == ref.get("name")]
+    if not svcs or not selects(svcs[0]["spec"].get("selector", {}), epp_labels):
+        p.append(f"InferencePool/{pname}: endpointPickerRef {ref.get('name')} is not a Service of the endpoint picker")
+    else:
+        port = next((pt for pt in svcs[0]["spec"]["ports"] if pt["port"] == ref.get("port", {}).get("number")), None)
+        if port is None or epp_ports.get(port.get("targetPort")) != 9002:
+            p.append(f"InferencePool/{pname}: endpointPickerRef port does not reach the picker's ext-proc port 9002")
+
+    sa = epp_pod["spec"].get("serviceAccountName")
+    if sa not in {s["metadata"]["name"] for s in by_kind.get("ServiceAccount", [])}:
+        p.append(f"endpoint picker: ServiceAccount {sa} is missing")
+    roles = {r["metadata"]["name"]: r for r in by_kind.get("Role", [])}
+    granted = set()
+    for rb in by_kind.get("RoleBinding", []):
+        if any(s.get("name") == sa for s in rb.get("subjects", [])):
+            for rule in roles.get(rb["roleRef"]["name"], {}).get("rules", []):
+                granted |= set(rule.get("resources", []))
+    for need in ("inferencepools", "pods"):
+        if need not in granted:
+            p.append(f"endpoint picker: its RBAC does not grant {need}")
+
+    gateways = {g["metadata"]["name"] for g in by_kind.get("Gateway", [])}
+    routes = by_kind.get("HTTPRoute", [])
+    routed = False
+    for route in routes:
+        rname = route["metadata"]["name"]
+        for parent in route["spec"].get("parentRefs", []):
+            if parent.get("name") not in gateways:
+                p.append(f"HTTPRoute/{rname}: parent {parent.get('name')} is not a Gateway here")
+        for rule in route["spec"].get("rules", []):
+            to_pool = any(b.get("kind") == "InferencePool" and b.get("name") == pname for b in rule.get("backendRefs", []))
+            paths = {m.get("path", {}).get("value") for m in rule.get("matches", [])}
+            routed |= to_pool and "/v1" in paths
+    if not routed:
+        p.append(f"no HTTPRoute sends /v1 to InferencePool/{pname}")
+    return p
+
+
 def check_adapter(docs) -> list[str]:
     p = []
     cms = [d for d in docs if d.get("kind") == "ConfigMap"]
@@ -195,6 +305,7 @@ def main(argv=None) -> int:
     ap.add_argument("file", help="rendered manifests (multi-document YAML), - for stdin")
     ap.add_argument("--device", help="expected --device of the server (cpu, cuda:0)")
     ap.add_argument("--adapter", action="store_true", help="the file is the prometheus-adapter rendering")
+    ap.add_argument("--gateway", action="store_true", help="the file is the inference-gateway overlay's rendering")
     args = ap.parse_args(argv)
     docs = load(args.file)
     if args.adapter:
@@ -202,7 +313,8 @@ def main(argv=None) -> int:
     else:
         if not args.device:
             ap.error("--device is required for application manifests")
-        problems = check_app(docs, args.device)
+        check = check_gateway if args.gateway else check_app
+        problems = check(docs, args.device)
     for pr in problems:
         print(f"FAIL {args.file}: {pr}", file=sys.stderr)
     print(f"{args.file}: {len(docs)} objects, {len(problems)} problem(s)")

@@ -6,4 +6,5 @@ pub mod engine_loop;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
+pub mod stats_log;
 pub mod validation;

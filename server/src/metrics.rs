@@ -1,12 +1,16 @@
 //! Prometheus metrics (docs/design.md §5): names with the `glimpse_` prefix in base units, histograms with
-//! vLLM's bucket edges so dashboards port. The engine thread records through [`EngineMetrics`] (a
-//! [`StepObserver`]); gRPC handlers count errors with [`record_error`]. [`serve`] answers
-//! `GET /metrics` on its own port, and 404 on every other path.
+//! vLLM's bucket edges so dashboards port, a `# HELP` line for each (from [`DESCRIPTIONS`]) and a
+//! `model_name` label on every series, as vLLM has. The engine thread records through
+//! [`EngineMetrics`] (a [`StepObserver`], which never sees the warm-up); gRPC handlers count
+//! errors with [`record_error`]. [`serve`] answers `GET /metrics` on its own port, and 404 on
+//! every other path.
 
 use std::time::Duration;
 
 use glimpse_engine::eviction::PolicyKind;
-use metrics::{counter, gauge, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::engine_loop::{EngineCore, StepObserver, StepReport};
@@ -43,6 +47,177 @@ pub const PROMPT_TOKENS: &str = "glimpse_request_prompt_tokens";
 pub const GENERATION_TOKENS: &str = "glimpse_request_generation_tokens";
 pub const ITERATION_TOKENS: &str = "glimpse_iteration_tokens";
 
+/// The label every series carries: the name the model is served under (`--model-name`).
+pub const MODEL_NAME_LABEL: &str = "model_name";
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One exported metric: its name, kind, unit and `# HELP` text.
+#[derive(Debug, Clone, Copy)]
+pub struct Description {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub help: &'static str,
+}
+
+const fn describe(name: &'static str, kind: Kind, unit: Unit, help: &'static str) -> Description {
+    Description {
+        name,
+        kind,
+        unit,
+        help,
+    }
+}
+
+/// Every metric Glimpse exports, with the text of its `# HELP` line (the unit is part of it).
+pub const DESCRIPTIONS: &[Description] = &[
+    describe(
+        "glimpse_build_info",
+        Kind::Gauge,
+        Unit::Count,
+        "Always 1; the labels say the version, model, device and KV block size (tokens).",
+    ),
+    describe(
+        "glimpse_kv_blocks_total",
+        Kind::Gauge,
+        Unit::Count,
+        "KV-cache blocks in the pool (blocks).",
+    ),
+    describe(
+        "glimpse_kv_cache_bytes",
+        Kind::Gauge,
+        Unit::Bytes,
+        "Size of the KV-cache pool (bytes).",
+    ),
+    describe(
+        "glimpse_kv_blocks_used",
+        Kind::Gauge,
+        Unit::Count,
+        "KV-cache blocks held by requests now (blocks).",
+    ),
+    describe(
+        "glimpse_kv_cache_usage_ratio",
+        Kind::Gauge,
+        Unit::Count,
+        "Fraction of KV-cache blocks in use, 0 to 1 (the Inference Gateway's KV-cache utilisation).",
+    ),
+    describe(
+        "glimpse_num_requests_running",
+        Kind::Gauge,
+        Unit::Count,
+        "Requests scheduled on the engine now (requests).",
+    ),
+    describe(
+        "glimpse_num_requests_waiting",
+        Kind::Gauge,
+        Unit::Count,
+        "Requests queued for a slot now (requests; the Inference Gateway's queue size).",
+    ),
+    describe(
+        "glimpse_prompt_tokens_total",
+        Kind::Counter,
+        Unit::Count,
+        "Prompt tokens prefilled, recomputation after preemption included (tokens).",
+    ),
+    describe(
+        "glimpse_generation_tokens_total",
+        Kind::Counter,
+        Unit::Count,
+        "Tokens generated (tokens).",
+    ),
+    describe(
+        "glimpse_num_preemptions_total",
+        Kind::Counter,
+        Unit::Count,
+        "Requests preempted to free KV blocks, to be recomputed (preemptions).",
+    ),
+    describe(
+        "glimpse_request_success_total",
+        Kind::Counter,
+        Unit::Count,
+        "Requests that ended, by finished_reason: stop, length or abort (requests).",
+    ),
+    describe(
+        "glimpse_request_errors_total",
+        Kind::Counter,
+        Unit::Count,
+        "Requests refused or failed, by gRPC status code (requests).",
+    ),
+    describe(
+        "glimpse_kv_evicted_tokens_total",
+        Kind::Counter,
+        Unit::Count,
+        "Prompt tokens evicted from the KV cache per (layer, KV head), on average, by policy (tokens).",
+    ),
+    describe(
+        "glimpse_kv_blocks_freed_by_eviction_total",
+        Kind::Counter,
+        Unit::Count,
+        "KV blocks handed back to the pool by eviction, by policy (blocks).",
+    ),
+    describe(
+        TTFT,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time from arrival to the first generated token (seconds).",
+    ),
+    describe(
+        ITL,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time between consecutive generated tokens of a request (seconds).",
+    ),
+    describe(
+        E2E,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time from arrival to the end of a request (seconds).",
+    ),
+    describe(
+        QUEUE_TIME,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time from arrival to first being scheduled (seconds).",
+    ),
+    describe(
+        PREFILL_TIME,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time from first being scheduled to the first generated token (seconds).",
+    ),
+    describe(
+        EVICTION_TIME,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time spent scoring, selecting and compacting a prompt's KV cache (seconds).",
+    ),
+    describe(
+        PROMPT_TOKENS,
+        Kind::Histogram,
+        Unit::Count,
+        "Prompt length of each finished request (tokens).",
+    ),
+    describe(
+        GENERATION_TOKENS,
+        Kind::Histogram,
+        Unit::Count,
+        "Generated length of each finished request (tokens).",
+    ),
+    describe(
+        ITERATION_TOKENS,
+        Kind::Histogram,
+        Unit::Count,
+        "Tokens run through the model in one engine step (tokens).",
+    ),
+];
+
 /// 1-2-5 buckets up to `max` (vLLM's token-count histograms).
 fn one_two_five(max: usize) -> Vec<f64> {
     let mut out = Vec::new();
@@ -60,6 +235,7 @@ fn one_two_five(max: usize) -> Vec<f64> {
 
 /// Static facts exported once as `glimpse_build_info`.
 pub struct BuildInfo<'a> {
+    /// The name the model is served under: the `model_name` label of every series.
     pub model: &'a str,
     pub device: &'a str,
     pub block_size: usize,
@@ -71,11 +247,13 @@ pub struct BuildInfo<'a> {
 /// How often histograms drop samples past their window (the exporter's own default).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Installs the Prometheus recorder and registers every series at zero, so dashboards and alerts
-/// have data before the first request. Fails when the recorder cannot be built or installed.
+/// Installs the Prometheus recorder, describes every metric and registers every series at zero,
+/// so dashboards and alerts have data before the first request. Fails when the recorder cannot be
+/// built or installed.
 pub fn install(info: &BuildInfo<'_>) -> Result<PrometheusHandle, BuildError> {
     let token_buckets = one_two_five(info.max_model_len);
     let handle = PrometheusBuilder::new()
+        .add_global_label(MODEL_NAME_LABEL, info.model)
         .set_buckets_for_metric(Matcher::Full(TTFT.into()), TTFT_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(ITL.into()), ITL_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(E2E.into()), REQUEST_LATENCY_BUCKETS)?
@@ -89,6 +267,13 @@ pub fn install(info: &BuildInfo<'_>) -> Result<PrometheusHandle, BuildError> {
             ITERATION_TOKEN_BUCKETS,
         )?
         .install_recorder()?;
+    for d in DESCRIPTIONS {
+        match d.kind {
+            Kind::Counter => describe_counter!(d.name, d.unit, d.help),
+            Kind::Gauge => describe_gauge!(d.name, d.unit, d.help),
+            Kind::Histogram => describe_histogram!(d.name, d.unit, d.help),
+        }
+    }
     gauge!(
         "glimpse_build_info",
         "version" => env!("CARGO_PKG_VERSION"),
@@ -210,6 +395,25 @@ impl StepObserver for EngineMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_metric_is_described_once_with_its_unit() {
+        let names: std::collections::HashSet<_> = DESCRIPTIONS.iter().map(|d| d.name).collect();
+        assert_eq!(
+            names.len(),
+            DESCRIPTIONS.len(),
+            "a metric is described twice"
+        );
+        for d in DESCRIPTIONS {
+            assert!(d.name.starts_with("glimpse_"), "{}", d.name);
+            let unit = match d.unit {
+                Unit::Seconds => "(seconds)",
+                Unit::Bytes => "(bytes)",
+                _ => "",
+            };
+            assert!(d.help.contains(unit), "{}: help must name its unit", d.name);
+        }
+    }
 
     #[test]
     fn token_buckets_follow_one_two_five_up_to_the_limit() {

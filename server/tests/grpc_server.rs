@@ -542,3 +542,90 @@ fn bench_refuses_oversized_prompts_and_fails_on_failed_requests() {
     let fits = bench(&["--input-len", "16", "--output-len", "4"]);
     assert!(fits.status.success(), "{}", stderr(&fits));
 }
+
+/// Waits (60 s deadline) until the series `selector` reaches `at_least`.
+fn wait_for_metric(server: &Server, selector: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.metric(selector).unwrap_or(0.0) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{selector} never reached {at_least}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_warm_up_generation_is_not_counted_in_request_metrics() {
+    let server = Server::start();
+    for name in [
+        "glimpse_request_success_total",
+        "glimpse_prompt_tokens_total",
+        "glimpse_generation_tokens_total",
+        "glimpse_time_to_first_token_seconds_count",
+        "glimpse_iteration_tokens_count",
+    ] {
+        assert_eq!(server.metric_sum(name), Some(0.0), "{name} after start-up");
+    }
+    // One request afterwards is counted as exactly one: the warm-up's steps never show up late.
+    let usage = runtime().block_on(async {
+        let (_, last) = generate(&mut server.client().await, greedy("Once upon", 4))
+            .await
+            .unwrap();
+        last.usage.unwrap()
+    });
+    wait_for_metric(&server, "glimpse_request_success_total", 1.0);
+    assert_eq!(
+        server.metric_sum("glimpse_request_success_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric("glimpse_prompt_tokens_total"),
+        Some(f64::from(usage.prompt_tokens))
+    );
+    assert_eq!(
+        server.metric("glimpse_generation_tokens_total"),
+        Some(f64::from(usage.completion_tokens))
+    );
+}
+
+#[test]
+fn every_metric_has_help_and_every_series_names_the_model() {
+    let server = Server::start();
+    runtime().block_on(async {
+        // An error, so that the error counter exists too.
+        let mut client = server.client().await;
+        let status = generate(&mut client, greedy("Hi", 0)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+    });
+    wait_for_metric(&server, "glimpse_request_errors_total", 1.0);
+    let text = server.metrics_text().unwrap();
+    let mut series = 0;
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (selector, _) = line.rsplit_once(' ').unwrap();
+        let parsed = common::Series::parse(selector);
+        let model = ("model_name".to_string(), "stories260K".to_string());
+        assert!(parsed.labels.contains(&model), "{line} has no model_name");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| parsed.name.strip_suffix(suffix))
+            .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+            .unwrap_or(&parsed.name);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {family} ")) && l.len() > 12 + family.len()),
+            "{family} has no # HELP line"
+        );
+        series += 1;
+    }
+    assert!(series > 20, "only {series} series exported");
+    for name in [
+        "glimpse_request_errors_total",
+        "glimpse_kv_cache_usage_ratio",
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+    }
+}

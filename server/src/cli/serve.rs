@@ -15,6 +15,7 @@ use glimpse_proto::v1;
 use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions};
 use glimpse_server::grpc::{Admission, GenerationService, policy_message, wire_policy};
 use glimpse_server::metrics::{self, BuildInfo, EngineMetrics};
+use glimpse_server::stats_log::StatsLog;
 use tonic::transport::Server;
 
 use super::{EngineArgs, LoadedEngine};
@@ -39,9 +40,14 @@ pub struct ServeArgs {
     /// Seconds running requests get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30, env = "GLIMPSE_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: u64,
-    /// Name the model is served under (default: its folder name).
+    /// Name the model is served under (default: its folder name); also the `model_name` label
+    /// of every metric.
     #[arg(long, env = "GLIMPSE_MODEL_NAME")]
     model_name: Option<String>,
+    /// Seconds between engine summary log lines (running, waiting, KV usage, tokens/s), logged
+    /// while there is work; 0 turns them off.
+    #[arg(long, default_value_t = 10, env = "GLIMPSE_LOG_STATS_INTERVAL_SECS")]
+    log_stats_interval_secs: u64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -82,7 +88,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics_addr = metrics_listener.local_addr()?;
     metrics::serve(metrics_listener, metrics_handle);
     let eviction = core.validator().limits().eviction;
-    let (engine, engine_thread) = engine_loop::spawn(core, EngineMetrics);
+    let stats_log = StatsLog::every(Duration::from_secs(args.log_stats_interval_secs));
+    let (engine, engine_thread) = engine_loop::spawn(core, (EngineMetrics, stats_log));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
@@ -190,7 +197,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One short greedy generation through the whole engine before reporting SERVING.
+/// One short greedy generation through the whole engine before reporting SERVING, run unseen by
+/// the step observers: metrics count only served requests.
 async fn warm_up(
     engine: &engine_loop::EngineHandle,
     tokenizer: &glimpse_engine::tokenizer::Tokenizer,
@@ -207,7 +215,7 @@ async fn warm_up(
         kv_cache: None,
     };
     let request = engine.validator().validate(request)?;
-    engine_loop::collect(engine.submit(request)).await?;
+    engine.warm_up(request).await?;
     Ok(())
 }
 

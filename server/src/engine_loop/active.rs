@@ -51,6 +51,9 @@ pub struct ActiveRequest {
 pub enum TokenOutcome {
     Continue,
     Finished(FinishReason),
+    /// The token's text could not be decoded: the request must end with this error (nothing was
+    /// streamed for the token).
+    Failed(RequestError),
 }
 
 impl ActiveRequest {
@@ -122,12 +125,9 @@ impl ActiveRequest {
         self.times.first_token.get_or_insert(now);
         self.times.last_token = Some(now);
         let may_stop = self.num_generated() >= self.stop.min_tokens;
-        let delta = match self.detokenizer.push(token) {
-            Ok(text) => text.unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(error = %e, token, "detokenization failed; dropping the text of this token");
-                String::new()
-            }
+        let delta = match decoded(self.detokenizer.push(token).map(Option::unwrap_or_default)) {
+            Ok(text) => text,
+            Err(error) => return TokenOutcome::Failed(error),
         };
         let (text_delta, stop_string) = match self.stop_strings.push(&delta) {
             Matched::Release(text) => (text, None),
@@ -154,18 +154,22 @@ impl ActiveRequest {
         TokenOutcome::Continue
     }
 
-    /// Sends the final event with whatever text was held back, and the usage and timings.
-    pub fn finish(mut self, reason: FinishReason, now: Instant) -> (Usage, Timings) {
+    /// Sends the final event with whatever text was held back, and returns the usage and timings.
+    /// When the held-back text cannot be decoded the stream ends with that error instead, and
+    /// `None` comes back: the request failed.
+    pub fn finish(mut self, reason: FinishReason, now: Instant) -> Option<(Usage, Timings)> {
         let mut text_delta = String::new();
         if !matches!(reason, FinishReason::StopString(_)) {
-            match self.detokenizer.finish() {
-                Ok(rest) => {
-                    let (Matched::Release(t) | Matched::Stop { text: t, .. }) =
-                        self.stop_strings.push(&rest);
-                    text_delta.push_str(&t);
+            let rest = match decoded(self.detokenizer.finish()) {
+                Ok(rest) => rest,
+                Err(error) => {
+                    self.fail(error);
+                    return None;
                 }
-                Err(e) => tracing::warn!(error = %e, "detokenizer flush failed"),
-            }
+            };
+            let (Matched::Release(t) | Matched::Stop { text: t, .. }) =
+                self.stop_strings.push(&rest);
+            text_delta.push_str(&t);
             text_delta.push_str(&self.stop_strings.flush());
         }
         let times = self.times;
@@ -186,7 +190,7 @@ impl ActiveRequest {
             timings,
             policy: self.policy,
         }));
-        (usage, timings)
+        Some((usage, timings))
     }
 
     /// Sends an error as the final event.
@@ -197,5 +201,37 @@ impl ActiveRequest {
     fn send(&self, event: StreamEvent) {
         // A closed channel is noticed by `is_disconnected` before the next step.
         let _ = self.events.send(event);
+    }
+}
+
+/// Generated text, or the error that ends the request when the tokenizer cannot decode it: text
+/// silently dropped would reach the client as a wrong answer, so the request fails as INTERNAL
+/// (counted in `glimpse_request_errors_total`) instead.
+fn decoded(text: glimpse_engine::Result<String>) -> Result<String, RequestError> {
+    text.map_err(|e| {
+        tracing::warn!(error = %e, "detokenization failed; ending the request");
+        RequestError::Internal {
+            message: format!("the generated tokens could not be decoded: {e}"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No tokenizer of the bundled model fails to decode, so the failure is built by hand: this
+    /// checks the conversion; `grpc::status` tests that the wire counts it.
+    #[test]
+    fn a_decode_failure_becomes_an_internal_error_naming_the_cause() {
+        let failure = glimpse_engine::EngineError::Tokenizer {
+            message: "decoding failed: bad byte".into(),
+        };
+        let Err(RequestError::Internal { message }) = decoded(Err(failure)) else {
+            panic!("a decode failure must be an internal error");
+        };
+        assert!(message.contains("could not be decoded"), "{message}");
+        assert!(message.contains("bad byte"), "{message}");
+        assert_eq!(decoded(Ok("hi".into())), Ok("hi".to_string()));
     }
 }

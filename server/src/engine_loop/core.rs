@@ -23,7 +23,7 @@ use glimpse_scheduler::{
 };
 
 use super::active::{ActiveRequest, EventSink, TokenOutcome};
-use super::request::{FinishReason, Timings, Usage};
+use super::request::{FinishReason, StreamEvent, Timings, Usage};
 use crate::error::RequestError;
 use crate::validation::{EvictionSettings, RequestLimits, ValidRequest, Validator};
 
@@ -199,14 +199,31 @@ impl EngineCore {
     /// Aborts a request now: its blocks are freed and its stream ends with `Abort`.
     pub fn abort(&mut self, seq: SeqId, now: Instant) -> Option<CompletedRequest> {
         self.scheduler.abort(seq);
-        self.requests.remove(&seq).map(|active| {
-            let (usage, timings) = active.finish(FinishReason::Abort, now);
-            CompletedRequest {
-                reason: FinishReason::Abort,
-                usage,
-                timings,
-            }
+        let active = self.requests.remove(&seq)?;
+        let (usage, timings) = active.finish(FinishReason::Abort, now)?;
+        Some(CompletedRequest {
+            reason: FinishReason::Abort,
+            usage,
+            timings,
         })
+    }
+
+    /// Runs `request` until it ends, stepping without any observer, and says how it ended: the
+    /// warm-up generation, which metrics must not count. Requests queued before it share its
+    /// steps (also unobserved); those queued later wait in the loop's channel.
+    pub fn run_unobserved(&mut self, request: ValidRequest) -> Result<(), RequestError> {
+        let (events, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        self.add_request(request, events, Instant::now())?;
+        loop {
+            self.step();
+            while let Ok(event) = receiver.try_recv() {
+                match event {
+                    StreamEvent::Token(_) => {}
+                    StreamEvent::Finished(_) => return Ok(()),
+                    StreamEvent::Error(error) => return Err(error),
+                }
+            }
+        }
     }
 
     /// Runs one step. Requests whose clients left are aborted first.
@@ -353,6 +370,7 @@ impl EngineCore {
             .map(|c| (c.seq, c.is_last_chunk, c.num_tokens));
         let decodes = self.plan.decodes.iter().map(|d| (d.seq, true, 1));
         let mut finished = Vec::new();
+        let mut failed = Vec::new();
         for (index, (seq, sampled, num_tokens)) in prefills.chain(decodes).enumerate() {
             if index < self.plan.prefills.len() {
                 report.num_prefill_tokens += num_tokens;
@@ -391,6 +409,10 @@ impl EngineCore {
                         _ => SchedulerFinish::Stop,
                     })
                 }
+                TokenOutcome::Failed(error) => {
+                    failed.push((seq, error));
+                    Some(SchedulerFinish::Stop)
+                }
             };
             self.result.outputs.push(SeqOutput {
                 seq,
@@ -406,12 +428,20 @@ impl EngineCore {
                 .requests
                 .remove(&seq)
                 .expect("finished request is active");
-            let (usage, timings) = request.finish(reason.clone(), now);
-            report.completed.push(CompletedRequest {
-                reason,
-                usage,
-                timings,
-            });
+            if let Some((usage, timings)) = request.finish(reason.clone(), now) {
+                report.completed.push(CompletedRequest {
+                    reason,
+                    usage,
+                    timings,
+                });
+            }
+        }
+        for (seq, error) in failed {
+            let request = self
+                .requests
+                .remove(&seq)
+                .expect("failed request is active");
+            request.fail(error);
         }
     }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender, error::TryRecvError};
+use tokio::sync::oneshot;
 
 pub use self::active::EventSink;
 pub use self::core::{BatchLimits, CompletedRequest, EngineCore, EvictionReport, StepReport};
@@ -31,11 +32,33 @@ impl StepObserver for () {
     fn on_step(&mut self, _: &EngineCore, _: &StepReport) {}
 }
 
+/// An observer that may be switched off (e.g. a log whose interval is 0).
+impl<O: StepObserver> StepObserver for Option<O> {
+    fn on_step(&mut self, core: &EngineCore, report: &StepReport) {
+        if let Some(observer) = self {
+            observer.on_step(core, report);
+        }
+    }
+}
+
+/// Two observers of the same steps, in order.
+impl<A: StepObserver, B: StepObserver> StepObserver for (A, B) {
+    fn on_step(&mut self, core: &EngineCore, report: &StepReport) {
+        self.0.on_step(core, report);
+        self.1.on_step(core, report);
+    }
+}
+
 enum Command {
     Submit {
         request: ValidRequest,
         events: EventSink,
         arrival: Instant,
+    },
+    /// Run a request to its end without the observer seeing its steps.
+    WarmUp {
+        request: ValidRequest,
+        done: oneshot::Sender<Result<(), RequestError>>,
     },
 }
 
@@ -70,6 +93,16 @@ impl EngineHandle {
             let _ = events.send(StreamEvent::Error(RequestError::ShuttingDown));
         }
         receiver
+    }
+
+    /// Runs `request` on the engine thread before anything submitted after it, unseen by the
+    /// step observer (so metrics do not count it), and says how it ended: the warm-up generation.
+    pub async fn warm_up(&self, request: ValidRequest) -> Result<(), RequestError> {
+        let (done, outcome) = oneshot::channel();
+        self.commands
+            .send(Command::WarmUp { request, done })
+            .map_err(|_| RequestError::ShuttingDown)?;
+        outcome.await.unwrap_or(Err(RequestError::Dropped))
     }
 
     /// The engine's validator: requests are validated with it before they are submitted.
@@ -127,13 +160,19 @@ fn run(
 }
 
 fn accept(core: &mut EngineCore, command: Command) {
-    let Command::Submit {
-        request,
-        events,
-        arrival,
-    } = command;
-    if let Err(error) = core.add_request(request, events.clone(), arrival) {
-        let _ = events.send(StreamEvent::Error(error));
+    match command {
+        Command::Submit {
+            request,
+            events,
+            arrival,
+        } => {
+            if let Err(error) = core.add_request(request, events.clone(), arrival) {
+                let _ = events.send(StreamEvent::Error(error));
+            }
+        }
+        Command::WarmUp { request, done } => {
+            let _ = done.send(core.run_unobserved(request));
+        }
     }
 }
 

@@ -94,6 +94,27 @@ mod tests {
         }
     }
 
+    /// A decode failure reaches the wire as `StreamEvent::Error(Internal)`, which the handler
+    /// sends through `refused`; no tokenizer here fails to decode, so the error is built by hand.
+    #[test]
+    fn a_decode_failure_is_counted_as_internal() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let status = metrics::with_local_recorder(&recorder, || {
+            refused(RequestError::Internal {
+                message: "the generated tokens could not be decoded: bad byte".into(),
+            })
+        });
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            handle
+                .render()
+                .contains("glimpse_request_errors_total{code=\"INTERNAL\"} 1"),
+            "{}",
+            handle.render()
+        );
+    }
+
     #[test]
     fn every_code_is_counted_under_its_own_canonical_name() {
         let codes = (0..=16).map(Code::from_i32);

@@ -91,15 +91,93 @@ impl Server {
         GenerationClient::connect(self.grpc.clone()).await.unwrap()
     }
 
-    /// The value of a series (name with labels, as exported) from `/metrics`.
-    pub fn metric(&self, name: &str) -> Option<f64> {
+    /// The value of the first series matching `selector` (`name` or `name{label="value",...}`)
+    /// in `/metrics`: same name, and every label given with its value; labels not given (such
+    /// as `model_name`, on every series) may take any value.
+    pub fn metric(&self, selector: &str) -> Option<f64> {
+        let wanted = Series::parse(selector);
+        self.metrics_text()?.lines().find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let series = Series::parse(series);
+            let matches = series.name == wanted.name
+                && wanted
+                    .labels
+                    .iter()
+                    .all(|label| series.labels.contains(label));
+            matches.then(|| value.trim().parse().ok()).flatten()
+        })
+    }
+
+    /// The sum of every series named `name`, whatever its labels (0 when there is none).
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        let text = self.metrics_text()?;
+        let values = text.lines().filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            (!line.starts_with('#') && Series::parse(series).name == name)
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        });
+        Some(values.sum())
+    }
+
+    /// The whole text of `/metrics` (None while the port does not answer).
+    pub fn metrics_text(&self) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
         write!(stream, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).ok()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+    }
+}
+
+/// A series as Prometheus' text format writes it: `name{label="value",...}`.
+#[derive(Debug, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+}
+
+impl Series {
+    /// Parses `name` or `name{k="v",...}` (values may hold escaped quotes and commas).
+    pub fn parse(text: &str) -> Self {
+        let Some((name, rest)) = text.split_once('{') else {
+            return Self {
+                name: text.trim().to_string(),
+                labels: Vec::new(),
+            };
+        };
+        let mut labels = Vec::new();
+        let mut chars = rest.chars().peekable();
+        loop {
+            let key: String = chars
+                .by_ref()
+                .skip_while(|c| *c == ',' || c.is_whitespace())
+                .take_while(|c| *c != '=')
+                .collect();
+            if key.is_empty() || key.starts_with('}') {
+                break;
+            }
+            assert_eq!(
+                chars.next(),
+                Some('"'),
+                "label {key} in {text} is not quoted"
+            );
+            let mut value = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            labels.push((key, value));
+        }
+        Self {
+            name: name.to_string(),
+            labels,
+        }
     }
 }
 
