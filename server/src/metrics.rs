@@ -1,6 +1,7 @@
 //! Prometheus metrics (docs/design.md §5): names with the `glimpse_` prefix in base units, histograms with
 //! vLLM's bucket edges so dashboards port. The engine thread records through [`EngineMetrics`] (a
-//! [`StepObserver`]); gRPC handlers count errors with [`record_error`]. [`serve`] answers
+//! [`StepObserver`]); refused requests of both wires are counted with [`record_error`] by
+//! [`crate::refusal`]. [`serve`] answers
 //! `GET /metrics` on its own port, and 404 on every other path.
 
 use std::time::Duration;
