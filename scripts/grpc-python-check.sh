@@ -21,7 +21,7 @@ touch "$WORK/stubs/glimpse/__init__.py" "$WORK/stubs/glimpse/v1/__init__.py"
 
 PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 METRICS_PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-"$GLIMPSE" serve --port "$PORT" --metrics-port "$METRICS_PORT" --kv-memory-bytes 20000000 >"$WORK/glimpse.log" 2>&1 &
+"$GLIMPSE" serve --port "$PORT" --metrics-port "$METRICS_PORT" --http-port 0 --kv-memory-bytes 20000000 >"$WORK/glimpse.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do

@@ -31,7 +31,7 @@ wait_for() { # wait_for URL WHAT LOG
 }
 
 GRPC_PORT="$(free_port)" METRICS_PORT="$(free_port)" PROM_PORT="$(free_port)"
-"$GLIMPSE" serve --port "$GRPC_PORT" --metrics-port "$METRICS_PORT" --kv-memory-bytes 40000000 \
+"$GLIMPSE" serve --port "$GRPC_PORT" --metrics-port "$METRICS_PORT" --http-port 0 --kv-memory-bytes 40000000 \
 	>"$WORK/glimpse.log" 2>&1 &
 PIDS+=($!)
 wait_for "http://127.0.0.1:$METRICS_PORT/metrics" "glimpse serve" "$WORK/glimpse.log"

@@ -28,3 +28,6 @@ scripts/live-metrics-check.sh
 
 step "a Python grpcio client generated from the .proto streams one request"
 scripts/grpc-python-check.sh
+
+step "the official openai Python package and curl -N against the OpenAI-compatible HTTP API"
+scripts/openai-check.sh

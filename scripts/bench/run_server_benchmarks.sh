@@ -21,7 +21,7 @@ GLIMPSE=target/release/glimpse
 
 serve() { # model kv_bytes module
   "$GLIMPSE" serve --model "$1" --kv-memory-bytes "$2" --lookahead-module "$3" \
-    --port 50151 --metrics-port 9451 >"$OUT/server.log" 2>&1 &
+    --port 50151 --metrics-port 9451 --http-port 0 >"$OUT/server.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 1 120); do
     "$GLIMPSE" health --endpoint http://127.0.0.1:50151 >/dev/null 2>&1 && return 0

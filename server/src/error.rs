@@ -1,6 +1,13 @@
 //! Why a request was refused or failed: the one error every refusal of the server produces, from
-//! admission and header parsing through validation to the engine loop. Each wire maps it in one
-//! place (gRPC: [`crate::grpc::status_of`]); messages name the field, the limit and the value.
+//! admission and header parsing through validation to the engine loop, on either wire. Its
+//! canonical code ([`RequestError::code`], gRPC's code set) is what gRPC sends and what both wires
+//! count and log under ([`crate::refusal`]); each wire maps it to its own status in one place
+//! (gRPC: [`crate::grpc::status_of`], HTTP: `http::error`). Messages name the field, the limit and
+//! the value, and are the same text on both wires.
+
+use std::borrow::Cow;
+
+use tonic::Code;
 
 /// Why a request was refused or failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -8,7 +15,7 @@ pub enum RequestError {
     /// A parameter is out of range; names the field, the allowed range and the value.
     #[error("invalid `{field}`: {message}")]
     InvalidParameter {
-        field: &'static str,
+        field: Cow<'static, str>,
         message: String,
     },
     /// The request cannot be read at all (a malformed header, text the tokenizer refuses); the
@@ -36,6 +43,17 @@ pub enum RequestError {
     /// The deadline the client set passed before the response ended.
     #[error("the request's deadline passed")]
     DeadlineExceeded,
+    /// The request names a model this server does not serve.
+    #[error("the model `{requested}` does not exist; this server serves `{served}`")]
+    UnknownModel { requested: String, served: String },
+    /// No endpoint at this method and path (HTTP).
+    #[error("no endpoint {method} {path}")]
+    UnknownRoute { method: String, path: String },
+    /// The request body is larger than the server takes.
+    #[error(
+        "the request body is larger than the limit of {limit_bytes} bytes (--http-max-body-bytes)"
+    )]
+    BodyTooLarge { limit_bytes: usize },
     /// The server is draining for shutdown and admits no new requests.
     #[error("the server is shutting down")]
     Draining,
@@ -45,12 +63,37 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// An out-of-range parameter: `field` is the name the wire gives it.
+    pub fn invalid(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        RequestError::InvalidParameter {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The canonical code of this refusal (gRPC's code set): the gRPC wire sends it, and both
+    /// wires count (`glimpse_request_errors_total{code}`) and log failures under its name.
+    pub fn code(&self) -> Code {
+        match self {
+            RequestError::InvalidParameter { .. }
+            | RequestError::Malformed { .. }
+            | RequestError::TooLong { .. } => Code::InvalidArgument,
+            RequestError::NotConfigured { .. } => Code::FailedPrecondition,
+            RequestError::UnknownModel { .. } | RequestError::UnknownRoute { .. } => Code::NotFound,
+            RequestError::BodyTooLarge { .. } => Code::OutOfRange,
+            RequestError::AtCapacity { .. } => Code::ResourceExhausted,
+            RequestError::DeadlineExceeded => Code::DeadlineExceeded,
+            RequestError::Internal { .. } | RequestError::Dropped => Code::Internal,
+            RequestError::Draining | RequestError::ShuttingDown => Code::Unavailable,
+        }
+    }
+
     /// An engine validation error as the client's fault (`InvalidParameter`, naming the field);
     /// anything else the engine reports is internal.
     pub fn from_engine(error: glimpse_engine::EngineError) -> Self {
         match error {
             glimpse_engine::EngineError::InvalidParameter { field, message } => {
-                RequestError::InvalidParameter { field, message }
+                RequestError::invalid(field, message)
             }
             other => RequestError::Internal {
                 message: other.to_string(),

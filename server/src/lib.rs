@@ -1,10 +1,15 @@
-//! Glimpse server library: the engine loop, the one request validator and its error, the gRPC
-//! service and its metrics; the binary adds the CLI, which dispatches `bench` to `glimpse-bench`
-//! and the offline jobs to `glimpse-jobs`.
+//! Glimpse server library: the engine loop, the one request validator and its error, admission
+//! and prompt handling shared by both wires, the gRPC service and the OpenAI-compatible HTTP API,
+//! and metrics; the binary adds the CLI, which dispatches `bench` to `glimpse-bench` and the
+//! offline jobs to `glimpse-jobs`.
 
+pub mod admission;
 pub mod engine_loop;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod metrics;
+pub mod prompt;
+pub mod refusal;
 pub mod stats_log;
 pub mod validation;

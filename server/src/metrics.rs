@@ -1,9 +1,9 @@
 //! Prometheus metrics (docs/design.md §5): names with the `glimpse_` prefix in base units, histograms with
 //! vLLM's bucket edges so dashboards port, a `# HELP` line for each (from [`DESCRIPTIONS`]) and a
 //! `model_name` label on every series, as vLLM has. The engine thread records through
-//! [`EngineMetrics`] (a [`StepObserver`], which never sees the warm-up); gRPC handlers count
-//! errors with [`record_error`]. [`serve`] answers `GET /metrics` on its own port, and 404 on
-//! every other path.
+//! [`EngineMetrics`] (a [`StepObserver`], which never sees the warm-up); refused requests of both
+//! wires are counted with [`record_error`] by [`crate::refusal`]. [`serve`] answers `GET /metrics`
+//! on its own port, and 404 on every other path.
 
 use std::time::Duration;
 

@@ -127,15 +127,15 @@ pub struct RequestLimits {
 
 impl RequestLimits {
     /// Refuses the first id of `ids` outside the vocabulary, naming `field`.
-    fn check_vocabulary(&self, field: &'static str, ids: &[u32]) -> Result<(), RequestError> {
+    pub fn check_vocabulary(&self, field: &'static str, ids: &[u32]) -> Result<(), RequestError> {
         match ids.iter().find(|&&t| t as usize >= self.vocab_size) {
-            Some(bad) => Err(RequestError::InvalidParameter {
+            Some(bad) => Err(RequestError::invalid(
                 field,
-                message: format!(
+                format!(
                     "token id {bad} is outside the vocabulary of {} tokens",
                     self.vocab_size
                 ),
-            }),
+            )),
             None => Ok(()),
         }
     }
@@ -276,10 +276,9 @@ impl Validator {
                 LookaheadMismatch::NotLoaded => RequestError::NotConfigured {
                     message: "the lookahead policy needs a lookahead module; this server was started without one (--lookahead-module)".into(),
                 },
-                LookaheadMismatch::TokenCount { .. } => RequestError::InvalidParameter {
-                    field: "kv_cache.num_tokens",
-                    message: mismatch.to_string(),
-                },
+                LookaheadMismatch::TokenCount { .. } => {
+                    RequestError::invalid("kv_cache.num_tokens", mismatch.to_string())
+                }
             })?;
         Ok(policy)
     }
@@ -288,7 +287,7 @@ impl Validator {
     fn check_limits(&self, request: &GenerationRequest) -> Result<(), RequestError> {
         let limits = self.limits;
         let invalid =
-            |field, message: String| Err(RequestError::InvalidParameter { field, message });
+            |field: &'static str, message: String| Err(RequestError::invalid(field, message));
         if request.prompt_ids.is_empty() {
             return invalid("prompt", "the prompt has no tokens".into());
         }
@@ -334,10 +333,10 @@ fn beta(raw: Option<f32>) -> Result<Option<usize>, RequestError> {
     match raw {
         None => Ok(None),
         Some(b) if b >= 1.0 && b.fract() == 0.0 && b <= 1e6 => Ok(Some(b as usize)),
-        Some(b) => Err(RequestError::InvalidParameter {
-            field: "kv_cache.beta",
-            message: format!("must be a whole number of at least 1, got {b}"),
-        }),
+        Some(b) => Err(RequestError::invalid(
+            "kv_cache.beta",
+            format!("must be a whole number of at least 1, got {b}"),
+        )),
     }
 }
 

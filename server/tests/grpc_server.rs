@@ -452,6 +452,7 @@ fn metrics_port_zero_is_logged_and_serves_only_metrics() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .args(["serve", "--port", "0", "--metrics-port", "0"])
+        .args(["--http-port", "0"])
         .args(["--kv-memory-bytes", "20000000", "--log-format", "text"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -193,11 +193,8 @@ fn lookahead_without_a_module_is_refused() {
     let error = add(&mut core, request(1, snapkv(16), 4), tx).unwrap_err();
     assert!(
         matches!(
-            error,
-            RequestError::InvalidParameter {
-                field: "eviction.window",
-                ..
-            }
+            &error,
+            RequestError::InvalidParameter { field, .. } if field == "eviction.window"
         ),
         "{error:?}"
     );

@@ -13,6 +13,37 @@ pub enum Pool {
     Avg,
 }
 
+impl Pool {
+    /// Every pooling kind, in the order listings show them.
+    pub const ALL: [Pool; 2] = [Pool::Max, Pool::Avg];
+
+    /// The kind's name, as request bodies spell it (`max`, `avg`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Pool::Max => "max",
+            Pool::Avg => "avg",
+        }
+    }
+}
+
+impl std::str::FromStr for Pool {
+    type Err = crate::error::EngineError;
+
+    /// A pooling kind by its [`name`](Pool::name); the error lists the names.
+    fn from_str(name: &str) -> crate::error::Result<Self> {
+        Pool::ALL
+            .into_iter()
+            .find(|pool| pool.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Pool::ALL.iter().map(|p| p.name()).collect();
+                crate::error::EngineError::InvalidParameter {
+                    field: "eviction.pool",
+                    message: format!("must be one of {}, got `{name}`", names.join(", ")),
+                }
+            })
+    }
+}
+
 /// A pooling kind with its (odd) kernel size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pooling {
@@ -61,4 +92,21 @@ fn assert_window(input: &[f32], kernel: usize, out: &[f32]) {
         "pooling kernel must be odd (validated policy), got {kernel}"
     );
     assert_eq!(input.len(), out.len(), "pooling keeps the row length");
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn pool_names_round_trip_and_an_unknown_one_lists_them() {
+        for pool in Pool::ALL {
+            assert_eq!(pool.name().parse::<Pool>().unwrap(), pool);
+        }
+        let error = "mean".parse::<Pool>().unwrap_err().to_string();
+        assert!(
+            error.contains("max, avg") && error.contains("`mean`"),
+            "{error}"
+        );
+    }
 }

@@ -162,6 +162,15 @@ impl Tokenizer {
         self.chat_template.as_ref()
     }
 
+    /// Replaces the model's chat template with `source` (vLLM's `--chat-template`), for models
+    /// that ship none or a wrong one.
+    ///
+    /// Fails with [`EngineError::ChatTemplate`] when `source` does not parse.
+    pub fn set_chat_template(&mut self, source: &str) -> Result<()> {
+        self.chat_template = Some(ChatTemplate::new(source, self.config.special.clone())?);
+        Ok(())
+    }
+
     /// Renders `messages` with the model's chat template (see [`ChatTemplate::render`]).
     /// Templates write special tokens such as `bos_token` into the text themselves, so the caller
     /// encodes the result with `add_special_tokens = false`, as `transformers` does.

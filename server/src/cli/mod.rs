@@ -83,6 +83,10 @@ pub struct EngineArgs {
     /// Prompt entries kept per layer and KV head by requests that set no budget.
     #[arg(long, default_value_t = 256, env = "GLIMPSE_KV_BUDGET")]
     pub kv_budget: usize,
+    /// Jinja chat template file used instead of the model's (for models without one, such as the
+    /// bundled stories260K); chat requests are refused when the model has none and this is unset.
+    #[arg(long, env = "GLIMPSE_CHAT_TEMPLATE")]
+    pub chat_template: Option<PathBuf>,
     /// LookaheadKV module (a safetensors file trained for this model by `train-lookahead`);
     /// without one the lookahead policy is refused.
     #[arg(long, env = "GLIMPSE_LOOKAHEAD_MODULE")]
@@ -108,10 +112,16 @@ impl EngineArgs {
         let dir = self.model.clone().unwrap_or_else(default_model_dir);
         let model =
             Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
-        let tokenizer = Arc::new(
-            Tokenizer::from_dir(&dir)
-                .with_context(|| format!("loading tokenizer from {}", dir.display()))?,
-        );
+        let mut tokenizer = Tokenizer::from_dir(&dir)
+            .with_context(|| format!("loading tokenizer from {}", dir.display()))?;
+        if let Some(path) = &self.chat_template {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --chat-template {}", path.display()))?;
+            tokenizer
+                .set_chat_template(&source)
+                .with_context(|| format!("--chat-template {}", path.display()))?;
+        }
+        let tokenizer = Arc::new(tokenizer);
         let device: Device = self.device.parse()?;
         let bytes_per_block =
             glimpse_engine::backend::KvGeometry::new(&model.config, self.block_size, 1, 4)?

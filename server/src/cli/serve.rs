@@ -1,19 +1,22 @@
-//! `glimpse serve`: the gRPC generation service, the standard health and reflection services and
-//! the Prometheus endpoint, over one engine thread. Health turns SERVING only after the model is
-//! loaded and a warm-up generation succeeded. SIGTERM/SIGINT stop admissions (health NOT_SERVING,
-//! new requests UNAVAILABLE), let running requests finish for a grace period, then exit.
+//! `glimpse serve`: the gRPC generation service, the standard health and reflection services, the
+//! OpenAI-compatible HTTP API and the Prometheus endpoint, over one engine thread. Health (gRPC
+//! and HTTP `/health`) turns SERVING only after the model is loaded and a warm-up generation
+//! succeeded. SIGTERM/SIGINT stop admissions (health NOT_SERVING, new requests UNAVAILABLE / 503),
+//! let running requests finish for a grace period, then exit.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
 use glimpse_engine::eviction::PolicyKind;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_proto::v1;
+use glimpse_server::admission::Admission;
 use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions};
-use glimpse_server::grpc::{Admission, GenerationService, policy_message, wire_policy};
+use glimpse_server::grpc::{GenerationService, policy_message, wire_policy};
+use glimpse_server::http::HttpState;
 use glimpse_server::metrics::{self, BuildInfo, EngineMetrics};
 use glimpse_server::stats_log::StatsLog;
 use tonic::transport::Server;
@@ -30,6 +33,12 @@ pub struct ServeArgs {
     /// gRPC port (0 picks a free one and logs it).
     #[arg(long, default_value_t = 50051, env = "GLIMPSE_PORT")]
     port: u16,
+    /// Port of the OpenAI-compatible HTTP API, on the same host; 0 disables it.
+    #[arg(long, default_value_t = 8000, env = "GLIMPSE_HTTP_PORT")]
+    http_port: u16,
+    /// Largest HTTP request body in bytes; larger ones are refused with 413.
+    #[arg(long, default_value_t = 8 << 20, env = "GLIMPSE_HTTP_MAX_BODY_BYTES")]
+    http_max_body_bytes: usize,
     /// Port of the Prometheus `/metrics` endpoint (0 picks a free one and logs it).
     #[arg(long, default_value_t = 9400, env = "GLIMPSE_METRICS_PORT")]
     metrics_port: u16,
@@ -132,6 +141,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dtype: "f32".into(),
         device: args.engine.device.clone(),
     };
+    let http_state = Arc::new(HttpState {
+        engine: engine.clone(),
+        tokenizer: Arc::clone(&tokenizer),
+        admission: Arc::clone(&admission),
+        model_name: model_name.clone(),
+        max_model_len: model.config.max_model_len,
+        started_unix_secs: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
+        max_body_bytes: args.http_max_body_bytes,
+    });
     let service = GenerationService {
         engine: engine.clone(),
         tokenizer: Arc::clone(&tokenizer),
@@ -157,11 +175,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 },
             ),
     );
-    tracing::info!(grpc = %addr, metrics = %metrics_addr, model = %model_name, "listening");
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (http_addr, http_server) = if args.http_port == 0 {
+        ("off".to_string(), None)
+    } else {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.http_port))
+            .await
+            .with_context(|| format!("binding HTTP port {}:{}", args.host, args.http_port))?;
+        let addr = listener.local_addr()?.to_string();
+        let stop = async {
+            let _ = http_stop_rx.await;
+        };
+        let server = glimpse_server::http::serve(listener, http_state, stop);
+        (addr, Some(server))
+    };
+    tracing::info!(grpc = %addr, http = %http_addr, metrics = %metrics_addr, model = %model_name, "listening");
 
     warm_up(&engine, &tokenizer)
         .await
         .context("warm-up generation failed")?;
+    admission.mark_warmed_up();
     reporter
         .set_serving::<v1::generation_server::GenerationServer<GenerationService>>()
         .await;
@@ -190,7 +223,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let _ = stop_tx.send(());
+    let _ = http_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if let Some(http_server) = http_server {
+        let _ = tokio::time::timeout(Duration::from_secs(5), http_server).await;
+    }
     drop(engine);
     drop(engine_thread);
     tracing::info!("stopped");

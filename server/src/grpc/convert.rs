@@ -8,52 +8,44 @@ use glimpse_proto::v1;
 
 use crate::engine_loop::{FinishReason, FinishedEvent, TokenEvent};
 use crate::error::RequestError;
+use crate::prompt::{self, Chat, Prompt};
 use crate::validation::{RawPolicy, RawRequest, RawSampling};
 
-/// The prompt of a request, tokenized.
+/// The prompt of a request, tokenized ([`prompt::prompt_ids`]).
 pub fn prompt_ids(
     tokenizer: &Tokenizer,
     input: Option<&v1::generate_request::Input>,
     add_special_tokens: Option<bool>,
 ) -> Result<Vec<u32>, RequestError> {
     use v1::generate_request::Input;
-    match input {
-        Some(Input::Text(text)) => tokenizer
-            .encode(text, add_special_tokens.unwrap_or(true))
-            .map_err(RequestError::malformed),
-        Some(Input::TokenIds(ids)) => Ok(ids.ids.clone()),
+    let messages;
+    let prompt = match input {
+        Some(Input::Text(text)) => Prompt::Text(text),
+        Some(Input::TokenIds(ids)) => Prompt::TokenIds(ids.ids.clone()),
         Some(Input::Chat(chat)) => {
-            let text = render_chat(tokenizer, chat)?;
-            tokenizer
-                .encode(&text, add_special_tokens.unwrap_or(false))
-                .map_err(RequestError::malformed)
+            messages = chat_messages(chat);
+            Prompt::Chat(Chat {
+                messages: &messages,
+                add_generation_prompt: chat.add_generation_prompt,
+                field: "chat.messages",
+            })
         }
-        None => Err(RequestError::InvalidParameter {
-            field: "input",
-            message: "set one of `text`, `token_ids` or `chat`".into(),
-        }),
-    }
+        None => {
+            return Err(RequestError::invalid(
+                "input",
+                "set one of `text`, `token_ids` or `chat`",
+            ));
+        }
+    };
+    prompt::prompt_ids(tokenizer, prompt, add_special_tokens)
 }
 
-/// Renders a conversation with the model's chat template.
-pub fn render_chat(tokenizer: &Tokenizer, chat: &v1::ChatMessages) -> Result<String, RequestError> {
-    if chat.messages.is_empty() {
-        return Err(RequestError::InvalidParameter {
-            field: "chat.messages",
-            message: "at least one message is needed".into(),
-        });
-    }
-    let messages: Vec<ChatMessage> = chat
-        .messages
+/// A wire conversation as the tokenizer takes it.
+pub fn chat_messages(chat: &v1::ChatMessages) -> Vec<ChatMessage> {
+    chat.messages
         .iter()
         .map(|m| ChatMessage::new(m.role.clone(), m.content.clone()))
-        .collect();
-    tokenizer
-        .render_chat(&messages, chat.add_generation_prompt.unwrap_or(true))
-        .map_err(|e| RequestError::InvalidParameter {
-            field: "chat",
-            message: e.to_string(),
-        })
+        .collect()
 }
 
 /// The validator's view of `raw`, whose prompt is `prompt_ids`.
@@ -88,9 +80,8 @@ pub fn raw_request(
 
 /// The request's KV policy with its wire enums decoded; the validator resolves the rest.
 fn raw_policy(p: &v1::KvCachePolicy) -> Result<RawPolicy, RequestError> {
-    let unknown = |field, value: i32| RequestError::InvalidParameter {
-        field,
-        message: format!("unknown value {value}"),
+    let unknown = |field: &'static str, value: i32| {
+        RequestError::invalid(field, format!("unknown value {value}"))
     };
     let kind =
         v1::KvPolicy::try_from(p.policy).map_err(|_| unknown("kv_cache.policy", p.policy))?;

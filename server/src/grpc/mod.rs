@@ -1,5 +1,5 @@
-//! The `glimpse.v1.Generation` gRPC service. Handlers tokenize, validate with the engine's
-//! validator, submit to the engine thread and forward its events as a stream; they never touch
+//! The `glimpse.v1.Generation` gRPC service. Handlers admit ([`Admission`], shared with HTTP),
+//! tokenize ([`crate::prompt`]), validate with the engine's validator, submit to the engine thread and forward its events as a stream; they never touch
 //! the model. Every refusal is a [`RequestError`] turned into a status by [`status_of`]. A
 //! dropped stream (client cancel or disconnect) drops the engine's event receiver, which aborts
 //! the request and frees its blocks at the next step. `grpc-timeout` deadlines cover the whole
@@ -10,7 +10,6 @@ mod deadline;
 mod status;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use glimpse_engine::tokenizer::Tokenizer;
@@ -19,64 +18,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::admission::Admission;
 use crate::engine_loop::{EngineHandle, StreamEvent};
 use crate::error::RequestError;
+use crate::prompt::{self, Chat, Prompt};
+use crate::refusal::new_request_id;
 use status::refused;
 
 pub use convert::{policy_message, wire_policy};
 pub use status::status_of;
-
-/// Admission control shared by the handlers: a bounded number of requests in flight and a
-/// draining flag set at shutdown.
-pub struct Admission {
-    in_flight: AtomicUsize,
-    max_in_flight: usize,
-    draining: AtomicBool,
-}
-
-impl Admission {
-    /// Admits at most `max_in_flight` requests at once (running + waiting).
-    pub fn new(max_in_flight: usize) -> Self {
-        Self {
-            in_flight: AtomicUsize::new(0),
-            max_in_flight,
-            draining: AtomicBool::new(false),
-        }
-    }
-
-    /// Refuses new requests from now on (running ones finish).
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-
-    /// Requests admitted and not yet finished.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
-    }
-
-    fn try_admit(self: &Arc<Self>) -> Result<AdmissionGuard, RequestError> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Err(RequestError::Draining);
-        }
-        let previous = self.in_flight.fetch_add(1, Ordering::SeqCst);
-        if previous >= self.max_in_flight {
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(RequestError::AtCapacity {
-                max_in_flight: self.max_in_flight,
-            });
-        }
-        Ok(AdmissionGuard(Arc::clone(self)))
-    }
-}
-
-/// Releases an admission slot when the request's stream ends.
-struct AdmissionGuard(Arc<Admission>);
-
-impl Drop for AdmissionGuard {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// Everything the handlers share.
 pub struct GenerationService {
@@ -97,14 +47,19 @@ impl Generation for GenerationService {
         request: Request<v1::GenerateRequest>,
     ) -> Result<Response<GenerateStream>, Status> {
         let arrival = Instant::now();
-        let deadline = deadline::from_metadata(request.metadata()).map_err(refused)?;
+        let deadline = deadline::from_metadata(request.metadata());
         let raw = request.into_inner();
-        let guard = self.admission.try_admit().map_err(refused)?;
+        let id = raw
+            .request_id
+            .clone()
+            .unwrap_or_else(|| new_request_id("gen"));
+        let deadline = deadline.map_err(|e| refused(&id, e))?;
+        let guard = self.admission.try_admit().map_err(|e| refused(&id, e))?;
         let engine_request =
             convert::prompt_ids(&self.tokenizer, raw.input.as_ref(), raw.add_special_tokens)
                 .and_then(|prompt| convert::raw_request(&raw, prompt))
                 .and_then(|request| self.engine.validator().validate_raw(request))
-                .map_err(refused)?;
+                .map_err(|e| refused(&id, e))?;
         let stop_token_ids = engine_request.stop().stop_token_ids.clone();
         let mut events = self.engine.submit_at(engine_request, arrival);
         let (tx, rx) = mpsc::channel(64);
@@ -116,7 +71,9 @@ impl Generation for GenerationService {
                     Some(at) => match tokio::time::timeout_at(at.into(), events.recv()).await {
                         Ok(event) => event,
                         Err(_) => {
-                            let _ = tx.send(Err(refused(RequestError::DeadlineExceeded))).await;
+                            let _ = tx
+                                .send(Err(refused(&id, RequestError::DeadlineExceeded)))
+                                .await;
                             return;
                         }
                     },
@@ -149,11 +106,11 @@ impl Generation for GenerationService {
                         return;
                     }
                     Some(StreamEvent::Error(e)) => {
-                        let _ = tx.send(Err(refused(e))).await;
+                        let _ = tx.send(Err(refused(&id, e))).await;
                         return;
                     }
                     None => {
-                        let _ = tx.send(Err(refused(RequestError::Dropped))).await;
+                        let _ = tx.send(Err(refused(&id, RequestError::Dropped))).await;
                         return;
                     }
                 };
@@ -171,23 +128,25 @@ impl Generation for GenerationService {
         request: Request<v1::TokenizeRequest>,
     ) -> Result<Response<v1::TokenizeResponse>, Status> {
         let raw = request.into_inner();
-        let ids = match &raw.input {
-            Some(v1::tokenize_request::Input::Text(text)) => self
-                .tokenizer
-                .encode(text, raw.add_special_tokens.unwrap_or(true)),
+        let id = new_request_id("tok");
+        let messages;
+        let prompt = match &raw.input {
+            Some(v1::tokenize_request::Input::Text(text)) => Prompt::Text(text),
             Some(v1::tokenize_request::Input::Chat(chat)) => {
-                let text = convert::render_chat(&self.tokenizer, chat).map_err(refused)?;
-                self.tokenizer
-                    .encode(&text, raw.add_special_tokens.unwrap_or(false))
+                messages = convert::chat_messages(chat);
+                Prompt::Chat(Chat {
+                    messages: &messages,
+                    add_generation_prompt: chat.add_generation_prompt,
+                    field: "chat.messages",
+                })
             }
             None => {
-                return Err(refused(RequestError::InvalidParameter {
-                    field: "input",
-                    message: "set `text` or `chat`".into(),
-                }));
+                let error = RequestError::invalid("input", "set `text` or `chat`");
+                return Err(refused(&id, error));
             }
-        }
-        .map_err(|e| refused(RequestError::malformed(e)))?;
+        };
+        let ids = prompt::prompt_ids(&self.tokenizer, prompt, raw.add_special_tokens)
+            .map_err(|e| refused(&id, e))?;
         let token_strings = if raw.return_token_strings {
             ids.iter()
                 .map(|&id| self.tokenizer.id_to_token(id).unwrap_or_default())
@@ -206,17 +165,14 @@ impl Generation for GenerationService {
         request: Request<v1::DetokenizeRequest>,
     ) -> Result<Response<v1::DetokenizeResponse>, Status> {
         let raw = request.into_inner();
-        let vocab = self.engine.validator().limits().vocab_size;
-        if let Some(bad) = raw.token_ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(refused(RequestError::InvalidParameter {
-                field: "token_ids",
-                message: format!("{bad} is outside the vocabulary of {vocab} tokens"),
-            }));
-        }
-        let text = self
-            .tokenizer
-            .decode(&raw.token_ids, raw.skip_special_tokens.unwrap_or(true))
-            .map_err(|e| refused(RequestError::malformed(e)))?;
+        let text = prompt::detokenize(
+            &self.tokenizer,
+            self.engine.validator(),
+            "token_ids",
+            &raw.token_ids,
+            raw.skip_special_tokens,
+        )
+        .map_err(|e| refused(&new_request_id("detok"), e))?;
         Ok(Response::new(v1::DetokenizeResponse { text }))
     }
 

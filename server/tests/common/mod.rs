@@ -18,6 +18,8 @@ pub struct Server {
     pub child: Child,
     pub grpc: String,
     pub metrics_port: u16,
+    /// The OpenAI-compatible HTTP API.
+    pub http_port: u16,
 }
 
 pub fn free_port() -> u16 {
@@ -30,7 +32,12 @@ pub fn free_port() -> u16 {
 
 impl Server {
     pub fn start() -> Self {
-        let (port, metrics_port) = (free_port(), free_port());
+        Self::start_with(&[])
+    }
+
+    /// [`Server::start`] with extra `glimpse serve` flags.
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let (port, metrics_port, http_port) = (free_port(), free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .args([
@@ -39,8 +46,11 @@ impl Server {
                 &port.to_string(),
                 "--metrics-port",
                 &metrics_port.to_string(),
+                "--http-port",
+                &http_port.to_string(),
             ])
             .args(["--kv-memory-bytes", "20000000", "--max-waiting", "200"])
+            .args(extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -49,6 +59,7 @@ impl Server {
             child,
             grpc: format!("http://127.0.0.1:{port}"),
             metrics_port,
+            http_port,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while server.metric("glimpse_kv_blocks_total").is_none()
@@ -58,7 +69,26 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         runtime().block_on(server.wait_until_serving(Duration::from_secs(60)));
+        server.wait_until_http_serving(Duration::from_secs(60));
         server
+    }
+
+    /// HTTP `/health` shares the serving state with gRPC health; polls until it answers 200.
+    pub fn wait_until_http_serving(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = TcpStream::connect(("127.0.0.1", self.http_port))
+                .ok()
+                .map(|_| http_get(self.http_port, "/health"));
+            if status.as_deref().and_then(|r| r.split(' ').nth(1)) == Some("200") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "HTTP /health not 200 {limit:?} after start: {status:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Open ports are not readiness: the warm-up generation runs after the listeners bind, and
@@ -215,4 +245,22 @@ pub fn http_get(port: u16, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// An HTTP/1.0 POST of a JSON body: the status code and the response body.
+pub fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
 }

@@ -1,0 +1,123 @@
+//! The endpoints around generation: the model listing, health (200 only while serving, 503
+//! while warming up or draining), the version, tokenization both ways, and the 404 of unknown
+//! routes.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::convert::{chat_messages, check_model};
+use super::error::ApiError;
+use super::wire::{DetokenizeBody, TokenizeBody};
+use super::{HttpState, body, body_bytes, json_response, request_id};
+use crate::error::RequestError;
+use crate::prompt::{self, Chat, Prompt};
+
+pub async fn models(State(state): State<Arc<HttpState>>) -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": [{
+            "id": state.model_name, "object": "model", "created": state.started_unix_secs,
+            "owned_by": "glimpse", "max_model_len": state.max_model_len,
+        }]}),
+    )
+}
+
+pub async fn health(State(state): State<Arc<HttpState>>) -> StatusCode {
+    if state.admission.is_serving() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+pub async fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"version": env!("CARGO_PKG_VERSION")}),
+    )
+}
+
+/// `{"prompt": text}` or `{"messages": [...]}` → `{"tokens", "count", "max_model_len"}`.
+pub async fn tokenize(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    answer(&headers, || {
+        let body: TokenizeBody = body::parse(&body_bytes(&state, body)?)?;
+        check_model(body.model.as_deref(), &state.model_name)?;
+        let messages;
+        let prompt = match (&body.prompt, body.messages) {
+            (Some(text), None) => Prompt::Text(text),
+            (None, Some(list)) => {
+                messages = chat_messages(list);
+                Prompt::Chat(Chat {
+                    messages: &messages,
+                    add_generation_prompt: body.add_generation_prompt,
+                    field: "messages",
+                })
+            }
+            _ => {
+                return Err(RequestError::invalid(
+                    "prompt",
+                    "set exactly one of `prompt` or `messages`",
+                ));
+            }
+        };
+        let ids = prompt::prompt_ids(&state.tokenizer, prompt, body.add_special_tokens)?;
+        Ok(json!({"count": ids.len(), "tokens": ids, "max_model_len": state.max_model_len}))
+    })
+}
+
+/// `{"tokens": [...]}` → `{"prompt": text}`.
+pub async fn detokenize(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    answer(&headers, || {
+        let body: DetokenizeBody = body::parse(&body_bytes(&state, body)?)?;
+        check_model(body.model.as_deref(), &state.model_name)?;
+        let ids = body
+            .tokens
+            .ok_or_else(|| RequestError::invalid("tokens", "a list of token ids is needed"))?;
+        let text = prompt::detokenize(
+            &state.tokenizer,
+            state.engine.validator(),
+            "tokens",
+            &ids,
+            None,
+        )?;
+        Ok(json!({ "prompt": text }))
+    })
+}
+
+pub async fn unknown_route(headers: HeaderMap, method: Method, uri: Uri) -> Response {
+    answer(&headers, || {
+        Err(RequestError::UnknownRoute {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+        })
+    })
+}
+
+/// A JSON answer, or the refusal in OpenAI's error shape.
+fn answer(
+    headers: &HeaderMap,
+    f: impl FnOnce() -> Result<serde_json::Value, RequestError>,
+) -> Response {
+    match f() {
+        Ok(value) => json_response(StatusCode::OK, &value),
+        Err(error) => ApiError {
+            request_id: request_id(headers, "req"),
+            error,
+        }
+        .into_response(),
+    }
+}

@@ -1,0 +1,281 @@
+//! The real `glimpse serve` binary on loopback with the bundled model, driven over its
+//! OpenAI-compatible HTTP API by a plain HTTP/1.0 client: completions equal the gRPC wire's
+//! greedy text, chat goes through the same template as gRPC chat, SSE is well-formed, `n` choices
+//! reproduce by seed, refusals carry OpenAI's error shape with gRPC's message and are counted, and
+//! a client that leaves mid-stream gets its blocks freed. The `openai` Python package is driven in
+//! `scripts/openai-check.sh`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Server, http_get, http_post, runtime};
+use glimpse_proto::v1;
+use serde_json::{Value, json};
+
+const CHAT_TEMPLATE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../scripts/openai-python/chat_template.jinja"
+);
+
+fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let (status, text) = http_post(server.http_port, path, &body.to_string());
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, value)
+}
+
+/// The gRPC wire's greedy text for `input`.
+fn grpc_greedy(server: &Server, input: v1::generate_request::Input, max_tokens: u32) -> String {
+    runtime().block_on(async {
+        let request = v1::GenerateRequest {
+            input: Some(input),
+            sampling: Some(v1::SamplingParameters {
+                temperature: Some(0.0),
+                ..Default::default()
+            }),
+            max_tokens: Some(max_tokens),
+            ..Default::default()
+        };
+        let mut stream = server
+            .client()
+            .await
+            .generate(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let mut text = String::new();
+        while let Some(message) = stream.message().await.unwrap() {
+            if let Some(v1::generate_response::Kind::Chunk(c)) = message.kind {
+                text.push_str(&c.text);
+            }
+        }
+        text
+    })
+}
+
+/// The `data:` payloads of an SSE response, checked for the framing on the way.
+fn sse_events(body: &str) -> Vec<String> {
+    let mut events = Vec::new();
+    for block in body.split("\n\n").filter(|b| !b.is_empty()) {
+        let data = block
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("not an SSE data event: {block:?}"));
+        assert!(!data.contains('\n'), "one line per event: {block:?}");
+        events.push(data.to_string());
+    }
+    events
+}
+
+#[test]
+fn completions_match_the_grpc_wire_whole_and_streamed() {
+    let server = Server::start();
+    let request = json!({"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0});
+    let (status, body) = post(&server, "/v1/completions", &request);
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["text"].as_str().unwrap();
+    let grpc = grpc_greedy(
+        &server,
+        v1::generate_request::Input::Text("Once upon a time".into()),
+        64,
+    );
+    assert_eq!(text, grpc);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["object"], "text_completion");
+    let usage = &body["usage"];
+    assert_eq!(
+        (
+            usage["prompt_tokens"].as_u64(),
+            usage["completion_tokens"].as_u64()
+        ),
+        (Some(5), Some(64))
+    );
+    assert_eq!(usage["kv_cache"]["policy"], "full");
+
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (status, raw) = http_post(server.http_port, "/v1/completions", &streamed.to_string());
+    assert_eq!(status, 200, "{raw}");
+    let events = sse_events(&raw);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let joined: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(joined, grpc);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["completion_tokens"], 64);
+}
+
+#[test]
+fn chat_uses_the_same_template_as_grpc_chat_and_n_choices_reproduce_by_seed() {
+    let server = Server::start_with(&["--chat-template", CHAT_TEMPLATE]);
+    let messages = json!([{"role": "user", "content": "Tell me a story"}]);
+    let (status, body) = post(
+        &server,
+        "/v1/chat/completions",
+        &json!({"messages": messages, "max_completion_tokens": 24, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let chat = v1::ChatMessages {
+        messages: vec![v1::ChatMessage {
+            role: "user".into(),
+            content: "Tell me a story".into(),
+        }],
+        ..Default::default()
+    };
+    let grpc = grpc_greedy(&server, v1::generate_request::Input::Chat(chat), 24);
+    assert_eq!(body["choices"][0]["message"]["content"], grpc.as_str());
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+
+    let sampled = json!({"prompt": "Lily", "max_tokens": 24, "temperature": 1, "seed": 7, "n": 2});
+    let (_, first) = post(&server, "/v1/completions", &sampled);
+    let (_, again) = post(&server, "/v1/completions", &sampled);
+    let texts = |b: &Value| -> Vec<String> {
+        b["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(texts(&first).len(), 2);
+    assert_eq!(texts(&first), texts(&again), "the same seed reproduces");
+    assert_ne!(
+        texts(&first)[0],
+        texts(&first)[1],
+        "choice i samples with seed + i"
+    );
+    assert_eq!(first["usage"]["completion_tokens"], 48);
+}
+
+#[test]
+fn refusals_carry_the_openai_shape_and_the_grpc_message_and_are_counted() {
+    let server = Server::start_with(&["--http-max-body-bytes", "4096"]);
+    let before = server
+        .metric("glimpse_request_errors_total{code=\"INVALID_ARGUMENT\"}")
+        .unwrap_or(0.0);
+    let (status, body) = post(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "temperature": -1}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "temperature");
+    let grpc_message = runtime().block_on(async {
+        let request = v1::GenerateRequest {
+            input: Some(v1::generate_request::Input::Text("Hi".into())),
+            sampling: Some(v1::SamplingParameters {
+                temperature: Some(-1.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        server
+            .client()
+            .await
+            .generate(request)
+            .await
+            .unwrap_err()
+            .message()
+            .to_string()
+    });
+    assert_eq!(body["error"]["message"], grpc_message.as_str());
+
+    let (status, body) = post(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": "ten"}),
+    );
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (400, &json!("max_tokens"))
+    );
+    let (status, body) = post(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "model": "gpt-4"}),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("model_not_found"))
+    );
+    let (status, _) = post(&server, "/v1/nothing", &json!({}));
+    assert_eq!(status, 404);
+    let (status, body) = post(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "x".repeat(5000)}),
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--http-max-body-bytes")
+    );
+    let after = server
+        .metric("glimpse_request_errors_total{code=\"INVALID_ARGUMENT\"}")
+        .unwrap();
+    assert_eq!(after - before, 3.0, "two HTTP refusals and one gRPC one");
+}
+
+#[test]
+fn info_endpoints_answer() {
+    let server = Server::start();
+    let models = http_get(server.http_port, "/v1/models");
+    assert!(
+        models.contains(r#""id":"stories260K""#) && models.contains(r#""max_model_len":512"#),
+        "{models}"
+    );
+    assert!(http_get(server.http_port, "/version").contains(env!("CARGO_PKG_VERSION")));
+    let (status, tokens) = post(&server, "/tokenize", &json!({"prompt": "Once upon a time"}));
+    assert_eq!((status, tokens["count"].as_u64()), (200, Some(5)));
+    let ids = tokens["tokens"].clone();
+    let (_, text) = post(&server, "/detokenize", &json!({"tokens": ids}));
+    assert_eq!(text["prompt"], "Once upon a time");
+    let (status, body) = post(&server, "/detokenize", &json!({"tokens": [99999]}));
+    assert_eq!((status, &body["error"]["param"]), (400, &json!("tokens")));
+}
+
+#[test]
+fn a_client_that_leaves_mid_stream_gets_its_blocks_freed() {
+    let server = Server::start();
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": true,
+        "temperature": 0, "stream": true})
+    .to_string();
+    let mut stream = TcpStream::connect(("127.0.0.1", server.http_port)).unwrap();
+    write!(
+        stream,
+        "POST /v1/completions HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let used = || server.metric("glimpse_kv_blocks_used").unwrap_or(0.0);
+    wait_for("the running request never held blocks", &|| used() > 0.0);
+    drop(reader);
+    let aborted = || server.metric("glimpse_request_success_total{finished_reason=\"abort\"}");
+    wait_for("blocks not freed after the client left", &|| {
+        used() == 0.0 && aborted() == Some(1.0)
+    });
+}
