@@ -28,3 +28,6 @@ scripts/live-metrics-check.sh
 
 step "the Python client package (clients/python, stubs up to date with the .proto) streams requests"
 scripts/grpc-python-check.sh
+
+step "grpcurl (a registry package) lists and calls the service through reflection"
+scripts/grpcurl-check.sh

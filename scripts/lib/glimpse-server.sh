@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the check scripts. `start_glimpse GLIMPSE LOG [FLAGS...]` starts `GLIMPSE serve` on free
 # loopback ports (gRPC in $PORT, metrics in $METRICS_PORT) with a small KV pool and FLAGS, logging
 # to LOG, and returns once `glimpse health` reports SERVING; it fails with the log's tail if that

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the check scripts. `python_venv DIR REQUIREMENTS [PIP_ARGS...]` creates a venv at DIR
 # once and installs the pinned REQUIREMENTS (and any further pip arguments, such as a local
 # package) into it; the scripts then call DIR/bin/python.
