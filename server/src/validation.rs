@@ -104,6 +104,13 @@ pub struct RawSampling {
     pub logprobs: Option<usize>,
 }
 
+/// The default-sampling rule [`Validator::resolve_sampling`] applies, for `--help` of the commands
+/// that take requests.
+pub const SAMPLING_DEFAULTS_HELP: &str = "Default sampling (the same for `glimpse generate`, gRPC \
+     and HTTP; vLLM's rule): a setting the request leaves unset takes the model's \
+     generation_config.json value (temperature, top_k, top_p), else temperature 1, top_k 0, top_p \
+     1, min_p 0, no penalties and a random seed.";
+
 /// Where a resolved sampling setting came from, in the order they are tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettingSource {

@@ -131,3 +131,24 @@ fn a_missing_hub_id_names_every_place_looked_and_that_nothing_is_downloaded() {
         assert!(stderr.contains(part), "no {part:?} in:\n{stderr}");
     }
 }
+
+#[test]
+fn help_states_the_model_lookup_without_download_and_the_default_sampling() {
+    for command in ["generate", "serve"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+            .args([command, "--help"])
+            .output()
+            .expect("the glimpse binary runs");
+        let help = text(&out.stdout);
+        for part in [
+            "No download",
+            "~/.cache/huggingface/hub",
+            "Default sampling (the same for `glimpse generate`, gRPC and HTTP",
+        ] {
+            assert!(
+                help.contains(part),
+                "glimpse {command} --help lacks {part:?}"
+            );
+        }
+    }
+}

@@ -16,6 +16,7 @@ use super::EngineArgs;
 use glimpse_jobs::prompts::{PlainLines, read_prompt_texts};
 
 #[derive(Args)]
+#[command(after_help = glimpse_server::validation::SAMPLING_DEFAULTS_HELP)]
 pub struct GenerateArgs {
     #[command(flatten)]
     engine: EngineArgs,

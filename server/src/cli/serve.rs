@@ -20,6 +20,7 @@ use tonic::transport::Server;
 use super::{EngineArgs, LoadedEngine};
 
 #[derive(Args)]
+#[command(after_help = glimpse_server::validation::SAMPLING_DEFAULTS_HELP)]
 pub struct ServeArgs {
     #[command(flatten)]
     engine: EngineArgs,
