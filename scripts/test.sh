@@ -26,8 +26,11 @@ scripts/deploy-checks.sh
 step "live metrics: real server + real Prometheus + glimpse bench; every dashboard panel returns data"
 scripts/live-metrics-check.sh
 
-step "a Python grpcio client generated from the .proto streams one request"
+step "the Python client package (clients/python, stubs up to date with the .proto) streams requests"
 scripts/grpc-python-check.sh
 
 step "the official openai Python package and curl -N against the OpenAI-compatible HTTP API"
 scripts/openai-check.sh
+
+step "grpcurl (a registry package) lists and calls the service through reflection"
+scripts/grpcurl-check.sh

@@ -13,6 +13,19 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// `--model` names no folder on disk nor a model in the local hub cache. Glimpse never
+    /// downloads, so the message lists every place looked and how to fetch the model.
+    #[error(
+        "model `{model}` not found; looked in:\n  {}\nGlimpse never downloads models: pass a local \
+         model folder, or fetch the model into the hub cache first (`huggingface-cli download {hub_id}`)",
+        looked.join("\n  ")
+    )]
+    ModelNotFound {
+        model: String,
+        /// The hub id to fetch: `model` when it is one, else a placeholder `ORG/NAME`.
+        hub_id: String,
+        looked: Vec<String>,
+    },
     /// A JSON file (config, index, tokenizer config) is malformed or misses a required field.
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },

@@ -14,6 +14,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod eviction;
+pub mod hub;
 pub mod loader;
 pub mod lookahead;
 pub mod math;

@@ -104,6 +104,88 @@ pub struct RawSampling {
     pub logprobs: Option<usize>,
 }
 
+/// The default-sampling rule [`Validator::resolve_sampling`] applies, for `--help` of the commands
+/// that take requests.
+pub const SAMPLING_DEFAULTS_HELP: &str = "Default sampling (the same for `glimpse generate`, gRPC \
+     and HTTP; vLLM's rule): a setting the request leaves unset takes the model's \
+     generation_config.json value (temperature, top_k, top_p), else temperature 1, top_k 0, top_p \
+     1, min_p 0, no penalties and a random seed.";
+
+/// Where a resolved sampling setting came from, in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingSource {
+    Request,
+    GenerationConfig,
+    BuiltIn,
+}
+
+impl std::fmt::Display for SettingSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Request => "request",
+            Self::GenerationConfig => "generation_config.json",
+            Self::BuiltIn => "built-in default",
+        })
+    }
+}
+
+/// The request's value, else the model's, else the built-in one; with where it came from.
+fn pick<T>(request: Option<T>, model: Option<T>, built_in: T) -> (T, SettingSource) {
+    match (request, model) {
+        (Some(v), _) => (v, SettingSource::Request),
+        (None, Some(v)) => (v, SettingSource::GenerationConfig),
+        (None, None) => (built_in, SettingSource::BuiltIn),
+    }
+}
+
+/// Where each setting of a [`ResolvedSampling`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SamplingSources {
+    pub temperature: SettingSource,
+    pub top_k: SettingSource,
+    pub top_p: SettingSource,
+    pub min_p: SettingSource,
+    pub repetition_penalty: SettingSource,
+    pub presence_penalty: SettingSource,
+    pub frequency_penalty: SettingSource,
+}
+
+/// Sampling settings with their sources; displays as `temperature=1 (built-in default), ...`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedSampling {
+    pub params: SamplingParams,
+    pub sources: SamplingSources,
+}
+
+impl std::fmt::Display for ResolvedSampling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (p, from) = (&self.params, &self.sources);
+        write!(
+            f,
+            "temperature={} ({}), top_k={} ({}), top_p={} ({}), min_p={} ({}), \
+             repetition_penalty={} ({}), presence_penalty={} ({}), frequency_penalty={} ({}), ",
+            p.temperature,
+            from.temperature,
+            p.top_k,
+            from.top_k,
+            p.top_p,
+            from.top_p,
+            p.min_p,
+            from.min_p,
+            p.repetition_penalty,
+            from.repetition_penalty,
+            p.presence_penalty,
+            from.presence_penalty,
+            p.frequency_penalty,
+            from.frequency_penalty,
+        )?;
+        match p.seed {
+            Some(seed) => write!(f, "seed={seed} (request)"),
+            None => f.write_str("seed=random (built-in default)"),
+        }
+    }
+}
+
 /// A KV policy as a wire carries it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RawPolicy {
@@ -189,7 +271,7 @@ impl Validator {
             .saturating_sub(raw.prompt_ids.len())
             .max(1);
         self.validate(GenerationRequest {
-            sampling: self.sampling(raw.sampling),
+            sampling: self.resolve_sampling(raw.sampling).params,
             stop: StopConditions {
                 max_tokens: raw.max_tokens.unwrap_or(room),
                 min_tokens: raw.min_tokens,
@@ -217,24 +299,44 @@ impl Validator {
         })
     }
 
-    fn sampling(&self, s: RawSampling) -> SamplingParams {
+    /// Sampling as vLLM resolves it: each unset setting takes `generation_config.json`'s value
+    /// (temperature, top_k, top_p), else [`SamplingParams::default`]'s (temperature 1). Every
+    /// wire format and `glimpse generate` resolve here; the sources say where each value came from.
+    pub fn resolve_sampling(&self, s: RawSampling) -> ResolvedSampling {
         let (model, fallback) = (&self.generation_defaults, SamplingParams::default());
-        SamplingParams {
-            temperature: s
-                .temperature
-                .or(model.temperature)
-                .unwrap_or(fallback.temperature),
-            top_k: s
-                .top_k
-                .or(model.top_k.map(|k| k as u32))
-                .unwrap_or(fallback.top_k),
-            top_p: s.top_p.or(model.top_p).unwrap_or(fallback.top_p),
-            min_p: s.min_p.unwrap_or(fallback.min_p),
-            repetition_penalty: s.repetition_penalty.unwrap_or(fallback.repetition_penalty),
-            presence_penalty: s.presence_penalty.unwrap_or(fallback.presence_penalty),
-            frequency_penalty: s.frequency_penalty.unwrap_or(fallback.frequency_penalty),
-            seed: s.seed,
-            logprobs: s.logprobs,
+        let (temperature, temperature_from) =
+            pick(s.temperature, model.temperature, fallback.temperature);
+        let model_top_k = model.top_k.map(|k| k as u32);
+        let (top_k, top_k_from) = pick(s.top_k, model_top_k, fallback.top_k);
+        let (top_p, top_p_from) = pick(s.top_p, model.top_p, fallback.top_p);
+        let (min_p, min_p_from) = pick(s.min_p, None, fallback.min_p);
+        let (repetition_penalty, repetition_penalty_from) =
+            pick(s.repetition_penalty, None, fallback.repetition_penalty);
+        let (presence_penalty, presence_penalty_from) =
+            pick(s.presence_penalty, None, fallback.presence_penalty);
+        let (frequency_penalty, frequency_penalty_from) =
+            pick(s.frequency_penalty, None, fallback.frequency_penalty);
+        ResolvedSampling {
+            params: SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty,
+                presence_penalty,
+                frequency_penalty,
+                seed: s.seed,
+                logprobs: s.logprobs,
+            },
+            sources: SamplingSources {
+                temperature: temperature_from,
+                top_k: top_k_from,
+                top_p: top_p_from,
+                min_p: min_p_from,
+                repetition_penalty: repetition_penalty_from,
+                presence_penalty: presence_penalty_from,
+                frequency_penalty: frequency_penalty_from,
+            },
         }
     }
 
@@ -397,6 +499,30 @@ mod tests {
             })
         );
         assert_eq!((pool, valid.policy.budget), (Pool::Avg, 64));
+    }
+
+    #[test]
+    fn each_sampling_setting_says_whether_the_request_the_model_or_the_built_in_set_it() {
+        let resolved = validator(None).resolve_sampling(RawSampling {
+            top_p: Some(0.9),
+            seed: Some(7),
+            ..RawSampling::default()
+        });
+        assert_eq!(
+            resolved.sources.temperature,
+            SettingSource::GenerationConfig
+        );
+        assert_eq!(resolved.sources.top_p, SettingSource::Request);
+        assert_eq!(resolved.sources.top_k, SettingSource::BuiltIn);
+        let shown = resolved.to_string();
+        for part in [
+            "temperature=0.5 (generation_config.json)",
+            "top_p=0.9 (request)",
+            "top_k=0 (built-in default)",
+            "seed=7 (request)",
+        ] {
+            assert!(shown.contains(part), "{shown}");
+        }
     }
 
     #[test]

@@ -1,20 +1,22 @@
 //! `glimpse generate`: runs prompts through the engine loop offline and prints the completions.
 //! With one prompt the text streams as it is generated; with several (repeated `--prompt` or a
 //! `--prompts-file`), all are submitted at once and batched by the loop, and each completion is
-//! printed whole, in input order.
+//! printed whole, in input order. Unset sampling flags take the model's defaults the way gRPC and
+//! HTTP requests do (the validator resolves them), and the sampling used is logged.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
-use glimpse_engine::sampling::SamplingParams;
 use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions, StreamEvent};
+use glimpse_server::validation::RawSampling;
 
 use super::EngineArgs;
 use glimpse_jobs::prompts::{PlainLines, read_prompt_texts};
 
 #[derive(Args)]
+#[command(after_help = glimpse_server::validation::SAMPLING_DEFAULTS_HELP)]
 pub struct GenerateArgs {
     #[command(flatten)]
     engine: EngineArgs,
@@ -30,17 +32,23 @@ pub struct GenerateArgs {
     /// Tokens to generate at least before EOS or a stop string may end a completion.
     #[arg(long, default_value_t = 0)]
     min_tokens: usize,
-    /// Sampling temperature; 0 is greedy (the default, so output is reproducible).
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    top_k: u32,
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    #[arg(long, default_value_t = 0.0)]
-    min_p: f32,
-    #[arg(long, default_value_t = 1.0)]
-    repetition_penalty: f32,
+    /// Sampling temperature; 0 is greedy. Unset: generation_config.json's, else 1 (as gRPC and
+    /// HTTP requests; the sampling used and where each value came from is logged).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep the k most likely tokens; 0 keeps all. Unset: generation_config.json's, else 0.
+    #[arg(long)]
+    top_k: Option<u32>,
+    /// Nucleus sampling mass, in (0, 1]. Unset: generation_config.json's, else 1.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than min_p times the most likely one. Unset: 0.
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Penalty on tokens already in the prompt or output; > 0. Unset: 1 (none).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Seed of each prompt's random generator. Unset: random.
     #[arg(long)]
     seed: Option<u64>,
     /// Stop strings (repeat for several); cut from the output.
@@ -66,15 +74,17 @@ impl GenerateArgs {
         Ok(prompts)
     }
 
-    fn sampling(&self) -> SamplingParams {
-        SamplingParams {
+    /// The sampling flags as a request carries them: unset ones are resolved by the validator,
+    /// exactly as for gRPC and HTTP requests.
+    fn sampling(&self) -> RawSampling {
+        RawSampling {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
             seed: self.seed,
-            ..SamplingParams::default()
+            ..RawSampling::default()
         }
     }
 }
@@ -84,11 +94,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let loaded = args.engine.load()?;
     let tokenizer = loaded.tokenizer.clone();
     let (handle, engine_thread) = engine_loop::spawn(loaded.core, ());
+    let sampling = handle.validator().resolve_sampling(args.sampling());
+    tracing::info!("sampling: {sampling}");
     let mut streams = Vec::with_capacity(prompts.len());
     for prompt in &prompts {
         let request = GenerationRequest {
             prompt_ids: tokenizer.encode(prompt, true)?,
-            sampling: args.sampling(),
+            sampling: sampling.params.clone(),
             stop: StopConditions {
                 max_tokens: args.max_tokens,
                 min_tokens: args.min_tokens,

@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 use glimpse_engine::EngineError;
 use glimpse_engine::backend::{Device, create_backend};
 use glimpse_engine::eviction::{EvictionPolicy, PolicyKind, PolicyKnobs};
+use glimpse_engine::hub::{MODEL_FLAG_HELP, ModelLocation, find_model};
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -53,9 +54,7 @@ pub fn default_model_dir() -> PathBuf {
 /// Options that build an engine: model, device, KV pool, batching limits.
 #[derive(Args, Clone)]
 pub struct EngineArgs {
-    /// Hugging Face model folder (config.json, safetensors, tokenizer.json). Default: the bundled
-    /// stories260K.
-    #[arg(long, env = "GLIMPSE_MODEL")]
+    #[arg(long, env = "GLIMPSE_MODEL", help = MODEL_FLAG_HELP)]
     pub model: Option<PathBuf>,
     /// Device to run on: `cpu`, or `cuda:N` in CUDA builds.
     #[arg(long, default_value = "cpu", env = "GLIMPSE_DEVICE")]
@@ -101,6 +100,8 @@ fn parse_kv_policy(name: &str) -> Result<PolicyKind, EngineError> {
 
 /// A loaded model and tokenizer, and an engine core ready to run.
 pub struct LoadedEngine {
+    /// Where the model was found and the name it goes by (`ORG/NAME` for a hub model).
+    pub location: ModelLocation,
     pub model: Model,
     pub tokenizer: Arc<Tokenizer>,
     pub core: EngineCore,
@@ -109,10 +110,11 @@ pub struct LoadedEngine {
 impl EngineArgs {
     /// Loads the model and tokenizer, sizes the KV pool and builds the engine core.
     pub fn load(&self) -> anyhow::Result<LoadedEngine> {
-        let dir = self.model.clone().unwrap_or_else(default_model_dir);
+        let location = find_model(&self.model.clone().unwrap_or_else(default_model_dir))?;
+        let dir = &location.dir;
         let model =
-            Model::load(&dir).with_context(|| format!("loading model from {}", dir.display()))?;
-        let mut tokenizer = Tokenizer::from_dir(&dir)
+            Model::load(dir).with_context(|| format!("loading model from {}", dir.display()))?;
+        let mut tokenizer = Tokenizer::from_dir(dir)
             .with_context(|| format!("loading tokenizer from {}", dir.display()))?;
         if let Some(path) = &self.chat_template {
             let source = std::fs::read_to_string(path)
@@ -184,6 +186,7 @@ impl EngineArgs {
         };
         let core = EngineCore::new(&model, Arc::clone(&tokenizer), backend, limits, eviction)?;
         Ok(LoadedEngine {
+            location,
             model,
             tokenizer,
             core,

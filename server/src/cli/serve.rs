@@ -24,6 +24,7 @@ use tonic::transport::Server;
 use super::{EngineArgs, LoadedEngine};
 
 #[derive(Args)]
+#[command(after_help = glimpse_server::validation::SAMPLING_DEFAULTS_HELP)]
 pub struct ServeArgs {
     #[command(flatten)]
     engine: EngineArgs,
@@ -49,8 +50,8 @@ pub struct ServeArgs {
     /// Seconds running requests get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30, env = "GLIMPSE_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: u64,
-    /// Name the model is served under (default: its folder name); also the `model_name` label
-    /// of every metric.
+    /// Name the model is served under (default: the hub id `ORG/NAME` of a hub model, else its
+    /// folder name); also the `model_name` label of every metric.
     #[arg(long, env = "GLIMPSE_MODEL_NAME")]
     model_name: Option<String>,
     /// Seconds between engine summary log lines (running, waiting, KV usage, tokens/s), logged
@@ -69,18 +70,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let LoadedEngine {
+        location,
         model,
         tokenizer,
         core,
     } = args.engine.load()?;
     let geometry = *core.backend().geometry();
-    let model_name = args.model_name.clone().unwrap_or_else(|| {
-        model
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into())
-    });
+    let model_name = args.model_name.clone().unwrap_or(location.name);
     let metrics_handle = metrics::install(&BuildInfo {
         model: &model_name,
         device: &args.engine.device,

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use glimpse_engine::hub::find_model;
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
 
@@ -14,7 +15,8 @@ use crate::JobError;
 /// Flags of `glimpse init-lookahead`.
 #[derive(Args)]
 pub struct InitLookaheadArgs {
-    /// Hugging Face model folder the module is made for.
+    /// The model the module is made for: a model folder, a `models--ORG--NAME` hub cache folder or
+    /// a hub id `ORG/NAME` in the local hub cache (no download; see `glimpse serve --help`).
     #[arg(long)]
     pub model: PathBuf,
     /// Where to write the module (safetensors).
@@ -65,10 +67,8 @@ impl ModuleShapeArgs {
 
 /// Runs `glimpse init-lookahead`: writes the random module to `--out`.
 pub fn run(args: InitLookaheadArgs) -> Result<(), JobError> {
-    let model = Model::load(&args.model).map_err(|source| JobError::LoadModel {
-        dir: args.model.clone(),
-        source,
-    })?;
+    let dir = find_model(&args.model)?.dir;
+    let model = Model::load(&dir).map_err(|source| JobError::LoadModel { dir, source })?;
     let module = args.shape.random_module(&model, args.seed)?;
     module.save(&args.out)?;
     tracing::info!(out = %args.out.display(), base_model = %module.identity.name, "random lookahead module written");

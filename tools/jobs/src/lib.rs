@@ -15,6 +15,7 @@ pub mod train_lookahead;
 use std::path::{Path, PathBuf};
 
 use glimpse_engine::EngineError;
+use glimpse_engine::hub::find_model;
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 
@@ -76,13 +77,16 @@ pub enum JobError {
     ModuleShape,
 }
 
-/// Loads a model folder (`dir`, else `default_dir`, the binary's bundled model) and its
-/// tokenizer; returns the folder too, for reports.
+/// Loads the model `--model` names (a folder or a hub id, see [`find_model`]; else `default_dir`,
+/// the binary's bundled model) and its tokenizer; returns the model's folder too, for reports.
 fn load_model_and_tokenizer(
-    dir: Option<PathBuf>,
+    model: Option<PathBuf>,
     default_dir: &Path,
 ) -> Result<(PathBuf, Model, Tokenizer), JobError> {
-    let dir = dir.unwrap_or_else(|| default_dir.to_path_buf());
+    let dir = match model {
+        Some(spec) => find_model(&spec)?.dir,
+        None => default_dir.to_path_buf(),
+    };
     let model = Model::load(&dir).map_err(|source| JobError::LoadModel {
         dir: dir.clone(),
         source,

@@ -60,8 +60,7 @@ impl SelfGenerateArgs {
 /// Flags of `glimpse sample-prompts`.
 #[derive(Args)]
 pub struct SamplePromptsArgs {
-    /// Hugging Face model folder. Default: the bundled stories260K.
-    #[arg(long)]
+    #[arg(long, help = glimpse_engine::hub::MODEL_FLAG_HELP)]
     pub model: Option<PathBuf>,
     /// Prompts to write.
     #[arg(long)]

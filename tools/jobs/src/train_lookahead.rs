@@ -26,8 +26,7 @@ use crate::{JobError, load_model_and_tokenizer};
 /// Flags of `glimpse train-lookahead`.
 #[derive(Args)]
 pub struct TrainLookaheadArgs {
-    /// Hugging Face model folder. Default: the bundled stories260K.
-    #[arg(long)]
+    #[arg(long, help = glimpse_engine::hub::MODEL_FLAG_HELP)]
     pub model: Option<PathBuf>,
     /// Training prompts (JSON Lines, `{"prompt": ...}`); or use --self-generate.
     #[arg(

@@ -32,8 +32,7 @@ use report::{EvalReport, EvalRow};
 /// Flags of `glimpse eval`.
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Hugging Face model folder. Default: the bundled stories260K.
-    #[arg(long)]
+    #[arg(long, help = glimpse_engine::hub::MODEL_FLAG_HELP)]
     pub model: Option<PathBuf>,
     /// Prompts (JSON Lines, `{"prompt": ...}`). Lines that also carry `answer` (and optionally
     /// `task`, `depth`, `context_tokens_target`, as the retrieval task generator writes them) add

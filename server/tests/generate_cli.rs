@@ -1,0 +1,154 @@
+//! `glimpse generate` through the real binary: `--model ORG/NAME` found in a Hugging Face hub
+//! cache laid out as `huggingface_hub` writes it (blobs, `refs/main`, a snapshot of symlinks),
+//! here holding the bundled stories260K; a missing id refused naming every place looked; and the
+//! sampling used logged with where each value came from.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const REVISION: &str = "5e1f2a9c";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `glimpse generate ARGS` with the hub cache at `cache` and info logs on stderr.
+fn generate(cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .arg("generate")
+        .args(args)
+        .current_dir(repo_root())
+        .env("HF_HUB_CACHE", cache)
+        .env("RUST_LOG", "info")
+        .env_remove("GLIMPSE_MODEL")
+        .output()
+        .expect("the glimpse binary runs")
+}
+
+/// A hub cache holding the bundled model as `models--Org--stories260K`, with a
+/// generation_config.json of `generation_config` (the model's sampling defaults).
+fn hub_cache_with_bundled_model(root: &Path, generation_config: &str) {
+    let repo = root.join("models--Org--stories260K");
+    let snapshot = repo.join("snapshots").join(REVISION);
+    for dir in [repo.join("blobs"), repo.join("refs"), snapshot.clone()] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(repo.join("refs/main"), REVISION).unwrap();
+    let bundled = repo_root().join("models/stories260K");
+    let files = ["config.json", "model.safetensors", "tokenizer.json"];
+    let files = files
+        .iter()
+        .chain(["tokenizer_config.json", "special_tokens_map.json"].iter());
+    for (i, name) in files.enumerate() {
+        let blob = format!("blob{i}");
+        std::fs::copy(bundled.join(name), repo.join("blobs").join(&blob)).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{blob}"), snapshot.join(name)).unwrap();
+    }
+    std::fs::write(repo.join("blobs/generation"), generation_config).unwrap();
+    std::os::unix::fs::symlink(
+        "../../blobs/generation",
+        snapshot.join("generation_config.json"),
+    )
+    .unwrap();
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_hub_id_in_the_cache_generates_with_the_models_sampling_defaults_and_says_so() {
+    let cache = tempfile::tempdir().unwrap();
+    hub_cache_with_bundled_model(
+        cache.path(),
+        r#"{"bos_token_id": 1, "eos_token_id": 2, "temperature": 0.0, "top_k": 5}"#,
+    );
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("models/stories260K/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let case = &golden["generation_cases"][1];
+    let new_tokens = case["greedy_new_ids"].as_array().unwrap().len().to_string();
+    let out = generate(
+        cache.path(),
+        &[
+            "--model",
+            "Org/stories260K",
+            "--prompt",
+            case["prompt"].as_str().unwrap(),
+            "--max-tokens",
+            &new_tokens,
+            "--top-p",
+            "0.9",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        text(&out.stdout).trim_end(),
+        case["greedy_text"].as_str().unwrap().trim_end(),
+        "temperature 0 from generation_config.json decodes greedily"
+    );
+    for part in [
+        "model found in the hub cache",
+        "temperature=0 (generation_config.json)",
+        "top_k=5 (generation_config.json)",
+        "top_p=0.9 (request)",
+        "min_p=0 (built-in default)",
+    ] {
+        assert!(stderr.contains(part), "no {part:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn without_model_defaults_generate_samples_at_temperature_one_like_the_servers() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = generate(cache.path(), &["--max-tokens", "2", "--seed", "3"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for part in ["temperature=1 (built-in default)", "seed=3 (request)"] {
+        assert!(stderr.contains(part), "no {part:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_hub_id_names_every_place_looked_and_that_nothing_is_downloaded() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = generate(
+        cache.path(),
+        &["--model", "Org/absent", "--max-tokens", "2"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "a missing model must fail");
+    let refs = cache.path().join("models--Org--absent/refs/main");
+    for part in [
+        "model `Org/absent` not found",
+        "Org/absent (no such folder)",
+        &refs.display().to_string(),
+        "never downloads",
+        "huggingface-cli download Org/absent",
+    ] {
+        assert!(stderr.contains(part), "no {part:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn help_states_the_model_lookup_without_download_and_the_default_sampling() {
+    for command in ["generate", "serve"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+            .args([command, "--help"])
+            .output()
+            .expect("the glimpse binary runs");
+        let help = text(&out.stdout);
+        for part in [
+            "No download",
+            "~/.cache/huggingface/hub",
+            "Default sampling (the same for `glimpse generate`, gRPC and HTTP",
+        ] {
+            assert!(
+                help.contains(part),
+                "glimpse {command} --help lacks {part:?}"
+            );
+        }
+    }
+}
