@@ -15,6 +15,7 @@ well-formed SSE. Exits non-zero with a message on the first mismatch.
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -30,10 +31,16 @@ def check(condition, what):
         sys.exit(f"openai-check: FAILED: {what}")
 
 
-def metric(url, series):
+def metric(url, name, **labels):
+    """The value of the series `name` carrying `labels` (others, such as model_name, ignored)."""
     for line in urllib.request.urlopen(url).read().decode().splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
+        series, _, value = line.rpartition(" ")
+        series_name, _, label_text = series.partition("{")
+        if series_name != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+        if all(have.get(k) == v for k, v in labels.items()):
+            return float(value)
     return None
 
 
@@ -113,8 +120,10 @@ def kv_cache_lookahead(client):
 
 
 def disconnect(client, metrics):
-    aborted = 'glimpse_request_success_total{finished_reason="abort"}'
-    before = metric(metrics, aborted) or 0
+    def aborted():
+        return metric(metrics, "glimpse_request_success_total", finished_reason="abort")
+
+    before = aborted() or 0
     stream = client.completions.create(
         model=MODEL, prompt="Once upon a time", max_tokens=400, stream=True, temperature=0,
         extra_body={"ignore_eos": True})
@@ -122,7 +131,7 @@ def disconnect(client, metrics):
     wait_for("the streaming request holds blocks", lambda: (metric(metrics, "glimpse_kv_blocks_used") or 0) > 0)
     stream.close()
     wait_for("blocks freed after the client left",
-             lambda: metric(metrics, "glimpse_kv_blocks_used") == 0 and metric(metrics, aborted) == before + 1)
+             lambda: metric(metrics, "glimpse_kv_blocks_used") == 0 and aborted() == before + 1)
     print("disconnect mid-stream frees blocks: ok")
 
 
