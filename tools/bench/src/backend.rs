@@ -41,7 +41,7 @@ impl Backend {
                     PromptInput::Text(_) => None,
                 };
                 let sent = Instant::now();
-                let outcome = openai.stream_to_end(body, index, prompt_ids, sent).await;
+                let outcome = openai.stream_to_end(body, prompt_ids, sent).await;
                 (sent, outcome)
             }
         };

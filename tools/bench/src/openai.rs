@@ -158,16 +158,18 @@ async fn read_body(response: Response<Incoming>) -> Result<Bytes, hyper::Error> 
     Ok(response.into_body().collect().await?.to_bytes())
 }
 
-/// The message of an OpenAI error body (`{"error": {"message"}}`), else the body itself.
+/// The message of an OpenAI error body (`{"error": {"message"}}`), else the body itself
+/// (`(empty body)` when there is none).
 pub fn error_message(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct ErrorBody {
         error: ErrorDetail,
     }
-    serde_json::from_slice::<ErrorBody>(body).map_or_else(
-        |_| String::from_utf8_lossy(body).trim().to_owned(),
-        |b| b.error.message,
-    )
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => b.error.message,
+        Err(_) if body.trim_ascii().is_empty() => "(empty body)".to_owned(),
+        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -256,12 +258,13 @@ impl OpenAiClient {
         }
     }
 
-    /// Sends `body` (request id `bench-{index}`) and follows the stream to `[DONE]`.
-    /// `sent` anchors the times. Never fails: errors become a [`Failure`] outcome.
+    /// Sends `body` and follows the stream to `[DONE]`; `prompt_ids` is the prompt's
+    /// length when sent as ids. `sent` anchors the times. Never fails: errors become a
+    /// [`Failure`] outcome. No request id header is sent: servers disagree on its form
+    /// (llama.cpp's Python server refuses all but UUIDs with a bare 400).
     pub async fn stream_to_end(
         &self,
         body: Vec<u8>,
-        index: usize,
         prompt_ids: Option<usize>,
         sent: Instant,
     ) -> Result<Completion, Failure> {
@@ -269,7 +272,6 @@ impl OpenAiClient {
             .method(Method::POST)
             .uri(format!("{}/completions", self.base_url))
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header("x-request-id", format!("bench-{index}"))
             .body(Full::new(Bytes::from(body)))
             .expect("a parsed URL builds a request");
         let response = self.http.request(request).await.map_err(transport)?;
@@ -537,6 +539,7 @@ mod tests {
             error_message(b"Internal Server Error\n"),
             "Internal Server Error"
         );
+        assert_eq!(error_message(b""), "(empty body)");
     }
 
     fn ms(n: u64) -> Duration {
