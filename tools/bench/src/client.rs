@@ -1,14 +1,15 @@
 //! The gRPC side of the benchmark: builds `GenerateRequest`s, sends them to a running
 //! `glimpse serve`, and times the streamed answer as the client sees it.
 //!
-//! A failed request is data, not an error: [`send`] always returns a [`RequestRecord`]
-//! whose outcome carries the gRPC status code, so one bad request never stops a run.
+//! A failed request is data, not an error: [`stream_to_end`] returns a [`Failure`]
+//! carrying the gRPC status code, so one bad request never stops a run. The records and
+//! outcomes defined here are shared with the `openai` backend; `backend` times both.
 
 use std::time::{Duration, Instant};
 
 use glimpse_proto::v1::{
-    self, FinishReason, GenerateRequest, KvCachePolicy, KvPolicy, SamplingParameters,
-    generate_request, generate_response, generation_client::GenerationClient,
+    self, GenerateRequest, KvCachePolicy, KvPolicy, SamplingParameters, generate_request,
+    generate_response, generation_client::GenerationClient,
 };
 use tonic::transport::Channel;
 
@@ -132,27 +133,40 @@ pub fn build_request(prompt: &Prompt, index: usize, settings: &RequestSettings) 
     }
 }
 
-/// A request that streamed to its `Final` message.
+/// A request that streamed to its end (gRPC's `Final`, OpenAI's `[DONE]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
-    /// From sending to the first chunk with a token (to `Final` if none came).
+    /// From sending to the first chunk with a token (to the end if none came).
     pub ttft_secs: f64,
     /// Gaps between consecutive token-bearing chunks.
     pub itl_secs: Vec<f64>,
     pub e2e_secs: f64,
+    /// Tokens generated, as the server counted them.
+    pub output_tokens: u32,
+    /// The generated ids when the server sent them (always on gRPC; on OpenAI only with
+    /// `return_token_ids`); see [`Completion::ids`].
     pub output_ids: Vec<u32>,
     pub text: String,
     pub prompt_tokens: u32,
-    pub finish_reason: FinishReason,
+    /// gRPC's `FinishReason` name (`FINISH_REASON_LENGTH`) or OpenAI's (`length`).
+    pub finish_reason: String,
     pub kv_entries_kept: u32,
     pub kv_blocks_freed: u32,
+}
+
+impl Completion {
+    /// Every generated id, or `None` when the server sent fewer ids than tokens (an
+    /// OpenAI server streaming text only), so agreement is never judged on a part.
+    pub fn ids(&self) -> Option<&[u32]> {
+        (self.output_ids.len() == self.output_tokens as usize).then_some(&self.output_ids)
+    }
 }
 
 /// A request that did not complete.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
-    /// gRPC status code name (`ResourceExhausted`), or `Incomplete` for a stream that
-    /// ended without `Final`.
+    /// gRPC status code name (`ResourceExhausted`), `HTTP 400 Bad Request` on OpenAI, or
+    /// `Incomplete` for a stream that ended early.
     pub code: String,
     pub message: String,
 }
@@ -166,24 +180,6 @@ pub struct RequestRecord {
     pub outcome: Result<Completion, Failure>,
 }
 
-/// Sends `request` and follows its stream to the end. `run_start` anchors the record's
-/// times. Never fails: errors become a [`Failure`] outcome.
-pub async fn send(
-    mut client: Connection,
-    index: usize,
-    request: GenerateRequest,
-    run_start: Instant,
-) -> RequestRecord {
-    let sent = Instant::now();
-    let outcome = stream_to_end(&mut client, request, sent).await;
-    RequestRecord {
-        index,
-        start_secs: sent.duration_since(run_start).as_secs_f64(),
-        end_secs: run_start.elapsed().as_secs_f64(),
-        outcome,
-    }
-}
-
 fn failure(status: tonic::Status) -> Failure {
     Failure {
         code: format!("{:?}", status.code()),
@@ -191,7 +187,9 @@ fn failure(status: tonic::Status) -> Failure {
     }
 }
 
-async fn stream_to_end(
+/// Sends `request` and follows its stream to the `Final` message; `sent` anchors the
+/// times. Never fails: errors become a [`Failure`] outcome.
+pub async fn stream_to_end(
     client: &mut Connection,
     request: GenerateRequest,
     sent: Instant,
@@ -226,10 +224,11 @@ async fn stream_to_end(
                     ttft_secs: first_token.unwrap_or(now).as_secs_f64(),
                     itl_secs,
                     e2e_secs: now.as_secs_f64(),
+                    output_tokens: u32::try_from(output_ids.len()).unwrap_or(u32::MAX),
                     output_ids,
                     text,
                     prompt_tokens: usage.prompt_tokens,
-                    finish_reason: last.finish_reason(),
+                    finish_reason: last.finish_reason().as_str_name().to_owned(),
                     kv_entries_kept: usage.kv_entries_kept,
                     kv_blocks_freed: usage.kv_blocks_freed,
                 });

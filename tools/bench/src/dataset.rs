@@ -44,6 +44,8 @@ pub enum DatasetError {
     },
     #[error("--input-len {input_len} leaves no room after {fixed} fixed tokens (BOS and question)")]
     InputTooShort { input_len: usize, fixed: usize },
+    #[error("{path}: {message}")]
+    ModelConfig { path: String, message: String },
 }
 
 /// What the model is given: text the server tokenizes, or ids used as they are.
@@ -101,6 +103,77 @@ impl TokenSampler {
         (0..n)
             .map(|_| self.allowed[rng.random_range(0..self.allowed.len())])
             .collect()
+    }
+}
+
+/// What random token prompts need to know of the model: ids are drawn below
+/// `vocab_size`, never an EOS id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vocabulary {
+    pub vocab_size: u32,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// `eos_token_id` as checkpoints write it: one id, a list, or none.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EosIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+#[derive(Deserialize)]
+struct VocabFields {
+    vocab_size: Option<u32>,
+    eos_token_id: Option<EosIds>,
+}
+
+impl Vocabulary {
+    /// Reads a model folder as Glimpse does: `vocab_size` from `config.json`, EOS ids
+    /// from `generation_config.json` (when present) and `config.json` together, so the
+    /// sampler excludes what `GetModelInfo` would report and both backends draw the same
+    /// prompts. Fails when `config.json` is unreadable or has no `vocab_size`.
+    pub fn from_model_dir(dir: &Path) -> Result<Self, DatasetError> {
+        let read = |name: &str| -> Result<Option<VocabFields>, DatasetError> {
+            let path = dir.join(name);
+            let shown = path.display().to_string();
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && name != "config.json" => {
+                    return Ok(None);
+                }
+                Err(source) => {
+                    return Err(DatasetError::Io {
+                        path: shown,
+                        source,
+                    });
+                }
+            };
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| DatasetError::ModelConfig {
+                    path: shown,
+                    message: e.to_string(),
+                })
+        };
+        let config = read("config.json")?.expect("config.json is required above");
+        let generation = read("generation_config.json")?;
+        let vocab_size = config.vocab_size.ok_or_else(|| DatasetError::ModelConfig {
+            path: dir.join("config.json").display().to_string(),
+            message: "no vocab_size".into(),
+        })?;
+        let mut eos_token_ids = Vec::new();
+        for fields in generation.iter().chain([&config]) {
+            match &fields.eos_token_id {
+                Some(EosIds::One(id)) => eos_token_ids.push(*id),
+                Some(EosIds::Many(ids)) => eos_token_ids.extend(ids),
+                None => {}
+            }
+        }
+        Ok(Self {
+            vocab_size,
+            eos_token_ids,
+        })
     }
 }
 
@@ -336,6 +409,16 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
+
+    #[test]
+    fn the_bundled_models_vocabulary_is_read_from_its_folder() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/stories260K");
+        let vocab = Vocabulary::from_model_dir(&dir).expect("bundled model folder");
+        assert_eq!(vocab.vocab_size, 512);
+        assert!(vocab.eos_token_ids.contains(&2), "{vocab:?}");
+        let missing = Vocabulary::from_model_dir(&dir.join("absent")).unwrap_err();
+        assert!(missing.to_string().contains("config.json"), "{missing}");
+    }
 
     fn ids(prompt: &Prompt) -> &[u32] {
         match &prompt.input {

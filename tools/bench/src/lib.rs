@@ -4,18 +4,23 @@
 //! Every requested policy runs the same prompts on the same arrival schedule, one policy
 //! after another, so differences in throughput, latency, peak KV usage and (greedy)
 //! agreement with the full cache come from the policy alone. The harness links no engine:
-//! it speaks only the public `glimpse.v1` gRPC API and reads `/metrics` (its only Glimpse
-//! dependency is `glimpse-proto`), so it measures any server that speaks the API.
+//! it speaks only the public `glimpse.v1` gRPC API or (`--backend openai`) the
+//! OpenAI-compatible completions API, and reads `/metrics` (its only Glimpse dependency
+//! is `glimpse-proto`), so it measures any server that speaks either, Glimpse or not.
 //!
-//! Modules: `schedule` (arrival times), `dataset` (prompts), `client` (one request),
-//! `runner` (one policy run), `scrape` (KV gauges), `stats` and `report` (the numbers).
+//! Modules: `schedule` (arrival times), `dataset` (prompts), `backend` (which API),
+//! `client` (one gRPC request), `openai` and `sse` (one HTTP request), `runner` (one
+//! policy run), `scrape` (KV gauges), `stats` and `report` (the numbers).
 
+pub mod backend;
 pub mod client;
 pub mod dataset;
+pub mod openai;
 pub mod report;
 pub mod runner;
 pub mod schedule;
 pub mod scrape;
+pub mod sse;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -26,13 +31,37 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
 
-use client::{ClientError, Connection, RequestSettings};
-use dataset::{DatasetError, Prompt, PromptInput, RandomShape, TokenSampler, TokenizedCorpus};
-use report::{BenchReport, ModelSummary, PolicyReport, PolicyRun};
+use backend::Backend;
+use client::{ClientError, RequestSettings};
+use dataset::{
+    DatasetError, Prompt, PromptInput, RandomShape, TokenSampler, TokenizedCorpus, Vocabulary,
+};
+use openai::OpenAiError;
+use report::{BenchReport, ModelSummary, PolicyReport, PolicyRun, ServedModel};
 use runner::{RunPlan, Scraper};
 use schedule::{ArrivalProcess, ScheduleError};
 use scrape::{MetricsUrl, ScrapeError};
 use stats::Slo;
+
+/// Which API the requests go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// Glimpse's `glimpse.v1.Generation` gRPC service.
+    Grpc,
+    /// An OpenAI-compatible server's streamed `POST /v1/completions` (Glimpse's HTTP API,
+    /// vLLM, llama.cpp).
+    Openai,
+}
+
+impl BackendKind {
+    fn default_endpoint(self) -> &'static str {
+        match self {
+            Self::Grpc => "http://127.0.0.1:50051",
+            Self::Openai => "http://127.0.0.1:8000",
+        }
+    }
+}
 
 /// Where prompts come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -95,9 +124,23 @@ impl BenchPolicy {
 /// Flags of `glimpse bench`.
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct BenchArgs {
-    /// gRPC endpoint of the server; `host:port` without a scheme means `http://host:port`.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub endpoint: String,
+    /// API to load: Glimpse's gRPC, or an OpenAI-compatible HTTP server.
+    #[arg(long, value_enum, default_value_t = BackendKind::Grpc)]
+    pub backend: BackendKind,
+    /// The server; `host:port` without a scheme means `http://host:port`. Default
+    /// `http://127.0.0.1:50051` (grpc) or `http://127.0.0.1:8000` (openai, which appends
+    /// `/v1` when absent).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// `--backend openai`: the `model` field of each request (default: the first id of
+    /// `GET /v1/models`).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// `--backend openai` with random or shared-prefix prompts: the served model's folder,
+    /// whose `config.json` gives the vocabulary the prompts are drawn from (gRPC asks the
+    /// server instead).
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
     /// Prometheus endpoint of the server; scraped before, during and after each run for
     /// peak KV usage.
     #[arg(long)]
@@ -178,6 +221,11 @@ pub struct BenchArgs {
     /// Also write one CSV row per request (every policy) here.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// Also write one JSON line per request (every policy) with its generated text and
+    /// token ids, to check two runs token for token (with `--backend openai`, ids are
+    /// asked for with vLLM's `return_token_ids` and null when the server sends none).
+    #[arg(long)]
+    pub output_texts: Option<PathBuf>,
     /// Exit 0 even when requests failed (the report still counts them).
     #[arg(long)]
     pub allow_errors: bool,
@@ -193,11 +241,21 @@ pub enum ArgsError {
         dataset: &'static str,
         flag: &'static str,
     },
+    #[error(
+        "--backend openai with --dataset {dataset} needs --model-dir (the served model's folder: \
+         the OpenAI API does not report the vocabulary random prompts are drawn from)"
+    )]
+    OpenAiNeedsModelDir { dataset: &'static str },
+    #[error(
+        "--backend openai cannot cut long-context prompts by tokens (the OpenAI API has no \
+         tokenizer call); pass --cut-by chars"
+    )]
+    OpenAiCutByTokens,
     #[error("--{flag} must be at least 1")]
     Zero { flag: &'static str },
     #[error(
         "prompt {index} has {prompt_tokens} tokens + {max_tokens} to generate = {}, over the \
-         server's maximum model length of {max_model_len} tokens (GetModelInfo max_model_len); \
+         server's maximum model length of {max_model_len} tokens (its max_model_len); \
          lower --input-len ({input_len}) or --output-len ({output_len})",
         prompt_tokens + u64::from(*max_tokens)
     )]
@@ -233,6 +291,8 @@ pub enum BenchError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
+    OpenAi(#[from] OpenAiError),
+    #[error(transparent)]
     Dataset(#[from] DatasetError),
     #[error(transparent)]
     RequestsFailed(#[from] RequestsFailed),
@@ -264,6 +324,21 @@ impl BenchArgs {
                 dataset: "long-context",
                 flag: "--text-dir",
             });
+        }
+        if self.backend == BackendKind::Openai {
+            if self.model_dir.is_none() {
+                let dataset = match self.dataset {
+                    DatasetKind::Random => Some("random"),
+                    DatasetKind::SharedPrefix => Some("shared-prefix"),
+                    DatasetKind::Jsonl | DatasetKind::LongContext => None,
+                };
+                if let Some(dataset) = dataset {
+                    return Err(ArgsError::OpenAiNeedsModelDir { dataset });
+                }
+            }
+            if self.dataset == DatasetKind::LongContext && self.cut_by == CutBy::Tokens {
+                return Err(ArgsError::OpenAiCutByTokens);
+            }
         }
         for (flag, value) in [
             ("num-prompts", self.num_prompts),
@@ -328,11 +403,16 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         }),
         None => None,
     };
-    let mut client = client::connect(&client::endpoint_url(&args.endpoint)).await?;
-    let info = client::model_info(&mut client).await?;
+    let server = connect(&args).await?;
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let prompts = build_prompts(&args, &info, &mut client, &mut rng).await?;
-    args.check_fits(&prompts, info.max_model_len)?;
+    let prompts = build_prompts(&args, &server, &mut rng).await?;
+    match server.max_model_len {
+        Some(max_model_len) => args.check_fits(&prompts, max_model_len)?,
+        None => eprintln!(
+            "the server does not report max_model_len (GET /v1/models); prompt lengths are \
+             not checked before sending"
+        ),
+    }
     let offsets = arrival.offsets_secs(prompts.len(), &mut rng);
 
     let mut runs: Vec<PolicyRun> = Vec::new();
@@ -355,14 +435,14 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             },
             num_warmups: args.num_warmups,
         };
-        let failed_warmups = runner::warm_up(&client, &plan).await;
+        let failed_warmups = runner::warm_up(&server.backend, &plan).await;
         if failed_warmups > 0 {
             eprintln!(
                 "{}: {failed_warmups} of {} warm-up requests failed",
                 plan.label, args.num_warmups
             );
         }
-        runs.push(runner::run_policy(&client, &plan, scraper.as_ref()).await?);
+        runs.push(runner::run_policy(&server.backend, &plan, scraper.as_ref()).await?);
     }
 
     let answers: Vec<Option<&str>> = prompts.iter().map(|p| p.answer.as_deref()).collect();
@@ -384,24 +464,78 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     }
     let failures = check_failures(&reports, args.allow_errors);
     if let Some(path) = &args.csv {
-        std::fs::write(path, report::csv(&runs)).map_err(|source| BenchError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        write(path, report::csv(&runs))?;
+    }
+    if let Some(path) = &args.output_texts {
+        write(path, report::texts_jsonl(&runs))?;
     }
     if let Some(path) = &args.json {
         let report = BenchReport {
             args: &args,
-            model: model_summary(&info),
+            model: server.model,
             policies: reports,
         };
-        let json = serde_json::to_string_pretty(&report).map_err(BenchError::Json)?;
-        std::fs::write(path, json).map_err(|source| BenchError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        write(
+            path,
+            serde_json::to_string_pretty(&report).map_err(BenchError::Json)?,
+        )?;
     }
     Ok(failures?)
+}
+
+fn write(path: &std::path::Path, contents: String) -> Result<(), BenchError> {
+    std::fs::write(path, contents).map_err(|source| BenchError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The server under test, as far as the run needs it before sending.
+struct Server {
+    backend: Backend,
+    model: ServedModel,
+    /// Prompt plus output limit, when the server reports one.
+    max_model_len: Option<u32>,
+    /// From the server (gRPC) or `--model-dir` (OpenAI).
+    vocabulary: Option<Vocabulary>,
+}
+
+/// Connects to `--endpoint` with `--backend` and reads what the run needs to know.
+async fn connect(args: &BenchArgs) -> Result<Server, BenchError> {
+    let endpoint = args
+        .endpoint
+        .as_deref()
+        .unwrap_or(args.backend.default_endpoint());
+    match args.backend {
+        BackendKind::Grpc => {
+            let mut connection = client::connect(&client::endpoint_url(endpoint)).await?;
+            let info = client::model_info(&mut connection).await?;
+            Ok(Server {
+                backend: Backend::Grpc(connection),
+                max_model_len: Some(info.max_model_len),
+                vocabulary: Some(Vocabulary {
+                    vocab_size: info.vocab_size,
+                    eos_token_ids: info.eos_token_ids.clone(),
+                }),
+                model: ServedModel::Grpc(model_summary(&info)),
+            })
+        }
+        BackendKind::Openai => {
+            let return_token_ids = args.compare_to_full || args.output_texts.is_some();
+            let (client, card) =
+                openai::connect(endpoint, args.model_name.as_deref(), return_token_ids).await?;
+            Ok(Server {
+                backend: Backend::OpenAi(client),
+                max_model_len: card.max_model_len,
+                vocabulary: args
+                    .model_dir
+                    .as_deref()
+                    .map(Vocabulary::from_model_dir)
+                    .transpose()?,
+                model: ServedModel::Openai(card),
+            })
+        }
+    }
 }
 
 /// One line per policy and gRPC code that failed: how often, and the first message.
@@ -449,10 +583,16 @@ fn model_summary(info: &ModelInfo) -> ModelSummary {
 /// The prompts of `args.dataset`, `args.num_prompts` of them (jsonl: the first ones).
 async fn build_prompts(
     args: &BenchArgs,
-    info: &ModelInfo,
-    client: &mut Connection,
+    server: &Server,
     rng: &mut StdRng,
 ) -> Result<Vec<Prompt>, BenchError> {
+    let token_sampler = || {
+        let vocabulary = server
+            .vocabulary
+            .as_ref()
+            .expect("validated: random prompts have a vocabulary");
+        TokenSampler::new(vocabulary.vocab_size, &vocabulary.eos_token_ids)
+    };
     let shape = RandomShape {
         num_prompts: args.num_prompts,
         input_len: args.input_len,
@@ -461,14 +601,9 @@ async fn build_prompts(
     };
     let max_tokens = u32::try_from(args.output_len).map_err(BenchError::OutputLen)?;
     Ok(match args.dataset {
-        DatasetKind::Random => dataset::random_prompts(
-            shape,
-            &TokenSampler::new(info.vocab_size, &info.eos_token_ids)?,
-            rng,
-        )?,
+        DatasetKind::Random => dataset::random_prompts(shape, &token_sampler()?, rng)?,
         DatasetKind::SharedPrefix => {
-            let tokens = TokenSampler::new(info.vocab_size, &info.eos_token_ids)?;
-            dataset::shared_prefix_prompts(shape, args.prefix_len, &tokens, rng)?
+            dataset::shared_prefix_prompts(shape, args.prefix_len, &token_sampler()?, rng)?
         }
         DatasetKind::Jsonl => {
             let path = args
@@ -495,6 +630,10 @@ async fn build_prompts(
                     rng,
                 )?,
                 CutBy::Tokens => {
+                    let Backend::Grpc(connection) = &server.backend else {
+                        unreachable!("validated: only gRPC cuts by tokens");
+                    };
+                    let client = &mut connection.clone();
                     let tokenized = TokenizedCorpus {
                         prefix: client::tokenize(client, "", true).await?,
                         corpus: client::tokenize(client, &corpus, false).await?,
@@ -582,6 +721,32 @@ mod tests {
             parse(&["--dataset", "jsonl", "--dataset-path", "p.jsonl"])
                 .validate()
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_openai_backend_needs_a_model_dir_for_random_ids_and_cannot_cut_by_tokens() {
+        assert_eq!(parse(&[]).backend, BackendKind::Grpc);
+        assert_eq!(
+            parse(&["--backend", "openai"]).validate(),
+            Err(ArgsError::OpenAiNeedsModelDir { dataset: "random" })
+        );
+        let with_dir = parse(&["--backend", "openai", "--model-dir", "models/stories260K"]);
+        assert_eq!(with_dir.validate(), Ok(()));
+        let long = [
+            "--backend",
+            "openai",
+            "--dataset",
+            "long-context",
+            "--text-dir",
+            "t",
+        ];
+        assert_eq!(parse(&long).validate(), Err(ArgsError::OpenAiCutByTokens));
+        let by_chars = [&long[..], &["--cut-by", "chars"]].concat();
+        assert_eq!(parse(&by_chars).validate(), Ok(()));
+        assert_eq!(
+            BackendKind::Openai.default_endpoint(),
+            "http://127.0.0.1:8000"
         );
     }
 

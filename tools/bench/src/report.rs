@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::client::{Completion, RequestRecord};
+use super::openai::ModelCard;
 use super::scrape::KvUsage;
 use super::stats::{self, Goodput, Lengths, RequestLatency, Slo, Summary};
 
@@ -65,9 +66,9 @@ pub struct PolicyReport {
     pub budget: Option<u32>,
     pub successful_requests: usize,
     pub failed_requests: usize,
-    /// Failed requests by gRPC status code.
+    /// Failed requests by gRPC status code or HTTP status.
     pub errors: BTreeMap<String, usize>,
-    /// The first failed request's message for each gRPC status code, so a run that
+    /// The first failed request's message for each code or status, so a run that
     /// failed says why.
     pub first_errors: BTreeMap<String, String>,
     /// Successful requests by finish reason.
@@ -109,11 +110,11 @@ pub struct PolicyRun {
 }
 
 impl PolicyRun {
-    /// Output ids per prompt, `None` where the request failed.
+    /// Output ids per prompt, `None` where the request failed or its ids are unknown.
     pub fn outputs(&self) -> Vec<Option<&[u32]>> {
         self.records
             .iter()
-            .map(|r| r.outcome.as_ref().ok().map(|c| c.output_ids.as_slice()))
+            .map(|r| r.outcome.as_ref().ok().and_then(Completion::ids))
             .collect()
     }
 
@@ -138,7 +139,7 @@ pub fn summarize(
             tpot_secs: stats::time_per_output_token_secs(
                 c.e2e_secs,
                 c.ttft_secs,
-                c.output_ids.len(),
+                c.output_tokens as usize,
             ),
             e2e_secs: c.e2e_secs,
         })
@@ -153,12 +154,10 @@ pub fn summarize(
     }
     let mut finish_reasons = BTreeMap::new();
     for c in &done {
-        *finish_reasons
-            .entry(c.finish_reason.as_str_name().to_owned())
-            .or_insert(0) += 1;
+        *finish_reasons.entry(c.finish_reason.clone()).or_insert(0) += 1;
     }
     let total_input_tokens: u64 = done.iter().map(|c| u64::from(c.prompt_tokens)).sum();
-    let total_output_tokens: u64 = done.iter().map(|c| c.output_ids.len() as u64).sum();
+    let total_output_tokens: u64 = done.iter().map(|c| u64::from(c.output_tokens)).sum();
     let secs = run.duration_secs;
     let tpots: Vec<f64> = latencies.iter().filter_map(|l| l.tpot_secs).collect();
     let itls: Vec<f64> = done
@@ -190,7 +189,7 @@ pub fn summarize(
         output_lens: Lengths::from_counts(
             &done
                 .iter()
-                .map(|c| c.output_ids.len() as u64)
+                .map(|c| u64::from(c.output_tokens))
                 .collect::<Vec<_>>(),
         ),
         request_throughput: stats::ratio(done.len() as f64, secs),
@@ -240,8 +239,17 @@ fn answer_accuracy(run: &PolicyRun, answers: &[Option<&str>]) -> Option<f64> {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport<A: Serialize> {
     pub args: A,
-    pub model: ModelSummary,
+    pub model: ServedModel,
     pub policies: Vec<PolicyReport>,
+}
+
+/// The served model as the backend describes it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+pub enum ServedModel {
+    Grpc(ModelSummary),
+    /// The `GET /v1/models` entry that was benchmarked.
+    Openai(ModelCard),
 }
 
 /// The served model, from `GetModelInfo`.
@@ -345,7 +353,7 @@ pub fn markdown(reports: &[PolicyReport]) -> String {
 }
 
 /// One CSV row per request of every run (header first), for plotting or a spreadsheet:
-/// times in seconds since its run started, latencies in ms, and the gRPC code and
+/// times in seconds since its run started, latencies in ms, and the code (gRPC) or status (HTTP) and
 /// message of failures. Fields are quoted per RFC 4180 where needed.
 pub fn csv(runs: &[PolicyRun]) -> String {
     let mut out = String::from(
@@ -359,8 +367,8 @@ pub fn csv(runs: &[PolicyRun]) -> String {
                     format!("{:.3}", c.ttft_secs * 1e3),
                     format!("{:.3}", c.e2e_secs * 1e3),
                     c.prompt_tokens.to_string(),
-                    c.output_ids.len().to_string(),
-                    c.finish_reason.as_str_name().into(),
+                    c.output_tokens.to_string(),
+                    c.finish_reason.clone(),
                     String::new(),
                 ],
                 Err(f) => {
@@ -381,6 +389,33 @@ pub fn csv(runs: &[PolicyRun]) -> String {
             .map(|f| csv_field(&f))
             .collect();
             out.push_str(&row.join(","));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// One JSON line per request of every run: policy, index and either the output (`text`,
+/// and `token_ids` when known) or the failure's `error` code. Written by `--output-texts`
+/// so two runs (gRPC and HTTP, or two servers) can be checked token for token.
+pub fn texts_jsonl(runs: &[PolicyRun]) -> String {
+    let mut out = String::new();
+    for run in runs {
+        for r in &run.records {
+            let line = match &r.outcome {
+                Ok(c) => serde_json::json!({
+                    "policy": run.policy,
+                    "index": r.index,
+                    "text": c.text,
+                    "token_ids": c.ids(),
+                }),
+                Err(f) => serde_json::json!({
+                    "policy": run.policy,
+                    "index": r.index,
+                    "error": f.code,
+                }),
+            };
+            out.push_str(&line.to_string());
             out.push('\n');
         }
     }
@@ -433,8 +468,6 @@ fn failed(r: &PolicyReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use glimpse_proto::v1::FinishReason;
-
     use super::super::client::Failure;
     use super::*;
 
@@ -447,10 +480,11 @@ mod tests {
                 ttft_secs: 0.1,
                 itl_secs: vec![0.3; ids.len().saturating_sub(1)],
                 e2e_secs: 1.0,
+                output_tokens: ids.len() as u32,
                 output_ids: ids.to_vec(),
                 text: text.into(),
                 prompt_tokens: 10,
-                finish_reason: FinishReason::Length,
+                finish_reason: "FINISH_REASON_LENGTH".into(),
                 kv_entries_kept: 8,
                 kv_blocks_freed: 2,
             }),
@@ -589,6 +623,27 @@ mod tests {
         assert_eq!(
             lines[2],
             "full,1,0.000000,0.500000,InvalidArgument,,,,,,\"prompt, \"\"too\"\" long\""
+        );
+    }
+
+    #[test]
+    fn output_texts_have_one_json_line_per_request_with_ids_only_when_known() {
+        let mut text_only = done(1, 0.0, &[], "cd");
+        if let Ok(c) = &mut text_only.outcome {
+            c.output_tokens = 2;
+        }
+        let records = vec![done(0, 0.0, &[1, 2], "ab"), text_only, failed_record(2)];
+        let lines: Vec<serde_json::Value> = texts_jsonl(&[run("full", records)])
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                serde_json::json!({"policy": "full", "index": 0, "text": "ab", "token_ids": [1, 2]}),
+                serde_json::json!({"policy": "full", "index": 1, "text": "cd", "token_ids": null}),
+                serde_json::json!({"policy": "full", "index": 2, "error": "ResourceExhausted"}),
+            ]
         );
     }
 

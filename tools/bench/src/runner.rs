@@ -2,7 +2,7 @@
 //! that waits for its send time (and a `--max-concurrency` permit), streams it to the
 //! end and returns its record, while a background task scrapes KV gauges.
 //!
-//! It owns the timing of a run and nothing else: what to send comes from `client`, what
+//! It owns the timing of a run and nothing else: how to send comes from `backend`, what
 //! to make of the records from `report`.
 
 use std::sync::Arc;
@@ -12,7 +12,8 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::client::{self, Connection, RequestSettings};
+use super::backend::Backend;
+use super::client::RequestSettings;
 use super::dataset::Prompt;
 use super::report::PolicyRun;
 use super::scrape::{self, KvSample, KvUsage, MetricsUrl, ScrapeError};
@@ -41,7 +42,7 @@ pub struct RunPlan<'a> {
 
 /// Sends the first `plan.num_warmups` prompts one at a time, unrecorded, so the run does
 /// not measure first-call costs (connections, lazy allocations). Returns how many failed.
-pub async fn warm_up(client: &Connection, plan: &RunPlan<'_>) -> usize {
+pub async fn warm_up(backend: &Backend, plan: &RunPlan<'_>) -> usize {
     let mut failed = 0;
     let start = std::time::Instant::now();
     for (index, prompt) in plan
@@ -51,8 +52,7 @@ pub async fn warm_up(client: &Connection, plan: &RunPlan<'_>) -> usize {
         .take(plan.num_warmups)
         .enumerate()
     {
-        let request = client::build_request(prompt, index, &plan.settings);
-        let record = client::send(client.clone(), index, request, start).await;
+        let record = backend.send(prompt, index, &plan.settings, start).await;
         failed += usize::from(record.outcome.is_err());
     }
     failed
@@ -61,7 +61,7 @@ pub async fn warm_up(client: &Connection, plan: &RunPlan<'_>) -> usize {
 /// Runs `plan` and returns its records in prompt order. Fails only when the scraper
 /// cannot read the metrics before the run (a wrong `--metrics-url`).
 pub async fn run_policy(
-    client: &Connection,
+    backend: &Backend,
     plan: &RunPlan<'_>,
     scraper: Option<&Scraper>,
 ) -> Result<PolicyRun, ScrapeError> {
@@ -86,15 +86,17 @@ pub async fn run_policy(
     let run_start = Instant::now();
     let mut tasks = JoinSet::new();
     for (index, (prompt, &offset)) in plan.prompts.iter().zip(plan.offsets_secs).enumerate() {
-        let request = client::build_request(prompt, index, &plan.settings);
-        let (client, semaphore, bar) = (client.clone(), semaphore.clone(), bar.clone());
+        let (backend, semaphore, bar) = (backend.clone(), semaphore.clone(), bar.clone());
+        let (prompt, settings) = (prompt.clone(), plan.settings);
         tasks.spawn(async move {
             tokio::time::sleep_until(run_start + Duration::from_secs_f64(offset)).await;
             let _permit = match &semaphore {
                 Some(s) => Some(s.acquire().await.expect("the semaphore is never closed")),
                 None => None,
             };
-            let record = client::send(client, index, request, run_start.into_std()).await;
+            let record = backend
+                .send(&prompt, index, &settings, run_start.into_std())
+                .await;
             bar.inc(1);
             record
         });
@@ -150,6 +152,8 @@ async fn scrape_until(scraper: Scraper, mut stop: oneshot::Receiver<()>) -> KvUs
 mod tests {
     use glimpse_proto::v1::generation_server::{Generation, GenerationServer};
     use glimpse_proto::v1::{self, FinishReason, GenerateResponse, KvPolicy, generate_response};
+
+    use crate::client;
     use tokio_stream::wrappers::TcpListenerStream;
     use tonic::{Request, Response, Status};
 
@@ -241,9 +245,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_against_a_fake_server_records_every_request_in_prompt_order() {
-        let client = client::connect(&serve_fake().await)
-            .await
-            .expect("fake server is up");
+        let client = Backend::Grpc(
+            client::connect(&serve_fake().await)
+                .await
+                .expect("fake server is up"),
+        );
         let prompt = Prompt {
             input: PromptInput::Text("hi".into()),
             max_tokens: 3,
@@ -282,8 +288,12 @@ mod tests {
             (&[7, 8, 9][..], "abc")
         );
         assert_eq!(
-            (done.itl_secs.len(), done.prompt_tokens, done.finish_reason),
-            (2, 5, FinishReason::Length)
+            (
+                done.itl_secs.len(),
+                done.prompt_tokens,
+                done.finish_reason.as_str()
+            ),
+            (2, 5, FinishReason::Length.as_str_name())
         );
         let intervals: Vec<(f64, f64)> = run
             .records
