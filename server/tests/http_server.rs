@@ -112,6 +112,32 @@ fn completions_match_the_grpc_wire_whole_and_streamed() {
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"]["completion_tokens"], 64);
+    assert!(
+        body["choices"][0].get("token_ids").is_none(),
+        "only when asked"
+    );
+
+    // vLLM's `return_token_ids`: the whole response's ids are the streamed chunks' ids.
+    let with_ids = |mut request: Value| {
+        request["return_token_ids"] = json!(true);
+        request
+    };
+    let (_, whole) = post(&server, "/v1/completions", &with_ids(request));
+    let ids = whole["choices"][0]["token_ids"].as_array().unwrap().clone();
+    assert_eq!(ids.len(), 64);
+    let (_, raw) = http_post(
+        server.http_port,
+        "/v1/completions",
+        &with_ids(streamed).to_string(),
+    );
+    let events = sse_events(&raw);
+    let streamed_ids: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| c["choices"][0]["token_ids"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(streamed_ids, ids);
 }
 
 #[test]

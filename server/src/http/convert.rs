@@ -26,6 +26,8 @@ pub struct Plan {
     pub stream: bool,
     /// With `stream`: a last chunk with no choices and the usage.
     pub include_usage: bool,
+    /// Choices and chunks carry their generated `token_ids` (vLLM's `return_token_ids`).
+    pub return_token_ids: bool,
 }
 
 /// Refuses a `model` other than the served one; no `model` means the served one.
@@ -176,6 +178,7 @@ fn plan(
         n,
         stream,
         include_usage: stream && options.include_usage.unwrap_or(false),
+        return_token_ids: g.return_token_ids.unwrap_or(false),
     })
 }
 

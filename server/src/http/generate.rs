@@ -84,6 +84,7 @@ async fn answer(
         model: state.model_name.clone(),
         tokenizer: Arc::clone(tokenizer),
         logprobs: plan.raw.sampling.logprobs.is_some(),
+        token_ids: plan.return_token_ids,
     };
     if plan.stream {
         return Ok(stream::respond(responder, choices, plan.include_usage));

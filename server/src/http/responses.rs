@@ -37,6 +37,8 @@ pub struct Responder {
     pub tokenizer: Arc<Tokenizer>,
     /// Whether the request asked for log-probabilities.
     pub logprobs: bool,
+    /// Whether choices carry their generated `token_ids` (vLLM's `return_token_ids`).
+    pub token_ids: bool,
 }
 
 impl Responder {
@@ -45,7 +47,7 @@ impl Responder {
         let choices = outputs.iter().enumerate().map(|(index, output)| {
             let finish = output.finished.as_ref().map(|f| f.reason.label());
             let logprobs = self.logprobs(&output.tokens, 0);
-            match self.endpoint {
+            let choice = match self.endpoint {
                 Endpoint::Completions => json!({
                     "index": index, "text": output.text, "logprobs": logprobs,
                     "finish_reason": finish,
@@ -55,7 +57,8 @@ impl Responder {
                     "message": {"role": "assistant", "content": output.text},
                     "logprobs": logprobs, "finish_reason": finish,
                 }),
-            }
+            };
+            self.with_token_ids(choice, &output.tokens)
         });
         let finished: Vec<&FinishedEvent> =
             outputs.iter().filter_map(|o| o.finished.as_ref()).collect();
@@ -94,7 +97,16 @@ impl Responder {
                 json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
         };
+        let choice = self.with_token_ids(choice, tokens);
         self.envelope(self.chunk_object(), vec![choice])
+    }
+
+    /// `choice` with its `tokens`' ids added when the request asked for them.
+    fn with_token_ids(&self, mut choice: Value, tokens: &[TokenEvent]) -> Value {
+        if self.token_ids {
+            choice["token_ids"] = tokens.iter().map(|t| t.token_id).collect();
+        }
+        choice
     }
 
     /// The last chunk of a stream with `include_usage`: no choices, the whole usage.

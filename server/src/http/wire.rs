@@ -29,6 +29,8 @@ pub struct GenerationBody {
     pub ignore_eos: Option<bool>,
     pub min_tokens: Option<u32>,
     pub skip_special_tokens: Option<bool>,
+    /// vLLM's extension: each choice (and stream chunk) also carries its generated `token_ids`.
+    pub return_token_ids: Option<bool>,
     /// [`KvCacheBody`], parsed on its own so its fields are named in errors.
     pub kv_cache: Option<Value>,
 }

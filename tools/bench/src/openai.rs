@@ -328,15 +328,22 @@ struct ChoiceChunk {
     token_ids: Option<Vec<u32>>,
 }
 
-/// `usage`, with Glimpse's KV extension fields (named as in gRPC's `Usage`) when present.
+/// `usage`, with Glimpse's `kv_cache` extension when the server sends it (other servers do not).
 #[derive(Deserialize)]
 struct Usage {
     prompt_tokens: u32,
     completion_tokens: u32,
     #[serde(default)]
-    kv_entries_kept: u32,
+    kv_cache: KvUsage,
+}
+
+/// Glimpse's `usage.kv_cache`: what the request's KV policy kept and freed.
+#[derive(Default, Deserialize)]
+struct KvUsage {
     #[serde(default)]
-    kv_blocks_freed: u32,
+    entries_kept: Option<u32>,
+    #[serde(default)]
+    blocks_freed: u32,
 }
 
 /// What a stream has delivered so far; times are since the request was sent.
@@ -407,8 +414,12 @@ impl StreamState {
             text: self.text,
             prompt_tokens: self.usage.as_ref().map_or(prompt_ids, |u| u.prompt_tokens),
             finish_reason: self.finish_reason.unwrap_or_default(),
-            kv_entries_kept: self.usage.as_ref().map_or(0, |u| u.kv_entries_kept),
-            kv_blocks_freed: self.usage.as_ref().map_or(0, |u| u.kv_blocks_freed),
+            kv_entries_kept: self
+                .usage
+                .as_ref()
+                .and_then(|u| u.kv_cache.entries_kept)
+                .unwrap_or(0),
+            kv_blocks_freed: self.usage.as_ref().map_or(0, |u| u.kv_cache.blocks_freed),
         }
     }
 }
@@ -558,7 +569,7 @@ mod tests {
                 45,
             ),
             (
-                r#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3,"kv_blocks_freed":2}}"#,
+                r#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3,"kv_cache":{"policy":"snapkv","budget":8,"entries_kept":8,"blocks_freed":2}}}"#,
                 46,
             ),
         ];
@@ -574,7 +585,7 @@ mod tests {
             (done.text.as_str(), done.finish_reason.as_str()),
             ("Once upon a", "length")
         );
-        assert_eq!((done.kv_entries_kept, done.kv_blocks_freed), (0, 2));
+        assert_eq!((done.kv_entries_kept, done.kv_blocks_freed), (8, 2));
         assert!(done.output_ids.is_empty());
     }
 
