@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, http_get, runtime, serving_status};
+use common::{Server, http_get, http_post, runtime, serving_status};
 
 use glimpse_proto::v1::{self, generation_client::GenerationClient};
 use tonic::Code;
@@ -421,6 +421,17 @@ fn sigterm_drains_running_requests_and_refuses_new_ones() {
             }
         };
         assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        // The unread stream holds its admission slot, so the server is still draining: the HTTP
+        // wire says so too — health 503, new completions refused with 503.
+        let health = http_get(server.http_port, "/health");
+        assert_eq!(health.get(9..12), Some("503"), "{health}");
+        let (status, body) = http_post(
+            server.http_port,
+            "/v1/completions",
+            r#"{"prompt": "Hi", "max_tokens": 2}"#,
+        );
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("shutting down"), "{body}");
         let mut finished = None;
         while let Some(message) = running.message().await.unwrap() {
             if let Some(v1::generate_response::Kind::Final(f)) = message.kind {
