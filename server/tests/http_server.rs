@@ -305,3 +305,96 @@ fn a_client_that_leaves_mid_stream_gets_its_blocks_freed() {
         used() == 0.0 && aborted() == Some(1.0)
     });
 }
+
+/// An HTTP/1.0 POST with an `X-Request-Id` header: the status code.
+fn post_with_id(server: &Server, id: &str, body: &Value) -> u16 {
+    let mut stream = TcpStream::connect(("127.0.0.1", server.http_port)).unwrap();
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST /v1/completions HTTP/1.0\r\nHost: localhost\r\nX-Request-Id: {id}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut status = String::new();
+    BufReader::new(stream).read_line(&mut status).unwrap();
+    status[9..12].parse().unwrap()
+}
+
+#[test]
+fn each_failed_request_is_logged_once_with_its_id_code_and_message() {
+    let server = Server::start();
+    let bad_top_p = json!({"prompt": "Hi", "max_tokens": 2, "top_p": 2.0});
+    assert_eq!(post_with_id(&server, "http-bad-top-p", &bad_top_p), 400);
+    let refused = runtime().block_on(async {
+        let request = v1::GenerateRequest {
+            request_id: Some("grpc-bad-top-p".into()),
+            input: Some(v1::generate_request::Input::Text("Hi".into())),
+            sampling: Some(v1::SamplingParameters {
+                top_p: Some(2.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        server.client().await.generate(request).await.unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    // A later failure's line proves the earlier ones had their chance to be logged twice.
+    assert_eq!(post_with_id(&server, "sentinel", &bad_top_p), 400);
+    server.wait_for_log("sentinel", Duration::from_secs(30));
+    for id in ["http-bad-top-p", "grpc-bad-top-p"] {
+        let lines = server.log_lines(id);
+        assert_eq!(lines.len(), 1, "{id}: {lines:?}");
+        assert!(
+            lines[0].contains("INVALID_ARGUMENT") && lines[0].contains("top_p"),
+            "{}",
+            lines[0]
+        );
+    }
+}
+
+/// `glimpse bench` over both wires on the same seeded prompts: the HTTP run (`--backend openai`)
+/// and the gRPC run generate the same ids for every request, greedy; an HTTP refusal is counted
+/// under its status and fails the run.
+#[test]
+fn bench_over_http_and_grpc_agree_token_for_token() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bench = |backend: &str, endpoint: String, extra: &[&str]| {
+        let texts = dir.path().join(format!("{backend}.jsonl"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_glimpse"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .args(["bench", "--backend", backend, "--endpoint", &endpoint])
+            .args(["--model-dir", "models/stories260K", "--num-prompts", "6"])
+            .args(["--input-len", "64", "--output-len", "24", "--seed", "3"])
+            .args(["--temperature", "0", "--ignore-eos", "--output-texts"])
+            .arg(&texts)
+            .args(extra)
+            .output()
+            .expect("glimpse bench runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let ids: Vec<Value> = std::fs::read_to_string(&texts)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap()["token_ids"].clone())
+            .collect();
+        (out.status.success(), stderr, ids)
+    };
+    let http = format!("127.0.0.1:{}", server.http_port);
+    let grpc = server.grpc.clone();
+    let (ok, stderr, over_http) = bench("openai", http.clone(), &[]);
+    assert!(ok, "{stderr}");
+    let (ok, stderr, over_grpc) = bench("grpc", grpc, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(over_http.len(), 6);
+    assert!(
+        over_http
+            .iter()
+            .all(|ids| ids.as_array().is_some_and(|a| a.len() == 24))
+    );
+    assert_eq!(over_http, over_grpc);
+
+    let (ok, stderr, _) = bench("openai", http, &["--budget", "0", "--policies", "snapkv"]);
+    assert!(!ok, "a refused run fails: {stderr}");
+    assert!(stderr.contains("HTTP 400"), "{stderr}");
+}

@@ -20,6 +20,8 @@ pub struct Server {
     pub metrics_port: u16,
     /// The OpenAI-compatible HTTP API.
     pub http_port: u16,
+    /// The server's stderr (its log).
+    pub log: tempfile::NamedTempFile,
 }
 
 pub fn free_port() -> u16 {
@@ -38,6 +40,7 @@ impl Server {
     /// [`Server::start`] with extra `glimpse serve` flags.
     pub fn start_with(extra_args: &[&str]) -> Self {
         let (port, metrics_port, http_port) = (free_port(), free_port(), free_port());
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .args([
@@ -52,7 +55,7 @@ impl Server {
             .args(["--kv-memory-bytes", "20000000", "--max-waiting", "200"])
             .args(extra_args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .expect("glimpse serve starts");
         let server = Self {
@@ -60,6 +63,7 @@ impl Server {
             grpc: format!("http://127.0.0.1:{port}"),
             metrics_port,
             http_port,
+            log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while server.metric("glimpse_kv_blocks_total").is_none()
@@ -71,6 +75,32 @@ impl Server {
         runtime().block_on(server.wait_until_serving(Duration::from_secs(60)));
         server.wait_until_http_serving(Duration::from_secs(60));
         server
+    }
+
+    /// The log lines written so far that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(self.log.path())
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Polls the log until a line contains `needle`; all such lines then.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let lines = self.log_lines(needle);
+            if !lines.is_empty() {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// HTTP `/health` shares the serving state with gRPC health; polls until it answers 200.
