@@ -8,12 +8,14 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, http_get, http_post, runtime, serving_status};
+use common::{Server, health_of, http_get, http_post, runtime, serving_status};
 
 use glimpse_proto::v1::{self, generation_client::GenerationClient};
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 fn greedy(text: &str, max_tokens: u32) -> v1::GenerateRequest {
     v1::GenerateRequest {
@@ -454,6 +456,89 @@ fn sigterm_drains_running_requests_and_refuses_new_ones() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Probes (k8s, Docker HEALTHCHECK, `glimpse health`) ask the whole server, `service=""`: it must
+/// say what the generation service says, NOT_SERVING while draining; a second signal ends the
+/// drain at once with a non-zero status.
+#[test]
+fn overall_health_follows_the_drain_and_a_second_signal_exits_at_once() {
+    let mut server = Server::start();
+    runtime().block_on(async {
+        let channel = server.channel().await;
+        assert_eq!(health_of(&channel, "").await, ServingStatus::Serving);
+        let mut client = server.client().await;
+        let request = v1::GenerateRequest {
+            ignore_eos: true,
+            ..greedy("Once upon a time", 480)
+        };
+        // Left unread: its slot keeps the server draining.
+        let mut running = client.generate(request).await.unwrap().into_inner();
+        running.message().await.unwrap().unwrap();
+        server.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while serving_status(&channel).await == ServingStatus::Serving {
+            assert!(
+                Instant::now() < deadline,
+                "still SERVING 10 s after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(health_of(&channel, "").await, ServingStatus::NotServing);
+        let unknown = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: "no.such.Service".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    });
+    server.signal("TERM");
+    let status = server.wait_for_exit(Duration::from_secs(10));
+    assert!(
+        !status.success(),
+        "a second SIGTERM should exit non-zero: {status}"
+    );
+}
+
+/// When the grace period is over, requests still running or waiting end with a Final message
+/// whose reason is ABORT, not with an error, and the server exits cleanly.
+#[test]
+fn grace_period_expiry_ends_streams_with_final_abort() {
+    let mut server = Server::start_with(&["--shutdown-grace-secs", "0", "--max-num-seqs", "1"]);
+    runtime().block_on(async {
+        let client = server.client().await;
+        let mut streams = Vec::new();
+        // With one running sequence at a time the last waits behind seven whole generations: it
+        // is still queued when the signal lands.
+        for _ in 0..8 {
+            let request = v1::GenerateRequest {
+                ignore_eos: true,
+                ..greedy("Once upon a time", 480)
+            };
+            let stream = client.clone().generate(request).await.unwrap().into_inner();
+            streams.push(stream);
+        }
+        streams[0].message().await.unwrap().unwrap();
+        server.signal("TERM");
+        let mut reasons = Vec::new();
+        for stream in &mut streams {
+            let mut last = None;
+            while let Some(message) = stream.message().await.unwrap() {
+                if let Some(v1::generate_response::Kind::Final(f)) = message.kind {
+                    last = Some(f.finish_reason());
+                }
+            }
+            reasons.push(last.expect("every stream ends with a Final message"));
+        }
+        assert_eq!(
+            reasons.last(),
+            Some(&v1::FinishReason::Abort),
+            "{reasons:?}"
+        );
+    });
+    let status = server.wait_for_exit(Duration::from_secs(15));
+    assert!(status.success(), "the server exited with {status}");
 }
 
 #[test]

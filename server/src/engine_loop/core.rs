@@ -208,6 +208,14 @@ impl EngineCore {
         })
     }
 
+    /// Aborts every waiting and running request (see [`EngineCore::abort`]).
+    pub fn abort_all(&mut self, now: Instant) -> Vec<CompletedRequest> {
+        let all: Vec<SeqId> = self.requests.keys().copied().collect();
+        all.into_iter()
+            .filter_map(|seq| self.abort(seq, now))
+            .collect()
+    }
+
     /// Runs `request` until it ends, stepping without any observer, and says how it ended: the
     /// warm-up generation, which metrics must not count. Requests queued before it share its
     /// steps (also unobserved); those queued later wait in the loop's channel.

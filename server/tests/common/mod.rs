@@ -211,6 +211,32 @@ impl Series {
     }
 }
 
+impl Server {
+    /// Sends `signal` (`TERM`, `INT`) to the server process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit, and returns how it exited.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -228,9 +254,14 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// The health status of the generation service.
 pub async fn serving_status(channel: &Channel) -> ServingStatus {
+    health_of(channel, "glimpse.v1.Generation").await
+}
+
+/// The health status of `service` (`""`: the whole server, as probes ask).
+pub async fn health_of(channel: &Channel, service: &str) -> ServingStatus {
     HealthClient::new(channel.clone())
         .check(tonic_health::pb::HealthCheckRequest {
-            service: "glimpse.v1.Generation".into(),
+            service: service.into(),
         })
         .await
         .unwrap()
