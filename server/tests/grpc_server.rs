@@ -541,6 +541,60 @@ fn grace_period_expiry_ends_streams_with_final_abort() {
     assert!(status.success(), "the server exited with {status}");
 }
 
+/// A prompt past `--max-prompt-bytes` is refused before it is tokenized (generation and
+/// Tokenize), and stop lists past their limits are refused; each refusal names the flag.
+#[test]
+fn a_huge_prompt_and_huge_stop_lists_are_refused_naming_their_limits() {
+    let server = Server::start();
+    runtime().block_on(async {
+        let mut client = server.client().await;
+        let huge = "a".repeat(4_000_000);
+        let started = Instant::now();
+        let refused = client
+            .generate(greedy(&huge, 4))
+            .await
+            .expect_err("a 4 MB prompt is refused");
+        println!("4 MB prompt refused after {:?}", started.elapsed());
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("`text`")
+                && refused.message().contains("--max-prompt-bytes")
+                && refused.message().contains("4000000 bytes"),
+            "{refused:?}"
+        );
+        let tokenize = v1::TokenizeRequest {
+            input: Some(v1::tokenize_request::Input::Text(huge)),
+            ..Default::default()
+        };
+        let refused = client.tokenize(tokenize).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("--max-prompt-bytes"),
+            "{refused:?}"
+        );
+        let stops = v1::GenerateRequest {
+            stop: vec!["x".into(); 100_000],
+            ..greedy("Hi", 4)
+        };
+        let refused = client.generate(stops).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("--max-stop-strings")
+                && refused.message().contains("got 100000"),
+            "{refused:?}"
+        );
+        let stop_ids = v1::GenerateRequest {
+            stop_token_ids: vec![1; 1_000],
+            ..greedy("Hi", 4)
+        };
+        let refused = client.generate(stop_ids).await.unwrap_err();
+        assert!(
+            refused.message().contains("--max-stop-token-ids"),
+            "{refused:?}"
+        );
+    });
+}
+
 #[test]
 fn metrics_port_zero_is_logged_and_serves_only_metrics() {
     use std::io::BufRead;

@@ -9,6 +9,7 @@
 //! engine thread stops on its own the process exits with status 1, so an orchestrator restarts it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,7 @@ use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions};
 use glimpse_server::grpc::{GenerationService, policy_message, wire_policy};
 use glimpse_server::http::HttpState;
 use glimpse_server::metrics::{self, BuildInfo, EngineMetrics};
+use glimpse_server::prompt::PromptWork;
 use glimpse_server::stats_log::StatsLog;
 use tonic::transport::Server;
 
@@ -51,6 +53,11 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 1024, env = "GLIMPSE_MAX_WAITING")]
     max_waiting: usize,
+    /// Prompts tokenized, chat templates rendered and token ids decoded at once, on threads
+    /// beside the async runtime (so a large prompt never stalls health probes or streams)
+    /// [default: the number of CPUs].
+    #[arg(long, env = "GLIMPSE_TOKENIZER_WORKERS")]
+    tokenizer_workers: Option<NonZeroUsize>,
     /// Seconds running requests get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30, env = "GLIMPSE_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: u64,
@@ -138,9 +145,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dtype: "f32".into(),
         device: args.engine.device.clone(),
     };
+    let workers = match args.tokenizer_workers {
+        Some(workers) => workers,
+        None => std::thread::available_parallelism().context("counting CPUs")?,
+    };
+    let prompts = PromptWork::new(
+        Arc::clone(&tokenizer),
+        engine.validator().limits(),
+        workers.get(),
+    );
     let http_state = Arc::new(HttpState {
         engine: engine.clone(),
-        tokenizer: Arc::clone(&tokenizer),
+        prompts: prompts.clone(),
         admission: Arc::clone(&admission),
         model_name: model_name.clone(),
         max_model_len: model.config.max_model_len,
@@ -149,7 +165,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let service = GenerationService {
         engine: engine.clone(),
-        tokenizer: Arc::clone(&tokenizer),
+        prompts,
         model_info,
         admission: Arc::clone(&admission),
     };

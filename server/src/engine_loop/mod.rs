@@ -20,7 +20,8 @@ pub use self::core::{BatchLimits, CompletedRequest, EngineCore, EvictionReport, 
 pub use self::request::{FinishReason, FinishedEvent, StreamEvent, Timings, TokenEvent, Usage};
 pub use crate::error::RequestError;
 pub use crate::validation::{
-    EvictionSettings, GenerationRequest, RequestLimits, StopConditions, ValidRequest, Validator,
+    EvictionSettings, GenerationRequest, InputLimits, RequestLimits, StopConditions, ValidRequest,
+    Validator,
 };
 
 /// Something that wants to know what every step did (metrics, benchmarks).

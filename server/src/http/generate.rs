@@ -60,21 +60,29 @@ async fn answer(
     body: Result<Bytes, BytesRejection>,
     arrival: Instant,
 ) -> Result<Response, RequestError> {
+    // The first choice's slot, taken before the prompt is tokenized: that work counts too.
+    let first_slot = state.admission.try_admit()?;
     let bytes = body_bytes(state, body)?;
-    let tokenizer = &state.tokenizer;
     let plan: Plan = match endpoint {
         Endpoint::Completions => {
             let body: CompletionBody = body::parse(&bytes)?;
             convert::check_model(body.generation.model.as_deref(), &state.model_name)?;
-            convert::completion(body, tokenizer)?
+            convert::completion(body, &state.prompts).await?
         }
         Endpoint::Chat => {
             let body: ChatBody = body::parse(&bytes)?;
             convert::check_model(body.generation.model.as_deref(), &state.model_name)?;
-            convert::chat(body, tokenizer)?
+            convert::chat(body, &state.prompts).await?
         }
     };
-    let choices = Choices::submit(&state.engine, &state.admission, &plan.raw, plan.n, arrival)?;
+    let choices = Choices::submit(
+        &state.engine,
+        &state.admission,
+        first_slot,
+        &plan.raw,
+        plan.n,
+        arrival,
+    )?;
     let responder = Responder {
         endpoint,
         id: id.to_string(),
@@ -82,7 +90,7 @@ async fn answer(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         model: state.model_name.clone(),
-        tokenizer: Arc::clone(tokenizer),
+        tokenizer: Arc::clone(state.prompts.tokenizer()),
         logprobs: plan.raw.sampling.logprobs.is_some(),
         token_ids: plan.return_token_ids,
     };
