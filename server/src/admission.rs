@@ -1,10 +1,12 @@
-//! Admission control shared by both wires: a bounded number of requests in flight, and the
+//! Admission control shared by both wires: a bounded number of requests in flight, their ids
+//! unique among live requests, and the
 //! server's one health state ([`Health`]: starting, serving, draining, stopped), which gRPC
 //! health (every service name it answers for) and HTTP `/health` both read, so they agree at
 //! every moment.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
@@ -29,6 +31,8 @@ pub struct Admission {
     in_flight: AtomicUsize,
     max_in_flight: usize,
     health: watch::Sender<Health>,
+    /// Ids of the generation requests in flight.
+    live_ids: Mutex<HashSet<String>>,
 }
 
 impl Admission {
@@ -38,6 +42,7 @@ impl Admission {
             in_flight: AtomicUsize::new(0),
             max_in_flight,
             health: watch::Sender::new(Health::Starting),
+            live_ids: Mutex::new(HashSet::new()),
         }
     }
 
@@ -107,16 +112,47 @@ impl Admission {
                 max_in_flight: self.max_in_flight,
             });
         }
-        Ok(AdmissionGuard(Arc::clone(self)))
+        Ok(AdmissionGuard {
+            admission: Arc::clone(self),
+            id: None,
+        })
+    }
+
+    /// [`Admission::try_admit`] for the generation request `id`, which holds the id until the
+    /// guard drops; refused while another live request holds it.
+    pub fn try_admit_request(self: &Arc<Self>, id: &str) -> Result<AdmissionGuard, RequestError> {
+        let mut guard = self.try_admit()?;
+        let fresh = self
+            .live_ids
+            .lock()
+            .expect("the live id set is never poisoned")
+            .insert(id.to_string());
+        if !fresh {
+            return Err(RequestError::DuplicateRequestId {
+                request_id: id.to_string(),
+            });
+        }
+        guard.id = Some(id.to_string());
+        Ok(guard)
     }
 }
 
-/// Releases an admission slot when the request's stream ends.
-pub struct AdmissionGuard(Arc<Admission>);
+/// Releases an admission slot (and the request's id) when the request's stream ends.
+pub struct AdmissionGuard {
+    admission: Arc<Admission>,
+    id: Option<String>,
+}
 
 impl Drop for AdmissionGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(id) = &self.id {
+            self.admission
+                .live_ids
+                .lock()
+                .expect("the live id set is never poisoned")
+                .remove(id);
+        }
+        self.admission.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -139,6 +175,21 @@ mod tests {
         admission.start_draining();
         assert!(!admission.is_serving());
         assert_eq!(admission.try_admit().err(), Some(RequestError::Draining));
+    }
+
+    #[test]
+    fn an_id_is_refused_while_live_and_free_again_after() {
+        let admission = Arc::new(Admission::new(4));
+        let first = admission.try_admit_request("a").unwrap();
+        assert_eq!(
+            admission.try_admit_request("a").err(),
+            Some(RequestError::DuplicateRequestId {
+                request_id: "a".into()
+            })
+        );
+        assert_eq!(admission.in_flight(), 1);
+        drop(first);
+        assert!(admission.try_admit_request("a").is_ok());
     }
 
     #[test]

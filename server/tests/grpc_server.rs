@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, health_of, http_get, http_post, runtime, serving_status};
+use common::{Server, health_of, http_get, http_post, http_post_with, runtime, serving_status};
 
 use glimpse_proto::v1::{self, generation_client::GenerationClient};
 use tonic::Code;
@@ -592,6 +592,59 @@ fn a_huge_prompt_and_huge_stop_lists_are_refused_naming_their_limits() {
             refused.message().contains("--max-stop-token-ids"),
             "{refused:?}"
         );
+    });
+}
+
+/// Request ids are unique among live requests, across both wires: a second request with the id
+/// of a running one is refused naming it (gRPC ALREADY_EXISTS, HTTP 409 for `X-Request-Id`), and
+/// the id is free again once the first request ended.
+#[test]
+fn a_live_request_id_is_refused_until_its_request_ends() {
+    let server = Server::start();
+    runtime().block_on(async {
+        let mut client = server.client().await;
+        let long = || v1::GenerateRequest {
+            request_id: Some("job-7".into()),
+            ignore_eos: true,
+            ..greedy("Once upon a time", 480)
+        };
+        let mut running = client.generate(long()).await.unwrap().into_inner();
+        running.message().await.unwrap().unwrap();
+        let refused = client.generate(long()).await.unwrap_err();
+        assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+        assert!(refused.message().contains("`job-7`"), "{refused:?}");
+        let (status, body) = http_post_with(
+            server.http_port,
+            "/v1/completions",
+            &[("X-Request-Id", "job-7")],
+            r#"{"prompt": "Hi", "max_tokens": 2}"#,
+        );
+        assert_eq!(status, 409, "{body}");
+        assert!(body.contains("`job-7`"), "{body}");
+        drop(running);
+        // The dropped stream releases its id when the server notices: poll with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match generate(
+                &mut client,
+                v1::GenerateRequest {
+                    request_id: Some("job-7".into()),
+                    ..greedy("Hi", 2)
+                },
+            )
+            .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "`job-7` still live 10 s after its stream was dropped"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
     });
 }
 

@@ -16,6 +16,7 @@ use glimpse_proto::v1::{self, generation_server::Generation};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::admission::Admission;
 use crate::engine_loop::{EngineHandle, StreamEvent};
@@ -37,23 +38,20 @@ pub struct GenerationService {
 
 type GenerateStream = ReceiverStream<Result<v1::GenerateResponse, Status>>;
 
-#[tonic::async_trait]
-impl Generation for GenerationService {
-    type GenerateStream = GenerateStream;
-
-    async fn generate(
+impl GenerationService {
+    /// Admits, tokenizes, validates and submits one generation request, and forwards its events
+    /// from a task that runs in the request's span (every log line carries its id).
+    async fn start(
         &self,
-        request: Request<v1::GenerateRequest>,
+        mut raw: v1::GenerateRequest,
+        id: String,
+        deadline: Option<Instant>,
+        arrival: Instant,
     ) -> Result<Response<GenerateStream>, Status> {
-        let arrival = Instant::now();
-        let deadline = deadline::from_metadata(request.metadata());
-        let mut raw = request.into_inner();
-        let id = raw
-            .request_id
-            .clone()
-            .unwrap_or_else(|| new_request_id("gen"));
-        let deadline = deadline.map_err(|e| refused(&id, e))?;
-        let guard = self.admission.try_admit().map_err(|e| refused(&id, e))?;
+        let guard = self
+            .admission
+            .try_admit_request(&id)
+            .map_err(|e| refused(&id, e))?;
         let engine_request = async {
             let prompt = convert::prompt(raw.input.take())?;
             let ids = self
@@ -69,7 +67,7 @@ impl Generation for GenerationService {
         let stop_token_ids = engine_request.stop().stop_token_ids.clone();
         let mut events = self.engine.submit_at(engine_request, arrival);
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
+        let forward = async move {
             let _guard = guard;
             let mut last_token = None;
             loop {
@@ -125,8 +123,32 @@ impl Generation for GenerationService {
                     return;
                 }
             }
-        });
+        };
+        tokio::spawn(forward.in_current_span());
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl Generation for GenerationService {
+    type GenerateStream = GenerateStream;
+
+    async fn generate(
+        &self,
+        request: Request<v1::GenerateRequest>,
+    ) -> Result<Response<GenerateStream>, Status> {
+        let arrival = Instant::now();
+        let deadline = deadline::from_metadata(request.metadata());
+        let raw = request.into_inner();
+        let id = raw
+            .request_id
+            .clone()
+            .unwrap_or_else(|| new_request_id("gen"));
+        let deadline = deadline.map_err(|e| refused(&id, e))?;
+        let span = tracing::info_span!("request", request_id = %id);
+        self.start(raw, id, deadline, arrival)
+            .instrument(span)
+            .await
     }
 
     async fn tokenize(

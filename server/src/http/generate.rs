@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::choices::Choices;
 use super::convert::{self, Plan};
@@ -43,7 +44,11 @@ async fn generate(
 ) -> Response {
     let arrival = Instant::now();
     let id = request_id(headers, endpoint.id_prefix());
-    match answer(&state, endpoint, &id, body, arrival).await {
+    let span = tracing::info_span!("request", request_id = %id);
+    match answer(&state, endpoint, &id, body, arrival)
+        .instrument(span)
+        .await
+    {
         Ok(response) => response,
         Err(error) => ApiError {
             request_id: id,
@@ -61,7 +66,7 @@ async fn answer(
     arrival: Instant,
 ) -> Result<Response, RequestError> {
     // The first choice's slot, taken before the prompt is tokenized: that work counts too.
-    let first_slot = state.admission.try_admit()?;
+    let first_slot = state.admission.try_admit_request(id)?;
     let bytes = body_bytes(state, body)?;
     let plan: Plan = match endpoint {
         Endpoint::Completions => {

@@ -280,10 +280,24 @@ pub fn http_get(port: u16, path: &str) -> String {
 
 /// An HTTP/1.0 POST of a JSON body: the status code and the response body.
 pub fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    http_post_with(port, path, &[], body)
+}
+
+/// [`http_post`] with extra `(name, value)` headers.
+pub fn http_post_with(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
