@@ -54,6 +54,9 @@ pub enum RequestError {
         "the request body is larger than the limit of {limit_bytes} bytes (--http-max-body-bytes)"
     )]
     BodyTooLarge { limit_bytes: usize },
+    /// A request with this id is in flight already; ids are unique among live requests.
+    #[error("a request with id `{request_id}` is already in flight; request ids must be unique")]
+    DuplicateRequestId { request_id: String },
     /// The server is draining for shutdown and admits no new requests.
     #[error("the server is shutting down")]
     Draining,
@@ -82,6 +85,7 @@ impl RequestError {
             RequestError::UnknownModel { .. } | RequestError::UnknownRoute { .. } => Code::NotFound,
             RequestError::BodyTooLarge { .. } => Code::OutOfRange,
             RequestError::AtCapacity { .. } => Code::ResourceExhausted,
+            RequestError::DuplicateRequestId { .. } => Code::AlreadyExists,
             RequestError::DeadlineExceeded => Code::DeadlineExceeded,
             RequestError::Internal { .. } | RequestError::Dropped => Code::Internal,
             RequestError::Draining | RequestError::ShuttingDown => Code::Unavailable,

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod engine_loop;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod prompt;

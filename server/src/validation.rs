@@ -205,6 +205,99 @@ pub struct RequestLimits {
     pub vocab_size: usize,
     pub max_model_len: usize,
     pub eviction: EvictionSettings,
+    pub input: InputLimits,
+}
+
+/// Bounds on what one request may ask the server to read and the engine to check per token, each
+/// a `glimpse serve` flag. Refusals name the flag, the limit and the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Bytes of a text prompt, or of a chat's roles and contents, checked before any tokenizing
+    /// or template rendering (`--max-prompt-bytes`).
+    pub max_prompt_bytes: usize,
+    /// Stop strings per request (`--max-stop-strings`).
+    pub max_stop_strings: usize,
+    /// Bytes of one stop string (`--max-stop-string-bytes`).
+    pub max_stop_string_bytes: usize,
+    /// Stop token ids per request (`--max-stop-token-ids`).
+    pub max_stop_token_ids: usize,
+}
+
+impl InputLimits {
+    /// The default `--max-prompt-bytes` is this many bytes per token of the model's length: far
+    /// above what real text takes per token, far below what stalls a tokenizer.
+    pub const PROMPT_BYTES_PER_TOKEN: usize = 32;
+
+    /// The defaults for a model of `max_model_len` tokens.
+    pub fn for_model_len(max_model_len: usize) -> Self {
+        Self {
+            max_prompt_bytes: Self::PROMPT_BYTES_PER_TOKEN.saturating_mul(max_model_len),
+            max_stop_strings: 16,
+            max_stop_string_bytes: 256,
+            max_stop_token_ids: 64,
+        }
+    }
+
+    /// Refuses a prompt of `bytes` bytes past `--max-prompt-bytes`, naming `field`.
+    pub fn check_prompt_bytes(
+        &self,
+        field: &'static str,
+        bytes: usize,
+    ) -> Result<(), RequestError> {
+        if bytes > self.max_prompt_bytes {
+            return Err(RequestError::invalid(
+                field,
+                format!(
+                    "the prompt is {bytes} bytes; the limit is {} bytes (--max-prompt-bytes)",
+                    self.max_prompt_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses stop lists past their limits.
+    fn check_stop(&self, stop: &StopConditions) -> Result<(), RequestError> {
+        let count = |field: &'static str, what: &str, got: usize, limit: usize, flag: &str| {
+            if got > limit {
+                return Err(RequestError::invalid(
+                    field,
+                    format!("at most {limit} {what} are allowed ({flag}), got {got}"),
+                ));
+            }
+            Ok(())
+        };
+        count(
+            "stop",
+            "stop strings",
+            stop.stop_strings.len(),
+            self.max_stop_strings,
+            "--max-stop-strings",
+        )?;
+        count(
+            "stop_token_ids",
+            "stop token ids",
+            stop.stop_token_ids.len(),
+            self.max_stop_token_ids,
+            "--max-stop-token-ids",
+        )?;
+        let long = stop
+            .stop_strings
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.len() > self.max_stop_string_bytes);
+        if let Some((i, long)) = long {
+            return Err(RequestError::invalid(
+                "stop",
+                format!(
+                    "stop string {i} is {} bytes; the limit is {} bytes (--max-stop-string-bytes)",
+                    long.len(),
+                    self.max_stop_string_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl RequestLimits {
@@ -260,6 +353,17 @@ impl Validator {
     /// Limits every request is checked against.
     pub fn limits(&self) -> RequestLimits {
         self.limits
+    }
+
+    /// The same validator with other input limits (the server's flags).
+    pub fn with_input_limits(self, input: InputLimits) -> Self {
+        Self {
+            limits: RequestLimits {
+                input,
+                ..self.limits
+            },
+            ..self
+        }
     }
 
     /// Resolves a wire request's unset settings, then validates it as [`Self::validate`] does.
@@ -407,6 +511,7 @@ impl Validator {
                 ),
             );
         }
+        limits.input.check_stop(stop)?;
         if stop.stop_strings.iter().any(String::is_empty) {
             return invalid("stop", "stop strings must not be empty".into());
         }
@@ -457,6 +562,7 @@ mod tests {
                 lookahead_tokens,
                 ..EvictionSettings::default()
             },
+            input: InputLimits::for_model_len(512),
         };
         let defaults = GenerationConfig {
             temperature: Some(0.5),
@@ -554,6 +660,32 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "invalid `kv_cache.beta`: must be a whole number of at least 1, got 2.5"
+        );
+    }
+
+    #[test]
+    fn stop_lists_past_their_limits_are_refused_naming_the_flag() {
+        let refused = |stop_strings: Vec<String>, stop_token_ids: Vec<u32>| {
+            validator(None)
+                .validate_raw(RawRequest {
+                    stop_strings,
+                    stop_token_ids,
+                    ..raw(None)
+                })
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            refused(vec!["x".into(); 100_000], Vec::new()),
+            "invalid `stop`: at most 16 stop strings are allowed (--max-stop-strings), got 100000"
+        );
+        assert_eq!(
+            refused(vec!["x".repeat(300)], Vec::new()),
+            "invalid `stop`: stop string 0 is 300 bytes; the limit is 256 bytes (--max-stop-string-bytes)"
+        );
+        assert_eq!(
+            refused(Vec::new(), vec![1; 65]),
+            "invalid `stop_token_ids`: at most 64 stop token ids are allowed (--max-stop-token-ids), got 65"
         );
     }
 }

@@ -8,12 +8,14 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, http_get, http_post, runtime, serving_status};
+use common::{Server, health_of, http_get, http_post, http_post_with, runtime, serving_status};
 
 use glimpse_proto::v1::{self, generation_client::GenerationClient};
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 fn greedy(text: &str, max_tokens: u32) -> v1::GenerateRequest {
     v1::GenerateRequest {
@@ -454,6 +456,196 @@ fn sigterm_drains_running_requests_and_refuses_new_ones() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Probes (k8s, Docker HEALTHCHECK, `glimpse health`) ask the whole server, `service=""`: it must
+/// say what the generation service says, NOT_SERVING while draining; a second signal ends the
+/// drain at once with a non-zero status.
+#[test]
+fn overall_health_follows_the_drain_and_a_second_signal_exits_at_once() {
+    let mut server = Server::start();
+    runtime().block_on(async {
+        let channel = server.channel().await;
+        assert_eq!(health_of(&channel, "").await, ServingStatus::Serving);
+        let mut client = server.client().await;
+        let request = v1::GenerateRequest {
+            ignore_eos: true,
+            ..greedy("Once upon a time", 480)
+        };
+        // Left unread: its slot keeps the server draining.
+        let mut running = client.generate(request).await.unwrap().into_inner();
+        running.message().await.unwrap().unwrap();
+        server.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while serving_status(&channel).await == ServingStatus::Serving {
+            assert!(
+                Instant::now() < deadline,
+                "still SERVING 10 s after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(health_of(&channel, "").await, ServingStatus::NotServing);
+        let unknown = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: "no.such.Service".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    });
+    server.signal("TERM");
+    let status = server.wait_for_exit(Duration::from_secs(10));
+    assert!(
+        !status.success(),
+        "a second SIGTERM should exit non-zero: {status}"
+    );
+}
+
+/// When the grace period is over, requests still running or waiting end with a Final message
+/// whose reason is ABORT, not with an error, and the server exits cleanly.
+#[test]
+fn grace_period_expiry_ends_streams_with_final_abort() {
+    let mut server = Server::start_with(&["--shutdown-grace-secs", "0", "--max-num-seqs", "1"]);
+    runtime().block_on(async {
+        let client = server.client().await;
+        let mut streams = Vec::new();
+        // With one running sequence at a time the last waits behind seven whole generations: it
+        // is still queued when the signal lands.
+        for _ in 0..8 {
+            let request = v1::GenerateRequest {
+                ignore_eos: true,
+                ..greedy("Once upon a time", 480)
+            };
+            let stream = client.clone().generate(request).await.unwrap().into_inner();
+            streams.push(stream);
+        }
+        streams[0].message().await.unwrap().unwrap();
+        server.signal("TERM");
+        let mut reasons = Vec::new();
+        for stream in &mut streams {
+            let mut last = None;
+            while let Some(message) = stream.message().await.unwrap() {
+                if let Some(v1::generate_response::Kind::Final(f)) = message.kind {
+                    last = Some(f.finish_reason());
+                }
+            }
+            reasons.push(last.expect("every stream ends with a Final message"));
+        }
+        assert_eq!(
+            reasons.last(),
+            Some(&v1::FinishReason::Abort),
+            "{reasons:?}"
+        );
+    });
+    let status = server.wait_for_exit(Duration::from_secs(15));
+    assert!(status.success(), "the server exited with {status}");
+}
+
+/// A prompt past `--max-prompt-bytes` is refused before it is tokenized (generation and
+/// Tokenize), and stop lists past their limits are refused; each refusal names the flag.
+#[test]
+fn a_huge_prompt_and_huge_stop_lists_are_refused_naming_their_limits() {
+    let server = Server::start();
+    runtime().block_on(async {
+        let mut client = server.client().await;
+        let huge = "a".repeat(4_000_000);
+        let started = Instant::now();
+        let refused = client
+            .generate(greedy(&huge, 4))
+            .await
+            .expect_err("a 4 MB prompt is refused");
+        println!("4 MB prompt refused after {:?}", started.elapsed());
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("`text`")
+                && refused.message().contains("--max-prompt-bytes")
+                && refused.message().contains("4000000 bytes"),
+            "{refused:?}"
+        );
+        let tokenize = v1::TokenizeRequest {
+            input: Some(v1::tokenize_request::Input::Text(huge)),
+            ..Default::default()
+        };
+        let refused = client.tokenize(tokenize).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("--max-prompt-bytes"),
+            "{refused:?}"
+        );
+        let stops = v1::GenerateRequest {
+            stop: vec!["x".into(); 100_000],
+            ..greedy("Hi", 4)
+        };
+        let refused = client.generate(stops).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("--max-stop-strings")
+                && refused.message().contains("got 100000"),
+            "{refused:?}"
+        );
+        let stop_ids = v1::GenerateRequest {
+            stop_token_ids: vec![1; 1_000],
+            ..greedy("Hi", 4)
+        };
+        let refused = client.generate(stop_ids).await.unwrap_err();
+        assert!(
+            refused.message().contains("--max-stop-token-ids"),
+            "{refused:?}"
+        );
+    });
+}
+
+/// Request ids are unique among live requests, across both wires: a second request with the id
+/// of a running one is refused naming it (gRPC ALREADY_EXISTS, HTTP 409 for `X-Request-Id`), and
+/// the id is free again once the first request ended.
+#[test]
+fn a_live_request_id_is_refused_until_its_request_ends() {
+    let server = Server::start();
+    runtime().block_on(async {
+        let mut client = server.client().await;
+        let long = || v1::GenerateRequest {
+            request_id: Some("job-7".into()),
+            ignore_eos: true,
+            ..greedy("Once upon a time", 480)
+        };
+        let mut running = client.generate(long()).await.unwrap().into_inner();
+        running.message().await.unwrap().unwrap();
+        let refused = client.generate(long()).await.unwrap_err();
+        assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+        assert!(refused.message().contains("`job-7`"), "{refused:?}");
+        let (status, body) = http_post_with(
+            server.http_port,
+            "/v1/completions",
+            &[("X-Request-Id", "job-7")],
+            r#"{"prompt": "Hi", "max_tokens": 2}"#,
+        );
+        assert_eq!(status, 409, "{body}");
+        assert!(body.contains("`job-7`"), "{body}");
+        drop(running);
+        // The dropped stream releases its id when the server notices: poll with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match generate(
+                &mut client,
+                v1::GenerateRequest {
+                    request_id: Some("job-7".into()),
+                    ..greedy("Hi", 2)
+                },
+            )
+            .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "`job-7` still live 10 s after its stream was dropped"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    });
 }
 
 #[test]

@@ -253,6 +253,45 @@ fn refusals_carry_the_openai_shape_and_the_grpc_message_and_are_counted() {
     assert_eq!(after - before, 3.0, "two HTTP refusals and one gRPC one");
 }
 
+/// A prompt past `--max-prompt-bytes` is refused before it is tokenized (completions, chat and
+/// `/tokenize`), and a stop list past `--max-stop-strings` is refused; each names the flag.
+#[test]
+fn a_huge_prompt_and_huge_stop_lists_are_refused_naming_their_limits() {
+    let server = Server::start();
+    let huge = "a".repeat(4_000_000);
+    let started = Instant::now();
+    let (status, body) = post(&server, "/v1/completions", &json!({"prompt": huge}));
+    println!("4 MB prompt refused after {:?}", started.elapsed());
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "prompt");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("--max-prompt-bytes") && message.contains("4000000 bytes"),
+        "{message}"
+    );
+    let chat = json!({"messages": [{"role": "user", "content": huge}]});
+    for path in ["/v1/chat/completions", "/tokenize"] {
+        let (status, body) = post(&server, path, &chat);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["param"], "messages", "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("--max-prompt-bytes"), "{path}: {message}");
+    }
+    let stops = vec!["x"; 100_000];
+    let (status, body) = post(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 2, "stop": stops}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "stop");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("--max-stop-strings") && message.contains("got 100000"),
+        "{message}"
+    );
+}
+
 #[test]
 fn info_endpoints_answer() {
     let server = Server::start();

@@ -233,5 +233,5 @@ fn the_threaded_loop_serves_concurrent_submissions() {
         let (ids, _, finished) = runtime.block_on(engine_loop::collect(stream)).unwrap();
         assert_eq!((ids.len(), finished.reason), (20, FinishReason::Length));
     }
-    thread.join().unwrap();
+    thread.join.join().unwrap();
 }

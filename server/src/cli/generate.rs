@@ -158,6 +158,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     engine_thread
+        .join
         .join()
         .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
     Ok(())

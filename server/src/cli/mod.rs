@@ -5,6 +5,7 @@ pub mod generate;
 pub mod health;
 pub mod serve;
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_scheduler::num_blocks_for_budget;
-use glimpse_server::engine_loop::{BatchLimits, EngineCore, EvictionSettings};
+use glimpse_server::engine_loop::{BatchLimits, EngineCore, EvictionSettings, InputLimits};
 
 /// How logs are written.
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,6 +91,41 @@ pub struct EngineArgs {
     /// without one the lookahead policy is refused.
     #[arg(long, env = "GLIMPSE_LOOKAHEAD_MODULE")]
     pub lookahead_module: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: InputLimitArgs,
+}
+
+/// Bounds on one request's input (the validator's [`InputLimits`]); refusals name the flag.
+#[derive(Args, Clone)]
+pub struct InputLimitArgs {
+    /// Largest text prompt, or chat (roles and contents together), in bytes, checked before
+    /// tokenizing [default: 32 bytes per token of the model's maximum length].
+    #[arg(long, env = "GLIMPSE_MAX_PROMPT_BYTES")]
+    pub max_prompt_bytes: Option<NonZeroUsize>,
+    /// Most stop strings per request.
+    #[arg(long, default_value_t = 16, env = "GLIMPSE_MAX_STOP_STRINGS")]
+    pub max_stop_strings: usize,
+    /// Longest stop string in bytes.
+    #[arg(long, default_value_t = 256, env = "GLIMPSE_MAX_STOP_STRING_BYTES")]
+    pub max_stop_string_bytes: usize,
+    /// Most stop token ids per request.
+    #[arg(long, default_value_t = 64, env = "GLIMPSE_MAX_STOP_TOKEN_IDS")]
+    pub max_stop_token_ids: usize,
+}
+
+impl InputLimitArgs {
+    /// The limits for a model of `max_model_len` tokens.
+    pub fn limits(&self, max_model_len: usize) -> InputLimits {
+        let defaults = InputLimits::for_model_len(max_model_len);
+        InputLimits {
+            max_prompt_bytes: self
+                .max_prompt_bytes
+                .map_or(defaults.max_prompt_bytes, NonZeroUsize::get),
+            max_stop_strings: self.max_stop_strings,
+            max_stop_string_bytes: self.max_stop_string_bytes,
+            max_stop_token_ids: self.max_stop_token_ids,
+        }
+    }
 }
 
 /// `--kv-policy`: a policy by its name; dashes stand for underscores (`streaming-llm`, as the flag
@@ -184,7 +220,8 @@ impl EngineArgs {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_num_seqs: self.max_num_seqs,
         };
-        let core = EngineCore::new(&model, Arc::clone(&tokenizer), backend, limits, eviction)?;
+        let core = EngineCore::new(&model, Arc::clone(&tokenizer), backend, limits, eviction)?
+            .with_input_limits(self.input.limits(model.config.max_model_len));
         Ok(LoadedEngine {
             location,
             model,

@@ -1,14 +1,19 @@
 //! `glimpse serve`: the gRPC generation service, the standard health and reflection services, the
-//! OpenAI-compatible HTTP API and the Prometheus endpoint, over one engine thread. Health (gRPC
-//! and HTTP `/health`) turns SERVING only after the model is loaded and a warm-up generation
-//! succeeded. SIGTERM/SIGINT stop admissions (health NOT_SERVING, new requests UNAVAILABLE / 503),
-//! let running requests finish for a grace period, then exit.
+//! OpenAI-compatible HTTP API and the Prometheus endpoint, over one engine thread. Health (gRPC,
+//! for `""` and `glimpse.v1.Generation` alike, and HTTP `/health`) reads the one state in
+//! [`Admission`]: SERVING only after the model is loaded and a warm-up generation succeeded, until
+//! a shutdown signal or the engine thread's end. SIGTERM/SIGINT are handled from the start: during
+//! warm-up they exit at once (status 0); later they stop admissions (new requests UNAVAILABLE /
+//! 503) and let running requests finish for a grace period, after which the engine ends the rest
+//! with finish reason ABORT; a second signal during the drain exits at once with status 1. If the
+//! engine thread stops on its own the process exits with status 1, so an orchestrator restarts it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use glimpse_engine::eviction::PolicyKind;
 use glimpse_engine::sampling::SamplingParams;
@@ -18,6 +23,7 @@ use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions};
 use glimpse_server::grpc::{GenerationService, policy_message, wire_policy};
 use glimpse_server::http::HttpState;
 use glimpse_server::metrics::{self, BuildInfo, EngineMetrics};
+use glimpse_server::prompt::PromptWork;
 use glimpse_server::stats_log::StatsLog;
 use tonic::transport::Server;
 
@@ -47,6 +53,11 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 1024, env = "GLIMPSE_MAX_WAITING")]
     max_waiting: usize,
+    /// Prompts tokenized, chat templates rendered and token ids decoded at once, on threads
+    /// beside the async runtime (so a large prompt never stalls health probes or streams)
+    /// [default: the number of CPUs].
+    #[arg(long, env = "GLIMPSE_TOKENIZER_WORKERS")]
+    tokenizer_workers: Option<NonZeroUsize>,
     /// Seconds running requests get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30, env = "GLIMPSE_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: u64,
@@ -69,6 +80,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
     let LoadedEngine {
         location,
         model,
@@ -95,11 +107,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let eviction = core.validator().limits().eviction;
     let stats_log = StatsLog::every(Duration::from_secs(args.log_stats_interval_secs));
     let (engine, engine_thread) = engine_loop::spawn(core, (EngineMetrics, stats_log));
-
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    reporter
-        .set_not_serving::<v1::generation_server::GenerationServer<GenerationService>>()
-        .await;
+    let admission = Arc::new(Admission::new(args.engine.max_num_seqs + args.max_waiting));
+    watch_engine(engine_thread, Arc::clone(&admission));
     // Both reflection versions: grpcurl <= 1.8 and Python's `grpcio-reflection` speak only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -108,7 +117,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let admission = Arc::new(Admission::new(args.engine.max_num_seqs + args.max_waiting));
     let model_info = v1::ModelInfo {
         model_name: model_name.clone(),
         model_path: model.dir.display().to_string(),
@@ -137,9 +145,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dtype: "f32".into(),
         device: args.engine.device.clone(),
     };
+    let workers = match args.tokenizer_workers {
+        Some(workers) => workers,
+        None => std::thread::available_parallelism().context("counting CPUs")?,
+    };
+    let prompts = PromptWork::new(
+        Arc::clone(&tokenizer),
+        engine.validator().limits(),
+        workers.get(),
+    );
     let http_state = Arc::new(HttpState {
         engine: engine.clone(),
-        tokenizer: Arc::clone(&tokenizer),
+        prompts: prompts.clone(),
         admission: Arc::clone(&admission),
         model_name: model_name.clone(),
         max_model_len: model.config.max_model_len,
@@ -148,7 +165,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let service = GenerationService {
         engine: engine.clone(),
-        tokenizer: Arc::clone(&tokenizer),
+        prompts,
         model_info,
         admission: Arc::clone(&admission),
     };
@@ -160,7 +177,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         Server::builder()
-            .add_service(health_service)
+            .add_service(glimpse_server::health::service(Arc::clone(&admission)))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(v1::generation_server::GenerationServer::new(service))
@@ -187,36 +204,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     tracing::info!(grpc = %addr, http = %http_addr, metrics = %metrics_addr, model = %model_name, "listening");
 
-    warm_up(&engine, &tokenizer)
-        .await
-        .context("warm-up generation failed")?;
+    tokio::select! {
+        warmed = warm_up(&engine, &tokenizer) => warmed.context("warm-up generation failed")?,
+        () = signals.next() => {
+            tracing::info!("shutdown signal during warm-up; exiting");
+            return Ok(());
+        }
+        () = admission.engine_stopped() => bail!("the engine thread stopped during warm-up"),
+    }
     admission.mark_warmed_up();
-    reporter
-        .set_serving::<v1::generation_server::GenerationServer<GenerationService>>()
-        .await;
     tracing::info!("warm-up done; serving");
 
-    shutdown_signal().await;
+    tokio::select! {
+        () = signals.next() => {}
+        () = admission.engine_stopped() => bail!("the engine thread stopped unexpectedly"),
+    }
     tracing::info!(
         in_flight = admission.in_flight(),
         "shutting down: draining running requests"
     );
     admission.start_draining();
-    reporter
-        .set_not_serving::<v1::generation_server::GenerationServer<GenerationService>>()
-        .await;
     let grace = Duration::from_secs(args.shutdown_grace_secs);
-    let drained = tokio::time::timeout(grace, async {
-        while admission.in_flight() > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    if drained.is_err() {
+    let in_time = tokio::select! {
+        drained = tokio::time::timeout(grace, drained(&admission)) => drained.is_ok(),
+        () = signals.next() => bail!("second shutdown signal while draining; exiting at once"),
+    };
+    if !in_time {
         tracing::warn!(
             in_flight = admission.in_flight(),
-            "grace period over; closing remaining streams"
+            "grace period over; ending remaining requests with finish reason abort"
         );
+        engine.abort_all();
+        let _ = tokio::time::timeout(Duration::from_secs(5), drained(&admission)).await;
     }
     let _ = stop_tx.send(());
     let _ = http_stop_tx.send(());
@@ -225,9 +244,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), http_server).await;
     }
     drop(engine);
-    drop(engine_thread);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Marks the server stopped when the engine thread ends (a panic, a dead device) and completes
+/// then: the caller exits non-zero so the orchestrator restarts the process.
+fn watch_engine(thread: engine_loop::EngineThread, admission: Arc<Admission>) {
+    tokio::spawn(async move {
+        let _ = thread.stopped.await;
+        admission.mark_engine_stopped();
+    });
+}
+
+/// Completes once no request is in flight.
+async fn drained(admission: &Admission) {
+    while admission.in_flight() > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One short greedy generation through the whole engine before reporting SERVING, run unseen by
@@ -252,17 +286,38 @@ async fn warm_up(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT, listened to from the start of `serve` (so a signal during loading or
+/// warm-up is handled, not fatal): the first starts the drain, a second ends it at once.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+                interrupt: signal(SignalKind::interrupt())
+                    .context("installing the SIGINT handler")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

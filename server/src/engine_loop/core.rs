@@ -25,7 +25,7 @@ use glimpse_scheduler::{
 use super::active::{ActiveRequest, EventSink, TokenOutcome};
 use super::request::{FinishReason, StreamEvent, Timings, Usage};
 use crate::error::RequestError;
-use crate::validation::{EvictionSettings, RequestLimits, ValidRequest, Validator};
+use crate::validation::{EvictionSettings, InputLimits, RequestLimits, ValidRequest, Validator};
 
 /// Batching limits of the loop (vLLM's names and defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +127,7 @@ impl EngineCore {
                     vocab_size: model.config.vocab_size,
                     max_model_len: model.config.max_model_len,
                     eviction,
+                    input: InputLimits::for_model_len(model.config.max_model_len),
                 },
                 model.generation.clone(),
             ),
@@ -137,6 +138,13 @@ impl EngineCore {
             tables: Vec::new(),
             result: StepResult::default(),
         })
+    }
+
+    /// The same engine with other input limits (the server's flags; the defaults are
+    /// [`InputLimits::for_model_len`]).
+    pub fn with_input_limits(mut self, input: InputLimits) -> Self {
+        self.validator = self.validator.with_input_limits(input);
+        self
     }
 
     /// The validator of this engine's requests (its limits, its model's sampling defaults).
@@ -206,6 +214,14 @@ impl EngineCore {
             usage,
             timings,
         })
+    }
+
+    /// Aborts every waiting and running request (see [`EngineCore::abort`]).
+    pub fn abort_all(&mut self, now: Instant) -> Vec<CompletedRequest> {
+        let all: Vec<SeqId> = self.requests.keys().copied().collect();
+        all.into_iter()
+            .filter_map(|seq| self.abort(seq, now))
+            .collect()
     }
 
     /// Runs `request` until it ends, stepping without any observer, and says how it ended: the

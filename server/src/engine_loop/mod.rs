@@ -20,7 +20,8 @@ pub use self::core::{BatchLimits, CompletedRequest, EngineCore, EvictionReport, 
 pub use self::request::{FinishReason, FinishedEvent, StreamEvent, Timings, TokenEvent, Usage};
 pub use crate::error::RequestError;
 pub use crate::validation::{
-    EvictionSettings, GenerationRequest, RequestLimits, StopConditions, ValidRequest, Validator,
+    EvictionSettings, GenerationRequest, InputLimits, RequestLimits, StopConditions, ValidRequest,
+    Validator,
 };
 
 /// Something that wants to know what every step did (metrics, benchmarks).
@@ -60,6 +61,8 @@ enum Command {
         request: ValidRequest,
         done: oneshot::Sender<Result<(), RequestError>>,
     },
+    /// End every request now with `Abort` (the shutdown grace period is over).
+    AbortAll,
 }
 
 /// A cloneable handle to the engine thread.
@@ -105,29 +108,47 @@ impl EngineHandle {
         outcome.await.unwrap_or(Err(RequestError::Dropped))
     }
 
+    /// Ends every waiting and running request with a `Finished` event of reason `Abort`, freeing
+    /// its blocks: what the shutdown does when its grace period is over.
+    pub fn abort_all(&self) {
+        let _ = self.commands.send(Command::AbortAll);
+    }
+
     /// The engine's validator: requests are validated with it before they are submitted.
     pub fn validator(&self) -> &Validator {
         &self.validator
     }
 }
 
+/// The running engine thread.
+pub struct EngineThread {
+    pub join: std::thread::JoinHandle<()>,
+    /// Completes when the thread ends, however it ends (a panic included).
+    pub stopped: oneshot::Receiver<()>,
+}
+
 /// Starts the engine thread. It runs until every handle is dropped and no request is left.
 pub fn spawn(
     core: EngineCore,
     observer: impl StepObserver + 'static,
-) -> (EngineHandle, std::thread::JoinHandle<()>) {
+) -> (EngineHandle, EngineThread) {
     let (commands, receiver) = mpsc::unbounded_channel();
     let validator = Arc::new(core.validator().clone());
-    let thread = std::thread::Builder::new()
+    let (alive, stopped) = oneshot::channel::<()>();
+    let join = std::thread::Builder::new()
         .name("glimpse-engine".into())
-        .spawn(move || run(core, receiver, observer))
+        .spawn(move || {
+            // Dropped when the loop returns or unwinds: `stopped` completes either way.
+            let _alive = alive;
+            run(core, receiver, observer);
+        })
         .expect("the engine thread starts");
     (
         EngineHandle {
             commands,
             validator,
         },
-        thread,
+        EngineThread { join, stopped },
     )
 }
 
@@ -143,13 +164,13 @@ fn run(
                 return;
             }
             match commands.blocking_recv() {
-                Some(command) => accept(&mut core, command),
+                Some(command) => accept(&mut core, command, &mut observer),
                 None => return,
             }
         }
         while open {
             match commands.try_recv() {
-                Ok(command) => accept(&mut core, command),
+                Ok(command) => accept(&mut core, command, &mut observer),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
@@ -159,7 +180,7 @@ fn run(
     }
 }
 
-fn accept(core: &mut EngineCore, command: Command) {
+fn accept(core: &mut EngineCore, command: Command, observer: &mut impl StepObserver) {
     match command {
         Command::Submit {
             request,
@@ -172,6 +193,13 @@ fn accept(core: &mut EngineCore, command: Command) {
         }
         Command::WarmUp { request, done } => {
             let _ = done.send(core.run_unobserved(request));
+        }
+        Command::AbortAll => {
+            let report = StepReport {
+                completed: core.abort_all(Instant::now()),
+                ..StepReport::default()
+            };
+            observer.on_step(core, &report);
         }
     }
 }

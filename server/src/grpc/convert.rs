@@ -3,48 +3,45 @@
 //! wire messages. Refusals are [`RequestError`]s naming the field and the value.
 
 use glimpse_engine::eviction::{EvictionPolicy, Policy, PolicyKind, PolicyKnobs, Pool};
-use glimpse_engine::tokenizer::{ChatMessage, Tokenizer};
+use glimpse_engine::tokenizer::ChatMessage;
 use glimpse_proto::v1;
 
 use crate::engine_loop::{FinishReason, FinishedEvent, TokenEvent};
 use crate::error::RequestError;
-use crate::prompt::{self, Chat, Prompt};
+use crate::prompt::{Chat, Prompt};
 use crate::validation::{RawPolicy, RawRequest, RawSampling};
 
-/// The prompt of a request, tokenized ([`prompt::prompt_ids`]).
-pub fn prompt_ids(
-    tokenizer: &Tokenizer,
-    input: Option<&v1::generate_request::Input>,
-    add_special_tokens: Option<bool>,
-) -> Result<Vec<u32>, RequestError> {
+/// The prompt of a request, to tokenize with [`crate::prompt::PromptWork`].
+pub fn prompt(input: Option<v1::generate_request::Input>) -> Result<Prompt, RequestError> {
     use v1::generate_request::Input;
-    let messages;
-    let prompt = match input {
-        Some(Input::Text(text)) => Prompt::Text(text),
-        Some(Input::TokenIds(ids)) => Prompt::TokenIds(ids.ids.clone()),
-        Some(Input::Chat(chat)) => {
-            messages = chat_messages(chat);
-            Prompt::Chat(Chat {
-                messages: &messages,
-                add_generation_prompt: chat.add_generation_prompt,
-                field: "chat.messages",
-            })
-        }
-        None => {
-            return Err(RequestError::invalid(
-                "input",
-                "set one of `text`, `token_ids` or `chat`",
-            ));
-        }
-    };
-    prompt::prompt_ids(tokenizer, prompt, add_special_tokens)
+    match input {
+        Some(Input::Text(text)) => Ok(Prompt::Text {
+            text,
+            field: "text",
+        }),
+        Some(Input::TokenIds(ids)) => Ok(Prompt::TokenIds(ids.ids)),
+        Some(Input::Chat(chat)) => Ok(Prompt::Chat(chat_prompt(chat))),
+        None => Err(RequestError::invalid(
+            "input",
+            "set one of `text`, `token_ids` or `chat`",
+        )),
+    }
+}
+
+/// A wire conversation as a prompt.
+pub fn chat_prompt(chat: v1::ChatMessages) -> Chat {
+    Chat {
+        add_generation_prompt: chat.add_generation_prompt,
+        messages: chat_messages(chat.messages),
+        field: "chat.messages",
+    }
 }
 
 /// A wire conversation as the tokenizer takes it.
-pub fn chat_messages(chat: &v1::ChatMessages) -> Vec<ChatMessage> {
-    chat.messages
-        .iter()
-        .map(|m| ChatMessage::new(m.role.clone(), m.content.clone()))
+fn chat_messages(messages: Vec<v1::ChatMessage>) -> Vec<ChatMessage> {
+    messages
+        .into_iter()
+        .map(|m| ChatMessage::new(m.role, m.content))
         .collect()
 }
 

@@ -1,5 +1,5 @@
-//! The `glimpse.v1.Generation` gRPC service. Handlers admit ([`Admission`], shared with HTTP),
-//! tokenize ([`crate::prompt`]), validate with the engine's validator, submit to the engine thread and forward its events as a stream; they never touch
+//! The `glimpse.v1.Generation` gRPC service. Handlers admit ([`Admission`], shared with HTTP;
+//! Tokenize and Detokenize too), tokenize off the async runtime ([`PromptWork`]), validate with the engine's validator, submit to the engine thread and forward its events as a stream; they never touch
 //! the model. Every refusal is a [`RequestError`] turned into a status by [`status_of`]. A
 //! dropped stream (client cancel or disconnect) drops the engine's event receiver, which aborts
 //! the request and frees its blocks at the next step. `grpc-timeout` deadlines cover the whole
@@ -12,16 +12,16 @@ mod status;
 use std::sync::Arc;
 use std::time::Instant;
 
-use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_proto::v1::{self, generation_server::Generation};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::admission::Admission;
 use crate::engine_loop::{EngineHandle, StreamEvent};
 use crate::error::RequestError;
-use crate::prompt::{self, Chat, Prompt};
+use crate::prompt::{Prompt, PromptWork};
 use crate::refusal::new_request_id;
 use status::refused;
 
@@ -31,39 +31,43 @@ pub use status::status_of;
 /// Everything the handlers share.
 pub struct GenerationService {
     pub engine: EngineHandle,
-    pub tokenizer: Arc<Tokenizer>,
+    pub prompts: PromptWork,
     pub model_info: v1::ModelInfo,
     pub admission: Arc<Admission>,
 }
 
 type GenerateStream = ReceiverStream<Result<v1::GenerateResponse, Status>>;
 
-#[tonic::async_trait]
-impl Generation for GenerationService {
-    type GenerateStream = GenerateStream;
-
-    async fn generate(
+impl GenerationService {
+    /// Admits, tokenizes, validates and submits one generation request, and forwards its events
+    /// from a task that runs in the request's span (every log line carries its id).
+    async fn start(
         &self,
-        request: Request<v1::GenerateRequest>,
+        mut raw: v1::GenerateRequest,
+        id: String,
+        deadline: Option<Instant>,
+        arrival: Instant,
     ) -> Result<Response<GenerateStream>, Status> {
-        let arrival = Instant::now();
-        let deadline = deadline::from_metadata(request.metadata());
-        let raw = request.into_inner();
-        let id = raw
-            .request_id
-            .clone()
-            .unwrap_or_else(|| new_request_id("gen"));
-        let deadline = deadline.map_err(|e| refused(&id, e))?;
-        let guard = self.admission.try_admit().map_err(|e| refused(&id, e))?;
-        let engine_request =
-            convert::prompt_ids(&self.tokenizer, raw.input.as_ref(), raw.add_special_tokens)
-                .and_then(|prompt| convert::raw_request(&raw, prompt))
-                .and_then(|request| self.engine.validator().validate_raw(request))
-                .map_err(|e| refused(&id, e))?;
+        let guard = self
+            .admission
+            .try_admit_request(&id)
+            .map_err(|e| refused(&id, e))?;
+        let engine_request = async {
+            let prompt = convert::prompt(raw.input.take())?;
+            let ids = self
+                .prompts
+                .prompt_ids(prompt, raw.add_special_tokens)
+                .await?;
+            self.engine
+                .validator()
+                .validate_raw(convert::raw_request(&raw, ids)?)
+        }
+        .await
+        .map_err(|e| refused(&id, e))?;
         let stop_token_ids = engine_request.stop().stop_token_ids.clone();
         let mut events = self.engine.submit_at(engine_request, arrival);
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
+        let forward = async move {
             let _guard = guard;
             let mut last_token = None;
             loop {
@@ -119,8 +123,32 @@ impl Generation for GenerationService {
                     return;
                 }
             }
-        });
+        };
+        tokio::spawn(forward.in_current_span());
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl Generation for GenerationService {
+    type GenerateStream = GenerateStream;
+
+    async fn generate(
+        &self,
+        request: Request<v1::GenerateRequest>,
+    ) -> Result<Response<GenerateStream>, Status> {
+        let arrival = Instant::now();
+        let deadline = deadline::from_metadata(request.metadata());
+        let raw = request.into_inner();
+        let id = raw
+            .request_id
+            .clone()
+            .unwrap_or_else(|| new_request_id("gen"));
+        let deadline = deadline.map_err(|e| refused(&id, e))?;
+        let span = tracing::info_span!("request", request_id = %id);
+        self.start(raw, id, deadline, arrival)
+            .instrument(span)
+            .await
     }
 
     async fn tokenize(
@@ -129,27 +157,29 @@ impl Generation for GenerationService {
     ) -> Result<Response<v1::TokenizeResponse>, Status> {
         let raw = request.into_inner();
         let id = new_request_id("tok");
-        let messages;
-        let prompt = match &raw.input {
-            Some(v1::tokenize_request::Input::Text(text)) => Prompt::Text(text),
+        let _slot = self.admission.try_admit().map_err(|e| refused(&id, e))?;
+        let prompt = match raw.input {
+            Some(v1::tokenize_request::Input::Text(text)) => Prompt::Text {
+                text,
+                field: "text",
+            },
             Some(v1::tokenize_request::Input::Chat(chat)) => {
-                messages = convert::chat_messages(chat);
-                Prompt::Chat(Chat {
-                    messages: &messages,
-                    add_generation_prompt: chat.add_generation_prompt,
-                    field: "chat.messages",
-                })
+                Prompt::Chat(convert::chat_prompt(chat))
             }
             None => {
                 let error = RequestError::invalid("input", "set `text` or `chat`");
                 return Err(refused(&id, error));
             }
         };
-        let ids = prompt::prompt_ids(&self.tokenizer, prompt, raw.add_special_tokens)
+        let ids = self
+            .prompts
+            .prompt_ids(prompt, raw.add_special_tokens)
+            .await
             .map_err(|e| refused(&id, e))?;
         let token_strings = if raw.return_token_strings {
+            let tokenizer = self.prompts.tokenizer();
             ids.iter()
-                .map(|&id| self.tokenizer.id_to_token(id).unwrap_or_default())
+                .map(|&id| tokenizer.id_to_token(id).unwrap_or_default())
                 .collect()
         } else {
             Vec::new()
@@ -165,14 +195,13 @@ impl Generation for GenerationService {
         request: Request<v1::DetokenizeRequest>,
     ) -> Result<Response<v1::DetokenizeResponse>, Status> {
         let raw = request.into_inner();
-        let text = prompt::detokenize(
-            &self.tokenizer,
-            self.engine.validator(),
-            "token_ids",
-            &raw.token_ids,
-            raw.skip_special_tokens,
-        )
-        .map_err(|e| refused(&new_request_id("detok"), e))?;
+        let id = new_request_id("detok");
+        let _slot = self.admission.try_admit().map_err(|e| refused(&id, e))?;
+        let text = self
+            .prompts
+            .detokenize("token_ids", raw.token_ids, raw.skip_special_tokens)
+            .await
+            .map_err(|e| refused(&id, e))?;
         Ok(Response::new(v1::DetokenizeResponse { text }))
     }
 

@@ -32,17 +32,19 @@ pub struct ChoiceOutput {
 }
 
 impl Choices {
-    /// Admits and submits `n` sequences of `raw`. Fails when admission refuses a slot (the slots
-    /// taken are given back) or the validator refuses the request.
+    /// Admits and submits `n` sequences of `raw`; `first_slot` (taken before the prompt was
+    /// tokenized) is the first choice's. Fails when admission refuses a slot (the slots taken are
+    /// given back) or the validator refuses the request.
     pub fn submit(
         engine: &EngineHandle,
         admission: &Arc<Admission>,
+        first_slot: AdmissionGuard,
         raw: &RawRequest,
         n: usize,
         arrival: Instant,
     ) -> Result<Self, RequestError> {
-        let slots = (0..n)
-            .map(|_| admission.try_admit())
+        let slots = std::iter::once(Ok(first_slot))
+            .chain((1..n).map(|_| admission.try_admit()))
             .collect::<Result<Vec<_>, _>>()?;
         let requests = (0..n)
             .map(|i| {

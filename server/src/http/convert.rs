@@ -5,7 +5,7 @@
 
 use glimpse_engine::EngineError;
 use glimpse_engine::eviction::{PolicyKind, PolicyKnobs, Pool};
-use glimpse_engine::tokenizer::{ChatMessage, Tokenizer};
+use glimpse_engine::tokenizer::ChatMessage;
 use serde_json::Value;
 
 use super::body;
@@ -14,7 +14,7 @@ use super::wire::{
     StreamOptions,
 };
 use crate::error::RequestError;
-use crate::prompt::{self, Chat, Prompt};
+use crate::prompt::{Chat, Prompt, PromptWork};
 use crate::validation::{RawPolicy, RawRequest, RawSampling};
 
 /// A generation request ready to submit: the request of choice 0 and how to answer.
@@ -42,7 +42,7 @@ pub fn check_model(model: Option<&str>, served: &str) -> Result<(), RequestError
 }
 
 /// `POST /v1/completions`.
-pub fn completion(body: CompletionBody, tokenizer: &Tokenizer) -> Result<Plan, RequestError> {
+pub async fn completion(body: CompletionBody, prompts: &PromptWork) -> Result<Plan, RequestError> {
     if body.echo == Some(true) {
         return Err(RequestError::invalid("echo", "is not supported, got true"));
     }
@@ -63,7 +63,11 @@ pub fn completion(body: CompletionBody, tokenizer: &Tokenizer) -> Result<Plan, R
         Some(PromptBody::Texts(texts)) => return Err(one(texts.len())),
         Some(PromptBody::TokenIdLists(lists)) => return Err(one(lists.len())),
     };
-    let ids = prompt::prompt_ids(tokenizer, Prompt::Text(&prompt), None)?;
+    let prompt = Prompt::Text {
+        text: prompt,
+        field: "prompt",
+    };
+    let ids = prompts.prompt_ids(prompt, None).await?;
     plan_for(body.generation, ids, body.logprobs)
 }
 
@@ -77,14 +81,12 @@ fn plan_for(
 }
 
 /// `POST /v1/chat/completions`.
-pub fn chat(body: ChatBody, tokenizer: &Tokenizer) -> Result<Plan, RequestError> {
-    let messages = chat_messages(body.messages.unwrap_or_default());
-    let chat = Chat {
-        messages: &messages,
-        add_generation_prompt: body.add_generation_prompt,
-        field: "messages",
-    };
-    let ids = prompt::prompt_ids(tokenizer, Prompt::Chat(chat), None)?;
+pub async fn chat(body: ChatBody, prompts: &PromptWork) -> Result<Plan, RequestError> {
+    let chat = chat_prompt(
+        body.messages.unwrap_or_default(),
+        body.add_generation_prompt,
+    );
+    let ids = prompts.prompt_ids(Prompt::Chat(chat), None).await?;
     let logprobs = match (body.logprobs, body.top_logprobs) {
         (Some(true), top) => Some(top.unwrap_or(0)),
         (_, Some(top)) if top > 0 => {
@@ -99,8 +101,17 @@ pub fn chat(body: ChatBody, tokenizer: &Tokenizer) -> Result<Plan, RequestError>
     plan(body.generation, ids, logprobs, max_tokens)
 }
 
+/// OpenAI's `messages` as a prompt.
+pub fn chat_prompt(messages: Vec<MessageBody>, add_generation_prompt: Option<bool>) -> Chat {
+    Chat {
+        messages: chat_messages(messages),
+        add_generation_prompt,
+        field: "messages",
+    }
+}
+
 /// A conversation as the tokenizer takes it; text parts of a message are joined.
-pub fn chat_messages(messages: Vec<MessageBody>) -> Vec<ChatMessage> {
+fn chat_messages(messages: Vec<MessageBody>) -> Vec<ChatMessage> {
     messages
         .into_iter()
         .map(|m| {

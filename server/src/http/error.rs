@@ -39,6 +39,7 @@ pub fn http_status(error: &RequestError) -> StatusCode {
         }
         RequestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         RequestError::AtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+        RequestError::DuplicateRequestId { .. } => StatusCode::CONFLICT,
         RequestError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         RequestError::Internal { .. } | RequestError::Dropped => StatusCode::INTERNAL_SERVER_ERROR,
         RequestError::Draining | RequestError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

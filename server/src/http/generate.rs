@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::choices::Choices;
 use super::convert::{self, Plan};
@@ -43,7 +44,11 @@ async fn generate(
 ) -> Response {
     let arrival = Instant::now();
     let id = request_id(headers, endpoint.id_prefix());
-    match answer(&state, endpoint, &id, body, arrival).await {
+    let span = tracing::info_span!("request", request_id = %id);
+    match answer(&state, endpoint, &id, body, arrival)
+        .instrument(span)
+        .await
+    {
         Ok(response) => response,
         Err(error) => ApiError {
             request_id: id,
@@ -60,21 +65,29 @@ async fn answer(
     body: Result<Bytes, BytesRejection>,
     arrival: Instant,
 ) -> Result<Response, RequestError> {
+    // The first choice's slot, taken before the prompt is tokenized: that work counts too.
+    let first_slot = state.admission.try_admit_request(id)?;
     let bytes = body_bytes(state, body)?;
-    let tokenizer = &state.tokenizer;
     let plan: Plan = match endpoint {
         Endpoint::Completions => {
             let body: CompletionBody = body::parse(&bytes)?;
             convert::check_model(body.generation.model.as_deref(), &state.model_name)?;
-            convert::completion(body, tokenizer)?
+            convert::completion(body, &state.prompts).await?
         }
         Endpoint::Chat => {
             let body: ChatBody = body::parse(&bytes)?;
             convert::check_model(body.generation.model.as_deref(), &state.model_name)?;
-            convert::chat(body, tokenizer)?
+            convert::chat(body, &state.prompts).await?
         }
     };
-    let choices = Choices::submit(&state.engine, &state.admission, &plan.raw, plan.n, arrival)?;
+    let choices = Choices::submit(
+        &state.engine,
+        &state.admission,
+        first_slot,
+        &plan.raw,
+        plan.n,
+        arrival,
+    )?;
     let responder = Responder {
         endpoint,
         id: id.to_string(),
@@ -82,7 +95,7 @@ async fn answer(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         model: state.model_name.clone(),
-        tokenizer: Arc::clone(tokenizer),
+        tokenizer: Arc::clone(state.prompts.tokenizer()),
         logprobs: plan.raw.sampling.logprobs.is_some(),
         token_ids: plan.return_token_ids,
     };

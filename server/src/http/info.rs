@@ -1,7 +1,8 @@
 //! The endpoints around generation: the model listing, health (200 only while serving, 503
-//! while warming up or draining), the version, tokenization both ways, and the 404 of unknown
-//! routes.
+//! while warming up or draining), the version, tokenization both ways (each holding an admission
+//! slot while it works, as generation does), and the 404 of unknown routes.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -11,12 +12,12 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::convert::{chat_messages, check_model};
+use super::convert::{chat_prompt, check_model};
 use super::error::ApiError;
 use super::wire::{DetokenizeBody, TokenizeBody};
 use super::{HttpState, body, body_bytes, json_response, request_id};
 use crate::error::RequestError;
-use crate::prompt::{self, Chat, Prompt};
+use crate::prompt::Prompt;
 
 pub async fn models(State(state): State<Arc<HttpState>>) -> Response {
     json_response(
@@ -49,20 +50,16 @@ pub async fn tokenize(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    answer(&headers, || {
+    answer(&headers, async {
+        let _slot = state.admission.try_admit()?;
         let body: TokenizeBody = body::parse(&body_bytes(&state, body)?)?;
         check_model(body.model.as_deref(), &state.model_name)?;
-        let messages;
-        let prompt = match (&body.prompt, body.messages) {
-            (Some(text), None) => Prompt::Text(text),
-            (None, Some(list)) => {
-                messages = chat_messages(list);
-                Prompt::Chat(Chat {
-                    messages: &messages,
-                    add_generation_prompt: body.add_generation_prompt,
-                    field: "messages",
-                })
-            }
+        let prompt = match (body.prompt, body.messages) {
+            (Some(text), None) => Prompt::Text {
+                text,
+                field: "prompt",
+            },
+            (None, Some(list)) => Prompt::Chat(chat_prompt(list, body.add_generation_prompt)),
             _ => {
                 return Err(RequestError::invalid(
                     "prompt",
@@ -70,9 +67,13 @@ pub async fn tokenize(
                 ));
             }
         };
-        let ids = prompt::prompt_ids(&state.tokenizer, prompt, body.add_special_tokens)?;
+        let ids = state
+            .prompts
+            .prompt_ids(prompt, body.add_special_tokens)
+            .await?;
         Ok(json!({"count": ids.len(), "tokens": ids, "max_model_len": state.max_model_len}))
     })
+    .await
 }
 
 /// `{"tokens": [...]}` → `{"prompt": text}`.
@@ -81,38 +82,35 @@ pub async fn detokenize(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    answer(&headers, || {
+    answer(&headers, async {
+        let _slot = state.admission.try_admit()?;
         let body: DetokenizeBody = body::parse(&body_bytes(&state, body)?)?;
         check_model(body.model.as_deref(), &state.model_name)?;
         let ids = body
             .tokens
             .ok_or_else(|| RequestError::invalid("tokens", "a list of token ids is needed"))?;
-        let text = prompt::detokenize(
-            &state.tokenizer,
-            state.engine.validator(),
-            "tokens",
-            &ids,
-            None,
-        )?;
+        let text = state.prompts.detokenize("tokens", ids, None).await?;
         Ok(json!({ "prompt": text }))
     })
+    .await
 }
 
 pub async fn unknown_route(headers: HeaderMap, method: Method, uri: Uri) -> Response {
-    answer(&headers, || {
+    answer(&headers, async {
         Err(RequestError::UnknownRoute {
             method: method.to_string(),
             path: uri.path().to_string(),
         })
     })
+    .await
 }
 
 /// A JSON answer, or the refusal in OpenAI's error shape.
-fn answer(
+async fn answer(
     headers: &HeaderMap,
-    f: impl FnOnce() -> Result<serde_json::Value, RequestError>,
+    work: impl Future<Output = Result<serde_json::Value, RequestError>>,
 ) -> Response {
-    match f() {
+    match work.await {
         Ok(value) => json_response(StatusCode::OK, &value),
         Err(error) => ApiError {
             request_id: request_id(headers, "req"),

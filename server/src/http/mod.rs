@@ -26,18 +26,18 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use glimpse_engine::tokenizer::Tokenizer;
 use serde_json::Value;
 
 use crate::admission::Admission;
 use crate::engine_loop::EngineHandle;
 use crate::error::RequestError;
+use crate::prompt::PromptWork;
 use crate::refusal::new_request_id;
 
 /// Everything the handlers share.
 pub struct HttpState {
     pub engine: EngineHandle,
-    pub tokenizer: Arc<Tokenizer>,
+    pub prompts: PromptWork,
     pub admission: Arc<Admission>,
     /// The one model id requests may name (`--model-name`).
     pub model_name: String,

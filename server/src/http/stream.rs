@@ -13,6 +13,7 @@ use axum::response::Response;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
 use super::choices::Choices;
 use super::error::error_body;
@@ -26,7 +27,8 @@ const CHANNEL_EVENTS: usize = 64;
 /// Streams `choices` as an SSE response.
 pub fn respond(responder: Responder, choices: Choices, include_usage: bool) -> Response {
     let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
-    tokio::spawn(forward(responder, choices, include_usage, tx));
+    // In the request's span: the forwarding task's log lines carry the request id too.
+    tokio::spawn(forward(responder, choices, include_usage, tx).in_current_span());
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")

@@ -241,6 +241,32 @@ impl Series {
     }
 }
 
+impl Server {
+    /// Sends `signal` (`TERM`, `INT`) to the server process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit, and returns how it exited.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -258,9 +284,14 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// The health status of the generation service.
 pub async fn serving_status(channel: &Channel) -> ServingStatus {
+    health_of(channel, "glimpse.v1.Generation").await
+}
+
+/// The health status of `service` (`""`: the whole server, as probes ask).
+pub async fn health_of(channel: &Channel, service: &str) -> ServingStatus {
     HealthClient::new(channel.clone())
         .check(tonic_health::pb::HealthCheckRequest {
-            service: "glimpse.v1.Generation".into(),
+            service: service.into(),
         })
         .await
         .unwrap()
@@ -279,10 +310,24 @@ pub fn http_get(port: u16, path: &str) -> String {
 
 /// An HTTP/1.0 POST of a JSON body: the status code and the response body.
 pub fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    http_post_with(port, path, &[], body)
+}
+
+/// [`http_post`] with extra `(name, value)` headers.
+pub fn http_post_with(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
