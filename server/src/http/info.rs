@@ -16,6 +16,7 @@ use super::convert::{chat_prompt, check_model};
 use super::error::ApiError;
 use super::wire::{DetokenizeBody, TokenizeBody};
 use super::{HttpState, body, body_bytes, json_response, request_id};
+use crate::admission::AdmissionGuard;
 use crate::error::RequestError;
 use crate::prompt::Prompt;
 
@@ -51,9 +52,8 @@ pub async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     answer(&headers, async {
-        let _slot = state.admission.try_admit()?;
-        let body: TokenizeBody = body::parse(&body_bytes(&state, body)?)?;
-        check_model(body.model.as_deref(), &state.model_name)?;
+        let (_slot, body): (_, TokenizeBody) =
+            admitted(&state, body, |b: &TokenizeBody| b.model.as_deref())?;
         let prompt = match (body.prompt, body.messages) {
             (Some(text), None) => Prompt::Text {
                 text,
@@ -83,9 +83,8 @@ pub async fn detokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     answer(&headers, async {
-        let _slot = state.admission.try_admit()?;
-        let body: DetokenizeBody = body::parse(&body_bytes(&state, body)?)?;
-        check_model(body.model.as_deref(), &state.model_name)?;
+        let (_slot, body): (_, DetokenizeBody) =
+            admitted(&state, body, |b: &DetokenizeBody| b.model.as_deref())?;
         let ids = body
             .tokens
             .ok_or_else(|| RequestError::invalid("tokens", "a list of token ids is needed"))?;
@@ -103,6 +102,19 @@ pub async fn unknown_route(headers: HeaderMap, method: Method, uri: Uri) -> Resp
         })
     })
     .await
+}
+
+/// The first steps of a tokenization request: an admission slot (held while it works), then its
+/// body parsed and its `model` (read by `model`) checked against the served one.
+fn admitted<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    body: Result<Bytes, BytesRejection>,
+    model: impl Fn(&T) -> Option<&str>,
+) -> Result<(AdmissionGuard, T), RequestError> {
+    let slot = state.admission.try_admit()?;
+    let body: T = body::parse(&body_bytes(state, body)?)?;
+    check_model(model(&body), &state.model_name)?;
+    Ok((slot, body))
 }
 
 /// A JSON answer, or the refusal in OpenAI's error shape.
