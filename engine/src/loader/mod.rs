@@ -216,6 +216,21 @@ impl WeightFiles {
         self.location.contains_key(name)
     }
 
+    /// The names of every tensor in the files, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.location.keys().map(String::as_str)
+    }
+
+    /// The stored shape of tensor `name`, if any file holds it.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.location.get(name).map(|at| at.shape.as_slice())
+    }
+
+    /// What error messages call this set of files (`model.safetensors`, or the shard index).
+    pub fn description(&self) -> &Path {
+        &self.description
+    }
+
     /// Tensor `name`, checked to have `expected_shape` and a float dtype Glimpse loads.
     pub fn tensor(&self, name: &str, expected_shape: &[usize]) -> Result<CheckpointTensor> {
         let at = self

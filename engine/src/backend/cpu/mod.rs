@@ -131,7 +131,7 @@ impl CpuBackend {
                 &model.config.rope,
                 model.config.head_dim,
                 model.config.max_model_len + lookahead_positions,
-            ),
+            )?,
             lookahead,
             cache: CpuKvCache::new(geometry),
             buffers: StepBuffers::default(),
