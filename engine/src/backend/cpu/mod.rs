@@ -133,7 +133,7 @@ impl CpuBackend {
                 model.config.max_model_len + lookahead_positions,
             )?,
             lookahead,
-            cache: CpuKvCache::new(geometry),
+            cache: CpuKvCache::new(geometry)?,
             buffers: StepBuffers::default(),
         })
     }
