@@ -21,8 +21,8 @@ for target in "${targets[@]}"; do
   work="fuzz/target/corpus/$target"
   mkdir -p "$work"
   printf '\n==> %s for %s s\n' "$target" "$seconds"
-  # -timeout: an input that takes a second is a hang worth reporting; -rss_limit_mb: a parser that
-  # allocates gigabytes for a small input is a finding too.
+  # -timeout: an input that takes 5 s is a hang worth reporting (1 s gave false alarms on a loaded
+  # machine); -rss_limit_mb: a parser that allocates gigabytes for a small input is a finding too.
   cargo +nightly fuzz run -O --debug-assertions "$target" "$work" "fuzz/corpus/$target" -- \
-    -max_total_time="$seconds" -timeout=1 -rss_limit_mb=2048 -print_final_stats=1
+    -max_total_time="$seconds" -timeout=5 -rss_limit_mb=2048 -print_final_stats=1
 done
