@@ -42,6 +42,16 @@ pub enum EngineError {
     /// A tensor the architecture needs is absent from every weight file.
     #[error("{path}: missing tensor `{tensor}`")]
     MissingTensor { path: PathBuf, tensor: String },
+    /// The checkpoint holds a decoder layer the configuration does not declare: `config.json`
+    /// and the weights describe different models (a layer count edited by hand, a wrong file).
+    #[error(
+        "{path}: tensor `{tensor}` belongs to a layer beyond `num_hidden_layers` = {num_layers} of config.json"
+    )]
+    ExtraLayer {
+        path: PathBuf,
+        tensor: String,
+        num_layers: usize,
+    },
     /// A tensor has the wrong shape for the configuration.
     #[error("{path}: tensor `{tensor}` has shape {actual:?}, expected {expected:?}")]
     TensorShape {
@@ -82,6 +92,10 @@ pub enum EngineError {
     /// not fit: a bug, or an input the checks above let through).
     #[error("tensor operation: {message}")]
     Tensor { message: String },
+    /// A buffer whose size follows from the model and the pool (RoPE tables, the KV pool) could
+    /// not be allocated; `what` names the buffer and the settings that sized it.
+    #[error("could not allocate {bytes} bytes for {what}")]
+    OutOfMemory { what: String, bytes: usize },
     /// The requested backend was not compiled into this build or has no device.
     #[error("backend unavailable: {message}")]
     BackendUnavailable { message: String },

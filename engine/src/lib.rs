@@ -14,6 +14,8 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod eviction;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hub;
 pub mod loader;
 pub mod lookahead;

@@ -469,7 +469,9 @@ impl<'m> Reference<'m> {
         let mut reference = Reference {
             config: c,
             weights: &model.weights,
-            rope: Arc::new(RopeTables::new(&c.rope, c.head_dim, c.max_model_len)),
+            rope: Arc::new(
+                RopeTables::new(&c.rope, c.head_dim, c.max_model_len).expect("RoPE tables fit"),
+            ),
             keys: vec![Vec::new(); c.num_layers],
             values: vec![Vec::new(); c.num_layers],
         };

@@ -211,3 +211,110 @@ fn a_shard_index_naming_a_missing_shard_is_named() {
         &["model.safetensors.index.json", "malformed"],
     );
 }
+
+/// Sets `field` of the JSON file `file` in `dir` to `value` (other fields untouched).
+fn set_field(dir: &Path, file: &str, field: &str, value: serde_json::Value) {
+    let path = dir.join(file);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json[field] = value;
+    std::fs::write(&path, json.to_string()).unwrap();
+}
+
+#[test]
+fn an_absurd_context_length_is_refused_before_any_allocation() {
+    let (dir, _) = model_copy();
+    set_field(
+        dir.path(),
+        "config.json",
+        "max_position_embeddings",
+        1_000_000_000_000u64.into(),
+    );
+    assert_names(
+        &load_error(dir.path()),
+        &[
+            "config.json",
+            "`max_position_embeddings`",
+            "16777216",
+            "1000000000000",
+        ],
+    );
+}
+
+#[test]
+fn a_head_dim_the_projections_do_not_have_is_named() {
+    let (dir, _) = model_copy();
+    set_field(
+        dir.path(),
+        "config.json",
+        "head_dim",
+        1_000_000_000u64.into(),
+    );
+    assert_names(
+        &load_error(dir.path()),
+        &[
+            "config.json",
+            "`head_dim` 1000000000",
+            "`num_attention_heads` 8",
+            "model.layers.0.self_attn.q_proj.weight",
+            "[64, 64]",
+        ],
+    );
+}
+
+#[test]
+fn a_zero_rope_factor_is_named() {
+    let (dir, _) = model_copy();
+    let scaling = serde_json::json!({ "rope_type": "linear", "factor": 0.0 });
+    set_field(dir.path(), "config.json", "rope_scaling", scaling);
+    assert_names(
+        &load_error(dir.path()),
+        &["config.json", "`rope_scaling.factor`", "got 0"],
+    );
+}
+
+#[test]
+fn a_negative_default_temperature_refuses_the_model() {
+    let (dir, _) = model_copy();
+    set_field(
+        dir.path(),
+        "generation_config.json",
+        "temperature",
+        (-1.0).into(),
+    );
+    assert_names(
+        &load_error(dir.path()),
+        &["generation_config.json", "`temperature`", "-1"],
+    );
+}
+
+#[test]
+fn a_checkpoint_missing_declared_layers_names_the_first_missing_tensor() {
+    let (dir, mut tensors) = model_copy();
+    tensors.retain(|name, _| {
+        !name.starts_with("model.layers.3.") && !name.starts_with("model.layers.4.")
+    });
+    write_tensors(dir.path(), "model.safetensors", &tensors);
+    assert_names(
+        &load_error(dir.path()),
+        &[
+            "model.safetensors",
+            "missing",
+            "model.layers.3.input_layernorm.weight",
+        ],
+    );
+}
+
+#[test]
+fn a_checkpoint_with_more_layers_than_declared_is_refused() {
+    let (dir, _) = model_copy();
+    set_field(dir.path(), "config.json", "num_hidden_layers", 3.into());
+    assert_names(
+        &load_error(dir.path()),
+        &[
+            "model.safetensors",
+            "model.layers.3.",
+            "`num_hidden_layers` = 3",
+        ],
+    );
+}

@@ -16,11 +16,12 @@ pub struct KvPoolSize {
     pub used_bytes: u64,
 }
 
-/// The most whole blocks of `bytes_per_block` that fit `kv_bytes_budget`, capped at what a
-/// [`crate::BlockId`] can name.
+/// The most whole blocks of `bytes_per_block` that fit `kv_bytes_budget`.
 ///
 /// Fails with [`SchedulerError::ConfigTooSmall`] for a zero `bytes_per_block` or `block_size`,
-/// or when the budget buys no block at all.
+/// or when the budget buys no block at all, and with [`SchedulerError::ConfigTooLarge`] when it
+/// buys more blocks than a [`crate::BlockId`] can name (the error gives the largest budget that
+/// fits, rather than a pool silently smaller than asked for).
 pub fn num_blocks_for_budget(
     kv_bytes_budget: u64,
     bytes_per_block: u64,
@@ -48,7 +49,15 @@ pub fn num_blocks_for_budget(
         });
     }
     let max_blocks = u64::from(u32::MAX);
-    let num_blocks = (kv_bytes_budget / bytes_per_block).min(max_blocks) as usize;
+    let num_blocks = kv_bytes_budget / bytes_per_block;
+    if num_blocks > max_blocks {
+        return Err(SchedulerError::ConfigTooLarge {
+            field: "kv_bytes_budget",
+            max: (max_blocks + 1).saturating_mul(bytes_per_block) - 1,
+            value: kv_bytes_budget,
+        });
+    }
+    let num_blocks = num_blocks as usize;
     Ok(KvPoolSize {
         num_blocks,
         max_cached_tokens: num_blocks.saturating_mul(block_size),
@@ -83,6 +92,21 @@ mod tests {
                 value: 95
             })
         );
+    }
+
+    #[test]
+    fn budget_beyond_the_block_ids_is_refused_naming_the_largest_that_fits() {
+        let largest = (1u64 << 32) * 20480 - 1;
+        assert_eq!(
+            num_blocks_for_budget(1 << 62, 20480, 16),
+            Err(SchedulerError::ConfigTooLarge {
+                field: "kv_bytes_budget",
+                max: largest,
+                value: 1 << 62
+            })
+        );
+        let size = num_blocks_for_budget(largest, 20480, 16).expect("the largest budget fits");
+        assert_eq!(size.num_blocks, u32::MAX as usize);
     }
 
     #[test]

@@ -17,7 +17,11 @@ pub struct KvGeometry {
 }
 
 impl KvGeometry {
-    /// Geometry for `config` with the given pool shape; block size and count must be positive.
+    /// Geometry for `config` with the given pool shape; block size and count must be positive
+    /// and the whole pool's byte count must fit a `usize` (so no size derived from the geometry
+    /// overflows).
+    ///
+    /// Fails with [`EngineError::InvalidParameter`] naming `block_size` or `num_blocks`.
     pub fn new(
         config: &ModelConfig,
         block_size: usize,
@@ -32,14 +36,34 @@ impl KvGeometry {
                 });
             }
         }
-        Ok(Self {
+        let geometry = Self {
             num_layers: config.num_layers,
             num_kv_heads: config.num_kv_heads,
             head_dim: config.head_dim,
             block_size,
             num_blocks,
             element_bytes,
-        })
+        };
+        let total = [
+            geometry.num_layers,
+            geometry.num_kv_heads,
+            geometry.head_dim,
+            element_bytes,
+            block_size,
+            num_blocks,
+        ]
+        .into_iter()
+        .try_fold(2usize, usize::checked_mul);
+        if total.is_none() {
+            return Err(EngineError::InvalidParameter {
+                field: "num_blocks",
+                message: format!(
+                    "a pool of {num_blocks} blocks of {block_size} entries ({} layers × {} KV heads × head_dim {}) has more bytes than a usize holds",
+                    geometry.num_layers, geometry.num_kv_heads, geometry.head_dim
+                ),
+            });
+        }
+        Ok(geometry)
     }
 
     /// Bytes of K and V for one entry across all layers and KV heads.
@@ -65,5 +89,31 @@ impl KvGeometry {
     /// Blocks needed to hold `entries` entries.
     pub fn blocks_for(&self, entries: usize) -> usize {
         entries.div_ceil(self.block_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stories260k() -> ModelConfig {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K");
+        ModelConfig::from_file(&dir.join("config.json")).expect("the bundled config loads")
+    }
+
+    #[test]
+    fn a_pool_whose_byte_count_overflows_is_refused_naming_num_blocks() {
+        let err = KvGeometry::new(&stories260k(), 16, usize::MAX / 16, 4).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EngineError::InvalidParameter {
+                    field: "num_blocks",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(KvGeometry::new(&stories260k(), 16, 1 << 20, 4).is_ok());
     }
 }

@@ -14,6 +14,12 @@ use raw::{RawConfig, RawRope};
 
 use crate::error::{EngineError, Result};
 
+/// The most positions a model may declare (`max_position_embeddings`): 2^24, above the longest
+/// context any released model supports (10M tokens). RoPE tables and KV sizing are derived from
+/// this number before any request arrives, so an absurd value must be refused here rather than
+/// fail as a multi-terabyte allocation.
+pub const MAX_POSITION_EMBEDDINGS: usize = 1 << 24;
+
 /// Decoder families Glimpse runs. They share one forward pass; the differences are flags on
 /// [`ModelConfig`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +264,12 @@ fn validate(c: &ModelConfig, hidden_act: Option<&str>, path: &Path) -> Result<()
             return fail(format!("`{field}` must be positive, got 0"));
         }
     }
+    if c.max_model_len > MAX_POSITION_EMBEDDINGS {
+        return fail(format!(
+            "`max_position_embeddings` must be at most {MAX_POSITION_EMBEDDINGS}, got {}",
+            c.max_model_len
+        ));
+    }
     if !c.num_heads.is_multiple_of(c.num_kv_heads) {
         return fail(format!(
             "`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({})",
@@ -270,9 +282,24 @@ fn validate(c: &ModelConfig, hidden_act: Option<&str>, path: &Path) -> Result<()
             c.head_dim
         ));
     }
-    if !(c.rms_norm_eps > 0.0 && c.rope.theta > 0.0) {
-        return fail("`rms_norm_eps` and `rope_theta` must be positive".into());
+    // Every later width (`qkv_width`, the projections' shapes, KV entry sizes) multiplies these.
+    let qkv_heads = c
+        .num_kv_heads
+        .checked_mul(2)
+        .and_then(|kv| kv.checked_add(c.num_heads));
+    if qkv_heads.and_then(|h| h.checked_mul(c.head_dim)).is_none() {
+        return fail(format!(
+            "`head_dim` {} × (`num_attention_heads` {} + 2 × `num_key_value_heads` {}) overflows",
+            c.head_dim, c.num_heads, c.num_kv_heads
+        ));
     }
+    for (field, value) in [
+        ("rms_norm_eps", c.rms_norm_eps),
+        ("rope_theta", c.rope.theta),
+    ] {
+        positive(path, field, value)?;
+    }
+    validate_rope_scaling(&c.rope.scaling, path)?;
     if let Some(bad) = c
         .eos_token_ids
         .iter()
@@ -284,6 +311,52 @@ fn validate(c: &ModelConfig, hidden_act: Option<&str>, path: &Path) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// `rope_scaling`'s numbers: a zero factor would divide every frequency by zero, and Llama 3's
+/// band edges must be ordered (its smoothing divides by their difference).
+fn validate_rope_scaling(scaling: &RopeScaling, path: &Path) -> Result<()> {
+    match *scaling {
+        RopeScaling::None => Ok(()),
+        RopeScaling::Linear { factor } => positive(path, "rope_scaling.factor", factor),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            positive(path, "rope_scaling.factor", factor)?;
+            positive(path, "rope_scaling.low_freq_factor", low_freq_factor)?;
+            positive(path, "rope_scaling.high_freq_factor", high_freq_factor)?;
+            if high_freq_factor <= low_freq_factor {
+                return Err(EngineError::config(
+                    path,
+                    format!(
+                        "`rope_scaling.high_freq_factor` must be greater than `low_freq_factor` ({low_freq_factor}), got {high_freq_factor}"
+                    ),
+                ));
+            }
+            if original_max_position_embeddings == 0 {
+                return Err(EngineError::config(
+                    path,
+                    "`rope_scaling.original_max_position_embeddings` must be positive, got 0",
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `Ok` when `value` is finite and above zero (NaN fails), else an error naming `field`.
+fn positive(path: &Path, field: &str, value: f32) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(EngineError::config(
+            path,
+            format!("`{field}` must be a finite number > 0, got {value}"),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -89,3 +89,91 @@ fn missing_and_bad_fields_are_named() {
     let err = resolve(&LLAMA.replace("\"eos_token_id\":2", "\"eos_token_id\":9999")).unwrap_err();
     assert!(err.to_string().contains("eos_token_id"), "{err}");
 }
+
+/// The error of resolving `LLAMA` with `from` replaced by `to`.
+fn refusal(from: &str, to: &str) -> String {
+    let json = LLAMA.replace(from, to);
+    assert_ne!(json, LLAMA, "`{from}` is not in the test config");
+    resolve(&json).unwrap_err().to_string()
+}
+
+#[test]
+fn absurd_max_position_embeddings_is_refused_naming_the_limit() {
+    let err = refusal(
+        "\"max_position_embeddings\":512",
+        "\"max_position_embeddings\":1000000000000",
+    );
+    assert!(
+        err.contains("config.json")
+            && err.contains("`max_position_embeddings`")
+            && err.contains(&MAX_POSITION_EMBEDDINGS.to_string())
+            && err.contains("1000000000000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn head_dim_whose_widths_overflow_is_refused_naming_it() {
+    let err = refusal(
+        "\"vocab_size\"",
+        "\"head_dim\":4611686018427387904,\"vocab_size\"",
+    );
+    assert!(err.contains("`head_dim` 4611686018427387904"), "{err}");
+}
+
+#[test]
+fn zero_negative_or_huge_rope_factors_are_refused_naming_the_field() {
+    for factor in ["0", "-2.0", "1e300"] {
+        let scaling = format!(r#""rope_scaling":{{"rope_type":"linear","factor":{factor}}},"#);
+        let err = resolve(&LLAMA.replacen('{', &format!("{{{scaling}"), 1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`rope_scaling.factor`"), "{factor}: {err}");
+    }
+    let llama3 = r#""rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":4.0,"high_freq_factor":4.0,"original_max_position_embeddings":64},"#;
+    let err = resolve(&LLAMA.replacen('{', &format!("{{{llama3}"), 1)).unwrap_err();
+    assert!(
+        err.to_string().contains("`rope_scaling.high_freq_factor`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn non_positive_eps_and_theta_are_refused_naming_the_field() {
+    let err = refusal("\"rms_norm_eps\":1e-5", "\"rms_norm_eps\":0");
+    assert!(err.contains("`rms_norm_eps`"), "{err}");
+    let err = refusal("\"rope_theta\":10000.0", "\"rope_theta\":-1");
+    assert!(err.contains("`rope_theta`"), "{err}");
+}
+
+fn generation(json: &str) -> Result<GenerationConfig> {
+    GenerationConfig::from_json(json, Path::new("generation_config.json"))
+}
+
+#[test]
+fn generation_defaults_are_read() {
+    let g =
+        generation(r#"{"eos_token_id":[2,3],"temperature":0.7,"top_p":0.9,"top_k":40}"#).unwrap();
+    assert_eq!(g.eos_token_ids, vec![2, 3]);
+    assert_eq!(
+        (g.temperature, g.top_p, g.top_k),
+        (Some(0.7), Some(0.9), Some(40))
+    );
+}
+
+#[test]
+fn out_of_range_generation_defaults_are_refused_naming_file_and_field() {
+    for (json, field, value) in [
+        (r#"{"temperature":-1.0}"#, "`temperature`", "-1"),
+        (r#"{"top_p":0}"#, "`top_p`", "0"),
+        (r#"{"top_p":1.5}"#, "`top_p`", "1.5"),
+        (r#"{"top_k":-1}"#, "`top_k`", "-1"),
+        (r#"{"top_k":5000000000}"#, "`top_k`", "5000000000"),
+    ] {
+        let err = generation(json).unwrap_err().to_string();
+        assert!(
+            err.contains("generation_config.json") && err.contains(field) && err.contains(value),
+            "{json}: {err}"
+        );
+    }
+}

@@ -27,7 +27,7 @@ pub enum WeightDtype {
 }
 
 impl WeightDtype {
-    fn of(dtype: Dtype) -> Option<Self> {
+    pub(crate) fn of(dtype: Dtype) -> Option<Self> {
         match dtype {
             Dtype::F32 => Some(Self::F32),
             Dtype::BF16 => Some(Self::BF16),
@@ -45,7 +45,7 @@ impl WeightDtype {
     }
 
     /// Appends little-endian `bytes` of this dtype to `out` as f32 (bf16 and f16 widen exactly).
-    fn widen_into(self, bytes: &[u8], out: &mut Vec<f32>) {
+    pub(crate) fn widen_into(self, bytes: &[u8], out: &mut Vec<f32>) {
         let words = bytes.chunks_exact(self.size_bytes());
         match self {
             Self::F32 => out.extend(words.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
@@ -180,22 +180,14 @@ impl WeightFiles {
             // holding it; like every mmap-based loader we assume the model files are not
             // truncated while the engine runs.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
-            let (header_len, metadata) =
-                SafeTensors::read_metadata(&mmap).map_err(|e| EngineError::Safetensors {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-            // The data section follows the 8-byte header length and the JSON header.
-            let data_start = 8 + header_len;
-            for (name, info) in metadata.tensors() {
-                let (begin, end) = info.data_offsets;
+            for entry in read_header(path, &mmap)? {
                 location.insert(
-                    name,
+                    entry.name,
                     Location {
                         file: i,
-                        dtype: info.dtype,
-                        shape: info.shape.clone(),
-                        bytes: data_start + begin..data_start + end,
+                        dtype: entry.dtype,
+                        shape: entry.shape,
+                        bytes: entry.bytes,
                     },
                 );
             }
@@ -214,6 +206,21 @@ impl WeightFiles {
     /// Whether any file holds `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.location.contains_key(name)
+    }
+
+    /// The names of every tensor in the files, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.location.keys().map(String::as_str)
+    }
+
+    /// The stored shape of tensor `name`, if any file holds it.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.location.get(name).map(|at| at.shape.as_slice())
+    }
+
+    /// What error messages call this set of files (`model.safetensors`, or the shard index).
+    pub fn description(&self) -> &Path {
+        &self.description
     }
 
     /// Tensor `name`, checked to have `expected_shape` and a float dtype Glimpse loads.
@@ -235,6 +242,42 @@ impl WeightFiles {
             bytes: at.bytes.clone(),
         })
     }
+}
+
+/// One tensor as a safetensors header lists it, with its byte range in the whole file.
+pub(crate) struct HeaderEntry {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Range<usize>,
+}
+
+/// The tensors listed by the header of `file`, the bytes of the safetensors file at `path`.
+/// `safetensors` checks that the ranges tile the data section exactly and match each shape and
+/// dtype, so every returned range lies inside `file`.
+///
+/// Fails with [`EngineError::Safetensors`] naming `path` when the header is malformed.
+pub(crate) fn read_header(path: &Path, file: &[u8]) -> Result<Vec<HeaderEntry>> {
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(file).map_err(|e| EngineError::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    // The data section follows the 8-byte header length and the JSON header.
+    let data_start = 8 + header_len;
+    Ok(metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let (begin, end) = info.data_offsets;
+            HeaderEntry {
+                name,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                bytes: data_start + begin..data_start + end,
+            }
+        })
+        .collect())
 }
 
 /// Checks that tensor `name` of the safetensors file at `path` has `expected_shape` and widens it

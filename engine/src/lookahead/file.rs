@@ -77,14 +77,26 @@ impl LookaheadModule {
     pub fn load(path: &Path, model: &Model) -> Result<Self> {
         let identity = model.identity()?;
         let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+        Self::from_bytes(path, &bytes, model, &identity)
+    }
+
+    /// [`Self::load`] for a file already read into `bytes`; `identity` is `model`'s (hashing it
+    /// reads the embeddings, so a caller checking many files computes it once). `path` only names
+    /// the file in errors.
+    pub fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        model: &Model,
+        identity: &BaseModelIdentity,
+    ) -> Result<Self> {
         let malformed = |e: SafeTensorError| EngineError::Safetensors {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let (_, raw_header) = SafeTensors::read_metadata(&bytes).map_err(malformed)?;
+        let (_, raw_header) = SafeTensors::read_metadata(bytes).map_err(malformed)?;
         let header = Header::parse(path, raw_header.metadata().as_ref())?;
-        header.check_identity(path, &identity)?;
-        let tensors = SafeTensors::deserialize(&bytes).map_err(malformed)?;
+        header.check_identity(path, identity)?;
+        let tensors = SafeTensors::deserialize(bytes).map_err(malformed)?;
         let reader = Reader {
             path,
             tensors: &tensors,

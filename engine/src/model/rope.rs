@@ -2,6 +2,7 @@
 //! frequencies and angles in f32, `rotate_half` layout), including linear and Llama 3 scaling.
 
 use crate::config::{RopeConfig, RopeScaling};
+use crate::error::{EngineError, Result};
 
 /// Precomputed `cos`/`sin` for positions `0..max_positions`, each row `[head_dim / 2]` (the two
 /// halves of a head share one angle per frequency in the `rotate_half` convention).
@@ -14,11 +15,23 @@ pub struct RopeTables {
 
 impl RopeTables {
     /// Builds tables for `max_positions` positions of a `head_dim`-wide head.
-    pub fn new(rope: &RopeConfig, head_dim: usize, max_positions: usize) -> Self {
+    ///
+    /// Fails with [`EngineError::OutOfMemory`] when the tables do not fit in memory (their size
+    /// comes from the model's `max_position_embeddings`), instead of aborting the process.
+    pub fn new(rope: &RopeConfig, head_dim: usize, max_positions: usize) -> Result<Self> {
         let inv_freq = inverse_frequencies(rope, head_dim);
         let half_dim = head_dim / 2;
-        let mut cos = Vec::with_capacity(max_positions * half_dim);
-        let mut sin = Vec::with_capacity(max_positions * half_dim);
+        let len = max_positions.checked_mul(half_dim);
+        let out_of_memory = || EngineError::OutOfMemory {
+            what: format!(
+                "RoPE tables of {max_positions} positions × {half_dim} frequencies (`max_position_embeddings`, `head_dim`)"
+            ),
+            bytes: len.map_or(usize::MAX, |n| n.saturating_mul(2 * size_of::<f32>())),
+        };
+        let len = len.ok_or_else(out_of_memory)?;
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        cos.try_reserve_exact(len).map_err(|_| out_of_memory())?;
+        sin.try_reserve_exact(len).map_err(|_| out_of_memory())?;
         for position in 0..max_positions {
             for &f in &inv_freq {
                 let angle = position as f32 * f;
@@ -26,7 +39,7 @@ impl RopeTables {
                 sin.push(angle.sin());
             }
         }
-        Self { half_dim, cos, sin }
+        Ok(Self { half_dim, cos, sin })
     }
 
     /// Number of positions covered.
@@ -100,7 +113,7 @@ mod tests {
             theta: 10_000.0,
             scaling: RopeScaling::None,
         };
-        let t = RopeTables::new(&rope, 8, 4);
+        let t = RopeTables::new(&rope, 8, 4).unwrap();
         let mut x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
         t.rotate(&mut x, 0);
         assert_eq!(x, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
@@ -117,11 +130,26 @@ mod tests {
                 original_max_position_embeddings: 64,
             },
         };
-        let t = RopeTables::new(&rope, 16, 300);
+        let t = RopeTables::new(&rope, 16, 300).unwrap();
         let mut x: Vec<f32> = (0..16).map(|i| (i as f32 * 0.37).sin()).collect();
         let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
         let before = norm(&x);
         t.rotate(&mut x, 299);
         assert!((norm(&x) - before).abs() < 1e-5);
+    }
+
+    #[test]
+    fn tables_too_large_for_memory_are_an_error() {
+        let rope = RopeConfig {
+            theta: 10_000.0,
+            scaling: RopeScaling::None,
+        };
+        for positions in [1 << 50, usize::MAX] {
+            let err = RopeTables::new(&rope, 8, positions).unwrap_err();
+            assert!(
+                matches!(err, EngineError::OutOfMemory { .. }),
+                "{positions}: {err}"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! reads the same tensors into candle.
 
 use crate::config::ModelConfig;
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::loader::{CheckpointTensor, WeightFiles};
 
 /// A linear layer `y = x·Wᵀ + b`, `W [out_features, in_features]` as stored by HF.
@@ -132,6 +132,8 @@ impl ModelWeights {
     /// Fails with an error naming the file and the tensor that is missing, misshapen or of a dtype
     /// Glimpse does not load.
     pub fn load(c: &ModelConfig, files: &WeightFiles) -> Result<Self> {
+        check_head_widths(c, files)?;
+        check_no_extra_layers(c, files)?;
         let layers = (0..c.num_layers)
             .map(|l| LayerWeights::load(c, files, l))
             .collect::<Result<Vec<_>>>()?;
@@ -174,5 +176,51 @@ impl ModelWeights {
     /// Bytes read from memory per decode step at f32: every parameter once.
     pub fn num_bytes_f32(&self) -> usize {
         self.num_parameters() * std::mem::size_of::<f32>()
+    }
+}
+
+/// The attention widths are products of config fields (`heads × head_dim`); when layer 0's q or k
+/// projection disagrees, the error names those fields, which is where the mistake usually is.
+fn check_head_widths(c: &ModelConfig, files: &WeightFiles) -> Result<()> {
+    let heads = [
+        ("q_proj", "num_attention_heads", c.num_heads),
+        ("k_proj", "num_key_value_heads", c.num_kv_heads),
+    ];
+    for (projection, field, num_heads) in heads {
+        let tensor = format!("model.layers.0.self_attn.{projection}.weight");
+        let width = num_heads * c.head_dim;
+        if let Some(shape) = files.shape(&tensor)
+            && shape.first() != Some(&width)
+        {
+            return Err(EngineError::config(
+                files.description(),
+                format!(
+                    "tensor `{tensor}` has shape {shape:?}, but config.json's `head_dim` {} × `{field}` {num_heads} expects {:?}",
+                    c.head_dim,
+                    [width, c.hidden_size]
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A checkpoint with more decoder layers than `num_hidden_layers` belongs to another
+/// configuration; serving its first layers only would produce garbage without an error. (Fewer
+/// layers than declared is caught as the first missing tensor.)
+fn check_no_extra_layers(c: &ModelConfig, files: &WeightFiles) -> Result<()> {
+    let beyond = |name: &&str| {
+        name.strip_prefix("model.layers.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|layer| layer.parse::<usize>().ok())
+            .is_some_and(|layer| layer >= c.num_layers)
+    };
+    match files.names().filter(beyond).min() {
+        Some(tensor) => Err(EngineError::ExtraLayer {
+            path: files.description().to_path_buf(),
+            tensor: tensor.to_string(),
+            num_layers: c.num_layers,
+        }),
+        None => Ok(()),
     }
 }

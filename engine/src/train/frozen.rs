@@ -140,7 +140,7 @@ impl FrozenModel {
             .map(|w| FrozenLayer::new(w, dtype))
             .collect::<Result<Vec<_>>>()?;
         let embeddings = tensor(&weights.embed_tokens, dtype)?;
-        let tables = RopeTables::new(&c.rope, c.head_dim, max_positions);
+        let tables = RopeTables::new(&c.rope, c.head_dim, max_positions)?;
         let half = tables.half_dim;
         let cos =
             Tensor::from_vec(tables.cos, (max_positions, half), &Device::Cpu)?.to_dtype(dtype)?;

@@ -357,7 +357,7 @@ mod tests {
             num_blocks: 16,
             element_bytes: 4,
         };
-        let mut cache = CpuKvCache::new(geometry);
+        let mut cache = CpuKvCache::new(geometry).expect("a 16-block pool fits");
         let table: Vec<u32> = (0..entries.div_ceil(bs) as u32)
             .map(|i| (i * 7 + 5) % 16)
             .collect();

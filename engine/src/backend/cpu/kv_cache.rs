@@ -9,6 +9,7 @@ use std::ops::Range;
 
 use super::attention_kernels::KeyRun;
 use crate::backend::KvGeometry;
+use crate::error::{EngineError, Result};
 
 /// Keys and values of every block of the pool.
 pub struct CpuKvCache {
@@ -19,17 +20,31 @@ pub struct CpuKvCache {
 
 impl CpuKvCache {
     /// Allocates a zeroed pool (pages are committed lazily by the OS as blocks are first written).
-    pub fn new(geometry: KvGeometry) -> Self {
+    ///
+    /// Fails with [`EngineError::OutOfMemory`] when the allocator cannot provide the pool (a
+    /// budget larger than the machine), instead of aborting the process.
+    pub fn new(geometry: KvGeometry) -> Result<Self> {
         let len = geometry.num_layers
             * geometry.num_blocks
             * geometry.num_kv_heads
             * geometry.block_size
             * geometry.head_dim;
-        Self {
+        // `vec![0.0; len]` keeps the lazy zeroed pages but aborts when the allocation fails;
+        // reserving keys and values at once first (and giving them back) makes that an error.
+        Vec::<f32>::new()
+            .try_reserve_exact(2 * len)
+            .map_err(|_| EngineError::OutOfMemory {
+                what: format!(
+                    "the KV pool ({} blocks of {} entries)",
+                    geometry.num_blocks, geometry.block_size
+                ),
+                bytes: geometry.total_bytes(),
+            })?;
+        Ok(Self {
             geometry,
             keys: vec![0.0; len],
             values: vec![0.0; len],
-        }
+        })
     }
 
     pub fn geometry(&self) -> &KvGeometry {
@@ -152,5 +167,29 @@ impl<'a> LayerView<'a> {
     #[inline]
     pub fn head_offset(&self, block: usize, head: usize) -> usize {
         block * self.block_stride + head * self.head_stride
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_larger_than_memory_is_an_error_not_an_abort() {
+        let geometry = KvGeometry {
+            num_layers: 64,
+            num_kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            num_blocks: 1 << 30,
+            element_bytes: 4,
+        };
+        let err = CpuKvCache::new(geometry)
+            .err()
+            .expect("2^50 bytes do not fit");
+        assert!(
+            matches!(err, EngineError::OutOfMemory { bytes, .. } if bytes == geometry.total_bytes()),
+            "{err}"
+        );
     }
 }

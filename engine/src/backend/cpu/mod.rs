@@ -131,9 +131,9 @@ impl CpuBackend {
                 &model.config.rope,
                 model.config.head_dim,
                 model.config.max_model_len + lookahead_positions,
-            ),
+            )?,
             lookahead,
-            cache: CpuKvCache::new(geometry),
+            cache: CpuKvCache::new(geometry)?,
             buffers: StepBuffers::default(),
         })
     }

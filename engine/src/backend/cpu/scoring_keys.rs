@@ -86,7 +86,7 @@ mod tests {
                 num_blocks: 16,
                 element_bytes: 4,
             };
-            let mut cache = CpuKvCache::new(geometry);
+            let mut cache = CpuKvCache::new(geometry).expect("a 16-block pool fits");
             // Distinct blocks, out of order.
             let table: Vec<u32> = (0..n.div_ceil(block_size) as u32)
                 .map(|i| (i * 5 + 3) % 16)
