@@ -21,11 +21,11 @@
 //! vector registers and, per step of `k`, broadcasts one `x` value per row and does one FMA per
 //! (row, panel) — no horizontal sums, no shuffles, 24 FMAs per 14 loads; the AVX2 one, with half
 //! the registers of half the width, runs the same tile as register-sized sub-tiles of at most 6
-//! rows × 1 panel (12 FMAs per 8 loads), each over the whole slice of `k`. Around it, `k` is cut into `KC` slices so the slice of a
-//! strip of `W` stays in L1 while the row micro-blocks pass over it, rows into blocks of at most
-//! `MC_BYTES` of `x` that stay in L2 while a thread's strips stream past, and the (row block ×
-//! column range) pieces are spread over rayon's threads. With one row (decode at batch 1) the same
-//! kernel streams `W` once at memory speed.
+//! rows × 1 panel (12 FMAs per 8 loads), each over the whole slice of `k`. Around it, `k` is cut
+//! into `KC` slices so the slice of a strip of `W` stays in L1 while the row micro-blocks pass over
+//! it, rows into blocks of at most `MC_BYTES` of `x` that stay in L2 while a thread's strips stream
+//! past, and the (row block × column range) pieces are spread over rayon's threads. With one row
+//! (decode at batch 1) the same kernel streams `W` once at memory speed.
 //!
 //! Model weights are packed at load ([`crate::model::Linear`]); [`matmul_nt`] packs on the fly for
 //! small matrices that are not.
@@ -474,10 +474,10 @@ mod avx2 {
     const HALF: usize = NR / 2;
 
     /// The AVX2 micro-kernel: the `M × P` tile as register-sized sub-tiles, each running the
-    /// whole slice of `k` (which stays in L1) for its rows and panels. Every element of `y` gets the
-    /// same chain of fused multiply-adds as in the AVX-512 kernel — starting from 0 or the parked
-    /// partial sum, one correctly rounded FMA per step of `k` in order — so both kernels give the
-    /// same bits; how elements are grouped into vectors and sub-tiles does not touch any chain.
+    /// whole slice of `k` (which stays in L1) for its rows and panels. Every element of `y` gets
+    /// the same chain of fused multiply-adds as in the AVX-512 kernel — starting from 0 or the
+    /// parked partial sum, one correctly rounded FMA per step of `k` in order — so both kernels
+    /// give the same bits; how elements are grouped into vectors and sub-tiles touches no chain.
     ///
     /// # Safety
     /// The CPU supports AVX2 and FMA; `t` is as [`super::Kernel::run`] requires.
@@ -768,8 +768,8 @@ mod tests {
         kernels
     }
 
-    /// Each `y[r, j]` as the module doc's chain: `acc = 0`, then per step of `k` in order either one
-    /// fused multiply-add (`fused`) or a rounded product added to `acc`.
+    /// Each `y[r, j]` as the module doc's chain: `acc = 0`, then per step of `k` in order either
+    /// one fused multiply-add (`fused`) or a rounded product added to `acc`.
     fn chain_reference(
         x: &[f32],
         rows: usize,
@@ -819,7 +819,8 @@ mod tests {
                         assert_eq!(
                             got.to_bits(),
                             want.to_bits(),
-                            "{kernel:?}, k {k}, n {n}, {rows} rows: element {i} is {got}, the chain gives {want}"
+                            "{kernel:?}, k {k}, n {n}, {rows} rows: element {i} is {got}, \
+                             the chain gives {want}"
                         );
                     }
                 }
