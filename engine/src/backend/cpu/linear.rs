@@ -3,31 +3,40 @@
 //!
 //! Why our own kernel rather than a BLAS: docs/design.md §3 "batching is invisible" must hold to the bit, so
 //! every output element `y[r, j]` is accumulated in one fixed order — a single chain
-//! `acc = x[r, 0]·W[j, 0]`, `acc += x[r, p]·W[j, p]` for `p = 1, 2, …, k-1` (one fused multiply-add
-//! per step with AVX-512, a multiply then an add in the portable kernel) — whatever the number of
-//! rows, the tile the element falls in, the blocking over `k` (a partial sum is parked in `y` as an
-//! exact `f32` and picked up again) or the thread that computes it. A BLAS picks its blocking and
+//! `acc = 0`, `acc += x[r, p]·W[j, p]` for `p = 0, 1, …, k-1` — whatever the number of rows, the
+//! tile the element falls in, the blocking over `k` (a partial sum is parked in `y` as an exact
+//! `f32` and picked up again) or the thread that computes it. A BLAS picks its blocking and
 //! reduction order from the problem shape, so a row's numbers would change with the batch.
+//!
+//! Three micro-kernels run that chain, the best the CPU supports chosen at run time: AVX-512, AVX2
+//! with FMA, and a portable one. The two SIMD kernels do one fused multiply-add per step, so they
+//! give the same bits as each other (each element is the same sequence of correctly rounded FMAs;
+//! vector width and tile shape only decide which elements are computed side by side); the portable
+//! kernel rounds the product and the sum separately, so its bits differ from theirs, though it too
+//! is batch-invariant.
 //!
 //! The design is the classic BLIS one. `W` is packed once, at load, into [`PackedMatrix`] panels of
 //! 16 output columns, `[n/16][k][16]`: one 64-byte line per `(panel, p)`, read with one aligned
-//! vector load. The micro-kernel keeps an `MR × (PR·16)` block of `y` in vector registers and, per
-//! step of `k`, broadcasts one `x` value per row and does one FMA per (row, panel) — no horizontal
-//! sums, no shuffles, 24 FMAs per 14 loads. Around it, `k` is cut into `KC` slices so the slice of a
-//! strip of `W` stays in L1 while the row micro-blocks pass over it, rows into blocks of at most
-//! `MC_BYTES` of `x` that stay in L2 while a thread's strips stream past, and the (row block ×
-//! column range) pieces are spread over rayon's threads. With one row (decode at batch 1) the same
-//! kernel streams `W` once at memory speed.
+//! vector load (two with AVX2). The AVX-512 micro-kernel keeps an `MR × (PR·16)` block of `y` in
+//! vector registers and, per step of `k`, broadcasts one `x` value per row and does one FMA per
+//! (row, panel) — no horizontal sums, no shuffles, 24 FMAs per 14 loads; the AVX2 one, with half
+//! the registers of half the width, runs the same tile as register-sized sub-tiles of at most 6
+//! rows × 1 panel (12 FMAs per 8 loads), each over the whole slice of `k`. Around it, `k` is cut
+//! into `KC` slices so the slice of a strip of `W` stays in L1 while the row micro-blocks pass over
+//! it, rows into blocks of at most `MC_BYTES` of `x` that stay in L2 while a thread's strips stream
+//! past, and the (row block × column range) pieces are spread over rayon's threads. With one row
+//! (decode at batch 1) the same kernel streams `W` once at memory speed.
 //!
 //! Model weights are packed at load ([`crate::model::Linear`]); [`matmul_nt`] packs on the fly for
 //! small matrices that are not.
 
 use rayon::prelude::*;
 
-/// Output columns per packed panel: one AVX-512 vector of `f32`.
+/// Output columns per packed panel: one AVX-512 vector of `f32`, two AVX2 ones.
 const NR: usize = 16;
-/// Rows of `x` per micro-tile: with [`PR`] panels, `MR·PR` = 24 of the 32 vector registers hold
-/// accumulators, leaving room for the `W` loads and the broadcast.
+/// Rows of `x` per micro-tile: with [`PR`] panels, `MR·PR` = 24 of the 32 AVX-512 registers hold
+/// accumulators, leaving room for the `W` loads and the broadcast. (The AVX2 kernel splits the tile
+/// into sub-tiles that fit its 16 registers.)
 const MR: usize = 12;
 /// Panels (of [`NR`] columns) per micro-tile.
 const PR: usize = 2;
@@ -255,7 +264,7 @@ struct Tile {
     cols: usize,
     accumulate: bool,
     /// `prefetch_lines` lanes of each of the tile's panels from `prefetch` (stride `w_stride`
-    /// between panels) are wanted soon: a hint for the AVX-512 kernel (at most `kc` lanes are
+    /// between panels) are wanted soon: a hint for the SIMD kernels (at most `kc` lanes are
     /// prefetched), never dereferenced; the portable kernel ignores it.
     prefetch: *const f32,
     prefetch_lines: usize,
@@ -264,12 +273,15 @@ struct Tile {
 /// A micro-kernel instance for a fixed (rows, panels) shape.
 type TileFn = unsafe fn(&Tile);
 
-/// The micro-kernel implementation chosen for this CPU. Both give batch-invariant results; they
-/// differ from each other (a fused multiply-add rounds once, a multiply then an add twice).
-#[derive(Clone, Copy)]
+/// The micro-kernel implementation chosen for this CPU. All give batch-invariant results.
+/// `Avx512` and `Avx2` give the same bits (one fused multiply-add per step, which rounds once);
+/// `Portable` differs from them (a multiply then an add, which round twice).
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     Portable,
 }
 
@@ -301,16 +313,25 @@ macro_rules! tile_table {
 
 #[cfg(target_arch = "x86_64")]
 static AVX512_TILES: [[TileFn; MR]; PR] = tile_table!(avx512_tile);
+#[cfg(target_arch = "x86_64")]
+static AVX2_TILES: [[TileFn; MR]; PR] = tile_table!(avx2_tile);
 static PORTABLE_TILES: [[TileFn; MR]; PR] = tile_table!(portable_tile);
 
 #[cfg(target_arch = "x86_64")]
-use avx512::tile as avx512_tile;
+use {avx2::tile as avx2_tile, avx512::tile as avx512_tile};
 
 impl Kernel {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Self::Avx512;
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Self::Avx2;
+            }
         }
         Self::Portable
     }
@@ -324,10 +345,12 @@ impl Kernel {
         let table = match self {
             #[cfg(target_arch = "x86_64")]
             Self::Avx512 => &AVX512_TILES,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => &AVX2_TILES,
             Self::Portable => &PORTABLE_TILES,
         };
-        // SAFETY: AVX-512F was detected at run time when `table` is the AVX-512 one; the caller
-        // vouches for the pointers.
+        // SAFETY: AVX-512F was detected at run time when `table` is the AVX-512 one, AVX2 and FMA
+        // when it is the AVX2 one; the caller vouches for the pointers.
         unsafe { table[p - 1][m - 1](tile) }
     }
 }
@@ -438,6 +461,180 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{NR, Tile};
+
+    /// Rows per sub-tile: 6 rows × 2 vectors of accumulators, the 2 vectors of a lane of `W` and
+    /// the broadcast take 15 of the 16 AVX2 registers.
+    const SUB_ROWS: usize = 6;
+    /// `f32`s per AVX2 vector: a lane of [`NR`] is two of them.
+    const HALF: usize = NR / 2;
+
+    /// The AVX2 micro-kernel: the `M × P` tile as register-sized sub-tiles, each running the
+    /// whole slice of `k` (which stays in L1) for its rows and panels. Every element of `y` gets
+    /// the same chain of fused multiply-adds as in the AVX-512 kernel — starting from 0 or the
+    /// parked partial sum, one correctly rounded FMA per step of `k` in order — so both kernels
+    /// give the same bits; how elements are grouped into vectors and sub-tiles touches no chain.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; `t` is as [`super::Kernel::run`] requires.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile<const M: usize, const P: usize>(t: &Tile) {
+        // SAFETY (every call below): its rows and panels are inside the tile.
+        if P == 2 && M <= 2 {
+            // Few rows: both panels in one pass, for 4·M independent FMA chains per step.
+            match M {
+                1 => unsafe { sub_tile::<1, 2>(t, 0, 0, t.prefetch_lines) },
+                _ => unsafe { sub_tile::<2, 2>(t, 0, 0, t.prefetch_lines) },
+            }
+            return;
+        }
+        // Rows split evenly (7 = 3 + 4, not 6 + 1), so no sub-tile has too few chains.
+        let parts = M.div_ceil(SUB_ROWS);
+        for panel in 0..P {
+            for part in 0..parts {
+                let row = M * part / parts;
+                let rows = M * (part + 1) / parts - row;
+                // The first pass over a panel prefetches that panel's next slice.
+                let prefetch_lines = if part == 0 { t.prefetch_lines } else { 0 };
+                unsafe {
+                    match rows {
+                        1 => sub_tile::<1, 1>(t, row, panel, prefetch_lines),
+                        2 => sub_tile::<2, 1>(t, row, panel, prefetch_lines),
+                        3 => sub_tile::<3, 1>(t, row, panel, prefetch_lines),
+                        4 => sub_tile::<4, 1>(t, row, panel, prefetch_lines),
+                        5 => sub_tile::<5, 1>(t, row, panel, prefetch_lines),
+                        _ => sub_tile::<SUB_ROWS, 1>(t, row, panel, prefetch_lines),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows `row..row + R` × panels `panel..panel + Q` of `t`, over all `kc` steps; prefetches
+    /// `prefetch_lines` lanes of each of its panels' next slice.
+    ///
+    /// # Safety
+    /// As [`tile`]; the rows and panels are inside `t`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sub_tile<const R: usize, const Q: usize>(
+        t: &Tile,
+        row: usize,
+        panel: usize,
+        prefetch_lines: usize,
+    ) {
+        // SAFETY: row `row` and column `panel·NR` exist in `y` and `x`, panel `panel` in `W`.
+        let (y, x, w) = unsafe {
+            (
+                t.y.add(row * t.y_stride + panel * NR),
+                t.x.add(row * t.x_stride),
+                t.w.add(panel * t.w_stride),
+            )
+        };
+        // Columns of each panel that exist in `y` (the last panel of `W` may be padding).
+        let cols: [usize; Q] = std::array::from_fn(|j| t.cols.saturating_sub((panel + j) * NR));
+        let mut acc = [[[_mm256_setzero_ps(); 2]; Q]; R];
+        if t.accumulate {
+            for (r, acc_row) in acc.iter_mut().enumerate() {
+                for (j, a) in acc_row.iter_mut().enumerate() {
+                    // SAFETY: reads only columns that exist in row r of `y`.
+                    *a = unsafe { load_lane(y.add(r * t.y_stride + j * NR), cols[j]) };
+                }
+            }
+        }
+        let prefetch = t.prefetch.wrapping_add(panel * t.w_stride);
+        let (mut x, mut w) = (x, w);
+        for i in 0..t.kc {
+            if i < prefetch_lines {
+                for j in 0..Q {
+                    let line = prefetch.wrapping_add(j * t.w_stride + i * NR);
+                    // Prefetches never fault, whatever the address.
+                    _mm_prefetch::<_MM_HINT_T1>(line.cast());
+                }
+            }
+            // SAFETY: fewer than kc steps taken, so each lane (64-byte aligned) and `x` element is
+            // inside the tile.
+            unsafe {
+                let lanes: [[__m256; 2]; Q] = std::array::from_fn(|j| {
+                    let lane = w.add(j * t.w_stride);
+                    [_mm256_load_ps(lane), _mm256_load_ps(lane.add(HALF))]
+                });
+                for (r, acc_row) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_set1_ps(*x.add(r * t.x_stride));
+                    for (a, lane) in acc_row.iter_mut().zip(lanes) {
+                        a[0] = _mm256_fmadd_ps(xv, lane[0], a[0]);
+                        a[1] = _mm256_fmadd_ps(xv, lane[1], a[1]);
+                    }
+                }
+                x = x.add(1);
+                w = w.add(NR);
+            }
+        }
+        for (r, acc_row) in acc.iter().enumerate() {
+            for (j, a) in acc_row.iter().enumerate() {
+                // SAFETY: writes only columns that exist in row r of `y`.
+                unsafe { store_lane(y.add(r * t.y_stride + j * NR), cols[j], *a) };
+            }
+        }
+    }
+
+    /// Lane masks for the first `cols` columns of a lane: all-ones elements where they exist.
+    #[target_feature(enable = "avx2")]
+    fn masks(cols: usize) -> [__m256i; 2] {
+        let cols = _mm256_set1_epi32(cols.min(NR) as i32);
+        let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let half = _mm256_set1_epi32(HALF as i32);
+        [
+            _mm256_cmpgt_epi32(cols, index),
+            _mm256_cmpgt_epi32(cols, _mm256_add_epi32(index, half)),
+        ]
+    }
+
+    /// Loads the first `cols` columns of the lane at `y` (zeros past them), reading no others.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; `min(cols, NR)` floats from `y` are readable.
+    #[target_feature(enable = "avx2")]
+    unsafe fn load_lane(y: *const f32, cols: usize) -> [__m256; 2] {
+        let high = y.wrapping_add(HALF);
+        // SAFETY: whole lanes are in bounds; a masked load touches only its selected elements.
+        unsafe {
+            if cols >= NR {
+                [_mm256_loadu_ps(y), _mm256_loadu_ps(high)]
+            } else {
+                let [low_mask, high_mask] = masks(cols);
+                [
+                    _mm256_maskload_ps(y, low_mask),
+                    _mm256_maskload_ps(high, high_mask),
+                ]
+            }
+        }
+    }
+
+    /// Stores the first `cols` columns of `lane` at `y`, writing no others.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; `min(cols, NR)` floats from `y` are writable.
+    #[target_feature(enable = "avx2")]
+    unsafe fn store_lane(y: *mut f32, cols: usize, lane: [__m256; 2]) {
+        let high = y.wrapping_add(HALF);
+        // SAFETY: as in `load_lane`.
+        unsafe {
+            if cols >= NR {
+                _mm256_storeu_ps(y, lane[0]);
+                _mm256_storeu_ps(high, lane[1]);
+            } else {
+                let [low_mask, high_mask] = masks(cols);
+                _mm256_maskstore_ps(y, low_mask, lane[0]);
+                _mm256_maskstore_ps(high, high_mask, lane[1]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,28 +724,22 @@ mod tests {
         }
     }
 
+    /// `x·Wᵀ` for `x [rows, k]` computed by `kernel` as one block on this thread.
+    fn run_kernel(kernel: Kernel, x: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
+        let mut y = vec![f32::NAN; rows * w.rows()];
+        let strips = w.rows().div_ceil(NR).div_ceil(PR);
+        // SAFETY: one block covering all of `y`, on this thread only.
+        unsafe { compute_block(kernel, x, w, 0..rows, 0..strips, OutPtr(y.as_mut_ptr())) };
+        y
+    }
+
     #[test]
     fn the_portable_kernel_is_batch_invariant_too() {
         let (k, n) = (KC + 9, 2 * NR + 3);
         let w = PackedMatrix::pack(&pseudo_random(n * k, 7), n, k);
         let x = pseudo_random(MR * 3 * k, 8);
         let rows = x.len() / k;
-        let run = |x: &[f32], rows: usize| {
-            let mut y = vec![0.0; rows * n];
-            let strips = n.div_ceil(NR).div_ceil(PR);
-            // SAFETY: one block covering all of `y`, on this thread only.
-            unsafe {
-                compute_block(
-                    Kernel::Portable,
-                    x,
-                    &w,
-                    0..rows,
-                    0..strips,
-                    OutPtr(y.as_mut_ptr()),
-                )
-            };
-            y
-        };
+        let run = |x: &[f32], rows: usize| run_kernel(Kernel::Portable, x, rows, &w);
         let all = run(&x, rows);
         let want = reference(&x, rows, k, &w_rows(&w), n);
         for (got, want) in all.iter().zip(&want) {
@@ -560,6 +751,80 @@ mod tests {
                 all[r * n..(r + 1) * n],
                 "row {r}"
             );
+        }
+    }
+
+    /// Every kernel this CPU runs: the one [`Kernel::detect`] picks, the AVX2 one where supported
+    /// (also on AVX-512 machines, so it is checked there too), and the portable one.
+    fn kernels_here() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::detect()];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            kernels.push(Kernel::Avx2);
+        }
+        kernels.push(Kernel::Portable);
+        kernels.dedup();
+        kernels
+    }
+
+    /// Each `y[r, j]` as the module doc's chain: `acc = 0`, then per step of `k` in order either
+    /// one fused multiply-add (`fused`) or a rounded product added to `acc`.
+    fn chain_reference(
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        w: &[f32],
+        n: usize,
+        fused: bool,
+    ) -> Vec<f32> {
+        let mut y = vec![0.0f32; rows * n];
+        for r in 0..rows {
+            for j in 0..n {
+                let (xr, wj) = (&x[r * k..][..k], &w[j * k..][..k]);
+                y[r * n + j] = xr.iter().zip(wj).fold(0.0f32, |acc, (&xv, &wv)| {
+                    if fused {
+                        xv.mul_add(wv, acc)
+                    } else {
+                        acc + xv * wv
+                    }
+                });
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_kernel_here_computes_each_element_as_the_fixed_chain_to_the_bit() {
+        let kernels = kernels_here();
+        // The kernel the GEMM uses is always checked, whatever the CPU.
+        assert_eq!(kernels[0], Kernel::detect());
+        // k past KC parks partial sums in `y`; n leaves partial last panels of 5 and 13 columns;
+        // 1..=13 rows reach every micro-tile shape (13 = 12 + 1).
+        for &(k, n) in &[
+            (KC + 77, 3 * NR * PR + 5),
+            (2 * KC + 3, 2 * NR + 13),
+            (7, 3),
+        ] {
+            let w = pseudo_random(n * k, 10);
+            let packed = PackedMatrix::pack(&w, n, k);
+            let x = pseudo_random(13 * k, 11);
+            for &kernel in &kernels {
+                let fused = !matches!(kernel, Kernel::Portable);
+                for rows in 1..=13 {
+                    let x = &x[..rows * k];
+                    let got = run_kernel(kernel, x, rows, &packed);
+                    let want = chain_reference(x, rows, k, &w, n, fused);
+                    for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{kernel:?}, k {k}, n {n}, {rows} rows: element {i} is {got}, \
+                             the chain gives {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 
