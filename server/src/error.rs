@@ -54,6 +54,12 @@ pub enum RequestError {
         "the request body is larger than the limit of {limit_bytes} bytes (--http-max-body-bytes)"
     )]
     BodyTooLarge { limit_bytes: usize },
+    /// A gRPC request message is larger than the server takes; `detail` is tonic's account of
+    /// the size found.
+    #[error(
+        "the request message is larger than the limit of {limit_bytes} bytes (--max-message-bytes): {detail}"
+    )]
+    MessageTooLarge { limit_bytes: usize, detail: String },
     /// A request with this id is in flight already; ids are unique among live requests.
     #[error("a request with id `{request_id}` is already in flight; request ids must be unique")]
     DuplicateRequestId { request_id: String },
@@ -84,7 +90,9 @@ impl RequestError {
             RequestError::NotConfigured { .. } => Code::FailedPrecondition,
             RequestError::UnknownModel { .. } | RequestError::UnknownRoute { .. } => Code::NotFound,
             RequestError::BodyTooLarge { .. } => Code::OutOfRange,
-            RequestError::AtCapacity { .. } => Code::ResourceExhausted,
+            RequestError::AtCapacity { .. } | RequestError::MessageTooLarge { .. } => {
+                Code::ResourceExhausted
+            }
             RequestError::DuplicateRequestId { .. } => Code::AlreadyExists,
             RequestError::DeadlineExceeded => Code::DeadlineExceeded,
             RequestError::Internal { .. } | RequestError::Dropped => Code::Internal,

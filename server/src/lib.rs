@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod outbox;
 pub mod prompt;
 pub mod refusal;
 pub mod stats_log;

@@ -20,12 +20,13 @@ use glimpse_engine::sampling::SamplingParams;
 use glimpse_proto::v1;
 use glimpse_server::admission::Admission;
 use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions};
-use glimpse_server::grpc::{GenerationService, policy_message, wire_policy};
+use glimpse_server::grpc::{DecodeRefusals, GenerationService, policy_message, wire_policy};
 use glimpse_server::http::HttpState;
 use glimpse_server::metrics::{self, BuildInfo, EngineMetrics};
 use glimpse_server::prompt::PromptWork;
 use glimpse_server::stats_log::StatsLog;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use super::{EngineArgs, LoadedEngine};
 
@@ -46,6 +47,31 @@ pub struct ServeArgs {
     /// Largest HTTP request body in bytes; larger ones are refused with 413.
     #[arg(long, default_value_t = 8 << 20, env = "GLIMPSE_HTTP_MAX_BODY_BYTES")]
     http_max_body_bytes: usize,
+    /// Largest gRPC request message in bytes (tonic's default); larger ones are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 4 << 20, env = "GLIMPSE_MAX_MESSAGE_BYTES")]
+    max_message_bytes: usize,
+    /// Seconds a response stream may wait for its client to read (gRPC and HTTP SSE); a client
+    /// that reads nothing for longer has its stream aborted, its slot and KV blocks freed.
+    #[arg(long, default_value_t = 60, env = "GLIMPSE_STREAM_IDLE_TIMEOUT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    stream_idle_timeout_secs: u64,
+    /// Concurrent gRPC streams one HTTP/2 connection may open.
+    #[arg(long, default_value_t = 64, env = "GLIMPSE_MAX_CONCURRENT_STREAMS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: u32,
+    /// Seconds between HTTP/2 pings the gRPC server sends on each connection.
+    #[arg(long, default_value_t = 30, env = "GLIMPSE_HTTP2_KEEPALIVE_INTERVAL_SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    http2_keepalive_interval_secs: u64,
+    /// Seconds a gRPC connection has to answer a ping before it is closed (its streams aborted).
+    #[arg(long, default_value_t = 20, env = "GLIMPSE_HTTP2_KEEPALIVE_TIMEOUT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    http2_keepalive_timeout_secs: u64,
+    /// Seconds of silence before TCP keepalive probes start on a gRPC connection.
+    #[arg(long, default_value_t = 60, env = "GLIMPSE_TCP_KEEPALIVE_SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    tcp_keepalive_secs: u64,
     /// Port of the Prometheus `/metrics` endpoint (0 picks a free one and logs it).
     #[arg(long, default_value_t = 9400, env = "GLIMPSE_METRICS_PORT")]
     metrics_port: u16,
@@ -162,12 +188,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_model_len: model.config.max_model_len,
         started_unix_secs: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
         max_body_bytes: args.http_max_body_bytes,
+        stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout_secs),
     });
     let service = GenerationService {
         engine: engine.clone(),
         prompts,
         model_info,
         admission: Arc::clone(&admission),
+        stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout_secs),
     };
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
@@ -177,12 +205,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         Server::builder()
+            .max_concurrent_streams(args.max_concurrent_streams)
+            .http2_keepalive_interval(Some(Duration::from_secs(
+                args.http2_keepalive_interval_secs,
+            )))
+            .http2_keepalive_timeout(Some(Duration::from_secs(args.http2_keepalive_timeout_secs)))
             .add_service(glimpse_server::health::service(Arc::clone(&admission)))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(v1::generation_server::GenerationServer::new(service))
+            .add_service(DecodeRefusals::new(
+                v1::generation_server::GenerationServer::new(service)
+                    .max_decoding_message_size(args.max_message_bytes),
+                args.max_message_bytes,
+            ))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                TcpIncoming::from(listener)
+                    .with_keepalive(Some(Duration::from_secs(args.tcp_keepalive_secs))),
                 async {
                     let _ = stop_rx.await;
                 },
@@ -203,6 +241,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (addr, Some(server))
     };
     tracing::info!(grpc = %addr, http = %http_addr, metrics = %metrics_addr, model = %model_name, "listening");
+    warn_if_exposed(args.host);
 
     tokio::select! {
         warmed = warm_up(&engine, &tokenizer) => warmed.context("warm-up generation failed")?,
@@ -255,6 +294,17 @@ fn watch_engine(thread: engine_loop::EngineThread, admission: Arc<Admission>) {
         let _ = thread.stopped.await;
         admission.mark_engine_stopped();
     });
+}
+
+/// Warns when the ports are reachable from beyond this machine: none of them authenticates.
+fn warn_if_exposed(host: IpAddr) {
+    if !host.is_loopback() {
+        tracing::warn!(
+            %host,
+            "listening on a non-loopback address: the gRPC, HTTP and metrics ports have no \
+             authentication; keep them on a private network (docs/deploy.md, Security)"
+        );
+    }
 }
 
 /// Completes once no request is in flight.

@@ -1,19 +1,22 @@
 //! The `glimpse.v1.Generation` gRPC service. Handlers admit ([`Admission`], shared with HTTP;
 //! Tokenize and Detokenize too), tokenize off the async runtime ([`PromptWork`]), validate with the engine's validator, submit to the engine thread and forward its events as a stream; they never touch
-//! the model. Every refusal is a [`RequestError`] turned into a status by [`status_of`]. A
-//! dropped stream (client cancel or disconnect) drops the engine's event receiver, which aborts
-//! the request and frees its blocks at the next step. `grpc-timeout` deadlines cover the whole
+//! the model. Every refusal is a [`RequestError`] turned into a status by [`status_of`]; requests
+//! tonic cannot decode are refused through [`DecodeRefusals`]. A dropped stream (client cancel or
+//! disconnect, also while the request is queued) drops the engine's event receiver, which aborts
+//! the request and frees its blocks at the next step, and the admission slot at once; so does a
+//! stream its client stops reading ([`crate::outbox`]). `grpc-timeout` deadlines cover the whole
 //! stream.
 
 mod convert;
 mod deadline;
+mod decode_refusals;
 mod status;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use glimpse_proto::v1::{self, generation_server::Generation};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -21,11 +24,13 @@ use tracing::Instrument;
 use crate::admission::Admission;
 use crate::engine_loop::{EngineHandle, StreamEvent};
 use crate::error::RequestError;
+use crate::outbox;
 use crate::prompt::{Prompt, PromptWork};
 use crate::refusal::new_request_id;
 use status::refused;
 
 pub use convert::{policy_message, wire_policy};
+pub use decode_refusals::DecodeRefusals;
 pub use status::status_of;
 
 /// Everything the handlers share.
@@ -34,6 +39,8 @@ pub struct GenerationService {
     pub prompts: PromptWork,
     pub model_info: v1::ModelInfo,
     pub admission: Arc<Admission>,
+    /// A stream whose client does not read for this long is aborted (`--stream-idle-timeout-secs`).
+    pub stream_idle_timeout: Duration,
 }
 
 type GenerateStream = ReceiverStream<Result<v1::GenerateResponse, Status>>;
@@ -66,22 +73,23 @@ impl GenerationService {
         .map_err(|e| refused(&id, e))?;
         let stop_token_ids = engine_request.stop().stop_token_ids.clone();
         let mut events = self.engine.submit_at(engine_request, arrival);
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = outbox::channel(64, self.stream_idle_timeout);
         let forward = async move {
             let _guard = guard;
             let mut last_token = None;
             loop {
-                let event = match deadline {
-                    Some(at) => match tokio::time::timeout_at(at.into(), events.recv()).await {
-                        Ok(event) => event,
-                        Err(_) => {
-                            let _ = tx
-                                .send(Err(refused(&id, RequestError::DeadlineExceeded)))
-                                .await;
-                            return;
-                        }
-                    },
-                    None => events.recv().await,
+                let next = tokio::select! {
+                    // A client that cancels while its request is queued (no event comes) leaves
+                    // now, not when the engine reaches the request.
+                    () = tx.closed() => return,
+                    next = next_event(&mut events, deadline) => next,
+                };
+                let event = match next {
+                    Ok(event) => event,
+                    Err(deadline_passed) => {
+                        tx.send(Err(refused(&id, deadline_passed))).await;
+                        return;
+                    }
                 };
                 let message = match event {
                     Some(StreamEvent::Token(token)) => {
@@ -96,36 +104,49 @@ impl GenerationService {
                                     ..Default::default()
                                 })),
                             };
-                            if tx.send(Ok(tail)).await.is_err() {
+                            if !tx.send(Ok(tail)).await {
                                 return;
                             }
                         }
-                        let _ = tx
-                            .send(Ok(convert::final_message(
-                                &finished,
-                                last_token,
-                                &stop_token_ids,
-                            )))
-                            .await;
+                        tx.send(Ok(convert::final_message(
+                            &finished,
+                            last_token,
+                            &stop_token_ids,
+                        )))
+                        .await;
                         return;
                     }
                     Some(StreamEvent::Error(e)) => {
-                        let _ = tx.send(Err(refused(&id, e))).await;
+                        tx.send(Err(refused(&id, e))).await;
                         return;
                     }
                     None => {
-                        let _ = tx.send(Err(refused(&id, RequestError::Dropped))).await;
+                        tx.send(Err(refused(&id, RequestError::Dropped))).await;
                         return;
                     }
                 };
-                if tx.send(message).await.is_err() {
-                    // The client went away: dropping `events` aborts the request.
+                if !tx.send(message).await {
+                    // The client went away or stopped reading: dropping `events` aborts the
+                    // request.
                     return;
                 }
             }
         };
         tokio::spawn(forward.in_current_span());
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
+    }
+}
+
+/// The engine's next event for a request, or `DeadlineExceeded` once `deadline` passed.
+async fn next_event(
+    events: &mut UnboundedReceiver<StreamEvent>,
+    deadline: Option<Instant>,
+) -> Result<Option<StreamEvent>, RequestError> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at.into(), events.recv())
+            .await
+            .map_err(|_| RequestError::DeadlineExceeded),
+        None => Ok(events.recv().await),
     }
 }
 

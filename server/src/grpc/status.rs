@@ -1,6 +1,8 @@
 //! The one mapping from a refused or failed request to a gRPC status: every `Status` the service
 //! sends is built here, and counted and logged through [`crate::refusal`].
 
+use std::sync::Arc;
+
 use tonic::Status;
 
 use crate::error::RequestError;
@@ -12,10 +14,13 @@ pub fn status_of(error: RequestError) -> Status {
 }
 
 /// [`status_of`], counted and logged: what a handler returns or streams for a refusal of the
-/// request `request_id`.
+/// request `request_id`. The status carries the error as its source: that is how
+/// [`super::decode_refusals`] tells a handler's refusal from one tonic built itself.
 pub fn refused(request_id: &str, error: RequestError) -> Status {
     refusal::record(request_id, &error);
-    status_of(error)
+    let mut status = status_of(error.clone());
+    status.set_source(Arc::new(error));
+    status
 }
 
 #[cfg(test)]

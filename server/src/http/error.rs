@@ -37,7 +37,9 @@ pub fn http_status(error: &RequestError) -> StatusCode {
         RequestError::UnknownModel { .. } | RequestError::UnknownRoute { .. } => {
             StatusCode::NOT_FOUND
         }
-        RequestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        RequestError::BodyTooLarge { .. } | RequestError::MessageTooLarge { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
         RequestError::AtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
         RequestError::DuplicateRequestId { .. } => StatusCode::CONFLICT,
         RequestError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,

@@ -100,7 +100,12 @@ async fn answer(
         token_ids: plan.return_token_ids,
     };
     if plan.stream {
-        return Ok(stream::respond(responder, choices, plan.include_usage));
+        return Ok(stream::respond(
+            responder,
+            choices,
+            plan.include_usage,
+            state.stream_idle_timeout,
+        ));
     }
     let outputs = choices.collect().await?;
     Ok(json_response(

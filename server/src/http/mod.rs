@@ -46,6 +46,8 @@ pub struct HttpState {
     pub started_unix_secs: u64,
     /// Larger request bodies are refused with 413 (`--http-max-body-bytes`).
     pub max_body_bytes: usize,
+    /// A stream whose client does not read for this long is aborted (`--stream-idle-timeout-secs`).
+    pub stream_idle_timeout: std::time::Duration,
 }
 
 /// The API's routes; unknown paths are 404 in OpenAI's error shape.

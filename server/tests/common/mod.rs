@@ -37,7 +37,8 @@ impl Server {
         Self::start_with(&[])
     }
 
-    /// [`Server::start`] with extra `glimpse serve` flags.
+    /// [`Server::start`] with extra `glimpse serve` flags (which replace the harness's own
+    /// `--kv-memory-bytes` and `--max-waiting` when given).
     pub fn start_with(extra_args: &[&str]) -> Self {
         let (port, metrics_port, http_port) = (free_port(), free_port(), free_port());
         let log = tempfile::NamedTempFile::new().unwrap();
@@ -52,7 +53,12 @@ impl Server {
                 "--http-port",
                 &http_port.to_string(),
             ])
-            .args(["--kv-memory-bytes", "20000000", "--max-waiting", "200"])
+            .args(
+                [["--kv-memory-bytes", "20000000"], ["--max-waiting", "200"]]
+                    .iter()
+                    .filter(|[flag, _]| !extra_args.contains(flag))
+                    .flatten(),
+            )
             .args(extra_args)
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
