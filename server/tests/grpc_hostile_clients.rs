@@ -193,12 +193,24 @@ fn short(text: &str) -> v1::GenerateRequest {
 /// engine has not reached the cancelled one).
 #[test]
 fn a_request_cancelled_while_queued_frees_its_slot_at_once() {
-    let server = Server::start_with(&["--max-num-seqs", "1", "--max-waiting", "1"]);
+    // The retrieval model is slower per token than the bundled one: the first request's 600
+    // tokens take about a second, a thousand times the ~1 ms a promptly noticed cancel needs, so
+    // the test holds on a loaded machine too.
+    let server = Server::start_with(&[
+        "--model",
+        "models/retrieval-byte-6l",
+        "--kv-memory-bytes",
+        "200000000",
+        "--max-num-seqs",
+        "1",
+        "--max-waiting",
+        "1",
+    ]);
     runtime().block_on(async {
         let mut client = server.client().await;
         let long = v1::GenerateRequest {
             input: Some(v1::generate_request::Input::Text("Once".into())),
-            max_tokens: Some(500),
+            max_tokens: Some(600),
             ignore_eos: true,
             ..Default::default()
         };
