@@ -8,7 +8,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, health_of, http_get, http_post, http_post_with, runtime, serving_status};
+use common::{
+    Server, health_of, http_get, http_post, http_post_with, poll_until, runtime, serving_status,
+};
 
 use glimpse_proto::v1::{self, generation_client::GenerationClient};
 use tonic::Code;
@@ -381,14 +383,7 @@ fn a_cancelled_stream_frees_its_blocks() {
         assert!(server.metric("glimpse_kv_blocks_used").unwrap() > 0.0);
         drop(stream);
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.metric("glimpse_kv_blocks_used") != Some(0.0) {
-        assert!(
-            Instant::now() < deadline,
-            "blocks still used after the stream was cancelled"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_for_metric("glimpse_kv_blocks_used", 0.0, Duration::from_secs(10));
     assert_eq!(
         server.metric("glimpse_request_success_total{finished_reason=\"abort\"}"),
         Some(1.0)
@@ -444,18 +439,8 @@ fn sigterm_drains_running_requests_and_refuses_new_ones() {
         assert_eq!(finished.finish_reason(), v1::FinishReason::Length);
         assert_eq!(finished.usage.unwrap().completion_tokens, 480);
     });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(status.success(), "the server exited with {status}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not exit after draining"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = server.wait_for_exit(Duration::from_secs(15));
+    assert!(status.success(), "the server exited with {status}");
 }
 
 /// Probes (k8s, Docker HEALTHCHECK, `glimpse health`) ask the whole server, `service=""`: it must
@@ -748,15 +733,12 @@ fn bench_refuses_oversized_prompts_and_fails_on_failed_requests() {
 }
 
 /// Waits (60 s deadline) until the series `selector` reaches `at_least`.
-fn wait_for_metric(server: &Server, selector: &str, at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.metric(selector).unwrap_or(0.0) < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "{selector} never reached {at_least}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_until_at_least(server: &Server, selector: &str, at_least: f64) {
+    poll_until(
+        &format!("{selector} >= {at_least}"),
+        Duration::from_secs(60),
+        || (server.metric(selector).unwrap_or(0.0) >= at_least).then_some(()),
+    );
 }
 
 #[test]
@@ -778,7 +760,7 @@ fn the_warm_up_generation_is_not_counted_in_request_metrics() {
             .unwrap();
         last.usage.unwrap()
     });
-    wait_for_metric(&server, "glimpse_request_success_total", 1.0);
+    wait_until_at_least(&server, "glimpse_request_success_total", 1.0);
     assert_eq!(
         server.metric_sum("glimpse_request_success_total"),
         Some(1.0)
@@ -802,7 +784,7 @@ fn every_metric_has_help_and_every_series_names_the_model() {
         let status = generate(&mut client, greedy("Hi", 0)).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
     });
-    wait_for_metric(&server, "glimpse_request_errors_total", 1.0);
+    wait_until_at_least(&server, "glimpse_request_errors_total", 1.0);
     let text = server.metrics_text().unwrap();
     let mut series = 0;
     for line in text

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Server, http_get, http_post, runtime};
+use common::{Server, http_get, http_post, http_post_with, poll_until, runtime};
 use glimpse_proto::v1;
 use serde_json::{Value, json};
 
@@ -329,42 +329,27 @@ fn a_client_that_leaves_mid_stream_gets_its_blocks_freed() {
         line.clear();
         reader.read_line(&mut line).unwrap();
     }
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let limit = Duration::from_secs(30);
     let used = || server.metric("glimpse_kv_blocks_used").unwrap_or(0.0);
-    wait_for("the running request never held blocks", &|| used() > 0.0);
+    poll_until("blocks held by the running request", limit, || {
+        (used() > 0.0).then_some(())
+    });
     drop(reader);
     let aborted = || server.metric("glimpse_request_success_total{finished_reason=\"abort\"}");
-    wait_for("blocks not freed after the client left", &|| {
-        used() == 0.0 && aborted() == Some(1.0)
+    poll_until("blocks freed and an abort counted", limit, || {
+        (used() == 0.0 && aborted() == Some(1.0)).then_some(())
     });
-}
-
-/// An HTTP/1.0 POST with an `X-Request-Id` header: the status code.
-fn post_with_id(server: &Server, id: &str, body: &Value) -> u16 {
-    let mut stream = TcpStream::connect(("127.0.0.1", server.http_port)).unwrap();
-    let body = body.to_string();
-    write!(
-        stream,
-        "POST /v1/completions HTTP/1.0\r\nHost: localhost\r\nX-Request-Id: {id}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut status = String::new();
-    BufReader::new(stream).read_line(&mut status).unwrap();
-    status[9..12].parse().unwrap()
 }
 
 #[test]
 fn each_failed_request_is_logged_once_with_its_id_code_and_message() {
     let server = Server::start();
-    let bad_top_p = json!({"prompt": "Hi", "max_tokens": 2, "top_p": 2.0});
-    assert_eq!(post_with_id(&server, "http-bad-top-p", &bad_top_p), 400);
+    let bad_top_p = json!({"prompt": "Hi", "max_tokens": 2, "top_p": 2.0}).to_string();
+    let post_with_id = |id: &str| {
+        let headers = [("X-Request-Id", id)];
+        http_post_with(server.http_port, "/v1/completions", &headers, &bad_top_p).0
+    };
+    assert_eq!(post_with_id("http-bad-top-p"), 400);
     let refused = runtime().block_on(async {
         let request = v1::GenerateRequest {
             request_id: Some("grpc-bad-top-p".into()),
@@ -379,7 +364,7 @@ fn each_failed_request_is_logged_once_with_its_id_code_and_message() {
     });
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     // A later failure's line proves the earlier ones had their chance to be logged twice.
-    assert_eq!(post_with_id(&server, "sentinel", &bad_top_p), 400);
+    assert_eq!(post_with_id("sentinel"), 400);
     server.wait_for_log("sentinel", Duration::from_secs(30));
     for id in ["http-bad-top-p", "grpc-bad-top-p"] {
         let lines = server.log_lines(id);

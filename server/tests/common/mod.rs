@@ -95,36 +95,27 @@ impl Server {
 
     /// Polls the log until a line contains `needle`; all such lines then.
     pub fn wait_for_log(&self, needle: &str, limit: Duration) -> Vec<String> {
-        let deadline = Instant::now() + limit;
-        loop {
+        poll_until(&format!("a log line with {needle:?}"), limit, || {
             let lines = self.log_lines(needle);
-            if !lines.is_empty() {
-                return lines;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?} within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            (!lines.is_empty()).then_some(lines)
+        })
     }
 
     /// HTTP `/health` shares the serving state with gRPC health; polls until it answers 200.
     pub fn wait_until_http_serving(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
+        poll_until("HTTP /health answering 200", limit, || {
             let status = TcpStream::connect(("127.0.0.1", self.http_port))
                 .ok()
                 .map(|_| http_get(self.http_port, "/health"));
-            if status.as_deref().and_then(|r| r.split(' ').nth(1)) == Some("200") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "HTTP /health not 200 {limit:?} after start: {status:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            (status.as_deref().and_then(|r| r.split(' ').nth(1)) == Some("200")).then_some(())
+        })
+    }
+
+    /// Polls `/metrics` until the series `selector` has the value `expected`.
+    pub fn wait_for_metric(&self, selector: &str, expected: f64, limit: Duration) {
+        poll_until(&format!("{selector} = {expected}"), limit, || {
+            (self.metric(selector) == Some(expected)).then_some(())
+        })
     }
 
     /// Open ports are not readiness: the warm-up generation runs after the listeners bind, and
@@ -259,17 +250,9 @@ impl Server {
 
     /// Waits up to `limit` for the process to exit, and returns how it exited.
     pub fn wait_for_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until("the server's exit", limit, || {
+            self.child.try_wait().unwrap()
+        })
     }
 }
 
@@ -277,6 +260,20 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Calls `probe` every 20 ms until it gives a value, and returns it; fails naming `what` after
+/// `limit`. Every wait of these tests is for its condition, never for a fixed time, so they hold on
+/// a busy machine.
+pub fn poll_until<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "no {what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
