@@ -27,6 +27,12 @@ impl<T> Outbox<T> {
     /// Queues `message`; false when the client went away or did not read for the idle timeout,
     /// and the stream is to be given up.
     pub async fn send(&self, message: T) -> bool {
+        // A reading client leaves room in the channel: no timer is armed per message then.
+        let message = match self.tx.try_send(message) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(message)) => message,
+        };
         match tokio::time::timeout(self.idle_timeout, self.tx.send(message)).await {
             Ok(sent) => sent.is_ok(),
             Err(_) => {
