@@ -14,8 +14,9 @@
 //! query row is computed in a tile of many rows in one step and alone (or in a different tile) in
 //! another, e.g. when a preempted sequence is recomputed. So each output is one chain over `i`
 //! (scores) or over ascending lanes (values), whatever the number of query heads in the block or
-//! which lanes other heads use. The AVX-512 kernels fuse each step (one FMA); the portable kernels,
-//! used on CPUs without AVX-512, multiply then add. A process uses one of the two for every row.
+//! which lanes other heads use. The AVX-512 and AVX2 kernels fuse each step (one FMA, which rounds
+//! once) and give the same bits; the portable kernels, used on CPUs without either, multiply then
+//! add. A process uses one of them for every row.
 //! The softmax step reduces its lanes in a fixed tree, padding the lanes a head does not attend
 //! with the operation's identity, so its result does not depend on the vector width either.
 
@@ -45,6 +46,9 @@ pub struct KeyRun<'a> {
 pub enum Kernels {
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// AVX2 with FMA: two 8-lane halves per run, the AVX-512 kernels' bits.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     Portable,
 }
 
@@ -69,8 +73,15 @@ macro_rules! with_rows {
 impl Kernels {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Self::Avx512;
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Self::Avx2;
+            }
         }
         Self::Portable
     }
@@ -96,6 +107,12 @@ impl Kernels {
                 Self::Avx512 => unsafe {
                     with_rows!(out.len(), avx512_scores(q, head_dim, run, scale, out))
                 },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 and FMA were detected; as above, and the masked loads of each
+                // 8-lane half touch lanes below `run.lanes` only.
+                Self::Avx2 => unsafe {
+                    with_rows!(out.len(), avx2_scores(q, head_dim, run, scale, out))
+                },
                 Self::Portable => portable_scores(q, head_dim, run, scale, out),
             }
         }
@@ -116,6 +133,9 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX-512F was detected.
             Self::Avx512 => unsafe { avx512::fold_run(scores, count, max, sum) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2 and FMA were detected.
+            Self::Avx2 => unsafe { avx2::fold_run(scores, count, max, sum) },
             Self::Portable => fold_run(scores, count, max, sum),
         }
     }
@@ -144,6 +164,12 @@ impl Kernels {
                 // SAFETY: AVX-512F was detected; the asserts and slicing above bound every access.
                 Self::Avx512 => unsafe {
                     with_rows!(p.len(), avx512_accumulate(p, values, lanes, head_dim, acc))
+                },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 and FMA were detected; the asserts and slicing above bound every
+                // access.
+                Self::Avx2 => unsafe {
+                    with_rows!(p.len(), avx2_accumulate(p, values, lanes, head_dim, acc))
                 },
                 Self::Portable => portable_accumulate(p, values, lanes, head_dim, acc),
             }
@@ -241,7 +267,115 @@ fn portable_accumulate(
 }
 
 #[cfg(target_arch = "x86_64")]
-use avx512::{accumulate as avx512_accumulate, scores as avx512_scores};
+use {
+    avx2::{accumulate as avx2_accumulate, scores as avx2_scores},
+    avx512::{accumulate as avx512_accumulate, scores as avx512_scores},
+};
+
+/// The AVX-512 kernels on 256-bit vectors: each 16-lane vector of theirs is two 8-lane halves here,
+/// and every lane runs the same chain of fused multiply-adds, so the results are theirs to the bit.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{KeyRun, LANES};
+
+    /// Lanes per 256-bit vector of `f32`.
+    const HALF: usize = LANES / 2;
+
+    /// The mask of the lanes `start + l < end` of the 8-lane vector starting at `start < end`.
+    #[target_feature(enable = "avx2")]
+    fn mask_below(end: usize, start: usize) -> __m256i {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let live = (end - start).min(HALF) as i32;
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(live), lane)
+    }
+
+    /// [`super::fold_run`], compiled for AVX2. It multiplies and adds separately, as the AVX-512
+    /// step does, so the three kernels agree.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn fold_run(
+        scores: &mut [f32; LANES],
+        count: usize,
+        max: &mut f32,
+        sum: &mut f32,
+    ) -> f32 {
+        super::fold_run(scores, count, max, sum)
+    }
+
+    /// `R` query heads against one run, one 8-lane half at a time: `R` accumulators, one masked
+    /// key load and `R` FMAs per dimension.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; `q` holds `R` rows of `head_dim`, `run` passed `check_run`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores<const R: usize>(
+        q: &[f32],
+        head_dim: usize,
+        run: &KeyRun<'_>,
+        scale: f32,
+        out: &mut [[f32; LANES]],
+    ) {
+        let scale = _mm256_set1_ps(scale);
+        for start in (0..run.lanes).step_by(HALF) {
+            let mask = mask_below(run.lanes, start);
+            let mut acc = [_mm256_setzero_ps(); R];
+            for i in 0..head_dim {
+                // SAFETY: `check_run` bounds lanes below `run.lanes` of every dimension, so the
+                // half's first lane is in the slice; the masked load reads no lane past them.
+                let keys = unsafe {
+                    _mm256_maskload_ps(run.keys_t.as_ptr().add(i * run.stride + start), mask)
+                };
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_set1_ps(q[r * head_dim + i]), keys, *a);
+                }
+            }
+            for (a, o) in acc.iter().zip(out.iter_mut()) {
+                // SAFETY: `o` is 16 floats; only lanes below `run.lanes` are written.
+                unsafe {
+                    _mm256_maskstore_ps(o.as_mut_ptr().add(start), mask, _mm256_mul_ps(*a, scale))
+                };
+            }
+        }
+    }
+
+    /// `R` query heads' weighted value sums, 8 dimensions at a time: `R` accumulators, one masked
+    /// value load and `R` FMAs per lane.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; `values` holds `lanes` rows and `acc` `R` rows of `head_dim`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn accumulate<const R: usize>(
+        p: &[[f32; LANES]],
+        values: &[f32],
+        lanes: usize,
+        head_dim: usize,
+        acc: &mut [f32],
+    ) {
+        for j in (0..head_dim).step_by(HALF) {
+            let mask = mask_below(head_dim, j);
+            // SAFETY: the masked loads and stores touch dimensions below `head_dim` of rows the
+            // caller vouches for.
+            unsafe {
+                let mut a: [__m256; R] = std::array::from_fn(|r| {
+                    _mm256_maskload_ps(acc.as_ptr().add(r * head_dim + j), mask)
+                });
+                for (lane, row) in values.chunks_exact(head_dim).take(lanes).enumerate() {
+                    let v = _mm256_maskload_ps(row.as_ptr().add(j), mask);
+                    for (r, a) in a.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_set1_ps(p[r][lane]), v, *a);
+                    }
+                }
+                for (r, a) in a.iter().enumerate() {
+                    _mm256_maskstore_ps(acc.as_mut_ptr().add(r * head_dim + j), mask, *a);
+                }
+            }
+        }
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -398,7 +532,7 @@ mod tests {
 
     /// The softmax step of every kernel this CPU has matches the formula (running max, rescale,
     /// probabilities, denominator) for every lane count, from a fresh head and from one whose max
-    /// moves or stays; the AVX-512 step repeats the portable one to the bit.
+    /// moves or stays; the SIMD steps repeat the portable one to the bit.
     #[test]
     fn the_softmax_step_matches_its_formula_on_every_kernel() {
         let detected = Kernels::detect();
@@ -444,11 +578,33 @@ mod tests {
         }
     }
 
+    /// The portable kernels and the SIMD ones this CPU has. The AVX-512 and AVX2 kernels are
+    /// pinned to the same fused chain, so a CPU with either checks the bits both give.
+    fn kernels_of_this_cpu() -> Vec<Kernels> {
+        let detected = Kernels::detect();
+        if matches!(detected, Kernels::Portable) {
+            eprintln!("no AVX-512 or AVX2+FMA on this CPU: only the portable kernels are tested");
+            vec![Kernels::Portable]
+        } else {
+            vec![Kernels::Portable, detected]
+        }
+    }
+
+    /// One step of a kernel's chain: `acc + a·b`, rounded once when fused and twice when not.
+    fn step(fused: bool, a: f32, b: f32, acc: f32) -> f32 {
+        if fused {
+            a.mul_add(b, acc)
+        } else {
+            acc + a * b
+        }
+    }
+
     /// Every kernel, every block size of query heads: each head's numbers are the ones it gets
-    /// alone (to the bit), and close to a float64 reference.
+    /// alone (to the bit), equal to the scalar chain the kernel is pinned to (fused or not), and
+    /// close to a float64 reference.
     #[test]
     fn each_head_gets_the_same_bits_in_any_block_and_matches_a_reference() {
-        let d = 40; // two vectors, the second one partial
+        let d = 43; // a partial last vector at both widths (16 and 8 lanes)
         let (stride, lanes) = (16, 11);
         let keys_t = pseudo_random(d * stride, 1);
         let values = pseudo_random(lanes * d, 2);
@@ -460,13 +616,8 @@ mod tests {
         };
         let heads = 11; // one full register block and a partial one
         let q = pseudo_random(heads * d, 3);
-        let mut kernels = vec![Kernels::Portable];
-        if matches!(Kernels::detect(), Kernels::Portable) {
-            eprintln!("no AVX-512 on this CPU: only the portable kernels are tested");
-        } else {
-            kernels.push(Kernels::detect());
-        }
-        for kernels in kernels {
+        for kernels in kernels_of_this_cpu() {
+            let fused = !matches!(kernels, Kernels::Portable);
             let mut all = vec![[0.0f32; LANES]; heads];
             kernels.scores(&q, d, &run, 0.5, &mut all);
             let mut acc_all = vec![0.25f32; heads * d];
@@ -483,6 +634,10 @@ mod tests {
                     "{kernels:?} head {h}"
                 );
                 for l in 0..lanes {
+                    let chain = (0..d).fold(0.0f32, |a, i| {
+                        step(fused, q[h * d + i], keys_t[i * stride + l], a)
+                    });
+                    assert_eq!(all[h][l], chain * 0.5, "{kernels:?} {h} {l}: chain");
                     let want: f64 = (0..d)
                         .map(|i| q[h * d + i] as f64 * keys_t[i * stride + l] as f64)
                         .sum::<f64>()
@@ -493,6 +648,9 @@ mod tests {
                     );
                 }
                 for i in 0..d {
+                    let chain = (0..lanes)
+                        .fold(0.25f32, |a, l| step(fused, all[h][l], values[l * d + i], a));
+                    assert_eq!(acc_all[h * d + i], chain, "{kernels:?} {h} {i}: chain");
                     let want: f64 = 0.25
                         + (0..lanes)
                             .map(|l| all[h][l] as f64 * values[l * d + i] as f64)
