@@ -26,7 +26,7 @@ pub enum TlsError {
         detail: Option<String>,
     },
     #[error(
-        "the key in --tls-key-file {key} does not fit the certificate in --tls-cert-file {cert}: {source}"
+        "the key in --tls-key-file {key} cannot be used with the certificate in --tls-cert-file {cert}: {source}"
     )]
     Mismatch {
         cert: PathBuf,
