@@ -300,7 +300,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         (addr, Some(server))
     };
-    tracing::info!(grpc = %addr, http = %http_addr, metrics = %metrics_addr, model = %model_name, "listening");
+    tracing::info!(
+        grpc = %addr,
+        http = %http_addr,
+        metrics = %metrics_addr,
+        model = %model_name,
+        tls = connections.tls.is_some(),
+        auth = token.is_some(),
+        "listening"
+    );
     warn_if_exposed(args.host, connections.tls.is_some(), token.is_some());
 
     tokio::select! {
