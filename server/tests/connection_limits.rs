@@ -163,7 +163,7 @@ fn out_of_file_descriptors_the_server_backs_off_warns_once_per_interval_and_reco
     server.wait_until_started();
     // Well past the server's descriptors, well inside the listen backlog (1024): a connection
     // past the backlog would block in `connect`.
-    let most = 4 * NOFILE as usize;
+    let most = 2 * NOFILE as usize;
     let mut clients = Vec::new();
     let first_warning = poll_until(
         "a warning about failed accepts",
