@@ -178,6 +178,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     metrics::serve(
         net::incoming(metrics_listener, "metrics", Protocol::Http1, &connections),
         metrics_handle,
+        // Only off loopback: a scraper on the same machine (a sidecar, a local Prometheus)
+        // needs no token there.
         token.clone().filter(|_| !args.host.is_loopback()),
         header_read_timeout,
     );
