@@ -59,7 +59,7 @@ fn keep_alive_get(stream: &mut TcpStream, path: &str) -> String {
 
 #[test]
 fn idle_and_half_sent_http_connections_are_closed_after_the_header_read_timeout() {
-    let server = Server::start_with(&["--http-header-read-timeout-secs", "1"]);
+    let server = Server::start_with(&["--http-header-read-timeout-secs", "2"]);
     let limit = Duration::from_secs(15);
     let mut silent = TcpStream::connect(("127.0.0.1", server.http_port)).unwrap();
     let mut partial = TcpStream::connect(("127.0.0.1", server.http_port)).unwrap();

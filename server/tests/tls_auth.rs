@@ -90,7 +90,7 @@ fn with_tls_every_port_speaks_tls_and_plain_text_is_refused() {
             "--tls-key-file",
             key.to_str().unwrap(),
             "--tls-handshake-timeout-secs",
-            "1",
+            "3",
         ],
         |_| {},
     );
@@ -157,7 +157,7 @@ fn with_tls_every_port_speaks_tls_and_plain_text_is_refused() {
     // A client that connects and never says hello is closed after the handshake timeout.
     let mut silent = TcpStream::connect(("127.0.0.1", server.http_port)).unwrap();
     silent
-        .set_read_timeout(Some(Duration::from_secs(15)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut buf = [0u8; 16];
     let read = silent.read(&mut buf);
