@@ -63,6 +63,12 @@ pub enum RequestError {
     /// A request with this id is in flight already; ids are unique among live requests.
     #[error("a request with id `{request_id}` is already in flight; request ids must be unique")]
     DuplicateRequestId { request_id: String },
+    /// The request does not present the bearer token of `--auth-token-file`.
+    #[error(
+        "missing or wrong bearer token: send `authorization: Bearer <token>` with the token of \
+         the server's --auth-token-file"
+    )]
+    Unauthenticated,
     /// The server is draining for shutdown and admits no new requests.
     #[error("the server is shutting down")]
     Draining,
@@ -97,6 +103,7 @@ impl RequestError {
             RequestError::DeadlineExceeded => Code::DeadlineExceeded,
             RequestError::Internal { .. } | RequestError::Dropped => Code::Internal,
             RequestError::Draining | RequestError::ShuttingDown => Code::Unavailable,
+            RequestError::Unauthenticated => Code::Unauthenticated,
         }
     }
 

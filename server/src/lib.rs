@@ -4,12 +4,14 @@
 //! offline jobs to `glimpse-jobs`.
 
 pub mod admission;
+pub mod auth;
 pub mod engine_loop;
 pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod outbox;
 pub mod prompt;
 pub mod refusal;

@@ -13,7 +13,10 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::auth::BearerToken;
 use crate::engine_loop::{EngineCore, StepObserver, StepReport};
+use crate::http::require_token;
+use crate::net::{Incoming, serve_http1};
 
 /// vLLM's TTFT buckets (seconds).
 const TTFT_BUCKETS: &[f64] = &[
@@ -319,9 +322,14 @@ pub fn install(info: &BuildInfo<'_>) -> Result<PrometheusHandle, BuildError> {
     Ok(handle)
 }
 
-/// Serves `GET /metrics` from `handle` on `listener` (every other path is 404) and runs the
-/// recorder's upkeep, until the runtime stops.
-pub fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+/// Serves `GET /metrics` from `handle` on `incoming` (every other path is 404; with `token`, it
+/// is required) and runs the recorder's upkeep, until the runtime stops.
+pub fn serve(
+    incoming: Incoming,
+    handle: PrometheusHandle,
+    token: Option<BearerToken>,
+    header_read_timeout: Duration,
+) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
@@ -334,11 +342,14 @@ pub fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
         "/metrics",
         axum::routing::get(move || std::future::ready(handle.render())),
     );
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "the metrics endpoint stopped");
-        }
-    });
+    let app = require_token(app, token);
+    serve_http1(
+        incoming,
+        app,
+        header_read_timeout,
+        "metrics",
+        std::future::pending(),
+    );
 }
 
 /// Counts a request that failed with gRPC status `code` (e.g. `INVALID_ARGUMENT`).

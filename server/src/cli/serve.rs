@@ -10,6 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,14 +20,18 @@ use glimpse_engine::eviction::PolicyKind;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_proto::v1;
 use glimpse_server::admission::Admission;
+use glimpse_server::auth::BearerToken;
 use glimpse_server::engine_loop::{self, GenerationRequest, StopConditions};
-use glimpse_server::grpc::{DecodeRefusals, GenerationService, policy_message, wire_policy};
+use glimpse_server::grpc::{
+    DecodeRefusals, GenerationService, TokenCheck, policy_message, wire_policy,
+};
 use glimpse_server::http::HttpState;
 use glimpse_server::metrics::{self, BuildInfo, EngineMetrics};
+use glimpse_server::net::{self, Protocol};
 use glimpse_server::prompt::PromptWork;
 use glimpse_server::stats_log::StatsLog;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use super::{EngineArgs, LoadedEngine};
 
@@ -68,10 +73,35 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 20, env = "GLIMPSE_HTTP2_KEEPALIVE_TIMEOUT_SECS",
           value_parser = clap::value_parser!(u64).range(1..))]
     http2_keepalive_timeout_secs: u64,
-    /// Seconds of silence before TCP keepalive probes start on a gRPC connection.
+    /// Seconds of silence before TCP keepalive probes start on a connection (every port).
     #[arg(long, default_value_t = 60, env = "GLIMPSE_TCP_KEEPALIVE_SECS",
           value_parser = clap::value_parser!(u64).range(1..))]
     tcp_keepalive_secs: u64,
+    /// Connections each port (gRPC, HTTP, metrics) holds at once; more wait, unaccepted, in the
+    /// kernel's listen backlog until one closes.
+    #[arg(long, default_value_t = 1024, env = "GLIMPSE_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds an HTTP connection (API and metrics ports) has to send a request's header,
+    /// counted from its start and from the end of each response: one that sends nothing, a
+    /// partial header, or idles between requests for longer is closed.
+    #[arg(long, default_value_t = 30, env = "GLIMPSE_HTTP_HEADER_READ_TIMEOUT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    http_header_read_timeout_secs: u64,
+    /// PEM certificate chain: with `--tls-key-file`, every port speaks TLS only.
+    #[arg(long, env = "GLIMPSE_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `--tls-cert-file`.
+    #[arg(long, env = "GLIMPSE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// Seconds a client has to finish its TLS handshake; then the connection is closed.
+    #[arg(long, default_value_t = 10, env = "GLIMPSE_TLS_HANDSHAKE_TIMEOUT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    tls_handshake_timeout_secs: u64,
+    /// File holding the bearer token requests must send (`Authorization: Bearer <token>`) on
+    /// gRPC, HTTP and, when not on loopback, metrics; health stays open.
+    #[arg(long, env = "GLIMPSE_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
     /// Port of the Prometheus `/metrics` endpoint (0 picks a free one and logs it).
     #[arg(long, default_value_t = 9400, env = "GLIMPSE_METRICS_PORT")]
     metrics_port: u16,
@@ -107,6 +137,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => Some(net::load_tls(cert, key)?),
+        _ => None,
+    };
+    let token = args
+        .auth_token_file
+        .as_deref()
+        .map(BearerToken::load)
+        .transpose()?;
+    let connections = net::Settings {
+        max_connections: args.max_connections as usize,
+        tcp_keepalive: Duration::from_secs(args.tcp_keepalive_secs),
+        tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout_secs),
+        tls,
+    };
+    let header_read_timeout = Duration::from_secs(args.http_header_read_timeout_secs);
     let LoadedEngine {
         location,
         model,
@@ -129,7 +175,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding metrics port {}:{}", args.host, args.metrics_port))?;
     let metrics_addr = metrics_listener.local_addr()?;
-    metrics::serve(metrics_listener, metrics_handle);
+    metrics::serve(
+        net::incoming(metrics_listener, "metrics", Protocol::Http1, &connections),
+        metrics_handle,
+        // Only off loopback: a scraper on the same machine (a sidecar, a local Prometheus)
+        // needs no token there.
+        token.clone().filter(|_| !args.host.is_loopback()),
+        header_read_timeout,
+    );
     let eviction = core.validator().limits().eviction;
     let stats_log = StatsLog::every(Duration::from_secs(args.log_stats_interval_secs));
     let (engine, engine_thread) = engine_loop::spawn(core, (EngineMetrics, stats_log));
@@ -203,6 +256,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding gRPC port {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let check = TokenCheck(token.clone());
     let server = tokio::spawn(
         Server::builder()
             .max_concurrent_streams(args.max_concurrent_streams)
@@ -211,16 +265,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )))
             .http2_keepalive_timeout(Some(Duration::from_secs(args.http2_keepalive_timeout_secs)))
             .add_service(glimpse_server::health::service(Arc::clone(&admission)))
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(DecodeRefusals::new(
-                v1::generation_server::GenerationServer::new(service)
-                    .max_decoding_message_size(args.max_message_bytes),
-                args.max_message_bytes,
+            .add_service(InterceptedService::new(reflection_v1, check.clone()))
+            .add_service(InterceptedService::new(reflection_v1alpha, check.clone()))
+            .add_service(InterceptedService::new(
+                DecodeRefusals::new(
+                    v1::generation_server::GenerationServer::new(service)
+                        .max_decoding_message_size(args.max_message_bytes),
+                    args.max_message_bytes,
+                ),
+                check,
             ))
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener)
-                    .with_keepalive(Some(Duration::from_secs(args.tcp_keepalive_secs))),
+                net::incoming(listener, "gRPC", Protocol::Grpc, &connections),
                 async {
                     let _ = stop_rx.await;
                 },
@@ -237,11 +293,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let stop = async {
             let _ = http_stop_rx.await;
         };
-        let server = glimpse_server::http::serve(listener, http_state, stop);
+        let server = glimpse_server::http::serve(
+            net::incoming(listener, "HTTP", Protocol::Http1, &connections),
+            http_state,
+            token.clone(),
+            header_read_timeout,
+            stop,
+        );
         (addr, Some(server))
     };
-    tracing::info!(grpc = %addr, http = %http_addr, metrics = %metrics_addr, model = %model_name, "listening");
-    warn_if_exposed(args.host);
+    tracing::info!(
+        grpc = %addr,
+        http = %http_addr,
+        metrics = %metrics_addr,
+        model = %model_name,
+        tls = connections.tls.is_some(),
+        auth = token.is_some(),
+        "listening"
+    );
+    warn_if_exposed(args.host, connections.tls.is_some(), token.is_some());
 
     tokio::select! {
         warmed = warm_up(&engine, &tokenizer) => warmed.context("warm-up generation failed")?,
@@ -296,13 +366,15 @@ fn watch_engine(thread: engine_loop::EngineThread, admission: Arc<Admission>) {
     });
 }
 
-/// Warns when the ports are reachable from beyond this machine: none of them authenticates.
-fn warn_if_exposed(host: IpAddr) {
-    if !host.is_loopback() {
+/// Warns when the ports are reachable from beyond this machine with neither TLS nor a token.
+fn warn_if_exposed(host: IpAddr, tls: bool, auth: bool) {
+    if !host.is_loopback() && !tls && !auth {
         tracing::warn!(
             %host,
-            "listening on a non-loopback address: the gRPC, HTTP and metrics ports have no \
-             authentication; keep them on a private network (docs/deploy.md, Security)"
+            "listening on a non-loopback address without TLS (--tls-cert-file, --tls-key-file) \
+             or authentication (--auth-token-file): anyone who reaches the gRPC, HTTP and \
+             metrics ports can use them; keep them on a private network (docs/deploy.md, \
+             Security)"
         );
     }
 }

@@ -8,6 +8,7 @@
 //! stream its client stops reading ([`crate::outbox`]). `grpc-timeout` deadlines cover the whole
 //! stream.
 
+mod auth;
 mod convert;
 mod deadline;
 mod decode_refusals;
@@ -30,6 +31,7 @@ use crate::prompt::{Prompt, PromptWork};
 use crate::refusal::new_request_id;
 use status::refused;
 
+pub use auth::TokenCheck;
 pub use convert::{policy_message, wire_policy};
 pub use decode_refusals::DecodeRefusals;
 pub use status::status_of;

@@ -45,6 +45,7 @@ pub fn http_status(error: &RequestError) -> StatusCode {
         RequestError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         RequestError::Internal { .. } | RequestError::Dropped => StatusCode::INTERNAL_SERVER_ERROR,
         RequestError::Draining | RequestError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        RequestError::Unauthenticated => StatusCode::UNAUTHORIZED,
     }
 }
 
@@ -65,6 +66,7 @@ pub fn error_body(request_id: &str, error: &RequestError) -> Value {
     };
     let code = match error {
         RequestError::UnknownModel { .. } => "model_not_found".to_string(),
+        RequestError::Unauthenticated => "invalid_api_key".to_string(),
         _ => code_name(error.code()).to_lowercase(),
     };
     json!({"error": {"message": error.to_string(), "type": kind, "param": param, "code": code}})
@@ -91,6 +93,7 @@ mod tests {
             (RequestError::Draining, 503),
             (RequestError::Dropped, 500),
             (RequestError::BodyTooLarge { limit_bytes: 10 }, 413),
+            (RequestError::Unauthenticated, 401),
             (
                 RequestError::UnknownModel {
                     requested: "gpt-4".into(),

@@ -6,6 +6,7 @@
 //! OpenAI's JSON to a [`crate::validation::RawRequest`] and engine events back to JSON. Every
 //! refusal is a [`crate::error::RequestError`] answered by [`error`] in OpenAI's error shape.
 
+mod auth;
 mod body;
 mod choices;
 mod convert;
@@ -18,7 +19,9 @@ mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+pub use auth::require_token;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
@@ -29,8 +32,10 @@ use axum::routing::{get, post};
 use serde_json::Value;
 
 use crate::admission::Admission;
+use crate::auth::BearerToken;
 use crate::engine_loop::EngineHandle;
 use crate::error::RequestError;
+use crate::net::{Incoming, serve_http1};
 use crate::prompt::PromptWork;
 use crate::refusal::new_request_id;
 
@@ -65,18 +70,17 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes and open responses end.
+/// Serves the API on `incoming` until `shutdown` completes and open responses end; with `token`,
+/// every path but `/health` requires it.
 pub fn serve(
-    listener: tokio::net::TcpListener,
+    incoming: Incoming,
     state: Arc<HttpState>,
+    token: Option<BearerToken>,
+    header_read_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown);
-        if let Err(error) = server.await {
-            tracing::error!(%error, "the HTTP API stopped");
-        }
-    })
+    let app = require_token(router(state), token);
+    serve_http1(incoming, app, header_read_timeout, "HTTP", shutdown)
 }
 
 /// A JSON response.

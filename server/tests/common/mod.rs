@@ -40,9 +40,18 @@ impl Server {
     /// [`Server::start`] with extra `glimpse serve` flags (which replace the harness's own
     /// `--kv-memory-bytes` and `--max-waiting` when given).
     pub fn start_with(extra_args: &[&str]) -> Self {
+        let server = Self::spawn(extra_args, |_| {});
+        server.wait_until_started();
+        server
+    }
+
+    /// Starts `glimpse serve` with `extra_args` as [`Server::start_with`] does, after `configure`
+    /// has adjusted the command (resource limits, say), and returns without waiting for it.
+    pub fn spawn(extra_args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
         let (port, metrics_port, http_port) = (free_port(), free_port(), free_port());
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_glimpse"));
+        command
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .args([
                 "serve",
@@ -61,26 +70,31 @@ impl Server {
             )
             .args(extra_args)
             .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .expect("glimpse serve starts");
-        let server = Self {
+            .stderr(log.reopen().unwrap());
+        configure(&mut command);
+        let child = command.spawn().expect("glimpse serve starts");
+        Self {
             child,
             grpc: format!("http://127.0.0.1:{port}"),
             metrics_port,
             http_port,
             log,
-        };
+        }
+    }
+
+    /// Waits until a plain-text, unauthenticated server answers metrics, gRPC health (SERVING)
+    /// and HTTP `/health`.
+    pub fn wait_until_started(&self) {
+        let port = self.grpc.rsplit(':').next().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while server.metric("glimpse_kv_blocks_total").is_none()
-            || TcpStream::connect(("127.0.0.1", port)).is_err()
+        while self.metric("glimpse_kv_blocks_total").is_none()
+            || TcpStream::connect(format!("127.0.0.1:{port}")).is_err()
         {
             assert!(Instant::now() < deadline, "the server did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
-        runtime().block_on(server.wait_until_serving(Duration::from_secs(60)));
-        server.wait_until_http_serving(Duration::from_secs(60));
-        server
+        runtime().block_on(self.wait_until_serving(Duration::from_secs(60)));
+        self.wait_until_http_serving(Duration::from_secs(60));
     }
 
     /// The log lines written so far that contain `needle`.
