@@ -7,7 +7,23 @@
 
 use super::linear::PackedMatrix;
 use crate::config::WeightsDtype;
+use crate::loader::CheckpointTensor;
 use crate::model::{LayerWeights, LinearWeights, ModelWeights};
+
+/// Rows of a checkpoint matrix widened to f32 at a time while packing: the staging buffer stays
+/// a few MiB whatever the matrix (a large vocabulary's embedding table is gigabytes in f32).
+const PACK_CHUNK_ROWS: usize = 1024;
+
+/// Packs checkpoint matrix `tensor` into rows `first..` of `weight`, a chunk of rows at a time.
+fn pack_rows(weight: &mut PackedMatrix, first: usize, tensor: &CheckpointTensor) {
+    let rows = tensor.shape()[0];
+    let mut staging = Vec::new();
+    for start in (0..rows).step_by(PACK_CHUNK_ROWS) {
+        let end = (start + PACK_CHUNK_ROWS).min(rows);
+        tensor.rows_to_f32(start..end, &mut staging);
+        weight.set_rows(first + start, &staging);
+    }
+}
 
 /// A linear layer `y = x·Wᵀ + b` with `W [out_features, in_features]`.
 pub struct Linear {
@@ -19,7 +35,7 @@ pub struct Linear {
 
 impl Linear {
     /// Stacks the checkpoint matrices `parts` (same input width) along the output axis in
-    /// `dtype`, packing one part at a time so only one part's row-major f32 form is held at once.
+    /// `dtype`, packing a chunk of rows at a time so no matrix is held whole in both layouts.
     fn stack(parts: &[&LinearWeights], dtype: WeightsDtype) -> Self {
         let out_features = parts.iter().map(|p| p.out_features()).sum();
         let mut weight = PackedMatrix::zeros(out_features, parts[0].in_features(), dtype);
@@ -29,7 +45,7 @@ impl Linear {
             .then(|| Vec::with_capacity(out_features));
         let mut first_row = 0;
         for part in parts {
-            weight.set_rows(first_row, &part.weight.to_f32());
+            pack_rows(&mut weight, first_row, &part.weight);
             first_row += part.out_features();
             if let (Some(b), Some(part_bias)) = (bias.as_mut(), &part.bias) {
                 b.extend(part_bias.to_f32());
@@ -114,13 +130,10 @@ impl CpuWeights {
     /// model was loaded).
     pub fn new(w: &ModelWeights, dtype: WeightsDtype) -> Self {
         let shape = w.embed_tokens.shape();
+        let mut embed_tokens = PackedMatrix::zeros(shape[0], shape[1], dtype);
+        pack_rows(&mut embed_tokens, 0, &w.embed_tokens);
         Self {
-            embed_tokens: PackedMatrix::pack_as(
-                &w.embed_tokens.to_f32(),
-                shape[0],
-                shape[1],
-                dtype,
-            ),
+            embed_tokens,
             layers: w.layers.iter().map(|l| CpuLayer::new(l, dtype)).collect(),
             norm: w.norm.to_f32(),
             lm_head: w.lm_head.as_ref().map(|l| Linear::stack(&[l], dtype)),
