@@ -4,13 +4,14 @@
 //!
 //! `cargo bench -p glimpse-engine --bench forward -- --model DIR --json OUT.json
 //!  [--prefill 512,4096] [--decode-batches 1,16] [--decode-prompt 128] [--decode-tokens 64]
-//!  [--repeats 3]`
+//!  [--repeats 3] [--dtype auto|f32|bf16]`
 
 use std::time::Instant;
 
 use clap::Parser;
 use glimpse_engine::backend::{Backend, Device, create_backend};
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use glimpse_engine::config::DtypeChoice;
 use glimpse_engine::model::Model;
 
 /// Engine forward-pass benchmark: prefill and decode tokens/s, and memory copy bandwidth.
@@ -19,6 +20,9 @@ struct Args {
     /// Model folder.
     #[arg(long)]
     model: String,
+    /// Dtype of the weight matrices: `auto` (the checkpoint's), `f32` or `bf16`.
+    #[arg(long, default_value_t = DtypeChoice::Auto)]
+    dtype: DtypeChoice,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<String>,
@@ -193,7 +197,7 @@ fn decode_seconds(
 
 fn main() {
     let args = Args::parse();
-    let model = Model::load(std::path::Path::new(&args.model)).expect("model loads");
+    let model = Model::load_as(std::path::Path::new(&args.model), args.dtype).expect("model loads");
     let vocab = model.config.vocab_size;
     let block_size = 16;
     let max_prefill = args.prefill.iter().copied().max().unwrap_or(0);
@@ -216,7 +220,7 @@ fn main() {
         bandwidth / 1e9,
         read / 1e9
     );
-    let weight_bytes = model.weights.num_bytes_f32() as f64;
+    let weight_bytes = model.weights.num_bytes(model.dtype) as f64;
 
     let mut prefill = Vec::new();
     for &n in &args.prefill {
@@ -264,6 +268,7 @@ fn main() {
     }
     let report = serde_json::json!({
         "engine": "glimpse-cpu",
+        "dtype": model.dtype.to_string(),
         "threads": threads,
         "parameters": model.weights.num_parameters(),
         "weight_bytes": weight_bytes,

@@ -1,7 +1,7 @@
 //! `glimpse generate` through the real binary: `--model ORG/NAME` found in a Hugging Face hub
 //! cache laid out as `huggingface_hub` writes it (blobs, `refs/main`, a snapshot of symlinks),
 //! here holding the bundled stories260K; a missing id refused naming every place looked; and the
-//! sampling used logged with where each value came from.
+//! sampling used logged with where each value came from; `--dtype` sizing the packed weights.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -150,5 +150,45 @@ fn help_states_the_model_lookup_without_download_and_the_default_sampling() {
                 "glimpse {command} --help lacks {part:?}"
             );
         }
+    }
+}
+
+/// `weight_bytes` of the start-up log line `weights packed for the CPU`.
+fn packed_weight_bytes(stderr: &str) -> usize {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("weights packed for the CPU"))
+        .unwrap_or_else(|| panic!("no `weights packed` line in:\n{stderr}"));
+    let value = line.split("weight_bytes=").nth(1).expect("weight_bytes");
+    value
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn dtype_bf16_halves_the_packed_weights_and_an_unknown_dtype_is_refused_by_name() {
+    let cache = tempfile::tempdir().unwrap();
+    let run = |dtype: &str| {
+        let out = generate(
+            cache.path(),
+            &["--dtype", dtype, "--max-tokens", "2", "--temperature", "0"],
+        );
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "--dtype {dtype}: {stderr}");
+        assert!(stderr.contains(&format!("dtype={dtype}")), "{stderr}");
+        packed_weight_bytes(&stderr)
+    };
+    let (f32_bytes, bf16_bytes) = (run("f32"), run("bf16"));
+    // Half, but for the norm weights, which stay f32.
+    let ratio = bf16_bytes as f64 / f32_bytes as f64;
+    assert!((0.5..0.51).contains(&ratio), "{bf16_bytes} / {f32_bytes}");
+    let out = generate(cache.path(), &["--dtype", "fp8", "--max-tokens", "2"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "an unknown dtype must fail");
+    for part in ["--dtype", "fp8", "auto, f32, bf16"] {
+        assert!(stderr.contains(part), "no {part:?} in:\n{stderr}");
     }
 }

@@ -1,6 +1,7 @@
 //! docs/design.md §3 "batching is invisible": a request's output is the same token for token whether it
 //! ran alone or among 64 others, split by chunked prefill and preempted and recomputed — greedy and
-//! seeded sampling, on the bundled stories260K and on a Qwen3 fixture model.
+//! seeded sampling, on the bundled stories260K and on a Qwen3 fixture model, with f32 and bf16
+//! weights.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use glimpse_engine::backend::{Device, create_backend};
+use glimpse_engine::config::DtypeChoice;
 use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -33,9 +35,9 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(model_dir: &Path) -> Self {
+    fn new(model_dir: &Path, dtype: DtypeChoice) -> Self {
         Self {
-            model: Model::load(model_dir).unwrap(),
+            model: Model::load_as(model_dir, dtype).unwrap(),
             // Fixture models have no tokenizer; any tokenizer whose vocabulary covers theirs
             // serves the detokenizer, and outputs are compared as token ids.
             tokenizer: Arc::new(Tokenizer::from_dir(repo().join("models/stories260K")).unwrap()),
@@ -115,8 +117,8 @@ fn run_together(core: &mut EngineCore, requests: &[GenerationRequest]) -> (Vec<V
     (streams.iter_mut().map(drain).collect(), preemptions)
 }
 
-fn check_batching_is_invisible(model_dir: &Path, sampled: bool) {
-    let setup = Setup::new(model_dir);
+fn check_batching_is_invisible(model_dir: &Path, sampled: bool, dtype: DtypeChoice) {
+    let setup = Setup::new(model_dir, dtype);
     let vocab = setup.model.config.vocab_size as u32;
     let requests = random_requests(64, vocab, sampled);
     // Small step budget and pool: prompts are chunked and sequences preempted.
@@ -144,15 +146,27 @@ fn check_batching_is_invisible(model_dir: &Path, sampled: bool) {
 
 #[test]
 fn greedy_outputs_are_the_same_alone_and_batched_on_stories260k() {
-    check_batching_is_invisible(&repo().join("models/stories260K"), false);
+    check_batching_is_invisible(&repo().join("models/stories260K"), false, DtypeChoice::Auto);
+}
+
+#[test]
+fn greedy_outputs_are_the_same_alone_and_batched_on_stories260k_in_bf16() {
+    check_batching_is_invisible(&repo().join("models/stories260K"), false, DtypeChoice::Bf16);
 }
 
 #[test]
 fn seeded_sampling_is_the_same_alone_and_batched_on_stories260k() {
-    check_batching_is_invisible(&repo().join("models/stories260K"), true);
+    check_batching_is_invisible(&repo().join("models/stories260K"), true, DtypeChoice::Auto);
 }
 
 #[test]
 fn greedy_outputs_are_the_same_alone_and_batched_on_a_qwen3_fixture() {
-    check_batching_is_invisible(&repo().join("engine/tests/fixtures/qwen3_qknorm"), false);
+    let fixture = repo().join("engine/tests/fixtures/qwen3_qknorm");
+    check_batching_is_invisible(&fixture, false, DtypeChoice::Auto);
+}
+
+#[test]
+fn greedy_outputs_are_the_same_alone_and_batched_on_a_qwen3_fixture_in_bf16() {
+    let fixture = repo().join("engine/tests/fixtures/qwen3_qknorm");
+    check_batching_is_invisible(&fixture, false, DtypeChoice::Bf16);
 }

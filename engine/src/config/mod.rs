@@ -4,11 +4,13 @@
 //! decided here, so the forward pass only sees flags. Unsupported configurations fail at load, never
 //! in the middle of a forward pass.
 
+mod dtype;
 mod generation;
 mod raw;
 
 use std::path::Path;
 
+pub use dtype::{DtypeChoice, WeightsDtype};
 pub use generation::GenerationConfig;
 use raw::{RawConfig, RawRope};
 

@@ -177,3 +177,21 @@ fn out_of_range_generation_defaults_are_refused_naming_file_and_field() {
         );
     }
 }
+
+#[test]
+fn dtype_auto_follows_the_checkpoint_and_f16_runs_in_f32() {
+    use crate::loader::WeightDtype;
+    let resolve =
+        |choice: &str, checkpoint| choice.parse::<DtypeChoice>().unwrap().resolve(checkpoint);
+    assert_eq!(resolve("auto", WeightDtype::BF16), WeightsDtype::Bf16);
+    assert_eq!(resolve("auto", WeightDtype::F32), WeightsDtype::F32);
+    assert_eq!(resolve("auto", WeightDtype::F16), WeightsDtype::F32);
+    assert_eq!(resolve("bf16", WeightDtype::F32), WeightsDtype::Bf16);
+    assert_eq!(resolve("bfloat16", WeightDtype::F16), WeightsDtype::Bf16);
+    assert_eq!(resolve("f32", WeightDtype::BF16), WeightsDtype::F32);
+    let err = "fp8".parse::<DtypeChoice>().unwrap_err().to_string();
+    assert!(
+        err.contains("dtype") && err.contains("fp8") && err.contains("auto, f32, bf16"),
+        "{err}"
+    );
+}

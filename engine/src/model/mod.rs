@@ -13,7 +13,7 @@ pub use identity::BaseModelIdentity;
 pub use rope::RopeTables;
 pub use weights::{LayerWeights, LinearWeights, ModelWeights};
 
-use crate::config::{GenerationConfig, ModelConfig};
+use crate::config::{DtypeChoice, GenerationConfig, ModelConfig, WeightsDtype};
 use crate::error::Result;
 use crate::loader::WeightFiles;
 
@@ -23,25 +23,38 @@ pub struct Model {
     pub config: ModelConfig,
     pub generation: GenerationConfig,
     pub weights: ModelWeights,
+    /// The dtype a backend holds the matrices in (`--dtype`, resolved against the checkpoint's).
+    pub dtype: WeightsDtype,
 }
 
 impl Model {
-    /// Loads `config.json`, `generation_config.json` (optional) and the safetensors weights of `dir`.
+    /// Loads `config.json`, `generation_config.json` (optional) and the safetensors weights of
+    /// `dir`, to run in the checkpoint's own dtype ([`DtypeChoice::Auto`]).
     ///
     /// Fails with an error naming the file and the field or tensor when anything is missing,
     /// misshapen, of an unsupported dtype or malformed.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_as(dir, DtypeChoice::Auto)
+    }
+
+    /// [`Model::load`], to run with its matrices in `dtype`.
+    pub fn load_as(dir: &Path, dtype: DtypeChoice) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let generation =
             GenerationConfig::from_file_if_present(&dir.join("generation_config.json"))?;
         let files = WeightFiles::open(dir)?;
         let weights = ModelWeights::load(&config, &files)?;
+        // The checkpoint's dtype is its embedding table's: checkpoints store every matrix alike.
+        let checkpoint_dtype = weights.embed_tokens.dtype();
+        let dtype = dtype.resolve(checkpoint_dtype);
         tracing::info!(
             dir = %dir.display(),
             architecture = ?config.architecture,
             layers = config.num_layers,
             hidden = config.hidden_size,
             parameters = weights.num_parameters(),
+            checkpoint_dtype = ?checkpoint_dtype,
+            %dtype,
             "model loaded"
         );
         Ok(Self {
@@ -49,6 +62,7 @@ impl Model {
             config,
             generation,
             weights,
+            dtype,
         })
     }
 

@@ -4,7 +4,7 @@
 //! into its own weights type at construction (the CPU backend packs it for its GEMM), and training
 //! reads the same tensors into candle.
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, WeightsDtype};
 use crate::error::{EngineError, Result};
 use crate::loader::{CheckpointTensor, WeightFiles};
 
@@ -173,9 +173,10 @@ impl ModelWeights {
                 .map_or(0, LinearWeights::num_parameters)
     }
 
-    /// Bytes read from memory per decode step at f32: every parameter once.
-    pub fn num_bytes_f32(&self) -> usize {
-        self.num_parameters() * std::mem::size_of::<f32>()
+    /// Bytes read from memory per decode step with weights in `dtype`: every parameter once
+    /// (the few f32 vectors of a bf16 model counted at 2 bytes, a rounding error).
+    pub fn num_bytes(&self, dtype: WeightsDtype) -> usize {
+        self.num_parameters() * dtype.size_bytes()
     }
 }
 

@@ -47,7 +47,14 @@ pub struct PromptReference {
 }
 
 pub fn load_references(dir: &Path) -> Vec<PromptReference> {
-    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    load_references_from(&dir.join("reference.safetensors"), "")
+}
+
+/// The references in the safetensors file `path` whose tensor names start with
+/// `p{i}.{prefix}` (`prefix` "" for transformers' own run, "f32_" for the float32 run on bf16
+/// matrices in `reference_bf16.safetensors`); prompts are always `p{i}.prompt_ids`.
+pub fn load_references_from(path: &Path, prefix: &str) -> Vec<PromptReference> {
+    let bytes = std::fs::read(path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ints = |name: &str| -> Vec<u32> {
         let t = st.tensor(name).unwrap();
@@ -70,9 +77,9 @@ pub fn load_references(dir: &Path) -> Vec<PromptReference> {
         .take_while(|i| st.tensor(&format!("p{i}.prompt_ids")).is_ok())
         .map(|i| PromptReference {
             prompt: ints(&format!("p{i}.prompt_ids")),
-            prefill_logits: rows(&format!("p{i}.prefill_logits")),
-            decode_logits: rows(&format!("p{i}.decode_logits")),
-            greedy_ids: ints(&format!("p{i}.greedy_ids")),
+            prefill_logits: rows(&format!("p{i}.{prefix}prefill_logits")),
+            decode_logits: rows(&format!("p{i}.{prefix}decode_logits")),
+            greedy_ids: ints(&format!("p{i}.{prefix}greedy_ids")),
         })
         .collect()
 }

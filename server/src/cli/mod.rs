@@ -13,6 +13,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use glimpse_engine::EngineError;
 use glimpse_engine::backend::{Device, create_backend};
+use glimpse_engine::config::DtypeChoice;
 use glimpse_engine::eviction::{EvictionPolicy, PolicyKind, PolicyKnobs};
 use glimpse_engine::hub::{MODEL_FLAG_HELP, ModelLocation, find_model};
 use glimpse_engine::lookahead::LookaheadModule;
@@ -60,6 +61,10 @@ pub struct EngineArgs {
     /// Device to run on: `cpu`, or `cuda:N` in CUDA builds.
     #[arg(long, default_value = "cpu", env = "GLIMPSE_DEVICE")]
     pub device: String,
+    /// Dtype the weight matrices are held in: `auto` (the checkpoint's: bf16 stays bf16, f32 and
+    /// f16 run in f32), `f32` or `bf16` (half the memory; activations stay f32).
+    #[arg(long, default_value_t = DtypeChoice::Auto, env = "GLIMPSE_DTYPE")]
+    pub dtype: DtypeChoice,
     /// KV cache memory in bytes (takes precedence over --kv-memory-fraction).
     #[arg(long, env = "GLIMPSE_KV_MEMORY_BYTES")]
     pub kv_memory_bytes: Option<u64>,
@@ -148,8 +153,8 @@ impl EngineArgs {
     pub fn load(&self) -> anyhow::Result<LoadedEngine> {
         let location = find_model(&self.model.clone().unwrap_or_else(default_model_dir))?;
         let dir = &location.dir;
-        let model =
-            Model::load(dir).with_context(|| format!("loading model from {}", dir.display()))?;
+        let model = Model::load_as(dir, self.dtype)
+            .with_context(|| format!("loading model from {}", dir.display()))?;
         let mut tokenizer = Tokenizer::from_dir(dir)
             .with_context(|| format!("loading tokenizer from {}", dir.display()))?;
         if let Some(path) = &self.chat_template {

@@ -27,10 +27,21 @@
 //! past, and the (row block × column range) pieces are spread over rayon's threads. With one row
 //! (decode at batch 1) the same kernel streams `W` once at memory speed.
 //!
+//! Panels hold f32 or bf16 (`--dtype`, [`WeightsDtype`]). A bf16 panel is the f32 one with every
+//! value rounded to nearest even once, at packing; each micro-kernel has a bf16 instance that
+//! widens a lane in registers — zero-extend to 32 bits, shift left by 16, which is exact — and then
+//! runs the f32 instance's arithmetic unchanged, so bf16 weights give the bits the f32 GEMM gives on
+//! the widened matrix, in every kernel, at half the bytes streamed. `x` and `y` stay f32: the
+//! activations are never rounded to bf16. (AVX-512 BF16's `vdpbf16ps` would also round `x` to
+//! bf16 and sum products in pairs, a different chain, so it is not used.)
+//!
 //! Model weights are packed at load ([`crate::model::Linear`]); [`matmul_nt`] packs on the fly for
 //! small matrices that are not.
 
+use half::bf16;
 use rayon::prelude::*;
+
+use crate::config::WeightsDtype;
 
 /// Output columns per packed panel: one AVX-512 vector of `f32`, two AVX2 ones.
 const NR: usize = 16;
@@ -46,48 +57,167 @@ const KC: usize = 256;
 /// beside the strips of `W` streaming through while a thread's columns stream past.
 const MC_BYTES: usize = 512 << 10;
 
-/// One 64-byte, cache-line-aligned row of a panel.
+/// One 64-byte, cache-line-aligned f32 row of a panel.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Lane([f32; NR]);
+struct F32Lane([f32; NR]);
+
+/// One 32-byte bf16 row of a panel: half a cache line, aligned so a line holds two whole lanes.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Bf16Lane([bf16; NR]);
+
+/// What a panel stores: `f32`, or `bf16` widened in registers by the micro-kernels. Each
+/// element type brings its lane, its rounding from f32 at packing, its exact widening and its
+/// table of micro-kernels.
+trait Element: Copy + Send + Sync + 'static {
+    type Lane: Copy + Send + Sync;
+    const ZERO_LANE: Self::Lane;
+    fn values(lane: &Self::Lane) -> &[Self; NR];
+    fn values_mut(lane: &mut Self::Lane) -> &mut [Self; NR];
+    /// `v` in this type, rounded to nearest even (exact for f32).
+    fn round(v: f32) -> Self;
+    /// The stored value as f32, exactly.
+    fn widen(self) -> f32;
+    fn tiles(kernel: Kernel) -> &'static [[TileFn<Self>; MR]; PR];
+}
+
+impl Element for f32 {
+    type Lane = F32Lane;
+    const ZERO_LANE: F32Lane = F32Lane([0.0; NR]);
+    fn values(lane: &F32Lane) -> &[f32; NR] {
+        &lane.0
+    }
+    fn values_mut(lane: &mut F32Lane) -> &mut [f32; NR] {
+        &mut lane.0
+    }
+    fn round(v: f32) -> f32 {
+        v
+    }
+    fn widen(self) -> f32 {
+        self
+    }
+    fn tiles(kernel: Kernel) -> &'static [[TileFn<f32>; MR]; PR] {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => &AVX512_F32_TILES,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => &AVX2_F32_TILES,
+            Kernel::Portable => &PORTABLE_F32_TILES,
+        }
+    }
+}
+
+impl Element for bf16 {
+    type Lane = Bf16Lane;
+    const ZERO_LANE: Bf16Lane = Bf16Lane([bf16::ZERO; NR]);
+    fn values(lane: &Bf16Lane) -> &[bf16; NR] {
+        &lane.0
+    }
+    fn values_mut(lane: &mut Bf16Lane) -> &mut [bf16; NR] {
+        &mut lane.0
+    }
+    fn round(v: f32) -> bf16 {
+        bf16::from_f32(v)
+    }
+    /// The bf16 bits as the upper half of an f32 — what the SIMD kernels do with a 16-bit shift.
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+    fn tiles(kernel: Kernel) -> &'static [[TileFn<bf16>; MR]; PR] {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => &AVX512_BF16_TILES,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => &AVX2_BF16_TILES,
+            Kernel::Portable => &PORTABLE_BF16_TILES,
+        }
+    }
+}
+
+/// The lanes of one matrix, panel after panel: `n/16` panels (rounded up) of `k` lanes.
+#[derive(Clone)]
+struct Panels<E: Element>(Vec<E::Lane>);
+
+impl<E: Element> Panels<E> {
+    fn zeros(n: usize, k: usize) -> Self {
+        Self(vec![E::ZERO_LANE; n.div_ceil(NR) * k])
+    }
+
+    /// Bytes of `W` one lane holds.
+    const LANE_BYTES: usize = std::mem::size_of::<E::Lane>();
+
+    /// Stores row `j` (output column `j`) of `W`, rounded to `E`.
+    fn set_row(&mut self, j: usize, k: usize, row: &[f32]) {
+        let (panel, lane) = (j / NR, j % NR);
+        for (dst, &v) in self.0[panel * k..(panel + 1) * k].iter_mut().zip(row) {
+            E::values_mut(dst)[lane] = E::round(v);
+        }
+    }
+
+    fn copy_row(&self, j: usize, k: usize, out: &mut [f32]) {
+        let (panel, lane) = (j / NR, j % NR);
+        for (dst, src) in out[..k].iter_mut().zip(&self.0[panel * k..(panel + 1) * k]) {
+            *dst = E::values(src)[lane].widen();
+        }
+    }
+}
+
+/// The panels of a [`PackedMatrix`] in the dtype the model runs its weights in.
+#[derive(Clone)]
+enum Store {
+    F32(Panels<f32>),
+    Bf16(Panels<bf16>),
+}
 
 /// A weight matrix `W [n, k]` in the GEMM's panel layout: for each group of 16 consecutive rows of
-/// `W` (output columns of `y`), its `k` columns as `k` cache-line-aligned lanes of 16 floats. The
-/// last panel is zero-padded, so the layout costs at most `15·k` extra floats: a packed copy
-/// replaces the row-major matrix rather than adding to it.
+/// `W` (output columns of `y`), its `k` columns as `k` aligned lanes of 16 values — f32 (a 64-byte
+/// cache line) or bf16 (half of one). The last panel is zero-padded, so the layout costs at most
+/// `15·k` extra values: a packed copy replaces the row-major matrix rather than adding to it.
+///
+/// A bf16 matrix is the f32 one with each value rounded to nearest even once, at packing; the
+/// GEMM widens the stored values exactly, in registers, so it gives the bits the f32 GEMM gives on
+/// the widened matrix (and the bits of the f32 GEMM itself when the checkpoint was bf16).
 #[derive(Clone)]
 pub struct PackedMatrix {
-    lanes: Vec<Lane>,
+    store: Store,
     n: usize,
     k: usize,
 }
 
 impl std::fmt::Debug for PackedMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedMatrix [{}, {}]", self.n, self.k)
+        write!(f, "PackedMatrix [{}, {}] {}", self.n, self.k, self.dtype())
     }
 }
 
 impl PackedMatrix {
-    /// Packs row-major `w [n, k]`.
+    /// Packs row-major `w [n, k]` as f32.
     pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        Self::pack_as(w, n, k, WeightsDtype::F32)
+    }
+
+    /// Packs row-major `w [n, k]` in `dtype` (bf16: each value rounded to nearest even).
+    pub fn pack_as(w: &[f32], n: usize, k: usize, dtype: WeightsDtype) -> Self {
         assert_eq!(w.len(), n * k, "w must be [n, k]");
-        let mut packed = Self::zeros(n, k);
+        let mut packed = Self::zeros(n, k, dtype);
         packed.set_rows(0, w);
         packed
     }
 
-    /// An all-zero `[n, k]` matrix, to be filled with [`set_rows`](Self::set_rows) — so a matrix
-    /// stacked from several checkpoint tensors is packed part by part, never whole in both layouts.
-    pub fn zeros(n: usize, k: usize) -> Self {
-        Self {
-            lanes: vec![Lane([0.0; NR]); n.div_ceil(NR) * k],
-            n,
-            k,
-        }
+    /// An all-zero `[n, k]` matrix in `dtype`, to be filled with [`set_rows`](Self::set_rows) —
+    /// so a matrix stacked from several checkpoint tensors is packed part by part, never whole in
+    /// both layouts.
+    pub fn zeros(n: usize, k: usize, dtype: WeightsDtype) -> Self {
+        let store = match dtype {
+            WeightsDtype::F32 => Store::F32(Panels::zeros(n, k)),
+            WeightsDtype::Bf16 => Store::Bf16(Panels::zeros(n, k)),
+        };
+        Self { store, n, k }
     }
 
-    /// Overwrites rows `first..first + rows.len() / k` with the row-major `rows`.
+    /// Overwrites rows `first..first + rows.len() / k` with the row-major `rows` (rounded to the
+    /// matrix's dtype).
     pub fn set_rows(&mut self, first: usize, rows: &[f32]) {
         let k = self.k;
         if k == 0 {
@@ -99,23 +229,22 @@ impl PackedMatrix {
             "rows past the end of the matrix"
         );
         for (i, row) in rows.chunks_exact(k).enumerate() {
-            let (panel, lane) = ((first + i) / NR, (first + i) % NR);
-            let panel = &mut self.lanes[panel * k..(panel + 1) * k];
-            for (dst, &v) in panel.iter_mut().zip(row) {
-                dst.0[lane] = v;
+            match &mut self.store {
+                Store::F32(panels) => panels.set_row(first + i, k, row),
+                Store::Bf16(panels) => panels.set_row(first + i, k, row),
             }
         }
     }
 
-    /// Copies row `j` of `W` (`k` floats) into `out`: the embedding lookup, whose table is kept only
-    /// packed because it doubles as the LM head of tied models. It reads one cache line per element
-    /// (a stride of 16 floats), a few microseconds per token beside the GEMMs of its forward pass.
+    /// Copies row `j` of `W` (`k` values, widened to f32) into `out`: the embedding lookup, whose
+    /// table is kept only packed because it doubles as the LM head of tied models. It reads one
+    /// lane per element (a stride of 16 values), a few microseconds per token beside the GEMMs of
+    /// its forward pass.
     pub fn copy_row(&self, j: usize, out: &mut [f32]) {
         assert!(j < self.n, "row {j} of a matrix with {} rows", self.n);
-        let (panel, lane) = (j / NR, j % NR);
-        let panel = &self.lanes[panel * self.k..(panel + 1) * self.k];
-        for (dst, src) in out[..self.k].iter_mut().zip(panel) {
-            *dst = src.0[lane];
+        match &self.store {
+            Store::F32(panels) => panels.copy_row(j, self.k, out),
+            Store::Bf16(panels) => panels.copy_row(j, self.k, out),
         }
     }
 
@@ -127,6 +256,22 @@ impl PackedMatrix {
     /// Columns of `W` (input features).
     pub fn cols(&self) -> usize {
         self.k
+    }
+
+    /// The dtype the values are stored in.
+    pub fn dtype(&self) -> WeightsDtype {
+        match self.store {
+            Store::F32(_) => WeightsDtype::F32,
+            Store::Bf16(_) => WeightsDtype::Bf16,
+        }
+    }
+
+    /// Bytes the packed values occupy in memory, padding included.
+    pub fn size_bytes(&self) -> usize {
+        match &self.store {
+            Store::F32(panels) => panels.0.len() * Panels::<f32>::LANE_BYTES,
+            Store::Bf16(panels) => panels.0.len() * Panels::<bf16>::LANE_BYTES,
+        }
     }
 }
 
@@ -140,8 +285,23 @@ pub fn matmul_nt(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, y: &mut 
 }
 
 /// Computes `y = x·Wᵀ` for `x [rows, k]` and packed `w [n, k]`, overwriting `y` (`[rows, n]`).
+/// `x` and `y` are f32 whatever `w`'s dtype.
 pub fn matmul_packed(x: &[f32], rows: usize, w: &PackedMatrix, y: &mut [f32]) {
-    let (n, k) = (w.n, w.k);
+    match &w.store {
+        Store::F32(panels) => matmul_panels(x, rows, panels, w.n, w.k, y),
+        Store::Bf16(panels) => matmul_panels(x, rows, panels, w.n, w.k, y),
+    }
+}
+
+/// [`matmul_packed`] on the panels of `W [n, k]`.
+fn matmul_panels<E: Element>(
+    x: &[f32],
+    rows: usize,
+    w: &Panels<E>,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+) {
     assert_eq!(x.len(), rows * k, "x must be [rows, k]");
     assert_eq!(y.len(), rows * n, "y must be [rows, n]");
     if rows == 0 || n == 0 {
@@ -165,6 +325,7 @@ pub fn matmul_packed(x: &[f32], rows: usize, w: &PackedMatrix, y: &mut [f32]) {
     let strips_per_chunk = strips.div_ceil(col_chunks);
     let col_chunks = strips.div_ceil(strips_per_chunk);
     let out = OutPtr(y.as_mut_ptr());
+    let w = PanelsRef { w, n, k };
     (0..row_blocks * col_chunks)
         .into_par_iter()
         .for_each(|piece| {
@@ -180,26 +341,40 @@ pub fn matmul_packed(x: &[f32], rows: usize, w: &PackedMatrix, y: &mut [f32]) {
 
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: writers through this pointer touch disjoint elements (see `matmul_packed`).
+// SAFETY: writers through this pointer touch disjoint elements (see `matmul_panels`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+/// Panels with the shape of the matrix they hold.
+struct PanelsRef<'a, E: Element> {
+    w: &'a Panels<E>,
+    n: usize,
+    k: usize,
+}
+
+impl<E: Element> Clone for PanelsRef<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E: Element> Copy for PanelsRef<'_, E> {}
 
 /// Fills rows `row_range` × the columns of strips `strip_range` (each [`PR`] panels) of `y`.
 ///
 /// # Safety
 /// `out` points to a `[rows, w.n]` buffer with `rows ≥ row_range.end`, and no other thread touches
 /// this block.
-unsafe fn compute_block(
+unsafe fn compute_block<E: Element>(
     kernel: Kernel,
     x: &[f32],
-    w: &PackedMatrix,
+    w: PanelsRef<'_, E>,
     row_range: std::ops::Range<usize>,
     strip_range: std::ops::Range<usize>,
     out: OutPtr,
 ) {
     let (n, k) = (w.n, w.k);
     let panels = n.div_ceil(NR);
-    let w_base: *const f32 = w.lanes.as_ptr().cast();
+    let w_base: *const E = w.w.0.as_ptr().cast();
     let micro_blocks = row_range.len().div_ceil(MR);
     for strip in strip_range.clone() {
         let panel = strip * PR;
@@ -253,10 +428,10 @@ unsafe fn compute_block(
 /// `W` (stride `w_stride`) from `w`; the `m × p·NR` block of `y` (stride `y_stride`) at `y`, of
 /// which only the first `cols` columns exist. With `accumulate`, the block of `y` holds the sums
 /// over the previous slices of `k` and the chains continue from them.
-struct Tile {
+struct Tile<E> {
     x: *const f32,
     x_stride: usize,
-    w: *const f32,
+    w: *const E,
     w_stride: usize,
     kc: usize,
     y: *mut f32,
@@ -266,16 +441,18 @@ struct Tile {
     /// `prefetch_lines` lanes of each of the tile's panels from `prefetch` (stride `w_stride`
     /// between panels) are wanted soon: a hint for the SIMD kernels (at most `kc` lanes are
     /// prefetched), never dereferenced; the portable kernel ignores it.
-    prefetch: *const f32,
+    prefetch: *const E,
     prefetch_lines: usize,
 }
 
-/// A micro-kernel instance for a fixed (rows, panels) shape.
-type TileFn = unsafe fn(&Tile);
+/// A micro-kernel instance for a fixed (rows, panels) shape and element type.
+type TileFn<E> = unsafe fn(&Tile<E>);
 
 /// The micro-kernel implementation chosen for this CPU. All give batch-invariant results.
 /// `Avx512` and `Avx2` give the same bits (one fused multiply-add per step, which rounds once);
-/// `Portable` differs from them (a multiply then an add, which round twice).
+/// `Portable` differs from them (a multiply then an add, which round twice). Each has an f32 and
+/// a bf16 instance; the bf16 one widens a lane exactly before the same arithmetic, so it gives the
+/// f32 instance's bits on the widened matrix.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kernel {
     #[cfg(target_arch = "x86_64")]
@@ -285,37 +462,42 @@ enum Kernel {
     Portable,
 }
 
-/// `[$f::<1, P>, …, $f::<MR, P>]` for each `P` in `1..=PR`.
+/// `[$f::<E, 1, P>, …, $f::<E, MR, P>]` for each `P` in `1..=PR`, with `E` = `$e`.
 macro_rules! tile_table {
-    ($f:ident) => {
+    ($f:ident, $e:ty) => {
         [
-            tile_table!(@row $f, 1),
-            tile_table!(@row $f, 2),
+            tile_table!(@row $f, $e, 1),
+            tile_table!(@row $f, $e, 2),
         ]
     };
-    (@row $f:ident, $p:literal) => {
+    (@row $f:ident, $e:ty, $p:literal) => {
         [
-            $f::<1, $p> as TileFn,
-            $f::<2, $p>,
-            $f::<3, $p>,
-            $f::<4, $p>,
-            $f::<5, $p>,
-            $f::<6, $p>,
-            $f::<7, $p>,
-            $f::<8, $p>,
-            $f::<9, $p>,
-            $f::<10, $p>,
-            $f::<11, $p>,
-            $f::<12, $p>,
+            $f::<$e, 1, $p> as TileFn<$e>,
+            $f::<$e, 2, $p>,
+            $f::<$e, 3, $p>,
+            $f::<$e, 4, $p>,
+            $f::<$e, 5, $p>,
+            $f::<$e, 6, $p>,
+            $f::<$e, 7, $p>,
+            $f::<$e, 8, $p>,
+            $f::<$e, 9, $p>,
+            $f::<$e, 10, $p>,
+            $f::<$e, 11, $p>,
+            $f::<$e, 12, $p>,
         ]
     };
 }
 
 #[cfg(target_arch = "x86_64")]
-static AVX512_TILES: [[TileFn; MR]; PR] = tile_table!(avx512_tile);
+static AVX512_F32_TILES: [[TileFn<f32>; MR]; PR] = tile_table!(avx512_tile, f32);
 #[cfg(target_arch = "x86_64")]
-static AVX2_TILES: [[TileFn; MR]; PR] = tile_table!(avx2_tile);
-static PORTABLE_TILES: [[TileFn; MR]; PR] = tile_table!(portable_tile);
+static AVX512_BF16_TILES: [[TileFn<bf16>; MR]; PR] = tile_table!(avx512_tile, bf16);
+#[cfg(target_arch = "x86_64")]
+static AVX2_F32_TILES: [[TileFn<f32>; MR]; PR] = tile_table!(avx2_tile, f32);
+#[cfg(target_arch = "x86_64")]
+static AVX2_BF16_TILES: [[TileFn<bf16>; MR]; PR] = tile_table!(avx2_tile, bf16);
+static PORTABLE_F32_TILES: [[TileFn<f32>; MR]; PR] = tile_table!(portable_tile, f32);
+static PORTABLE_BF16_TILES: [[TileFn<bf16>; MR]; PR] = tile_table!(portable_tile, bf16);
 
 #[cfg(target_arch = "x86_64")]
 use {avx2::tile as avx2_tile, avx512::tile as avx512_tile};
@@ -341,17 +523,10 @@ impl Kernel {
     /// # Safety
     /// `tile`'s pointers cover `m` rows of `x` and `y` and `p` panels of `W` as [`Tile`] describes.
     #[inline]
-    unsafe fn run(self, m: usize, p: usize, tile: &Tile) {
-        let table = match self {
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx512 => &AVX512_TILES,
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => &AVX2_TILES,
-            Self::Portable => &PORTABLE_TILES,
-        };
-        // SAFETY: AVX-512F was detected at run time when `table` is the AVX-512 one, AVX2 and FMA
-        // when it is the AVX2 one; the caller vouches for the pointers.
-        unsafe { table[p - 1][m - 1](tile) }
+    unsafe fn run<E: Element>(self, m: usize, p: usize, tile: &Tile<E>) {
+        // SAFETY: AVX-512F was detected at run time when `self` is `Avx512`, AVX2 and FMA when it
+        // is `Avx2`; the caller vouches for the pointers.
+        unsafe { E::tiles(self)[p - 1][m - 1](tile) }
     }
 }
 
@@ -360,7 +535,7 @@ impl Kernel {
 ///
 /// # Safety
 /// As [`Kernel::run`].
-unsafe fn portable_tile<const M: usize, const P: usize>(t: &Tile) {
+unsafe fn portable_tile<E: Element, const M: usize, const P: usize>(t: &Tile<E>) {
     let mut acc = [[[0.0f32; NR]; P]; M];
     if t.accumulate {
         for (r, acc_row) in acc.iter_mut().enumerate() {
@@ -378,11 +553,13 @@ unsafe fn portable_tile<const M: usize, const P: usize>(t: &Tile) {
     }
     for i in 0..t.kc {
         // SAFETY: i < kc, so every lane and `x` element read is inside the tile.
-        let lanes: [&[f32; NR]; P] =
-            std::array::from_fn(|j| unsafe { &*t.w.add(j * t.w_stride + i * NR).cast() });
+        let lanes: [[f32; NR]; P] = std::array::from_fn(|j| {
+            let lane: &[E; NR] = unsafe { &*t.w.add(j * t.w_stride + i * NR).cast() };
+            lane.map(E::widen)
+        });
         for (r, acc_row) in acc.iter_mut().enumerate() {
             let xv = unsafe { *t.x.add(r * t.x_stride + i) };
-            for (acc, lane) in acc_row.iter_mut().zip(lanes) {
+            for (acc, lane) in acc_row.iter_mut().zip(&lanes) {
                 for (a, &wv) in acc.iter_mut().zip(lane) {
                     *a += xv * wv;
                 }
@@ -403,7 +580,37 @@ unsafe fn portable_tile<const M: usize, const P: usize>(t: &Tile) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{NR, Tile};
+    use half::bf16;
+
+    use super::{Element, NR, Tile};
+
+    /// A lane of `W` as one vector of 16 f32s.
+    pub trait Load: Element {
+        /// # Safety
+        /// The CPU supports AVX-512F; `lane` is a whole, aligned lane.
+        unsafe fn load(lane: *const Self) -> __m512;
+    }
+
+    impl Load for f32 {
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load(lane: *const f32) -> __m512 {
+            // SAFETY: the caller vouches for a 64-byte-aligned lane of 16 f32s.
+            unsafe { _mm512_load_ps(lane) }
+        }
+    }
+
+    impl Load for bf16 {
+        /// Zero-extends the 16 bf16s to 32 bits and shifts them into the upper half: the exact
+        /// f32 values, as [`Element::widen`] computes them.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load(lane: *const bf16) -> __m512 {
+            // SAFETY: the caller vouches for a 32-byte-aligned lane of 16 bf16s.
+            let bits = unsafe { _mm256_load_si256(lane.cast()) };
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+        }
+    }
 
     /// The AVX-512 micro-kernel: `M × P` accumulator vectors, one broadcast of `x` per row and one
     /// FMA per (row, panel) for each step of `k`.
@@ -411,7 +618,7 @@ mod avx512 {
     /// # Safety
     /// The CPU supports AVX-512F; `t` is as [`super::Kernel::run`] requires.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile<const M: usize, const P: usize>(t: &Tile) {
+    pub unsafe fn tile<E: Load, const M: usize, const P: usize>(t: &Tile<E>) {
         // Columns of each panel that exist in `y` (the last panel of `W` may be padding).
         let masks: [__mmask16; P] = std::array::from_fn(|j| {
             let cols = t.cols.saturating_sub(j * NR).min(NR);
@@ -437,11 +644,10 @@ mod avx512 {
                     _mm_prefetch::<_MM_HINT_T1>(line.cast());
                 }
             }
-            // SAFETY: fewer than kc steps taken, so each lane (64-byte aligned) and `x` element is
-            // inside the tile.
+            // SAFETY: fewer than kc steps taken, so each lane (aligned) and `x` element is inside
+            // the tile.
             unsafe {
-                let lanes: [__m512; P] =
-                    std::array::from_fn(|j| _mm512_load_ps(w.add(j * t.w_stride)));
+                let lanes: [__m512; P] = std::array::from_fn(|j| E::load(w.add(j * t.w_stride)));
                 for (r, acc_row) in acc.iter_mut().enumerate() {
                     let xv = _mm512_set1_ps(*x.add(r * t.x_stride));
                     for (a, lane) in acc_row.iter_mut().zip(lanes) {
@@ -465,13 +671,50 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{NR, Tile};
+    use half::bf16;
+
+    use super::{Element, NR, Tile};
 
     /// Rows per sub-tile: 6 rows × 2 vectors of accumulators, the 2 vectors of a lane of `W` and
     /// the broadcast take 15 of the 16 AVX2 registers.
     const SUB_ROWS: usize = 6;
     /// `f32`s per AVX2 vector: a lane of [`NR`] is two of them.
     const HALF: usize = NR / 2;
+
+    /// A lane of `W` as two vectors of 8 f32s (columns 0–7 and 8–15).
+    pub trait Load: Element {
+        /// # Safety
+        /// The CPU supports AVX2; `lane` is a whole, aligned lane.
+        unsafe fn load(lane: *const Self) -> [__m256; 2];
+    }
+
+    impl Load for f32 {
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn load(lane: *const f32) -> [__m256; 2] {
+            // SAFETY: the caller vouches for a 64-byte-aligned lane of 16 f32s.
+            unsafe { [_mm256_load_ps(lane), _mm256_load_ps(lane.add(HALF))] }
+        }
+    }
+
+    impl Load for bf16 {
+        /// Zero-extends each half of the 16 bf16s to 32 bits and shifts it into the upper half:
+        /// the exact f32 values, as [`Element::widen`] computes them.
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn load(lane: *const bf16) -> [__m256; 2] {
+            // SAFETY: the caller vouches for a 32-byte-aligned lane of 16 bf16s.
+            let (low, high) = unsafe {
+                (
+                    _mm_load_si128(lane.cast()),
+                    _mm_load_si128(lane.add(HALF).cast()),
+                )
+            };
+            let widen =
+                |bits| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)));
+            [widen(low), widen(high)]
+        }
+    }
 
     /// The AVX2 micro-kernel: the `M × P` tile as register-sized sub-tiles, each running the
     /// whole slice of `k` (which stays in L1) for its rows and panels. Every element of `y` gets
@@ -482,13 +725,13 @@ mod avx2 {
     /// # Safety
     /// The CPU supports AVX2 and FMA; `t` is as [`super::Kernel::run`] requires.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const M: usize, const P: usize>(t: &Tile) {
+    pub unsafe fn tile<E: Load, const M: usize, const P: usize>(t: &Tile<E>) {
         // SAFETY (every call below): its rows and panels are inside the tile.
         if P == 2 && M <= 2 {
             // Few rows: both panels in one pass, for 4·M independent FMA chains per step.
             match M {
-                1 => unsafe { sub_tile::<1, 2>(t, 0, 0, t.prefetch_lines) },
-                _ => unsafe { sub_tile::<2, 2>(t, 0, 0, t.prefetch_lines) },
+                1 => unsafe { sub_tile::<E, 1, 2>(t, 0, 0, t.prefetch_lines) },
+                _ => unsafe { sub_tile::<E, 2, 2>(t, 0, 0, t.prefetch_lines) },
             }
             return;
         }
@@ -502,12 +745,12 @@ mod avx2 {
                 let prefetch_lines = if part == 0 { t.prefetch_lines } else { 0 };
                 unsafe {
                     match rows {
-                        1 => sub_tile::<1, 1>(t, row, panel, prefetch_lines),
-                        2 => sub_tile::<2, 1>(t, row, panel, prefetch_lines),
-                        3 => sub_tile::<3, 1>(t, row, panel, prefetch_lines),
-                        4 => sub_tile::<4, 1>(t, row, panel, prefetch_lines),
-                        5 => sub_tile::<5, 1>(t, row, panel, prefetch_lines),
-                        _ => sub_tile::<SUB_ROWS, 1>(t, row, panel, prefetch_lines),
+                        1 => sub_tile::<E, 1, 1>(t, row, panel, prefetch_lines),
+                        2 => sub_tile::<E, 2, 1>(t, row, panel, prefetch_lines),
+                        3 => sub_tile::<E, 3, 1>(t, row, panel, prefetch_lines),
+                        4 => sub_tile::<E, 4, 1>(t, row, panel, prefetch_lines),
+                        5 => sub_tile::<E, 5, 1>(t, row, panel, prefetch_lines),
+                        _ => sub_tile::<E, SUB_ROWS, 1>(t, row, panel, prefetch_lines),
                     }
                 }
             }
@@ -520,8 +763,8 @@ mod avx2 {
     /// # Safety
     /// As [`tile`]; the rows and panels are inside `t`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn sub_tile<const R: usize, const Q: usize>(
-        t: &Tile,
+    unsafe fn sub_tile<E: Load, const R: usize, const Q: usize>(
+        t: &Tile<E>,
         row: usize,
         panel: usize,
         prefetch_lines: usize,
@@ -555,13 +798,11 @@ mod avx2 {
                     _mm_prefetch::<_MM_HINT_T1>(line.cast());
                 }
             }
-            // SAFETY: fewer than kc steps taken, so each lane (64-byte aligned) and `x` element is
-            // inside the tile.
+            // SAFETY: fewer than kc steps taken, so each lane (aligned) and `x` element is inside
+            // the tile.
             unsafe {
-                let lanes: [[__m256; 2]; Q] = std::array::from_fn(|j| {
-                    let lane = w.add(j * t.w_stride);
-                    [_mm256_load_ps(lane), _mm256_load_ps(lane.add(HALF))]
-                });
+                let lanes: [[__m256; 2]; Q] =
+                    std::array::from_fn(|j| E::load(w.add(j * t.w_stride)));
                 for (r, acc_row) in acc.iter_mut().enumerate() {
                     let xv = _mm256_set1_ps(*x.add(r * t.x_stride));
                     for (a, lane) in acc_row.iter_mut().zip(lanes) {
@@ -680,8 +921,11 @@ mod tests {
     #[test]
     fn a_row_gets_the_same_bits_whatever_else_is_in_the_batch() {
         // n and k are not multiples of the panel width, the micro-tile or the k slice.
-        for &(k, n) in &[(100, 37), (KC + 77, 3 * NR * PR + 5)] {
-            let w = PackedMatrix::pack(&pseudo_random(n * k, 3), n, k);
+        for (&(k, n), dtype) in [(100, 37), (KC + 77, 3 * NR * PR + 5)]
+            .iter()
+            .flat_map(|shape| [WeightsDtype::F32, WeightsDtype::Bf16].map(|d| (shape, d)))
+        {
+            let w = PackedMatrix::pack_as(&pseudo_random(n * k, 3), n, k, dtype);
             let pool = pseudo_random(40 * k, 4);
             let alone: Vec<Vec<f32>> = (0..40)
                 .map(|r| {
@@ -702,7 +946,7 @@ mod tests {
                     assert_eq!(
                         y[i * n..(i + 1) * n],
                         alone[(i + rows) % 40],
-                        "k {k}, n {n}: row {i} of a batch of {rows}"
+                        "{dtype}, k {k}, n {n}: row {i} of a batch of {rows}"
                     );
                 }
             }
@@ -726,10 +970,21 @@ mod tests {
 
     /// `x·Wᵀ` for `x [rows, k]` computed by `kernel` as one block on this thread.
     fn run_kernel(kernel: Kernel, x: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
-        let mut y = vec![f32::NAN; rows * w.rows()];
-        let strips = w.rows().div_ceil(NR).div_ceil(PR);
+        let (n, k) = (w.n, w.k);
+        let mut y = vec![f32::NAN; rows * n];
+        let strips = n.div_ceil(NR).div_ceil(PR);
+        let out = OutPtr(y.as_mut_ptr());
         // SAFETY: one block covering all of `y`, on this thread only.
-        unsafe { compute_block(kernel, x, w, 0..rows, 0..strips, OutPtr(y.as_mut_ptr())) };
+        unsafe {
+            match &w.store {
+                Store::F32(w) => {
+                    compute_block(kernel, x, PanelsRef { w, n, k }, 0..rows, 0..strips, out)
+                }
+                Store::Bf16(w) => {
+                    compute_block(kernel, x, PanelsRef { w, n, k }, 0..rows, 0..strips, out)
+                }
+            }
+        };
         y
     }
 
@@ -841,10 +1096,86 @@ mod tests {
     fn packing_round_trips_and_stacks_parts() {
         let (n, k) = (37, 11);
         let w = pseudo_random(n * k, 9);
-        assert_eq!(w_rows(&PackedMatrix::pack(&w, n, k)), w);
-        let mut stacked = PackedMatrix::zeros(n, k);
-        stacked.set_rows(20, &w[20 * k..]);
-        stacked.set_rows(0, &w[..20 * k]);
-        assert_eq!(w_rows(&stacked), w);
+        for dtype in [WeightsDtype::F32, WeightsDtype::Bf16] {
+            let want = match dtype {
+                WeightsDtype::F32 => w.clone(),
+                WeightsDtype::Bf16 => to_bf16_and_back(&w),
+            };
+            assert_eq!(w_rows(&PackedMatrix::pack_as(&w, n, k, dtype)), want);
+            let mut stacked = PackedMatrix::zeros(n, k, dtype);
+            stacked.set_rows(20, &w[20 * k..]);
+            stacked.set_rows(0, &w[..20 * k]);
+            assert_eq!(w_rows(&stacked), want, "{dtype}");
+        }
+    }
+
+    /// `w` rounded to bf16 (nearest even) and widened back: the matrix a bf16 packing computes on.
+    fn to_bf16_and_back(w: &[f32]) -> Vec<f32> {
+        w.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+    }
+
+    #[test]
+    fn bf16_panels_take_half_the_bytes_of_f32_ones() {
+        let (n, k) = (3 * NR + 1, 33);
+        let w = pseudo_random(n * k, 12);
+        let f32_bytes = PackedMatrix::pack(&w, n, k).size_bytes();
+        assert_eq!(f32_bytes, n.div_ceil(NR) * NR * k * 4);
+        let bf16 = PackedMatrix::pack_as(&w, n, k, WeightsDtype::Bf16);
+        assert_eq!(bf16.size_bytes() * 2, f32_bytes);
+    }
+
+    #[test]
+    fn every_kernel_here_gives_bf16_weights_the_f32_bits_of_the_widened_matrix() {
+        // Odd shapes: k past KC (and not a multiple of it), partial last panels, every
+        // micro-tile shape (1..=13 rows), and one k, n, rows all below a tile.
+        for &(k, n) in &[
+            (KC + 77, 3 * NR * PR + 5),
+            (2 * KC + 3, 2 * NR + 13),
+            (7, 3),
+        ] {
+            let w = pseudo_random(n * k, 13);
+            let bf16 = PackedMatrix::pack_as(&w, n, k, WeightsDtype::Bf16);
+            let widened = PackedMatrix::pack(&to_bf16_and_back(&w), n, k);
+            let x = pseudo_random(13 * k, 14);
+            for &kernel in &kernels_here() {
+                for rows in 1..=13 {
+                    let x = &x[..rows * k];
+                    let got = run_kernel(kernel, x, rows, &bf16);
+                    let want = run_kernel(kernel, x, rows, &widened);
+                    assert_eq!(
+                        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{kernel:?}, k {k}, n {n}, {rows} rows"
+                    );
+                }
+            }
+            // The threaded GEMM too, over a batch that spans several row micro-blocks.
+            let rows = 3 * MR + 5;
+            let x = pseudo_random(rows * k, 15);
+            let (mut got, mut want) = (vec![0.0; rows * n], vec![0.0; rows * n]);
+            matmul_packed(&x, rows, &bf16, &mut got);
+            matmul_packed(&x, rows, &widened, &mut want);
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "matmul_packed, k {k}, n {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_portable_bf16_kernel_is_batch_invariant_too() {
+        let (k, n) = (KC + 9, 2 * NR + 3);
+        let w = PackedMatrix::pack_as(&pseudo_random(n * k, 16), n, k, WeightsDtype::Bf16);
+        let x = pseudo_random(MR * 3 * k, 17);
+        let rows = x.len() / k;
+        let all = run_kernel(Kernel::Portable, &x, rows, &w);
+        for r in 0..rows {
+            assert_eq!(
+                run_kernel(Kernel::Portable, &x[r * k..(r + 1) * k], 1, &w),
+                all[r * n..(r + 1) * n],
+                "row {r}"
+            );
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! The CPU backend: the Llama-family forward pass over a paged KV pool in host memory.
 //!
-//! Activations, weights and the cache are f32: the model's checkpoint tensors (f32, bf16 or f16)
-//! are widened and packed into [`CpuWeights`] when the backend is built (CPUs here have no fast
-//! bf16 GEMM). The hot kernels are our own — a batch-invariant GEMM ([`linear`]), paged attention
+//! Activations and the cache are f32. The model's matrices are packed into [`CpuWeights`] when the
+//! backend is built, in the model's dtype — f32, or bf16 at half the bytes, widened exactly in
+//! registers by the GEMM, so a bf16 checkpoint gives the bits it gave widened to f32 — and its
+//! vectors (norms, biases) are widened to f32. The hot kernels are our own — a batch-invariant GEMM ([`linear`]), paged attention
 //! that reads K/V in place ([`attention`]) and row-wise ops ([`ops`]) — and every buffer of a step
 //! is reused from the previous one, so a step allocates only when the batch grows.
 //!
@@ -111,8 +112,8 @@ fn row_span(rows: std::ops::Range<usize>, width: usize) -> std::ops::Range<usize
 }
 
 impl CpuBackend {
-    /// Places `model` on the CPU — its checkpoint tensors widened to f32 and packed into
-    /// [`CpuWeights`] — with an f32 KV pool of `num_blocks` × `block_size` entries,
+    /// Places `model` on the CPU — its matrices packed into [`CpuWeights`] in `model.dtype` —
+    /// with an f32 KV pool of `num_blocks` × `block_size` entries,
     /// with `lookahead`'s rows and adapters for the LookaheadKV policy if given (its shapes were
     /// checked against the model when it was loaded).
     pub fn new(
@@ -124,9 +125,15 @@ impl CpuBackend {
         let geometry = KvGeometry::new(&model.config, block_size, num_blocks, 4)?;
         // Lookahead rows sit after the longest prompt: their positions need rotary angles too.
         let lookahead_positions = lookahead.as_ref().map_or(0, |m| m.num_tokens);
+        let weights = CpuWeights::new(&model.weights, model.dtype);
+        tracing::info!(
+            dtype = %model.dtype,
+            weight_bytes = weights.size_bytes(),
+            "weights packed for the CPU"
+        );
         Ok(Self {
             config: model.config.clone(),
-            weights: CpuWeights::new(&model.weights),
+            weights,
             rope: RopeTables::new(
                 &model.config.rope,
                 model.config.head_dim,

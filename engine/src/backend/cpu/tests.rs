@@ -1,5 +1,6 @@
 //! LookaheadKV's promise to the prompt (docs/design.md §3), checked on the private cache: the lookahead
-//! rows change nothing but the selection. Also the refusals of impossible eviction requests.
+//! rows change nothing but the selection, with f32 and bf16 weights. Also the refusals of impossible
+//! eviction requests.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use super::CpuBackend;
 use crate::backend::Backend;
 use crate::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use crate::config::DtypeChoice;
 use crate::error::EngineError;
 use crate::eviction::{EvictionPolicy, Policy};
 use crate::lookahead::{LookaheadModule, RandomInit};
@@ -16,8 +18,12 @@ const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 12;
 
 fn model() -> Model {
+    model_as(DtypeChoice::Auto)
+}
+
+fn model_as(dtype: DtypeChoice) -> Model {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K");
-    Model::load(&dir).expect("bundled model")
+    Model::load_as(&dir, dtype).expect("bundled model")
 }
 
 fn module(model: &Model, seed: u64) -> Arc<LookaheadModule> {
@@ -66,7 +72,13 @@ fn lookahead(budget: usize) -> EvictionPolicy {
 
 #[test]
 fn lookahead_rows_change_nothing_but_the_selection() {
-    let model = model();
+    for dtype in [DtypeChoice::F32, DtypeChoice::Bf16] {
+        lookahead_rows_change_nothing_but_the_selection_in(dtype);
+    }
+}
+
+fn lookahead_rows_change_nothing_but_the_selection_in(dtype: DtypeChoice) {
+    let model = model_as(dtype);
     let tokens = prompt(80);
     let module = module(&model, 3);
     let mut evicting =
@@ -78,7 +90,7 @@ fn lookahead_rows_change_nothing_but_the_selection() {
     assert_eq!(
         with.last_row(0),
         without.last_row(0),
-        "the first token's logits must not depend on the lookahead rows"
+        "{dtype}: the first token's logits must not depend on the lookahead rows"
     );
     assert!(without.evictions.is_empty());
     let [report] = with.evictions.as_slice() else {
@@ -93,7 +105,10 @@ fn lookahead_rows_change_nothing_but_the_selection() {
     }
     let (keys, values) = evicting.cache.raw();
     let (want_keys, want_values) = plain.cache.raw();
-    assert!(keys == want_keys && values == want_values, "pools differ");
+    assert!(
+        keys == want_keys && values == want_values,
+        "{dtype}: pools differ"
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
+use glimpse_engine::config::DtypeChoice;
 use glimpse_engine::eviction::Policy;
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -34,6 +35,9 @@ use report::{EvalReport, EvalRow};
 pub struct EvalArgs {
     #[arg(long, help = glimpse_engine::hub::MODEL_FLAG_HELP)]
     pub model: Option<PathBuf>,
+    /// Dtype the weight matrices are held in: `auto` (the checkpoint's), `f32` or `bf16`.
+    #[arg(long, default_value_t = DtypeChoice::Auto)]
+    pub dtype: DtypeChoice,
     /// Prompts (JSON Lines, `{"prompt": ...}`). Lines that also carry `answer` (and optionally
     /// `task`, `depth`, `context_tokens_target`, as the retrieval task generator writes them) add
     /// exact-answer accuracy; every evicted answer then runs to its own end of sequence.
@@ -66,7 +70,8 @@ pub struct EvalArgs {
 /// to `--out-dir`. `default_model_dir` is the model used when `--model` is not given. Fails on
 /// bad flags, unreadable model, prompts or modules, or an unwritable output directory.
 pub fn run(args: EvalArgs, default_model_dir: &Path) -> Result<(), JobError> {
-    let (dir, model, tokenizer) = load_model_and_tokenizer(args.model.clone(), default_model_dir)?;
+    let (dir, model, tokenizer) =
+        load_model_and_tokenizer(args.model.clone(), default_model_dir, args.dtype)?;
     let (prompts, expected) = read_eval_prompts(&args.prompts, &tokenizer)?;
     if args.budgets.is_empty() {
         return Err(JobError::NoBudgets);

@@ -1,0 +1,89 @@
+//! The dtype the CPU backend holds the model's matrices in (`--dtype`), resolved once against the
+//! checkpoint's. Only the GEMM weights change: activations, norms, softmax, RoPE, sampling and
+//! eviction scoring are f32 in every mode (docs/design.md §3 "Weights dtype").
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::EngineError;
+use crate::loader::WeightDtype;
+
+/// What `--dtype` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DtypeChoice {
+    /// The checkpoint's own dtype: bf16 checkpoints run in bf16, f32 ones in f32, and f16 ones in
+    /// f32, which holds every f16 value exactly (bf16 would round away 3 bits of each weight's
+    /// mantissa; `--dtype bf16` opts into that for half the memory).
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl DtypeChoice {
+    /// Every spelling `--dtype` accepts, for help and error texts.
+    pub const NAMES: &'static str = "auto, f32, bf16";
+
+    /// The dtype to hold matrices in, for a checkpoint stored in `checkpoint`.
+    pub fn resolve(self, checkpoint: WeightDtype) -> WeightsDtype {
+        match (self, checkpoint) {
+            (Self::F32, _) => WeightsDtype::F32,
+            (Self::Bf16, _) => WeightsDtype::Bf16,
+            (Self::Auto, WeightDtype::BF16) => WeightsDtype::Bf16,
+            (Self::Auto, WeightDtype::F32 | WeightDtype::F16) => WeightsDtype::F32,
+        }
+    }
+}
+
+impl FromStr for DtypeChoice {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, EngineError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            _ => Err(EngineError::InvalidParameter {
+                field: "dtype",
+                message: format!("expected one of {}, got `{s}`", Self::NAMES),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for DtypeChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// The dtype the GEMM's weight panels are stored in. bf16 values are the f32 ones rounded to
+/// nearest even once, at load (exact for a bf16 checkpoint), and widened exactly in registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsDtype {
+    F32,
+    Bf16,
+}
+
+impl WeightsDtype {
+    /// Bytes per stored value.
+    pub fn size_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for WeightsDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
