@@ -354,6 +354,42 @@ mod tests {
     }
 
     #[test]
+    fn a_released_cached_block_waits_until_the_free_stack_is_empty() {
+        let hash = crate::BlockHasher::new(1).hash_prompt(&[7])[0];
+        let mut pool = BlockAllocator::new(2);
+        let cached = pool.allocate().expect("pool has blocks");
+        assert!(pool.publish(cached, hash));
+        assert_eq!(pool.free(cached), Ok(true));
+        assert_eq!((pool.num_free(), pool.num_cached_idle()), (2, 1));
+        pool.check_invariants();
+        let plain = pool.allocate().expect("the free stack has a block");
+        assert_ne!(plain, cached);
+        assert_eq!(pool.cached_block(hash), Some(cached), "still cached");
+        assert_eq!(
+            pool.allocate(),
+            Some(cached),
+            "reclaimed once nothing else is free"
+        );
+        assert_eq!(pool.cached_block(hash), None, "its hash is forgotten");
+        pool.check_invariants();
+    }
+
+    #[test]
+    fn reusing_an_idle_cached_block_takes_it_off_the_idle_queue() {
+        let hash = crate::BlockHasher::new(1).hash_prompt(&[7])[0];
+        let mut pool = BlockAllocator::new(1);
+        let block = pool.allocate().expect("pool has a block");
+        pool.publish(block, hash);
+        pool.free(block).expect("held");
+        pool.reuse_cached(block);
+        assert_eq!((pool.ref_count(block), pool.num_free()), (Some(1), 0));
+        pool.reuse_cached(block);
+        assert_eq!(pool.ref_count(block), Some(2));
+        assert_eq!(pool.allocate(), None);
+        pool.check_invariants();
+    }
+
+    #[test]
     fn never_hands_out_a_block_twice_under_random_allocate_and_free() {
         let mut runner = TestRunner::new_with_rng(
             Config {

@@ -69,6 +69,16 @@ enum Room {
     SelfPreempted,
 }
 
+/// What admitting a waiting sequence takes ([`Scheduler::fit_admission`]).
+struct Admission {
+    prefill_tokens: usize,
+    /// Cached blocks holding the prefill's first entries.
+    hits: Vec<BlockId>,
+    /// Blocks to allocate: the rest of the prefill, then `scratch`.
+    new_blocks: usize,
+    scratch: usize,
+}
+
 /// The scheduler state machine. See the module doc for the protocol and policy.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -329,23 +339,15 @@ impl Scheduler {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
-            let seq = &self.seqs[&id];
-            let prefill_tokens = seq.num_tokens();
-            let hits = self.prefix_hits(seq, prefill_tokens);
-            let scratch = if seq.block_hashes.is_empty() {
-                0
-            } else {
-                self.scratch_blocks(&seq.last_chunk, prefill_tokens)
-            };
-            let new_blocks = self.config.blocks_for(prefill_tokens) - hits.len() + scratch;
-            // Hit blocks no one holds leave the free count when reused.
-            let revived = hits
-                .iter()
-                .filter(|&&block| self.allocator.ref_count(block) == Some(0))
-                .count();
-            if !self.allocator.can_allocate(new_blocks + revived) {
+            let Some(admission) = self.fit_admission(&self.seqs[&id]) else {
                 break;
-            }
+            };
+            let Admission {
+                prefill_tokens,
+                hits,
+                new_blocks,
+                scratch,
+            } = admission;
             let hit_tokens = hits.len() * self.config.block_size;
             let seq = self
                 .seqs
@@ -383,6 +385,33 @@ impl Scheduler {
                 break;
             }
         }
+    }
+
+    /// What admitting `seq` now takes from the pool, or `None` when the pool cannot give it:
+    /// its prefill's blocks, less the cached ones it reuses, plus the scratch blocks an
+    /// eviction into fresh blocks needs.
+    fn fit_admission(&self, seq: &Sequence) -> Option<Admission> {
+        let prefill_tokens = seq.num_tokens();
+        let hits = self.prefix_hits(seq, prefill_tokens);
+        let scratch = if seq.block_hashes.is_empty() {
+            0
+        } else {
+            self.scratch_blocks(&seq.last_chunk, prefill_tokens)
+        };
+        let new_blocks = self.config.blocks_for(prefill_tokens) - hits.len() + scratch;
+        // Hit blocks no one holds leave the free count when reused.
+        let revived = hits
+            .iter()
+            .filter(|&&block| self.allocator.ref_count(block) == Some(0))
+            .count();
+        self.allocator
+            .can_allocate(new_blocks + revived)
+            .then_some(Admission {
+                prefill_tokens,
+                hits,
+                new_blocks,
+                scratch,
+            })
     }
 
     /// The cached blocks a prefill of `prefill_tokens` of `seq` starts from: the longest run of
