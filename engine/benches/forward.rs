@@ -127,6 +127,7 @@ fn prefill_seconds(backend: &mut dyn Backend, prompt: &[u32], block_size: usize)
             logits: LogitsRequest::Last,
             eviction: None,
             compacted: None,
+            compact_into: None,
         }],
     };
     let mut out = ForwardOutput::default();
@@ -162,6 +163,7 @@ fn decode_seconds(
                 logits: LogitsRequest::Last,
                 eviction: None,
                 compacted: None,
+                compact_into: None,
             }],
         };
         backend.forward(&batch, &mut out).unwrap();
@@ -180,6 +182,7 @@ fn decode_seconds(
                 logits: LogitsRequest::Last,
                 eviction: None,
                 compacted: None,
+                compact_into: None,
             })
             .collect();
         backend

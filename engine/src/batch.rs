@@ -56,6 +56,11 @@ pub struct SequenceInput<'a> {
     pub eviction: Option<EvictionPolicy>,
     /// Set once the sequence was compacted with per-layer budgets (PyramidKV).
     pub compacted: Option<CompactedPrefix<'a>>,
+    /// With `eviction`: fresh blocks, private to this sequence, that the kept entries are
+    /// compacted into (entry `i` to `compact_into[i / block_size]`), leaving `block_table`
+    /// untouched — its blocks may be shared through the prefix cache (docs/design.md §7).
+    /// `None` compacts into the leading blocks of `block_table`, in place.
+    pub compact_into: Option<&'a [u32]>,
 }
 
 /// A [`Compaction`] as one pass reads it, borrowed from its owner.

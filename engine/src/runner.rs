@@ -300,6 +300,7 @@ impl OfflineRunner {
                     logits: *logits,
                     eviction: *policy,
                     compacted: seq.compaction.as_ref().map(Compaction::as_prefix),
+                    compact_into: None,
                 })
                 .collect(),
         };

@@ -1,7 +1,9 @@
 //! One sequence's block table: the KV blocks holding its cache entries, in entry order.
 //!
 //! Owns: the list and the single path by which a sequence's blocks return to the pool
-//! ([`BlockTable::release_from`]) — finish, abort, preemption and eviction all go through it.
+//! ([`BlockTable::release_from`], and [`BlockTable::release_leading`] for the prompt blocks an
+//! eviction into fresh blocks leaves behind) — finish, abort, preemption and eviction all go
+//! through them.
 //! Must not know: why blocks are released or what they store.
 //!
 //! Cache entry `e` lives in block `blocks[e / block_size]` at offset `e % block_size`.
@@ -51,19 +53,38 @@ impl BlockTable {
         }
     }
 
+    /// Appends a block found in the prefix cache (a hit); the caller has added its holder.
+    pub fn push_cached(&mut self, block: BlockId) {
+        self.blocks.push(block);
+    }
+
     /// Keeps the first `keep_blocks` blocks and gives every later one back to the pool, last
-    /// block first; returns how many were released. The one way a sequence's blocks go back.
+    /// block first (so a prompt's cached tail is reclaimed before its head); returns how many
+    /// were released.
     pub fn release_from(&mut self, keep_blocks: usize, allocator: &mut BlockAllocator) -> usize {
         let mut released = 0;
         while self.blocks.len() > keep_blocks {
             let block = self.blocks.pop().expect("loop guard says a block is left");
-            allocator
-                .free(block)
-                .expect("a block table holds only blocks it owns; failing to free one is a bug");
+            release(block, allocator);
             released += 1;
         }
         released
     }
+
+    /// Gives the first `count` blocks back to the pool, last of them first; the later blocks
+    /// move to the front of the table.
+    pub fn release_leading(&mut self, count: usize, allocator: &mut BlockAllocator) {
+        for block in self.blocks.drain(..count).rev() {
+            release(block, allocator);
+        }
+    }
+}
+
+/// Drops the table's hold on `block`: the one place a block table frees.
+fn release(block: BlockId, allocator: &mut BlockAllocator) {
+    allocator
+        .free(block)
+        .expect("a block table holds only blocks it owns; failing to free one is a bug");
 }
 
 #[cfg(test)]
@@ -81,6 +102,18 @@ mod tests {
         assert_eq!(pool.num_free(), 4);
         assert_eq!(table.release_from(0, &mut pool), 1);
         assert!(table.is_empty());
+        pool.check_invariants();
+    }
+
+    #[test]
+    fn release_leading_frees_the_first_blocks_and_keeps_the_rest_in_order() {
+        let mut pool = BlockAllocator::new(4);
+        let mut table = BlockTable::default();
+        table.grow(4, &mut pool);
+        let rest = table.as_slice()[3..].to_vec();
+        table.release_leading(3, &mut pool);
+        assert_eq!(table.as_slice(), rest.as_slice());
+        assert_eq!(pool.num_free(), 3);
         pool.check_invariants();
     }
 

@@ -1,6 +1,6 @@
 //! Scheduler limits.
 //!
-//! Owns: the five numbers that bound a step and the pool. Must not know: the model or the
+//! Owns: the five numbers that bound a step and the pool, and whether prefix caching is on. Must not know: the model or the
 //! device; the caller sizes `num_blocks` (see [`crate::pool_sizing`]).
 
 use crate::error::{Result, SchedulerError};
@@ -19,11 +19,15 @@ pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     /// Context length of the model: prompt + generated tokens of one request.
     pub max_model_len: usize,
+    /// Reuse the KV of full prompt blocks another request computed (docs/design.md §7); off,
+    /// the scheduler plans exactly as it did before prefix caching existed.
+    pub enable_prefix_caching: bool,
 }
 
 impl Default for SchedulerConfig {
-    /// vLLM's base defaults (2048 tokens per step, 16-token blocks) with 256 sequences; the pool
-    /// holds exactly one `max_model_len` request, so a real caller always sets `num_blocks`.
+    /// vLLM's base defaults (2048 tokens per step, 16-token blocks, prefix caching on) with 256
+    /// sequences; the pool holds exactly one `max_model_len` request, so a real caller always
+    /// sets `num_blocks`.
     fn default() -> Self {
         let block_size = 16;
         let max_model_len = 2048;
@@ -33,6 +37,7 @@ impl Default for SchedulerConfig {
             max_num_batched_tokens: 2048,
             max_num_seqs: 256,
             max_model_len,
+            enable_prefix_caching: true,
         }
     }
 }

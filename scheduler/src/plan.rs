@@ -19,6 +19,10 @@ pub struct PrefillChunk {
     /// The chunk ends the prefill: the engine samples a token from its last row, and may then
     /// evict (see [`crate::Scheduler::apply_eviction`]).
     pub is_last_chunk: bool,
+    /// On an evicting last chunk whose prompt blocks may be cached: the index in the block
+    /// table of the first fresh block the eviction compacts into. The prefill's entries live in
+    /// the blocks before it, which the eviction must only read (docs/design.md §7).
+    pub compact_into_block: Option<usize>,
 }
 
 /// One decode token of a sequence: the last sampled token, fed back.
@@ -54,6 +58,16 @@ pub struct Plan {
     /// Rows of work in `prefills` and `decodes` together, last chunks' extra rows
     /// ([`crate::LastChunk::extra_rows`]) included; at most `max_num_batched_tokens`.
     pub num_batched_tokens: usize,
+    /// What this step's admissions asked of the prefix cache (zero while it is off).
+    pub prefix_cache: PrefixCacheStats,
+}
+
+/// Prefix-cache lookups, counted in tokens as vLLM counts them: each admission (a new request or
+/// a preempted one resuming) queries its prefill's tokens and hits the ones found cached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixCacheStats {
+    pub queried_tokens: usize,
+    pub hit_tokens: usize,
 }
 
 impl Plan {
@@ -64,6 +78,7 @@ impl Plan {
         self.preempted.clear();
         self.finished.clear();
         self.num_batched_tokens = 0;
+        self.prefix_cache = PrefixCacheStats::default();
     }
 
     /// Whether there is nothing to run (finished sequences may still be reported).

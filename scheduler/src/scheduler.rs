@@ -23,6 +23,15 @@
 //! bound in [`Scheduler::add`] stays the unshrunk size, because a preempted sequence
 //! recomputes its whole prompt and output before it can evict again.
 //!
+//! Prefix caching (docs/design.md §7): admission takes the longest run of the prompt's full
+//! blocks found in the cache, capped so the prefill still computes at least its last token and
+//! its last chunk's scoring window ([`crate::LastChunk::min_tokens`]), and prefills the rest.
+//! Full prompt blocks are published once the step that computed them is reported
+//! ([`Scheduler::update`]); finish, abort and preemption leave them cached. An evicting
+//! sequence with cached blocks reserves fresh blocks to compact into, so no eviction ever
+//! writes a cached block. Blocks filled after the prompt are never published: after an
+//! eviction a sequence's entries no longer correspond to its token prefix.
+//!
 //! Consequence kept as an invariant: every running sequence arrived before every waiting one,
 //! and both lists are in arrival order, so the newest running sequence is the last one.
 //!
@@ -35,7 +44,8 @@ use crate::config::SchedulerConfig;
 use crate::error::{Result, SchedulerError};
 use crate::ids::{BlockId, SeqId};
 use crate::plan::{DecodeStep, FinishedSeq, Plan, PrefillChunk, StepResult};
-use crate::sequence::{FinishReason, Request, SeqStatus, Sequence, SequenceInfo};
+use crate::prefix_cache::{BlockHash, BlockHasher};
+use crate::sequence::{FinishReason, LastChunk, Request, SeqStatus, Sequence, SequenceInfo};
 
 #[cfg(test)]
 mod proptests;
@@ -47,7 +57,8 @@ mod tests;
 pub struct EvictionOutcome {
     /// Cache entries dropped.
     pub evicted_entries: usize,
-    /// Blocks returned to the pool: blocks held before − `ceil(kept / block_size)`.
+    /// Blocks the eviction spared the pool: blocks of the prefill's entries −
+    /// `ceil(kept / block_size)` (released prompt blocks may stay cached, see docs/design.md §7).
     pub released_blocks: usize,
 }
 
@@ -56,6 +67,16 @@ enum Room {
     Made,
     /// The sequence itself was the newest running one and was preempted.
     SelfPreempted,
+}
+
+/// What admitting a waiting sequence takes ([`Scheduler::fit_admission`]).
+struct Admission {
+    prefill_tokens: usize,
+    /// Cached blocks holding the prefill's first entries.
+    hits: Vec<BlockId>,
+    /// Blocks to allocate: the rest of the prefill, then `scratch`.
+    new_blocks: usize,
+    scratch: usize,
 }
 
 /// The scheduler state machine. See the module doc for the protocol and policy.
@@ -70,6 +91,9 @@ pub struct Scheduler {
     running: Vec<SeqId>,
     /// Finished since the last plan, still in `seqs` until reported.
     finished: Vec<SeqId>,
+    /// Sequences the last plan prefilled: [`Scheduler::update`] publishes their full blocks.
+    prefilled: Vec<SeqId>,
+    hasher: BlockHasher,
     next_arrival: u64,
 }
 
@@ -85,6 +109,8 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::with_capacity(config.max_num_seqs),
             finished: Vec::new(),
+            prefilled: Vec::new(),
+            hasher: BlockHasher::new(config.block_size),
             next_arrival: 0,
             config,
         })
@@ -125,6 +151,15 @@ impl Scheduler {
         self.seqs.get(&seq).map(|s| s.block_table.as_slice())
     }
 
+    /// The hashes of `prompt`'s full blocks for [`Request::block_hashes`]; empty while prefix
+    /// caching is off.
+    pub fn hash_prompt(&self, prompt: &[u32]) -> Vec<BlockHash> {
+        if !self.config.enable_prefix_caching {
+            return Vec::new();
+        }
+        self.hasher.hash_prompt(prompt)
+    }
+
     /// Queues a request at the back of the waiting queue.
     ///
     /// Refuses, with the limit and the value, a request that could never finish: an empty
@@ -132,7 +167,9 @@ impl Scheduler {
     /// its largest than the pool holds. Its largest footprint is a recompute after preemption
     /// of prompt + `max_tokens − 1` tokens (the last sampled token is never fed back); KV
     /// eviction does not lower it, because a recompute prefills in full before any eviction.
-    pub fn add(&mut self, request: Request) -> Result<()> {
+    /// A request that could not also hold its scratch blocks at that size (an eviction into
+    /// fresh blocks) stays out of the prefix cache rather than being refused.
+    pub fn add(&mut self, mut request: Request) -> Result<()> {
         let seq = request.id;
         if request.num_prompt_tokens == 0 {
             return Err(SchedulerError::EmptyPrompt { seq });
@@ -166,6 +203,10 @@ impl Scheduler {
         }
         if self.seqs.contains_key(&seq) {
             return Err(SchedulerError::DuplicateSequence { seq });
+        }
+        let scratch = self.scratch_blocks(&request.last_chunk, total_tokens - 1);
+        if !self.config.enable_prefix_caching || peak_blocks + scratch > self.config.num_blocks {
+            request.block_hashes.clear();
         }
         let arrival = self.next_arrival;
         self.next_arrival += 1;
@@ -217,6 +258,7 @@ impl Scheduler {
             };
             plan.finished.push(FinishedSeq { seq, reason });
         }
+        self.prefilled.clear();
         let mut budget = self.config.max_num_batched_tokens;
         let prefill_waits = self.schedule_running(plan, &mut budget);
         // vLLM's rule. Reserving prompts whole already implies it (the victim requeued at the
@@ -225,6 +267,8 @@ impl Scheduler {
             self.admit_waiting(plan, &mut budget);
         }
         plan.num_batched_tokens = self.config.max_num_batched_tokens - budget;
+        self.prefilled
+            .extend(plan.prefills.iter().map(|chunk| chunk.seq));
     }
 
     /// Step 1 of the policy; preemptions land in `plan.preempted`. Returns whether a prefill
@@ -252,7 +296,11 @@ impl Scheduler {
                     seq.reserved_entries()
                         .max(seq.num_cached_entries + num_tokens),
                 )
-                .saturating_sub(seq.block_table.len());
+                .saturating_sub(seq.num_entry_blocks());
+            debug_assert!(
+                seq.num_scratch_blocks == 0 || seq.is_prefilling(),
+                "{id}: scratch blocks after its prefill; the engine owes apply_eviction"
+            );
             if let Room::SelfPreempted = self.make_room(id, blocks_needed, plan) {
                 break;
             }
@@ -291,23 +339,43 @@ impl Scheduler {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
+            let Some(admission) = self.fit_admission(&self.seqs[&id]) else {
+                break;
+            };
+            let Admission {
+                prefill_tokens,
+                hits,
+                new_blocks,
+                scratch,
+            } = admission;
+            let hit_tokens = hits.len() * self.config.block_size;
             let seq = self
                 .seqs
                 .get_mut(&id)
                 .expect("waiting sequence is known; a bug");
-            let prefill_blocks = self.config.blocks_for(seq.num_tokens());
-            if !self.allocator.can_allocate(prefill_blocks) {
-                break;
-            }
-            seq.num_prefill_tokens = seq.num_tokens();
+            seq.num_prefill_tokens = prefill_tokens;
+            seq.num_computed_tokens = hit_tokens;
+            seq.num_cached_entries = hit_tokens;
             let Some((num_tokens, cost)) = seq.next_chunk(*budget) else {
                 // Too little budget left for even a first chunk: admitted next step (FCFS).
                 seq.num_prefill_tokens = 0;
+                seq.num_computed_tokens = 0;
+                seq.num_cached_entries = 0;
                 break;
             };
             self.waiting.pop_front();
             seq.status = SeqStatus::Running;
-            seq.block_table.grow(prefill_blocks, &mut self.allocator);
+            for &block in &hits {
+                self.allocator.reuse_cached(block);
+                seq.block_table.push_cached(block);
+            }
+            seq.num_published_blocks = hits.len();
+            seq.block_table.grow(new_blocks, &mut self.allocator);
+            seq.num_scratch_blocks = scratch;
+            if self.config.enable_prefix_caching {
+                plan.prefix_cache.queried_tokens += prefill_tokens;
+                plan.prefix_cache.hit_tokens += hit_tokens;
+            }
             Self::push_work(seq, num_tokens, plan);
             let unfinished = seq.is_prefilling();
             *budget -= cost;
@@ -319,16 +387,74 @@ impl Scheduler {
         }
     }
 
+    /// What admitting `seq` now takes from the pool, or `None` when the pool cannot give it:
+    /// its prefill's blocks, less the cached ones it reuses, plus the scratch blocks an
+    /// eviction into fresh blocks needs.
+    fn fit_admission(&self, seq: &Sequence) -> Option<Admission> {
+        let prefill_tokens = seq.num_tokens();
+        let hits = self.prefix_hits(seq, prefill_tokens);
+        let scratch = if seq.block_hashes.is_empty() {
+            0
+        } else {
+            self.scratch_blocks(&seq.last_chunk, prefill_tokens)
+        };
+        let new_blocks = self.config.blocks_for(prefill_tokens) - hits.len() + scratch;
+        // Hit blocks no one holds leave the free count when reused.
+        let revived = hits
+            .iter()
+            .filter(|&&block| self.allocator.ref_count(block) == Some(0))
+            .count();
+        self.allocator
+            .can_allocate(new_blocks + revived)
+            .then_some(Admission {
+                prefill_tokens,
+                hits,
+                new_blocks,
+                scratch,
+            })
+    }
+
+    /// The cached blocks a prefill of `prefill_tokens` of `seq` starts from: the longest run of
+    /// its block hashes found in the cache, backed off by whole blocks until the prefill still
+    /// computes `max(1, min_tokens)` tokens (its last token's logits, and the scoring window
+    /// of its last chunk).
+    fn prefix_hits(&self, seq: &Sequence, prefill_tokens: usize) -> Vec<BlockId> {
+        let computed_at_least = seq.last_chunk.min_tokens.max(1);
+        let max_blocks = prefill_tokens.saturating_sub(computed_at_least) / self.config.block_size;
+        seq.block_hashes
+            .iter()
+            .take(max_blocks)
+            .map_while(|&hash| self.allocator.cached_block(hash))
+            .collect()
+    }
+
+    /// Fresh blocks an evicting prefill of `prefill_tokens` compacts into when its prompt
+    /// blocks may be cached; 0 when prefix caching is off or the prefill is not evicted.
+    fn scratch_blocks(&self, last_chunk: &LastChunk, prefill_tokens: usize) -> usize {
+        match last_chunk.eviction {
+            Some(bound)
+                if self.config.enable_prefix_caching && prefill_tokens > bound.over_tokens =>
+            {
+                let kept = bound.max_kept_entries.min(prefill_tokens).max(1);
+                self.config.blocks_for(kept)
+            }
+            _ => 0,
+        }
+    }
+
     /// Records `num_tokens` of `seq`'s uncomputed tokens in the plan and counts them computed.
     fn push_work(seq: &mut Sequence, num_tokens: usize, plan: &mut Plan) {
         debug_assert!(num_tokens > 0, "scheduling zero tokens is a bug");
         if seq.is_prefilling() {
+            let is_last_chunk = seq.num_computed_tokens + num_tokens == seq.num_prefill_tokens;
             plan.prefills.push(PrefillChunk {
                 seq: seq.id,
                 first_position: seq.num_computed_tokens,
                 first_cache_entry: seq.num_cached_entries,
                 num_tokens,
-                is_last_chunk: seq.num_computed_tokens + num_tokens == seq.num_prefill_tokens,
+                is_last_chunk,
+                compact_into_block: (is_last_chunk && seq.num_scratch_blocks > 0)
+                    .then(|| seq.num_entry_blocks()),
             });
         } else {
             debug_assert_eq!(num_tokens, 1, "a decode feeds exactly one token; a bug");
@@ -353,6 +479,8 @@ impl Scheduler {
         seq.num_computed_tokens = 0;
         seq.num_cached_entries = 0;
         seq.num_prefill_tokens = 0;
+        seq.num_published_blocks = 0;
+        seq.num_scratch_blocks = 0;
         seq.awaiting_output = false;
         seq.status = SeqStatus::Preempted;
         self.waiting.push_front(id);
@@ -366,12 +494,14 @@ impl Scheduler {
             .get_mut(&id)
             .expect("finished sequence is known; a bug");
         seq.block_table.release_from(0, &mut self.allocator);
+        seq.num_scratch_blocks = 0;
         seq.awaiting_output = false;
         seq.status = SeqStatus::Finished(reason);
         self.finished.push(id);
     }
 
-    /// Applies the engine's report on the last plan: appends sampled tokens and finishes
+    /// Applies the engine's report on the last plan: publishes the full prompt blocks its
+    /// prefill chunks computed in the prefix cache, appends sampled tokens and finishes
     /// sequences that stopped or reached `max_tokens`.
     ///
     /// Outputs for sequences no longer running (aborted meanwhile) are ignored, as is a second
@@ -401,6 +531,7 @@ impl Scheduler {
                 return Err(SchedulerError::MissingSampledToken { seq });
             }
         }
+        self.publish_prefilled();
         let mut any_finished = false;
         for output in &result.outputs {
             let Some(seq) = self.seqs.get_mut(&output.seq) else {
@@ -427,9 +558,23 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Publishes the full prompt blocks that the last plan's prefill chunks completed. A block
+    /// whose prefix another block already holds stays private.
+    fn publish_prefilled(&mut self) {
+        for id in self.prefilled.drain(..) {
+            if let Some(seq) = self.seqs.get_mut(&id)
+                && seq.status == SeqStatus::Running
+            {
+                publish_computed(seq, &mut self.allocator, self.config.block_size);
+            }
+        }
+    }
+
     /// Tells the scheduler that `seq` now keeps only its first `kept_entries` cache entries
-    /// (the engine compacted them into the leading blocks). The trailing blocks are released
-    /// at once; later tokens go to cache entry `kept_entries` onward while their positions keep
+    /// (the engine compacted them into the leading blocks, or into the fresh blocks from
+    /// [`PrefillChunk::compact_into_block`] on, which then become the leading ones: the prompt
+    /// blocks before them are released and stay cached). The trailing blocks are released at
+    /// once; later tokens go to cache entry `kept_entries` onward while their positions keep
     /// counting from `num_computed_tokens`.
     ///
     /// Allowed for a running sequence whose prefill is complete (typically right after its last
@@ -449,19 +594,38 @@ impl Scheduler {
                 prefill: state.num_prefill_tokens,
             });
         }
-        if kept_entries > state.num_cached_entries {
+        let scratch_entries = state.num_scratch_blocks * self.config.block_size;
+        let limit = match state.num_scratch_blocks {
+            0 => state.num_cached_entries,
+            _ => state.num_cached_entries.min(scratch_entries),
+        };
+        if kept_entries > limit {
             return Err(SchedulerError::EvictionGrowsCache {
                 seq,
-                limit: state.num_cached_entries,
+                limit,
                 value: kept_entries,
             });
         }
+        // The prefill is computed (the engine evicts after running it): publish it before its
+        // blocks go, and nothing after, since the compacted entries no longer match the tokens.
+        publish_computed(state, &mut self.allocator, self.config.block_size);
+        state.num_published_blocks = state.block_hashes.len();
         let evicted_entries = state.num_cached_entries - kept_entries;
         state.num_cached_entries = kept_entries;
         let keep_blocks = self.config.blocks_for(kept_entries);
-        let released_blocks = state
+        let entry_blocks = state.num_entry_blocks();
+        if state.num_scratch_blocks > 0 {
+            // The kept entries sit in the scratch blocks; the prefill's blocks go back, and
+            // those published stay cached for the next request with this prefix.
+            state
+                .block_table
+                .release_leading(entry_blocks, &mut self.allocator);
+            state.num_scratch_blocks = 0;
+        }
+        state
             .block_table
             .release_from(keep_blocks, &mut self.allocator);
+        let released_blocks = entry_blocks - keep_blocks;
         Ok(EvictionOutcome {
             evicted_entries,
             released_blocks,
@@ -545,9 +709,23 @@ impl Scheduler {
         if seq.status == SeqStatus::Running {
             assert_eq!(
                 seq.block_table.len(),
-                self.config.blocks_for(seq.reserved_entries()),
-                "{id}: blocks held must be ceil(reserved entries / block_size)"
+                self.config.blocks_for(seq.reserved_entries()) + seq.num_scratch_blocks,
+                "{id}: blocks held must be ceil(reserved entries / block_size) + scratch blocks"
             );
+            for (index, &block) in seq.block_table.as_slice().iter().enumerate() {
+                let private = index >= seq.num_entry_blocks();
+                if private {
+                    assert_eq!(
+                        self.allocator.ref_count(block),
+                        Some(1),
+                        "{id}: scratch {block} is shared"
+                    );
+                    assert!(
+                        !self.allocator.is_cached(block),
+                        "{id}: scratch {block} is cached"
+                    );
+                }
+            }
             return;
         }
         assert!(
@@ -569,4 +747,16 @@ impl Scheduler {
             );
         }
     }
+}
+
+/// Publishes `seq`'s full prompt blocks that are computed and not yet published; a block whose
+/// prefix another block already holds stays private.
+fn publish_computed(seq: &mut Sequence, allocator: &mut BlockAllocator, block_size: usize) {
+    let computed_blocks = seq.num_computed_tokens / block_size;
+    let publishable = computed_blocks.min(seq.block_hashes.len());
+    for index in seq.num_published_blocks..publishable {
+        let block = seq.block_table.as_slice()[index];
+        allocator.publish(block, seq.block_hashes[index]);
+    }
+    seq.num_published_blocks = seq.num_published_blocks.max(publishable);
 }

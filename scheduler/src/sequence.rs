@@ -12,9 +12,10 @@
 
 use crate::block_table::BlockTable;
 use crate::ids::SeqId;
+use crate::prefix_cache::BlockHash;
 
-/// A request as submitted: lengths only, the engine keeps the tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A request as submitted: lengths and prefix hashes only, the engine keeps the tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// The caller's id; must not collide with a request the scheduler still knows.
     pub id: SeqId,
@@ -24,6 +25,9 @@ pub struct Request {
     pub max_tokens: usize,
     /// What the engine's last prefill chunk of this request needs (KV eviction).
     pub last_chunk: LastChunk,
+    /// The hashes of the prompt's full blocks ([`crate::Scheduler::hash_prompt`]); empty keeps
+    /// the request out of the prefix cache.
+    pub block_hashes: Vec<BlockHash>,
 }
 
 /// Constraints on a request's last prefill chunk, which is where the engine scores and evicts
@@ -36,6 +40,18 @@ pub struct LastChunk {
     /// Rows of work the last chunk adds beyond its tokens (LookaheadKV's lookahead rows); they
     /// count against the step's token budget like tokens do.
     pub extra_rows: usize,
+    /// Set when the request's policy evicts: a prefill longer than this compacts its cache.
+    pub eviction: Option<EvictionBound>,
+}
+
+/// What an evicting policy does to a prefill, as far as blocks are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvictionBound {
+    /// A prefill of more tokens than this is evicted at its last chunk (the policy's budget).
+    pub over_tokens: usize,
+    /// The most entries the eviction keeps (the largest per-layer budget, or a bound on it): a
+    /// request whose prompt blocks are cached compacts into this many entries of fresh blocks.
+    pub max_kept_entries: usize,
 }
 
 /// Why a sequence finished.
@@ -93,10 +109,19 @@ pub(crate) struct Sequence {
     pub awaiting_output: bool,
     pub status: SeqStatus,
     pub block_table: BlockTable,
+    /// Hashes of the prompt's full blocks; empty when the request stays out of the cache.
+    pub block_hashes: Vec<BlockHash>,
+    /// Leading prompt blocks already published (or found) in the prefix cache, or, after an
+    /// eviction, all of them: nothing is published once the entries are compacted.
+    pub num_published_blocks: usize,
+    /// Fresh blocks at the end of the table that the last chunk's eviction compacts into, so
+    /// cached prompt blocks are never written (docs/design.md §7); 0 otherwise.
+    pub num_scratch_blocks: usize,
 }
 
 impl Sequence {
     pub fn new(request: Request, arrival: u64, capacity_blocks: usize) -> Self {
+        let block_hashes = request.block_hashes;
         Self {
             id: request.id,
             arrival,
@@ -110,7 +135,15 @@ impl Sequence {
             awaiting_output: false,
             status: SeqStatus::Waiting,
             block_table: BlockTable::with_capacity(capacity_blocks),
+            block_hashes,
+            num_published_blocks: 0,
+            num_scratch_blocks: 0,
         }
+    }
+
+    /// Blocks of the table that hold the prefill's entries (the scratch blocks excluded).
+    pub fn num_entry_blocks(&self) -> usize {
+        self.block_table.len() - self.num_scratch_blocks
     }
 
     /// Prompt plus generated tokens.
@@ -140,6 +173,7 @@ impl Sequence {
         let LastChunk {
             min_tokens,
             extra_rows,
+            ..
         } = self.last_chunk;
         if remaining + extra_rows <= budget {
             return Some((remaining, remaining + extra_rows));

@@ -60,6 +60,7 @@ GAUGES = {
     "glimpse_num_requests_waiting",
     "glimpse_kv_blocks_total",
     "glimpse_kv_blocks_used",
+    "glimpse_kv_blocks_cached",
     "glimpse_kv_cache_usage_ratio",
     "glimpse_kv_cache_bytes",
     "glimpse_build_info",
@@ -70,6 +71,8 @@ COUNTERS = {
     "glimpse_kv_evicted_tokens_total",
     "glimpse_kv_blocks_freed_by_eviction_total",
     "glimpse_num_preemptions_total",
+    "glimpse_prefix_cache_queries_total",
+    "glimpse_prefix_cache_hits_total",
     "glimpse_request_success_total",
     "glimpse_request_errors_total",
 }

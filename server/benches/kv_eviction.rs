@@ -126,6 +126,7 @@ fn prefill(
                 },
                 eviction: last.then_some(eviction),
                 compacted: None,
+                compact_into: None,
             }],
         };
         let (chunk_started, cpu_started) = (Instant::now(), process_cpu_seconds());
@@ -203,6 +204,7 @@ fn resident_capacity(
         max_num_batched_tokens,
         max_num_seqs: num_requests,
         max_model_len: prompt_len + 1,
+        ..SchedulerConfig::default()
     })
     .expect("scheduler config");
     for id in 0..num_requests as u64 {
@@ -212,6 +214,7 @@ fn resident_capacity(
                 num_prompt_tokens: prompt_len,
                 max_tokens: 1,
                 last_chunk: LastChunk::default(),
+                block_hashes: Vec::new(),
             })
             .expect("request fits");
     }

@@ -106,6 +106,12 @@ pub const DESCRIPTIONS: &[Description] = &[
         "KV-cache blocks held by requests now (blocks).",
     ),
     describe(
+        "glimpse_kv_blocks_cached",
+        Kind::Gauge,
+        Unit::Count,
+        "KV-cache blocks holding a cached prompt prefix, in use or idle until reclaimed (blocks).",
+    ),
+    describe(
         "glimpse_kv_cache_usage_ratio",
         Kind::Gauge,
         Unit::Count,
@@ -134,6 +140,18 @@ pub const DESCRIPTIONS: &[Description] = &[
         Kind::Counter,
         Unit::Count,
         "Tokens generated (tokens).",
+    ),
+    describe(
+        "glimpse_prefix_cache_queries_total",
+        Kind::Counter,
+        Unit::Count,
+        "Prompt tokens looked up in the prefix cache when a request is admitted (tokens).",
+    ),
+    describe(
+        "glimpse_prefix_cache_hits_total",
+        Kind::Counter,
+        Unit::Count,
+        "Prompt tokens found in the prefix cache when a request is admitted (tokens).",
     ),
     describe(
         "glimpse_num_preemptions_total",
@@ -288,6 +306,7 @@ pub fn install(info: &BuildInfo<'_>) -> Result<PrometheusHandle, BuildError> {
     gauge!("glimpse_kv_blocks_total").set(info.num_blocks as f64);
     gauge!("glimpse_kv_cache_bytes").set(info.kv_cache_bytes as f64);
     gauge!("glimpse_kv_blocks_used").set(0.0);
+    gauge!("glimpse_kv_blocks_cached").set(0.0);
     gauge!("glimpse_kv_cache_usage_ratio").set(0.0);
     gauge!("glimpse_num_requests_running").set(0.0);
     gauge!("glimpse_num_requests_waiting").set(0.0);
@@ -295,6 +314,8 @@ pub fn install(info: &BuildInfo<'_>) -> Result<PrometheusHandle, BuildError> {
         "glimpse_prompt_tokens_total",
         "glimpse_generation_tokens_total",
         "glimpse_num_preemptions_total",
+        "glimpse_prefix_cache_queries_total",
+        "glimpse_prefix_cache_hits_total",
     ] {
         counter!(name).absolute(0);
     }
@@ -368,6 +389,7 @@ impl StepObserver for EngineMetrics {
         gauge!("glimpse_num_requests_running").set(scheduler.num_running() as f64);
         gauge!("glimpse_num_requests_waiting").set(scheduler.num_waiting() as f64);
         gauge!("glimpse_kv_blocks_used").set(allocator.num_used() as f64);
+        gauge!("glimpse_kv_blocks_cached").set(allocator.num_cached() as f64);
         gauge!("glimpse_kv_cache_usage_ratio")
             .set(allocator.num_used() as f64 / geometry.num_blocks as f64);
         let tokens = report.num_prefill_tokens + report.num_decode_tokens;
@@ -377,6 +399,10 @@ impl StepObserver for EngineMetrics {
         counter!("glimpse_prompt_tokens_total").increment(report.num_prefill_tokens as u64);
         counter!("glimpse_generation_tokens_total").increment(report.num_sampled as u64);
         counter!("glimpse_num_preemptions_total").increment(report.num_preempted as u64);
+        counter!("glimpse_prefix_cache_queries_total")
+            .increment(report.prefix_cache.queried_tokens as u64);
+        counter!("glimpse_prefix_cache_hits_total")
+            .increment(report.prefix_cache.hit_tokens as u64);
         for itl in &report.inter_token_latencies {
             histogram!(ITL).record(itl.as_secs_f64());
         }

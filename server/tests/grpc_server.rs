@@ -815,3 +815,43 @@ fn every_metric_has_help_and_every_series_names_the_model() {
         assert!(text.contains(&format!("# HELP {name} ")), "{name}");
     }
 }
+
+/// docs/design.md §7: the same prompt twice is served the second time from the prefix cache
+/// (vLLM's token counts: both requests query their prompt, the second hits its full blocks but
+/// the last token), with the same text; `--enable-prefix-caching false` counts nothing.
+#[test]
+fn a_repeated_prompt_hits_the_prefix_cache_unless_caching_is_off() {
+    let prompt = "Once upon a time, there was a little girl named Lily. She loved to play \
+                  outside in the park with her friends, and one day she found a big red ball.";
+    for (flags, caching) in [
+        (&[][..], true),
+        (&["--enable-prefix-caching", "false"][..], false),
+    ] {
+        let server = Server::start_with(flags);
+        let (texts, prompt_tokens) = runtime().block_on(async {
+            let mut client = server.client().await;
+            let mut texts = Vec::new();
+            let mut prompt_tokens = 0;
+            for _ in 0..2 {
+                let (text, last) = generate(&mut client, greedy(prompt, 8)).await.unwrap();
+                prompt_tokens = last.usage.unwrap().prompt_tokens as usize;
+                texts.push(text);
+            }
+            (texts, prompt_tokens)
+        });
+        assert_eq!(texts[0], texts[1]);
+        assert!(prompt_tokens > 32, "the prompt spans full blocks of 16");
+        let (queries, hits) = match caching {
+            true => (2 * prompt_tokens, (prompt_tokens - 1) / 16 * 16),
+            false => (0, 0),
+        };
+        let limit = Duration::from_secs(10);
+        server.wait_for_metric("glimpse_prefix_cache_queries_total", queries as f64, limit);
+        assert_eq!(
+            server.metric("glimpse_prefix_cache_hits_total"),
+            Some(hits as f64)
+        );
+        let cached = server.metric("glimpse_kv_blocks_cached").unwrap();
+        assert_eq!(cached > 0.0, caching, "{cached} cached blocks");
+    }
+}

@@ -125,6 +125,7 @@ fn check_batching_is_invisible(model_dir: &Path, sampled: bool, dtype: DtypeChoi
     let tight = BatchLimits {
         max_num_batched_tokens: 64,
         max_num_seqs: 64,
+        ..BatchLimits::default()
     };
     let mut together = setup.core(4, 96, tight);
     let (batched, preemptions) = run_together(&mut together, &requests);
@@ -132,6 +133,7 @@ fn check_batching_is_invisible(model_dir: &Path, sampled: bool, dtype: DtypeChoi
     let roomy = BatchLimits {
         max_num_batched_tokens: 4096,
         max_num_seqs: 8,
+        ..BatchLimits::default()
     };
     for (i, request) in requests.iter().enumerate() {
         let mut alone = setup.core(16, 64, roomy);

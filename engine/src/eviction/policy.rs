@@ -366,6 +366,18 @@ impl EvictionPolicy {
         Ok(())
     }
 
+    /// The most entries an eviction under this policy keeps in any layer, whatever the prompt
+    /// (`None` under [`Policy::Full`]): the budget, or under PyramidKV `2·budget`, a bound on its
+    /// largest layer budget `2B − B/β` (see [`super::pyramid::pyramid_budgets`]). Prefix caching
+    /// reserves this many entries of fresh blocks to compact into (docs/design.md §7).
+    pub fn max_kept_entries(&self) -> Option<usize> {
+        match self.policy {
+            Policy::Full => None,
+            Policy::PyramidKv { .. } => Some(2 * self.budget.max(1)),
+            _ => Some(self.budget.max(1)),
+        }
+    }
+
     /// The eviction of a prompt of `prompt_len` entries, or `None` when the prompt is kept whole:
     /// under [`Policy::Full`] and when it is no longer than the budget. The one place that
     /// decides whether a prompt is evicted at all.

@@ -15,6 +15,7 @@ fn small_config() -> SchedulerConfig {
         max_num_batched_tokens: 64,
         max_num_seqs: 8,
         max_model_len: 64,
+        enable_prefix_caching: true,
     }
 }
 
@@ -24,6 +25,7 @@ fn request(id: u64, num_prompt_tokens: usize, max_tokens: usize) -> Request {
         num_prompt_tokens,
         max_tokens,
         last_chunk: LastChunk::default(),
+        block_hashes: Vec::new(),
     }
 }
 
@@ -500,6 +502,7 @@ fn request_with(id: u64, prompt: usize, min_tokens: usize, extra_rows: usize) ->
         last_chunk: LastChunk {
             min_tokens,
             extra_rows,
+            eviction: None,
         },
         ..request(id, prompt, 4)
     }
@@ -549,4 +552,208 @@ fn lookahead_rows_count_against_the_step_budget() {
         ),
         "{error:?}"
     );
+}
+
+/// A request for `prompt` with its block hashes.
+fn cached_request(sched: &Scheduler, id: u64, prompt: &[u32], last_chunk: LastChunk) -> Request {
+    Request {
+        last_chunk,
+        block_hashes: sched.hash_prompt(prompt),
+        ..request(id, prompt.len(), 4)
+    }
+}
+
+/// Runs until every request finished, checking invariants after each step.
+fn run_to_end(sched: &mut Scheduler) {
+    while sched.has_unfinished() {
+        step(sched);
+        sched.check_invariants();
+    }
+}
+
+#[test]
+fn a_repeated_prompt_prefills_only_what_the_cache_lacks() {
+    let mut sched = scheduler(small_config());
+    let prompt: Vec<u32> = (0..10).collect();
+    sched
+        .add(cached_request(&sched, 1, &prompt, LastChunk::default()))
+        .unwrap();
+    run_to_end(&mut sched);
+    assert_eq!(sched.allocator().num_cached(), 2, "two full blocks of 4");
+    sched
+        .add(cached_request(&sched, 2, &prompt, LastChunk::default()))
+        .unwrap();
+    let plan = sched.schedule();
+    assert_eq!(
+        (plan.prefills[0].first_position, plan.prefills[0].num_tokens),
+        (8, 2)
+    );
+    assert_eq!(
+        plan.prefix_cache,
+        crate::PrefixCacheStats {
+            queried_tokens: 10,
+            hit_tokens: 8
+        }
+    );
+    sched.check_invariants();
+}
+
+#[test]
+fn a_prompt_of_whole_blocks_still_computes_its_last_block() {
+    let mut sched = scheduler(small_config());
+    let prompt: Vec<u32> = (0..8).collect();
+    sched
+        .add(cached_request(&sched, 1, &prompt, LastChunk::default()))
+        .unwrap();
+    run_to_end(&mut sched);
+    sched
+        .add(cached_request(&sched, 2, &prompt, LastChunk::default()))
+        .unwrap();
+    let plan = sched.schedule();
+    assert_eq!(
+        (plan.prefills[0].first_position, plan.prefills[0].num_tokens),
+        (4, 4),
+        "the last token is recomputed, so its whole block is"
+    );
+}
+
+#[test]
+fn a_hit_backs_off_whole_blocks_to_leave_the_scoring_window_computed() {
+    let mut sched = scheduler(small_config());
+    let prompt: Vec<u32> = (0..21).collect();
+    let window = LastChunk {
+        min_tokens: 6,
+        ..LastChunk::default()
+    };
+    sched
+        .add(cached_request(&sched, 1, &prompt, window))
+        .unwrap();
+    run_to_end(&mut sched);
+    sched
+        .add(cached_request(&sched, 2, &prompt, window))
+        .unwrap();
+    let plan = sched.schedule();
+    // 5 cached blocks (20 tokens) would leave 1 token; 21 − 6 = 15 → 3 blocks.
+    assert_eq!(plan.prefills[0].first_position, 12);
+    assert_eq!(plan.prefills[0].num_tokens, 9);
+}
+
+#[test]
+fn an_evicting_request_compacts_into_fresh_blocks_and_leaves_its_prompt_cached() {
+    let mut sched = scheduler(small_config());
+    let prompt: Vec<u32> = (0..18).collect();
+    let evicting = LastChunk {
+        eviction: Some(crate::EvictionBound {
+            over_tokens: 6,
+            max_kept_entries: 6,
+        }),
+        ..LastChunk::default()
+    };
+    sched
+        .add(cached_request(&sched, 1, &prompt, evicting))
+        .unwrap();
+    let plan = sched.schedule();
+    let table = sched.block_table(SeqId(1)).unwrap().to_vec();
+    assert_eq!(table.len(), 5 + 2, "5 prompt blocks and 2 to compact into");
+    assert_eq!(plan.prefills[0].compact_into_block, Some(5));
+    sample_all(&mut sched, &plan);
+    let outcome = sched.apply_eviction(SeqId(1), 6).unwrap();
+    assert_eq!(outcome.released_blocks, 5 - 2);
+    assert_eq!(sched.block_table(SeqId(1)).unwrap(), &table[5..]);
+    assert_eq!(sched.allocator().num_cached(), 4, "the full prompt blocks");
+    assert_eq!(sched.allocator().num_cached_idle(), 4);
+    sched.check_invariants();
+    sched
+        .add(cached_request(&sched, 2, &prompt, evicting))
+        .unwrap();
+    let plan = sched.schedule();
+    let chunk = plan.prefills.iter().find(|c| c.seq == SeqId(2)).unwrap();
+    assert_eq!((chunk.first_position, chunk.num_tokens), (16, 2));
+    sched.check_invariants();
+}
+
+#[test]
+fn a_preempted_request_resumes_from_its_cached_prompt() {
+    let mut sched = scheduler(SchedulerConfig {
+        num_blocks: 6,
+        ..small_config()
+    });
+    let first: Vec<u32> = (0..12).collect();
+    let second: Vec<u32> = (100..111).collect();
+    sched
+        .add(Request {
+            max_tokens: 8,
+            ..cached_request(&sched, 1, &first, LastChunk::default())
+        })
+        .unwrap();
+    sched
+        .add(Request {
+            max_tokens: 8,
+            ..cached_request(&sched, 2, &second, LastChunk::default())
+        })
+        .unwrap();
+    let mut resumed_at = None;
+    while sched.has_unfinished() {
+        let plan = step(&mut sched);
+        sched.check_invariants();
+        if let Some(chunk) = plan
+            .prefills
+            .iter()
+            .find(|c| c.seq == SeqId(2) && plan.prefix_cache.hit_tokens > 0)
+        {
+            resumed_at.get_or_insert(chunk.first_position);
+        }
+    }
+    let resumed_at = resumed_at.expect("request 2 was preempted and hit its cached prompt");
+    assert!(resumed_at > 0 && resumed_at % 4 == 0, "{resumed_at}");
+    assert_eq!(sched.allocator().num_used(), 0);
+}
+
+#[test]
+fn cached_blocks_are_reclaimed_only_when_no_plain_free_block_is_left() {
+    let mut sched = scheduler(SchedulerConfig {
+        num_blocks: 4,
+        ..small_config()
+    });
+    let prompt: Vec<u32> = (0..9).collect();
+    sched
+        .add(cached_request(&sched, 1, &prompt, LastChunk::default()))
+        .unwrap();
+    run_to_end(&mut sched);
+    assert_eq!(sched.allocator().num_cached(), 2);
+    sched.add(request(2, 4, 1)).unwrap();
+    run_to_end(&mut sched);
+    assert_eq!(
+        sched.allocator().num_cached(),
+        2,
+        "a plain free block served"
+    );
+    sched.add(request(3, 12, 1)).unwrap();
+    run_to_end(&mut sched);
+    assert_eq!(
+        sched.allocator().num_cached(),
+        1,
+        "one cached block reclaimed"
+    );
+}
+
+#[test]
+fn with_prefix_caching_off_nothing_is_hashed_or_reused() {
+    let mut sched = scheduler(SchedulerConfig {
+        enable_prefix_caching: false,
+        ..small_config()
+    });
+    let prompt: Vec<u32> = (0..10).collect();
+    assert!(sched.hash_prompt(&prompt).is_empty());
+    for id in [1, 2] {
+        sched
+            .add(cached_request(&sched, id, &prompt, LastChunk::default()))
+            .unwrap();
+        let plan = sched.schedule();
+        assert_eq!(plan.prefills[0].first_position, 0);
+        assert_eq!(plan.prefix_cache, crate::PrefixCacheStats::default());
+        sample_all(&mut sched, &plan);
+        run_to_end(&mut sched);
+    }
+    assert_eq!(sched.allocator().num_cached(), 0);
 }

@@ -81,6 +81,10 @@ pub struct EngineArgs {
     /// Most sequences running at once.
     #[arg(long, default_value_t = 256, env = "GLIMPSE_MAX_NUM_SEQS")]
     pub max_num_seqs: usize,
+    /// Reuse the KV of full prompt blocks computed for earlier requests (automatic prefix
+    /// caching, docs/design.md §7); `--enable-prefix-caching false` recomputes every prompt.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "GLIMPSE_ENABLE_PREFIX_CACHING")]
+    pub enable_prefix_caching: bool,
     /// KV eviction policy of requests that name none, by name (`full`, `snapkv`, ...; each
     /// policy with the defaults of docs/design.md §4).
     #[arg(long, default_value = "full", value_parser = parse_kv_policy, env = "GLIMPSE_KV_POLICY")]
@@ -224,6 +228,7 @@ impl EngineArgs {
         let limits = BatchLimits {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_num_seqs: self.max_num_seqs,
+            enable_prefix_caching: self.enable_prefix_caching,
         };
         let core = EngineCore::new(&model, Arc::clone(&tokenizer), backend, limits, eviction)?
             .with_input_limits(self.input.limits(model.config.max_model_len));

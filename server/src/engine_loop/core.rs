@@ -18,8 +18,8 @@ use glimpse_engine::eviction::EvictionPolicy;
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_scheduler::{
-    FinishReason as SchedulerFinish, LastChunk, Plan, Request, Scheduler, SchedulerConfig,
-    SchedulerError, SeqId, SeqOutput, StepResult,
+    EvictionBound, FinishReason as SchedulerFinish, LastChunk, Plan, PrefixCacheStats, Request,
+    Scheduler, SchedulerConfig, SchedulerError, SeqId, SeqOutput, StepResult,
 };
 
 use super::active::{ActiveRequest, EventSink, TokenOutcome};
@@ -27,11 +27,13 @@ use super::request::{FinishReason, StreamEvent, Timings, Usage};
 use crate::error::RequestError;
 use crate::validation::{EvictionSettings, InputLimits, RequestLimits, ValidRequest, Validator};
 
-/// Batching limits of the loop (vLLM's names and defaults).
+/// Batching limits of the loop and its prefix-cache switch (vLLM's names and defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
     pub max_num_batched_tokens: usize,
     pub max_num_seqs: usize,
+    /// Reuse the KV of cached prompt prefixes (docs/design.md §7).
+    pub enable_prefix_caching: bool,
 }
 
 impl Default for BatchLimits {
@@ -39,6 +41,7 @@ impl Default for BatchLimits {
         Self {
             max_num_batched_tokens: 2048,
             max_num_seqs: 256,
+            enable_prefix_caching: true,
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct StepReport {
     pub inter_token_latencies: Vec<Duration>,
     /// Requests whose prompt was evicted this step.
     pub evictions: Vec<EvictionReport>,
+    /// Prompt tokens this step's admissions looked up in the prefix cache, and found.
+    pub prefix_cache: PrefixCacheStats,
     pub completed: Vec<CompletedRequest>,
 }
 
@@ -116,6 +121,7 @@ impl EngineCore {
             max_num_batched_tokens: limits.max_num_batched_tokens,
             max_num_seqs: limits.max_num_seqs,
             max_model_len: model.config.max_model_len,
+            enable_prefix_caching: limits.enable_prefix_caching,
         })?;
         Ok(Self {
             backend,
@@ -180,6 +186,7 @@ impl EngineCore {
                 num_prompt_tokens: request.prompt_ids.len(),
                 max_tokens: request.stop.max_tokens,
                 last_chunk: last_chunk_needs(request.policy, request.prompt_ids.len()),
+                block_hashes: self.scheduler.hash_prompt(&request.prompt_ids),
             })
             .map_err(|e| RequestError::TooLong {
                 message: e.to_string(),
@@ -249,6 +256,7 @@ impl EngineCore {
         self.abort_disconnected(started, &mut report);
         self.scheduler.schedule_into(&mut self.plan);
         report.num_preempted = self.plan.preempted.len();
+        report.prefix_cache = self.plan.prefix_cache;
         for seq in &self.plan.preempted {
             // Recomputed from scratch: the next prefill writes a full cache and evicts again.
             if let Some(request) = self.requests.get_mut(seq) {
@@ -344,11 +352,17 @@ impl EngineCore {
         let mut sequences = Vec::with_capacity(spans.len());
         for (chunk, span) in plan.prefills.iter().zip(&spans) {
             let tokens = &self.requests[&chunk.seq].tokens;
+            // The blocks past `compact_into_block` are fresh ones the eviction writes into.
+            let table = &self.tables[span.clone()];
+            let (block_table, compact_into) = match chunk.compact_into_block {
+                Some(first) => (&table[..first], Some(&table[first..])),
+                None => (table, None),
+            };
             sequences.push(SequenceInput {
                 token_ids: &tokens[chunk.first_position..chunk.first_position + chunk.num_tokens],
                 first_position: chunk.first_position,
                 first_cache_entry: chunk.first_cache_entry,
-                block_table: &self.tables[span.clone()],
+                block_table,
                 logits: if chunk.is_last_chunk {
                     LogitsRequest::Last
                 } else {
@@ -358,6 +372,7 @@ impl EngineCore {
                     .is_last_chunk
                     .then_some(self.requests[&chunk.seq].policy),
                 compacted: None,
+                compact_into,
             });
         }
         for (decode, span) in plan.decodes.iter().zip(&spans[plan.prefills.len()..]) {
@@ -370,6 +385,7 @@ impl EngineCore {
                 logits: LogitsRequest::Last,
                 eviction: None,
                 compacted: request.compacted.as_ref().map(Compaction::as_prefix),
+                compact_into: None,
             });
         }
         self.backend
@@ -480,15 +496,29 @@ fn planned_seqs(plan: &Plan) -> impl Iterator<Item = SeqId> + '_ {
 }
 
 /// What the last prefill chunk of a prompt of `prompt_len` tokens must hold under `policy`, as
-/// its scoring plan says (nothing when the prompt is not evicted or needs no scores).
+/// its scoring plan says (no rows when the prompt is not evicted or needs no scores), and
+/// which prefills the policy evicts to how many entries at most.
 fn last_chunk_needs(policy: EvictionPolicy, prompt_len: usize) -> LastChunk {
+    let eviction = policy
+        .max_kept_entries()
+        .map(|max_kept_entries| EvictionBound {
+            over_tokens: policy.budget,
+            max_kept_entries,
+        });
     policy
         .for_prompt(prompt_len)
         .and_then(|prompt| prompt.scoring_plan())
-        .map_or_else(LastChunk::default, |plan| LastChunk {
-            min_tokens: plan.min_last_chunk_tokens(),
-            extra_rows: plan.extra_rows(),
-        })
+        .map_or(
+            LastChunk {
+                eviction,
+                ..LastChunk::default()
+            },
+            |plan| LastChunk {
+                min_tokens: plan.min_last_chunk_tokens(),
+                extra_rows: plan.extra_rows(),
+                eviction,
+            },
+        )
 }
 
 /// Keeps a sequence below `min_tokens` from choosing a token that would stop it.

@@ -1,12 +1,14 @@
 //! Benchmark prompts: where they come from and how long they are.
 //!
-//! Four sources, as in `vllm bench serve` and SGLang's `bench_serving`:
+//! Five sources, as in `vllm bench serve` and SGLang's `bench_serving`:
 //! - `random`: uniform random token ids, lengths uniform in `len·(1 ± range_ratio)`;
 //! - `jsonl`: one `{"prompt", "max_tokens"?, "answer"?}` object per line (TGI-style
 //!   `{"inputs", "parameters": {"max_new_tokens"}}` lines are accepted too);
 //! - `long-context`: windows of a text corpus (a directory of `.txt` files) cut to the
 //!   input length, each followed by a question: the workload KV eviction is for;
-//! - `shared-prefix`: one random prefix shared by every prompt plus a unique suffix.
+//! - `shared-prefix`: one random prefix shared by every prompt plus a unique suffix;
+//! - `doc-qa`: several random documents, each followed by several random questions, the
+//!   questions of the documents arriving interleaved: the workload prefix caching is for.
 //!
 //! Everything here is pure given an RNG and the texts or token ids; the one step that
 //! needs the server's tokenizer (cutting long contexts by tokens) receives its ids.
@@ -217,6 +219,46 @@ pub fn shared_prefix_prompts(
             })
         })
         .collect()
+}
+
+/// Shape of the `doc-qa` dataset.
+#[derive(Debug, Clone, Copy)]
+pub struct DocQaShape {
+    pub num_documents: usize,
+    pub document_len: usize,
+    pub questions_per_document: usize,
+    /// Tokens of each question (± the range ratio).
+    pub question_len: usize,
+    pub output_len: usize,
+    pub range_ratio: f64,
+}
+
+/// `doc-qa`: `num_documents` random documents of `document_len` ids, each followed by
+/// `questions_per_document` random questions; prompt `q · num_documents + d` is question `q` on
+/// document `d`, so each document's questions arrive interleaved with the others'.
+pub fn doc_qa_prompts(
+    shape: DocQaShape,
+    tokens: &TokenSampler,
+    rng: &mut impl Rng,
+) -> Result<Vec<Prompt>, DatasetError> {
+    let documents: Vec<Vec<u32>> = (0..shape.num_documents)
+        .map(|_| tokens.sample(shape.document_len, rng))
+        .collect();
+    let mut prompts = Vec::with_capacity(shape.num_documents * shape.questions_per_document);
+    for _ in 0..shape.questions_per_document {
+        for document in &documents {
+            let question_len = sample_len(shape.question_len, shape.range_ratio, rng)?;
+            let output_len = sample_len(shape.output_len, shape.range_ratio, rng)?;
+            let mut ids = document.clone();
+            ids.extend(tokens.sample(question_len, rng));
+            prompts.push(Prompt {
+                input: PromptInput::TokenIds(ids),
+                max_tokens: output_len as u32,
+                answer: None,
+            });
+        }
+    }
+    Ok(prompts)
 }
 
 #[derive(Deserialize)]
@@ -480,6 +522,29 @@ mod tests {
             assert_eq!(&ids(p)[..30], &first[..30]);
         }
         assert_ne!(ids(&prompts[0])[30..], ids(&prompts[1])[30..]);
+    }
+
+    #[test]
+    fn doc_qa_interleaves_the_questions_of_each_document() {
+        let tokens = TokenSampler::new(1000, &[]).unwrap();
+        let shape = DocQaShape {
+            num_documents: 3,
+            document_len: 20,
+            questions_per_document: 2,
+            question_len: 5,
+            output_len: 4,
+            range_ratio: 0.0,
+        };
+        let prompts = doc_qa_prompts(shape, &tokens, &mut StdRng::seed_from_u64(3)).unwrap();
+        assert_eq!(prompts.len(), 6);
+        for (i, p) in prompts.iter().enumerate() {
+            assert_eq!(ids(p).len(), 25);
+            assert_eq!(p.max_tokens, 4);
+            let same_document = &prompts[(i + 3) % 6];
+            assert_eq!(ids(p)[..20], ids(same_document)[..20], "prompt {i}");
+            assert_ne!(ids(p)[20..], ids(same_document)[20..], "prompt {i}");
+            assert_ne!(ids(p)[..20], ids(&prompts[(i + 1) % 3])[..20], "prompt {i}");
+        }
     }
 
     #[test]

@@ -34,7 +34,8 @@ use serde::Serialize;
 use backend::Backend;
 use client::{ClientError, RequestSettings};
 use dataset::{
-    DatasetError, Prompt, PromptInput, RandomShape, TokenSampler, TokenizedCorpus, Vocabulary,
+    DatasetError, DocQaShape, Prompt, PromptInput, RandomShape, TokenSampler, TokenizedCorpus,
+    Vocabulary,
 };
 use openai::OpenAiError;
 use report::{BenchReport, ModelSummary, PolicyReport, PolicyRun, ServedModel};
@@ -75,6 +76,10 @@ pub enum DatasetKind {
     LongContext,
     /// A `--prefix-len` random prefix shared by all prompts plus a unique suffix.
     SharedPrefix,
+    /// `--num-documents` random documents of `--document-len` tokens, each asked
+    /// `--questions-per-document` random questions of `--input-len` tokens, the documents'
+    /// questions interleaved (`--num-prompts` does not apply).
+    DocQa,
 }
 
 /// How long-context windows are measured.
@@ -196,6 +201,15 @@ pub struct BenchArgs {
     /// Shared prefix tokens for `--dataset shared-prefix`.
     #[arg(long, default_value_t = 256)]
     pub prefix_len: usize,
+    /// Documents of `--dataset doc-qa`.
+    #[arg(long, default_value_t = 4)]
+    pub num_documents: usize,
+    /// Tokens of each `--dataset doc-qa` document.
+    #[arg(long, default_value_t = 2048)]
+    pub document_len: usize,
+    /// Questions asked about each `--dataset doc-qa` document.
+    #[arg(long, default_value_t = 16)]
+    pub questions_per_document: usize,
     /// KV policies to compare, comma-separated; each runs the same prompts in turn.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "full")]
     pub policies: Vec<BenchPolicy>,
@@ -330,6 +344,7 @@ impl BenchArgs {
                 let dataset = match self.dataset {
                     DatasetKind::Random => Some("random"),
                     DatasetKind::SharedPrefix => Some("shared-prefix"),
+                    DatasetKind::DocQa => Some("doc-qa"),
                     DatasetKind::Jsonl | DatasetKind::LongContext => None,
                 };
                 if let Some(dataset) = dataset {
@@ -343,6 +358,9 @@ impl BenchArgs {
         for (flag, value) in [
             ("num-prompts", self.num_prompts),
             ("max-concurrency", self.max_concurrency.unwrap_or(1)),
+            ("num-documents", self.num_documents),
+            ("document-len", self.document_len),
+            ("questions-per-document", self.questions_per_document),
         ] {
             if value == 0 {
                 return Err(ArgsError::Zero { flag });
@@ -604,6 +622,17 @@ async fn build_prompts(
         DatasetKind::Random => dataset::random_prompts(shape, &token_sampler()?, rng)?,
         DatasetKind::SharedPrefix => {
             dataset::shared_prefix_prompts(shape, args.prefix_len, &token_sampler()?, rng)?
+        }
+        DatasetKind::DocQa => {
+            let shape = DocQaShape {
+                num_documents: args.num_documents,
+                document_len: args.document_len,
+                questions_per_document: args.questions_per_document,
+                question_len: args.input_len,
+                output_len: args.output_len,
+                range_ratio: args.range_ratio,
+            };
+            dataset::doc_qa_prompts(shape, &token_sampler()?, rng)?
         }
         DatasetKind::Jsonl => {
             let path = args

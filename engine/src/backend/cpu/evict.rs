@@ -63,12 +63,15 @@ impl PendingEviction {
             .map_or(end..end, |plan| plan.query_rows(first_row, num_tokens))
     }
 
-    /// Scores, selects and compacts `layer` of the sequence with `block_table`.
+    /// Scores, selects and compacts `layer` of the sequence with `block_table`; the kept
+    /// entries go to the blocks `compact_into` (`block_table` itself for an in-place
+    /// compaction).
     pub fn run_layer(
         &mut self,
         cache: &mut CpuKvCache,
         layer: usize,
         block_table: &[u32],
+        compact_into: &[u32],
         input: ScoringInput<'_>,
     ) -> Result<()> {
         let started = Instant::now();
@@ -104,7 +107,7 @@ impl PendingEviction {
             geometry.num_kv_heads,
             scores.as_ref(),
         )?;
-        cache.compact(layer, block_table, &selection.kept);
+        cache.compact(layer, block_table, compact_into, &selection.kept);
         self.selections.push(selection);
         self.time += started.elapsed();
         Ok(())

@@ -104,26 +104,28 @@ impl CpuKvCache {
         (&self.keys, &self.values)
     }
 
-    /// Compaction after eviction: for each KV head `h` of `layer`, moves the entries
-    /// `kept[h]` (ascending) of the sequence with `block_table` to its entries `0..kept[h].len()`,
-    /// keys and values alike. In place: entry `kept[h][i] ≥ i` is read before slot `i` could
-    /// overwrite it, since slots fill in ascending order.
-    pub fn compact(&mut self, layer: usize, block_table: &[u32], kept: &[Vec<usize>]) {
+    /// Compaction after eviction: for each KV head `h` of `layer`, copies the entries
+    /// `kept[h]` (ascending) of the blocks `from` to the entries `0..kept[h].len()` of the
+    /// blocks `to`, keys and values alike. `to` is either `from` itself (in place: entry
+    /// `kept[h][i] ≥ i` is read before slot `i` could overwrite it, since slots fill in
+    /// ascending order) or blocks disjoint from `from` (prefix caching keeps `from` intact).
+    pub fn compact(&mut self, layer: usize, from: &[u32], to: &[u32], kept: &[Vec<usize>]) {
         let (d, bs) = (self.geometry.head_dim, self.geometry.block_size);
         let layer_start = self.layer_range(layer).start;
         let (block_stride, head_stride) = (self.block_stride(), self.head_stride());
-        // Start of the entry's piece of the head, and its slot.
-        let piece = |entry: usize, head: usize| {
-            let start = layer_start + block_table[entry / bs] as usize * block_stride;
+        // Start of the entry's piece of the head in `table`, and its slot.
+        let piece = |table: &[u32], entry: usize, head: usize| {
+            let start = layer_start + table[entry / bs] as usize * block_stride;
             (start + head * head_stride, entry % bs)
         };
         for (head, entries) in kept.iter().enumerate() {
             for (slot, &entry) in entries.iter().enumerate() {
                 debug_assert!(entry >= slot, "kept entries are ascending and distinct");
-                if entry == slot {
+                let (source, target) = (piece(from, entry, head), piece(to, slot, head));
+                if source == target {
                     continue;
                 }
-                let ((from, from_slot), (to, to_slot)) = (piece(entry, head), piece(slot, head));
+                let ((from, from_slot), (to, to_slot)) = (source, target);
                 let (from_row, to_row) = (from + from_slot * d, to + to_slot * d);
                 self.values.copy_within(from_row..from_row + d, to_row);
                 for i in 0..d {

@@ -40,7 +40,7 @@ use super::{Backend, KvGeometry};
 use crate::batch::{ForwardBatch, ForwardOutput, ForwardProfile, RowRange, SequenceInput};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::eviction::{EvictionPolicy, HeadLayout, LookaheadMismatch};
+use crate::eviction::{EvictionPolicy, HeadLayout, LookaheadMismatch, PromptEviction};
 use crate::lookahead::LookaheadModule;
 use crate::model::{Model, RopeTables};
 
@@ -204,9 +204,47 @@ impl CpuBackend {
             }
             if let Some(policy) = seq.eviction {
                 self.validate_eviction(i, seq, policy)?;
+            } else if seq.compact_into.is_some() {
+                return bad(format!(
+                    "sequence {i}: blocks to compact into but no eviction"
+                ));
             }
         }
         Ok(())
+    }
+
+    /// Checks that `sequence`'s blocks to compact into lie in the pool, hold the most entries
+    /// `prompt` keeps and are none of the blocks its entries are read from.
+    fn validate_compact_into(
+        &self,
+        i: usize,
+        seq: &SequenceInput<'_>,
+        prompt: PromptEviction,
+    ) -> Result<()> {
+        let Some(into) = seq.compact_into else {
+            return Ok(());
+        };
+        let geometry = self.cache.geometry();
+        let most_kept = prompt
+            .layer_budgets(self.config.num_layers)
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            .min(prompt.prompt_len());
+        let sources = &seq.block_table[..geometry.blocks_for(prompt.prompt_len())];
+        let fits = into.len() >= geometry.blocks_for(most_kept)
+            && into
+                .iter()
+                .all(|b| (*b as usize) < geometry.num_blocks && !sources.contains(b));
+        if fits {
+            return Ok(());
+        }
+        Err(EngineError::InvalidBatch {
+            message: format!(
+                "sequence {i}: {} blocks to compact into must be in the pool, outside its block table and hold {most_kept} entries",
+                into.len()
+            ),
+        })
     }
 
     /// What an evicting sequence owes: a never-compacted cache, its scoring window inside the
@@ -224,10 +262,11 @@ impl CpuBackend {
                 "sequence {i}: eviction needs a cache that was never compacted (entries = positions)"
             ));
         }
-        let plan = policy
-            .for_prompt(seq.num_entries_after())
-            .and_then(|prompt| prompt.scoring_plan());
-        let Some(plan) = plan else {
+        let Some(prompt) = policy.for_prompt(seq.num_entries_after()) else {
+            return Ok(());
+        };
+        self.validate_compact_into(i, seq, prompt)?;
+        let Some(plan) = prompt.scoring_plan() else {
             return Ok(());
         };
         let window = plan.min_last_chunk_tokens();
@@ -407,7 +446,8 @@ impl CpuBackend {
                 queries,
                 extra_keys,
             };
-            pending.run_layer(&mut self.cache, l, seq.block_table, input)?;
+            let compact_into = seq.compact_into.unwrap_or(seq.block_table);
+            pending.run_layer(&mut self.cache, l, seq.block_table, compact_into, input)?;
         }
         Ok(())
     }

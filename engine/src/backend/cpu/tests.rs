@@ -1,11 +1,13 @@
 //! LookaheadKV's promise to the prompt (docs/design.md §3), checked on the private cache: the lookahead
-//! rows change nothing but the selection, with f32 and bf16 weights. Also the refusals of impossible
-//! eviction requests.
+//! rows change nothing but the selection, with f32 and bf16 weights; and prefix caching's promise
+//! to shared blocks: an eviction into fresh blocks writes nothing else. Also the refusals of
+//! impossible eviction requests.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::CpuBackend;
+use super::kv_cache::CpuKvCache;
 use crate::backend::Backend;
 use crate::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
 use crate::config::DtypeChoice;
@@ -56,6 +58,7 @@ fn prefill(
             logits: LogitsRequest::Last,
             eviction,
             compacted: None,
+            compact_into: None,
         }],
     };
     let mut out = ForwardOutput::default();
@@ -101,7 +104,7 @@ fn lookahead_rows_change_nothing_but_the_selection_in(dtype: DtypeChoice) {
     // Compacting the plain run's cache with the same selection must give the evicting run's
     // pool bit for bit, every block included: no lookahead K/V anywhere, prompt K/V untouched.
     for (layer, selection) in report.selections.iter().enumerate() {
-        plain.cache.compact(layer, &TABLE, &selection.kept);
+        plain.cache.compact(layer, &TABLE, &TABLE, &selection.kept);
     }
     let (keys, values) = evicting.cache.raw();
     let (want_keys, want_values) = plain.cache.raw();
@@ -160,6 +163,7 @@ fn impossible_evictions_are_refused_before_anything_runs() {
             logits: LogitsRequest::Last,
             eviction: Some(snapkv),
             compacted: None,
+            compact_into: None,
         }],
     };
     let error = backend
@@ -182,4 +186,134 @@ fn impossible_evictions_are_refused_before_anything_runs() {
         ),
         "{error}"
     );
+}
+
+/// Keys (head_dim values) and value of `entry` of KV head `head` in `layer`, read through
+/// `table`.
+fn entry_bits(
+    cache: &CpuKvCache,
+    layer: usize,
+    table: &[u32],
+    head: usize,
+    entry: usize,
+) -> Vec<f32> {
+    let view = cache.layer(layer);
+    let (bs, d) = (view.block_size, view.head_dim);
+    let base = view.head_offset(table[entry / bs] as usize, head);
+    let slot = entry % bs;
+    let key = (0..d).map(|i| view.keys[base + i * bs + slot]);
+    let value = view.values[base + slot * d..base + (slot + 1) * d]
+        .iter()
+        .copied();
+    key.chain(value).collect()
+}
+
+/// The bits of `block` in every layer, keys then values.
+fn block_bits(cache: &CpuKvCache, block: u32) -> Vec<f32> {
+    let (keys, values) = cache.raw();
+    let stride = cache.block_stride();
+    let layer_len = cache.geometry().num_blocks * stride;
+    let mut bits = Vec::new();
+    for pool in [keys, values] {
+        for layer_start in (0..pool.len()).step_by(layer_len) {
+            let start = layer_start + block as usize * stride;
+            bits.extend_from_slice(&pool[start..start + stride]);
+        }
+    }
+    bits
+}
+
+/// Prefix caching's promise to shared blocks (docs/design.md §7): an eviction told to compact
+/// into fresh blocks writes those blocks only — every other block of the pool, the prompt's
+/// included, holds the bits of a prefill that never evicted — and the fresh blocks hold exactly
+/// the entries an in-place compaction keeps.
+#[test]
+fn compacting_into_fresh_blocks_writes_no_other_block() {
+    const INTO: [u32; 4] = [1, 3, 10, 4];
+    let model = model();
+    let tokens = prompt(80);
+    let policies = [
+        Policy::streaming_llm(),
+        Policy::snapkv(),
+        Policy::PyramidKv {
+            window: 8,
+            kernel: 7,
+            pool: crate::eviction::Pool::Max,
+            beta: 2,
+        },
+        Policy::lookahead(),
+    ];
+    for policy in policies {
+        let policy = EvictionPolicy { policy, budget: 40 };
+        let backend =
+            || CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, Some(module(&model, 5))).unwrap();
+        let (mut in_place, mut fresh, mut untouched) = (backend(), backend(), backend());
+        let evicted = prefill(&mut in_place, &tokens, Some(policy)).unwrap();
+        let batch = ForwardBatch {
+            sequences: vec![SequenceInput {
+                token_ids: &tokens,
+                first_position: 0,
+                first_cache_entry: 0,
+                block_table: &TABLE,
+                logits: LogitsRequest::Last,
+                eviction: Some(policy),
+                compacted: None,
+                compact_into: Some(&INTO),
+            }],
+        };
+        let mut out = ForwardOutput::default();
+        fresh.forward(&batch, &mut out).unwrap();
+        prefill(&mut untouched, &tokens, None).unwrap();
+
+        assert_eq!(out.last_row(0), evicted.last_row(0), "{policy:?}");
+        let (got, want) = (&out.evictions[0], &evicted.evictions[0]);
+        assert_eq!(
+            (&got.selections, &got.layer_kept),
+            (&want.selections, &want.layer_kept),
+            "{policy:?}"
+        );
+        for block in (0..NUM_BLOCKS as u32).filter(|b| !INTO.contains(b)) {
+            assert!(
+                block_bits(&fresh.cache, block) == block_bits(&untouched.cache, block),
+                "{policy:?}: {block} was written"
+            );
+        }
+        for (layer, selection) in out.evictions[0].selections.iter().enumerate() {
+            for (head, kept) in selection.kept.iter().enumerate() {
+                for entry in 0..kept.len() {
+                    assert!(
+                        entry_bits(&fresh.cache, layer, &INTO, head, entry)
+                            == entry_bits(&in_place.cache, layer, &TABLE, head, entry),
+                        "{policy:?}: layer {layer} head {head} entry {entry}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn blocks_to_compact_into_that_overlap_the_prompt_are_refused() {
+    let model = model();
+    let tokens = prompt(80);
+    let mut backend = CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, None).unwrap();
+    let batch = ForwardBatch {
+        sequences: vec![SequenceInput {
+            token_ids: &tokens,
+            first_position: 0,
+            first_cache_entry: 0,
+            block_table: &TABLE,
+            logits: LogitsRequest::Last,
+            eviction: Some(EvictionPolicy {
+                policy: Policy::streaming_llm(),
+                budget: 24,
+            }),
+            compacted: None,
+            compact_into: Some(&TABLE[..2]),
+        }],
+    };
+    let error = backend
+        .forward(&batch, &mut ForwardOutput::default())
+        .unwrap_err();
+    assert!(error.to_string().contains("compact into"), "{error}");
 }
