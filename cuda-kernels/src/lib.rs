@@ -1,0 +1,209 @@
+//! Glimpse's CUDA kernels (`engine/src/backend/cuda/kernels/*.cu`) built for the CPU through the
+//! host shim (`shim/shim.h`: one host thread per CUDA thread, blocks one after another), so
+//! `cargo test` checks their logic against the CPU backend on machines without a GPU.
+//!
+//! Each function launches one kernel on host memory with the grid the CUDA backend would use and
+//! the block size the caller picks. They check slice lengths and indices first, as the CUDA
+//! backend checks a batch before a launch, and panic on a mismatch: this crate is for tests.
+
+mod ffi;
+
+use std::os::raw::c_int;
+
+/// A length or count as the kernels' `int`.
+fn int(value: usize) -> c_int {
+    c_int::try_from(value).expect("kernel arguments fit an int")
+}
+
+/// `out[r, :] = table[ids[r], :]` widened from bf16 bits, for a table `[vocab, hidden]`.
+pub fn embedding_gather(table: &[u16], hidden: usize, ids: &[i32], out: &mut [f32], threads: u32) {
+    let vocab = table.len() / hidden;
+    assert!(ids.iter().all(|&id| (0..int(vocab)).contains(&id)));
+    assert_eq!(out.len(), ids.len() * hidden);
+    // SAFETY: every id is a row of `table` and `out` holds `ids.len()` rows of `hidden`.
+    unsafe {
+        ffi::glimpse_shim_embedding_gather(
+            table.as_ptr(),
+            ids.as_ptr(),
+            out.as_mut_ptr(),
+            int(ids.len()),
+            int(hidden),
+            threads,
+        );
+    }
+}
+
+/// Which build of the RMSNorm kernel to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RmsNormBuild {
+    /// The kernel as shipped.
+    Shipped,
+    /// The kernel with its `__syncthreads` removed (`GLIMPSE_TEST_DROP_SYNC`), for the test that
+    /// shows a missing barrier is caught.
+    WithoutSync,
+}
+
+/// RMSNorm of each `weight.len()`-wide row of `x` into `out`; `threads` is a power of two.
+pub fn rms_norm(
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    threads: u32,
+    build: RmsNormBuild,
+) {
+    let width = weight.len();
+    assert!(threads.is_power_of_two());
+    assert_eq!(x.len() % width, 0);
+    assert_eq!(out.len(), x.len());
+    let launch = match build {
+        RmsNormBuild::Shipped => ffi::glimpse_shim_rms_norm,
+        RmsNormBuild::WithoutSync => ffi::glimpse_shim_rms_norm_without_sync,
+    };
+    // SAFETY: `x` and `out` hold `rows` rows of `width`, `weight` one.
+    unsafe {
+        launch(
+            x.as_ptr(),
+            weight.as_ptr(),
+            out.as_mut_ptr(),
+            int(x.len() / width),
+            int(width),
+            eps,
+            threads,
+        );
+    }
+}
+
+/// Where RoPE rotates: the first `num_heads` heads of `head_dim` of each row, rows `row_stride`
+/// floats apart.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeShape {
+    pub row_stride: usize,
+    pub num_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Rotates each row of `x` in place at `positions[r]`, with angle tables `[positions, head_dim / 2]`.
+pub fn rope(
+    x: &mut [f32],
+    positions: &[i32],
+    cos: &[f32],
+    sin: &[f32],
+    shape: RopeShape,
+    threads: u32,
+) {
+    let half = shape.head_dim / 2;
+    assert_eq!(cos.len(), sin.len());
+    assert!(shape.num_heads * shape.head_dim <= shape.row_stride);
+    assert_eq!(x.len(), positions.len() * shape.row_stride);
+    assert!(
+        positions
+            .iter()
+            .all(|&p| (0..int(cos.len() / half)).contains(&p))
+    );
+    // SAFETY: every row and every position's angles are inside the slices.
+    unsafe {
+        ffi::glimpse_shim_rope(
+            x.as_mut_ptr(),
+            positions.as_ptr(),
+            cos.as_ptr(),
+            sin.as_ptr(),
+            int(positions.len()),
+            int(shape.row_stride),
+            int(shape.num_heads),
+            int(shape.head_dim),
+            threads,
+        );
+    }
+}
+
+/// SwiGLU of rows `[gate | up]` (`2 · intermediate` wide) into `out` (`intermediate` wide).
+pub fn silu_mul(gate_up: &[f32], intermediate: usize, out: &mut [f32], blocks: u32, threads: u32) {
+    assert_eq!(gate_up.len() % (2 * intermediate), 0);
+    let rows = gate_up.len() / (2 * intermediate);
+    assert_eq!(out.len(), rows * intermediate);
+    // SAFETY: `gate_up` holds `rows` rows of `2 · intermediate`, `out` of `intermediate`.
+    unsafe {
+        ffi::glimpse_shim_silu_mul(
+            gate_up.as_ptr(),
+            out.as_mut_ptr(),
+            int(rows),
+            int(intermediate),
+            blocks,
+            threads,
+        );
+    }
+}
+
+/// The shape of one layer of the device KV pool, `[block][kv_head][slot][head_dim]`.
+#[derive(Debug, Clone, Copy)]
+pub struct KvLayout {
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+}
+
+impl KvLayout {
+    /// Index of dimension `d` of `head`'s entry at pool entry `entry` (`block · block_size + slot`).
+    pub fn index(&self, entry: usize, head: usize, d: usize) -> usize {
+        let (block, slot) = (entry / self.block_size, entry % self.block_size);
+        ((block * self.num_kv_heads + head) * self.block_size + slot) * self.head_dim + d
+    }
+}
+
+/// One layer of the device KV pool as bf16 bits, keys and values apart.
+pub struct KvLayer<'a> {
+    pub keys: &'a mut [u16],
+    pub values: &'a mut [u16],
+    pub layout: KvLayout,
+}
+
+/// Where K and V sit in each row of the fused qkv buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct QkvRows {
+    pub row_stride: usize,
+    pub k_offset: usize,
+    pub v_offset: usize,
+}
+
+/// Writes each row's K and V, rounded to bf16, into its pool entry `slot_mapping[r]` (−1: none).
+pub fn cache_write(
+    qkv: &[f32],
+    rows: QkvRows,
+    slot_mapping: &[i32],
+    layer: KvLayer<'_>,
+    threads: u32,
+) {
+    let KvLayout {
+        num_kv_heads,
+        head_dim,
+        block_size,
+    } = layer.layout;
+    let kv_width = num_kv_heads * head_dim;
+    assert!(rows.k_offset.max(rows.v_offset) + kv_width <= rows.row_stride);
+    assert_eq!(qkv.len(), slot_mapping.len() * rows.row_stride);
+    assert_eq!(layer.keys.len(), layer.values.len());
+    let entries = layer.keys.len() / kv_width;
+    assert!(
+        slot_mapping
+            .iter()
+            .all(|&e| e == -1 || (0..int(entries)).contains(&e))
+    );
+    // SAFETY: every row is inside `qkv` and every mapped entry inside the layer.
+    unsafe {
+        ffi::glimpse_shim_cache_write(
+            qkv.as_ptr(),
+            slot_mapping.as_ptr(),
+            layer.keys.as_mut_ptr(),
+            layer.values.as_mut_ptr(),
+            int(slot_mapping.len()),
+            int(rows.row_stride),
+            int(rows.k_offset),
+            int(rows.v_offset),
+            int(num_kv_heads),
+            int(head_dim),
+            int(block_size),
+            threads,
+        );
+    }
+}
