@@ -20,6 +20,9 @@ done
 step "tests"
 cargo test --workspace --locked
 
+step "CUDA kernels: NVRTC (from PyPI) compiles each for sm_80 and sm_90, no spills; registers per kernel"
+scripts/cuda-nvrtc-check.sh
+
 step "deployment files (Prometheus rules, dashboard, Kubernetes manifests, Dockerfiles)"
 scripts/deploy-checks.sh
 
