@@ -47,6 +47,7 @@ fn main() {
         "rope",
         "silu_mul",
         "cache_write",
+        "decode_attention",
     ] {
         build.file(shim.join(format!("{launcher}.cpp")));
     }

@@ -48,6 +48,10 @@ inline unsigned int __float_as_uint(float value) {
     return bits;
 }
 
+// CUDA's integer `min` and `max` device functions.
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
 namespace glimpse_shim {
 
 // How the threads of the running block take turns.

@@ -62,4 +62,22 @@ unsafe extern "C" {
         block_size: c_int,
         threads: u32,
     );
+    pub fn glimpse_shim_decode_attention(
+        q: *const f32,
+        key_cache: *const u16,
+        value_cache: *const u16,
+        block_tables: *const c_int,
+        max_blocks_per_seq: c_int,
+        context_lens: *const c_int,
+        skip_starts: *const c_int,
+        skip_ends: *const c_int,
+        out: *mut f32,
+        num_seqs: c_int,
+        num_heads: c_int,
+        num_kv_heads: c_int,
+        head_dim: c_int,
+        block_size: c_int,
+        scale: f32,
+        threads: u32,
+    );
 }

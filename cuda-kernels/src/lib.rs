@@ -207,3 +207,78 @@ pub fn cache_write(
         );
     }
 }
+
+/// What each sequence of a decode step attends to: its block table (padded to a common width),
+/// its number of cache entries, and the entries skipped inside them (PyramidKV's unused tail of a
+/// compacted layer; `0..0` for none).
+pub struct DecodeContexts<'a> {
+    pub block_tables: &'a [i32],
+    pub max_blocks_per_seq: usize,
+    pub context_lens: &'a [i32],
+    pub skip_starts: &'a [i32],
+    pub skip_ends: &'a [i32],
+}
+
+/// Paged decode attention of one query row per sequence (`q`, `out`: `[num_seqs, num_heads ·
+/// head_dim]`) over one layer of the device pool; `threads` is a power of two.
+pub fn decode_attention(
+    q: &[f32],
+    num_heads: usize,
+    layer: &KvLayer<'_>,
+    contexts: &DecodeContexts<'_>,
+    scale: f32,
+    out: &mut [f32],
+    threads: u32,
+) {
+    let KvLayout {
+        num_kv_heads,
+        head_dim,
+        block_size,
+    } = layer.layout;
+    let num_seqs = contexts.context_lens.len();
+    assert!(threads.is_power_of_two());
+    assert_eq!(num_heads % num_kv_heads, 0);
+    assert_eq!(q.len(), num_seqs * num_heads * head_dim);
+    assert_eq!(out.len(), q.len());
+    assert_eq!(contexts.skip_starts.len(), num_seqs);
+    assert_eq!(contexts.skip_ends.len(), num_seqs);
+    assert_eq!(
+        contexts.block_tables.len(),
+        num_seqs * contexts.max_blocks_per_seq
+    );
+    let num_blocks = layer.keys.len() / (num_kv_heads * block_size * head_dim);
+    for (seq, &context) in contexts.context_lens.iter().enumerate() {
+        let table = &contexts.block_tables[seq * contexts.max_blocks_per_seq..]
+            [..contexts.max_blocks_per_seq];
+        let used = usize::try_from(context)
+            .expect("context lengths are not negative")
+            .div_ceil(block_size);
+        assert!(used <= table.len());
+        assert!(
+            table[..used]
+                .iter()
+                .all(|&b| (0..int(num_blocks)).contains(&b))
+        );
+    }
+    // SAFETY: every block a sequence's entries reach is inside the layer, every row inside `q`.
+    unsafe {
+        ffi::glimpse_shim_decode_attention(
+            q.as_ptr(),
+            layer.keys.as_ptr(),
+            layer.values.as_ptr(),
+            contexts.block_tables.as_ptr(),
+            int(contexts.max_blocks_per_seq),
+            contexts.context_lens.as_ptr(),
+            contexts.skip_starts.as_ptr(),
+            contexts.skip_ends.as_ptr(),
+            out.as_mut_ptr(),
+            int(num_seqs),
+            int(num_heads),
+            int(num_kv_heads),
+            int(head_dim),
+            int(block_size),
+            scale,
+            threads,
+        );
+    }
+}

@@ -22,6 +22,9 @@
 // A bf16 value as its raw bits (the high half of an f32).
 typedef unsigned short glimpse_bf16;
 
+// −∞ as f32 (NVRTC has no `INFINITY`).
+static __device__ __forceinline__ float glimpse_neg_inf() { return __uint_as_float(0xff800000u); }
+
 // Widens bf16 to f32 exactly.
 static __device__ __forceinline__ float glimpse_bf16_to_f32(glimpse_bf16 bits) {
     return __uint_as_float(((unsigned int)bits) << 16);
