@@ -24,22 +24,24 @@ fn main() {
         .warnings(true)
         .extra_warnings(true)
         .warnings_into_errors(true);
-    match std::env::var("GLIMPSE_SHIM_SANITIZE").as_deref() {
+    let runtime = match std::env::var("GLIMPSE_SHIM_SANITIZE").as_deref() {
         Ok("address") => {
             build
                 .flag("-fsanitize=address")
                 .flag("-fno-omit-frame-pointer");
+            Some("libasan.so")
         }
         Ok("thread") => {
             build
                 .flag("-fsanitize=thread")
                 .define("GLIMPSE_SHIM_CONCURRENT", None);
+            Some("libtsan.so")
         }
         Ok(other) if !other.is_empty() => {
             panic!("GLIMPSE_SHIM_SANITIZE must be `address` or `thread`, got `{other}`")
         }
-        _ => {}
-    }
+        _ => None,
+    };
     for launcher in [
         "embedding",
         "rms_norm",
@@ -52,4 +54,22 @@ fn main() {
         build.file(shim.join(format!("{launcher}.cpp")));
     }
     build.compile("glimpse_cuda_shim");
+    // After the shim library, so the linker resolves the sanitizer calls in it.
+    if let Some(runtime) = runtime {
+        println!("cargo:rustc-link-arg={}", runtime_path(&build, runtime));
+    }
+}
+
+/// Where the C++ compiler keeps the sanitizer runtime `file`.
+fn runtime_path(build: &cc::Build, file: &str) -> String {
+    let output = build
+        .get_compiler()
+        .to_command()
+        .arg(format!("-print-file-name={file}"))
+        .output()
+        .expect("the C++ compiler runs");
+    String::from_utf8(output.stdout)
+        .expect("the compiler prints a path")
+        .trim()
+        .to_owned()
 }
