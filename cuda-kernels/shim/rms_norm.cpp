@@ -9,8 +9,10 @@
 #endif
 
 extern "C" void GLIMPSE_SHIM_RMS_NORM(const float *x, const float *weight, float *out, int rows,
-                                      int width, float eps, unsigned int threads) {
-    glimpse_shim::launch(dim3{static_cast<unsigned int>(rows)}, dim3{threads},
-                         threads * sizeof(float),
-                         [=] { glimpse_rms_norm(x, weight, out, width, eps); });
+                                      int pieces, int row_stride, int width, float eps,
+                                      unsigned int threads) {
+    glimpse_shim::launch(
+        dim3{static_cast<unsigned int>(rows), static_cast<unsigned int>(pieces)}, dim3{threads},
+        threads * sizeof(float),
+        [=] { glimpse_rms_norm(x, weight, out, row_stride, width, eps); });
 }

@@ -43,6 +43,51 @@ pub enum RmsNormBuild {
     WithoutSync,
 }
 
+/// Which pieces of a buffer RMSNorm normalises: `pieces` consecutive `width`-wide pieces at the
+/// start of each of `rows` rows, rows `row_stride` floats apart.
+#[derive(Debug, Clone, Copy)]
+struct NormPieces {
+    rows: usize,
+    pieces: usize,
+    row_stride: usize,
+}
+
+/// Launches the RMSNorm build `build` over `at` of `x` into the same places of `out` (which may
+/// be `x`).
+///
+/// # Safety
+/// `x` and `out` hold `at.rows` rows of `at.row_stride` floats, and
+/// `at.pieces · weight.len() ≤ at.row_stride`.
+unsafe fn launch_rms_norm(
+    x: *const f32,
+    out: *mut f32,
+    at: NormPieces,
+    weight: &[f32],
+    eps: f32,
+    threads: u32,
+    build: RmsNormBuild,
+) {
+    assert!(threads.is_power_of_two());
+    let launch = match build {
+        RmsNormBuild::Shipped => ffi::glimpse_shim_rms_norm,
+        RmsNormBuild::WithoutSync => ffi::glimpse_shim_rms_norm_without_sync,
+    };
+    // SAFETY: as the caller promised.
+    unsafe {
+        launch(
+            x,
+            weight.as_ptr(),
+            out,
+            int(at.rows),
+            int(at.pieces),
+            int(at.row_stride),
+            int(weight.len()),
+            eps,
+            threads,
+        );
+    }
+}
+
 /// RMSNorm of each `weight.len()`-wide row of `x` into `out`; `threads` is a power of two.
 pub fn rms_norm(
     x: &[f32],
@@ -53,25 +98,47 @@ pub fn rms_norm(
     build: RmsNormBuild,
 ) {
     let width = weight.len();
-    assert!(threads.is_power_of_two());
     assert_eq!(x.len() % width, 0);
     assert_eq!(out.len(), x.len());
-    let launch = match build {
-        RmsNormBuild::Shipped => ffi::glimpse_shim_rms_norm,
-        RmsNormBuild::WithoutSync => ffi::glimpse_shim_rms_norm_without_sync,
+    let at = NormPieces {
+        rows: x.len() / width,
+        pieces: 1,
+        row_stride: width,
     };
-    // SAFETY: `x` and `out` hold `rows` rows of `width`, `weight` one.
+    // SAFETY: `x` and `out` hold `rows` rows of `width`.
     unsafe {
-        launch(
+        launch_rms_norm(
             x.as_ptr(),
-            weight.as_ptr(),
             out.as_mut_ptr(),
-            int(x.len() / width),
-            int(width),
+            at,
+            weight,
             eps,
             threads,
-        );
+            build,
+        )
     }
+}
+
+/// RMSNorm in place of the first `heads` heads (`weight.len()` wide) of each row of `x`, rows
+/// `row_stride` floats apart: Qwen3's q or k norm on the fused qkv buffer.
+pub fn rms_norm_heads_in_place(
+    x: &mut [f32],
+    row_stride: usize,
+    heads: usize,
+    weight: &[f32],
+    eps: f32,
+    threads: u32,
+) {
+    assert!(heads * weight.len() <= row_stride);
+    assert_eq!(x.len() % row_stride, 0);
+    let at = NormPieces {
+        rows: x.len() / row_stride,
+        pieces: heads,
+        row_stride,
+    };
+    let ptr = x.as_mut_ptr();
+    // SAFETY: `x` holds `rows` rows of `row_stride`, whose first `heads` heads are normalised.
+    unsafe { launch_rms_norm(ptr, ptr, at, weight, eps, threads, RmsNormBuild::Shipped) }
 }
 
 /// Where RoPE rotates: the first `num_heads` heads of `head_dim` of each row, rows `row_stride`

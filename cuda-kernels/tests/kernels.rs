@@ -6,7 +6,7 @@
 
 use glimpse_cuda_kernels::{
     KvLayer, KvLayout, QkvRows, RmsNormBuild, RopeShape, cache_write, embedding_gather, rms_norm,
-    rope, silu_mul,
+    rms_norm_heads_in_place, rope, silu_mul,
 };
 use glimpse_engine::backend::cpu::ops;
 use glimpse_engine::config::{RopeConfig, RopeScaling};
@@ -85,6 +85,27 @@ fn rms_norm_with_a_tree_reduction_is_within_float_rounding_of_the_cpu() {
                 within(got, want, tolerance),
                 "{got} vs {want} (width {width}, {threads} threads)"
             );
+        }
+    }
+}
+
+#[test]
+fn the_per_head_q_k_norm_in_place_equals_the_cpu_and_leaves_the_rest_of_the_row() {
+    let mut rng = rng(9);
+    for (head_dim, heads, threads) in [(64, 4, 1), (128, 3, 1), (64, 2, 32)] {
+        let row_stride = (heads + 2) * head_dim;
+        let weight = uniform(&mut rng, head_dim, 2.0);
+        let mut x = uniform(&mut rng, 5 * row_stride, 3.0);
+        let mut want = x.clone();
+        for row in want.chunks_mut(row_stride) {
+            ops::rms_norm_heads_in_place(&mut row[..heads * head_dim], &weight, 1e-6);
+        }
+        rms_norm_heads_in_place(&mut x, row_stride, heads, &weight, 1e-6, threads);
+        if threads == 1 {
+            assert_eq!(x, want, "head_dim {head_dim}, {heads} heads");
+        } else {
+            let tolerance = head_dim as f32 * 6e-8;
+            assert!(x.iter().zip(&want).all(|(&g, &w)| within(g, w, tolerance)));
         }
     }
 }
