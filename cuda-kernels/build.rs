@@ -50,6 +50,7 @@ fn main() {
         "silu_mul",
         "cache_write",
         "decode_attention",
+        "compact",
     ] {
         build.file(shim.join(format!("{launcher}.cpp")));
     }

@@ -84,4 +84,15 @@ unsafe extern "C" {
         scale: f32,
         threads: u32,
     );
+    pub fn glimpse_shim_compact(
+        key_cache: *mut u16,
+        value_cache: *mut u16,
+        block_table: *const c_int,
+        kept: *const c_int,
+        count: c_int,
+        num_kv_heads: c_int,
+        head_dim: c_int,
+        block_size: c_int,
+        threads: u32,
+    );
 }

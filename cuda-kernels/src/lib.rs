@@ -349,3 +349,43 @@ pub fn decode_attention(
         );
     }
 }
+
+/// Compaction of one sequence's layer: for each KV head `h`, its kept entries
+/// `kept[h · count..(h + 1) · count]` (ascending) move to its entries `0..count`, through the
+/// sequence's block table.
+pub fn compact(layer: KvLayer<'_>, block_table: &[i32], kept: &[i32], count: usize, threads: u32) {
+    let KvLayout {
+        num_kv_heads,
+        head_dim,
+        block_size,
+    } = layer.layout;
+    assert_eq!(kept.len(), num_kv_heads * count);
+    let entries = int(block_table.len() * block_size);
+    for head in kept.chunks(count.max(1)) {
+        assert!(head.windows(2).all(|w| w[0] < w[1]), "kept entries ascend");
+        assert!(head.iter().all(|&e| (0..entries).contains(&e)));
+    }
+    let num_blocks = layer.keys.len() / (num_kv_heads * block_size * head_dim);
+    assert!(
+        block_table
+            .iter()
+            .all(|&b| (0..int(num_blocks)).contains(&b))
+    );
+    if count == 0 {
+        return;
+    }
+    // SAFETY: every kept entry and every destination lies in the sequence's blocks, inside the layer.
+    unsafe {
+        ffi::glimpse_shim_compact(
+            layer.keys.as_mut_ptr(),
+            layer.values.as_mut_ptr(),
+            block_table.as_ptr(),
+            kept.as_ptr(),
+            int(count),
+            int(num_kv_heads),
+            int(head_dim),
+            int(block_size),
+            threads,
+        );
+    }
+}
