@@ -4,23 +4,26 @@
 // - `threadIdx`, `blockIdx`, `blockDim`, `gridDim` are thread-locals set before the kernel runs.
 // - Blocks run one after another, so a `__shared__` variable is a function-local static and a
 //   block's dynamic shared memory is one buffer, filled with NaN bytes before each block (a read
-//   of shared memory no thread of the block wrote shows up as NaN).
+//   of shared memory no thread of the block wrote shows up as NaN). They run in a shuffled order
+//   (fixed seed), as a GPU promises no order: a kernel that needs blocks in index order fails.
 // - Scheduling, chosen at compile time:
 //   * default, round robin: one thread runs at a time, in `threadIdx` order, handing over at
 //     `__syncthreads` and at exit. Deterministic: a missing barrier gives the same wrong result
 //     on every run.
 //   * GLIMPSE_SHIM_CONCURRENT: all threads of a block run at once with a `std::barrier` for
 //     `__syncthreads`, for ThreadSanitizer to see the races a missing barrier leaves.
-// What the shim cannot show: races between blocks (blocks never overlap), the GPU memory model
-// and timing, and the device's own float arithmetic (FMA contraction, `expf`'s last bits).
+// What the shim cannot show: races between concurrent blocks (blocks never overlap), the GPU
+// memory model and timing, and the device's own float arithmetic (FMA contraction, `expf`'s last bits).
 #pragma once
 
 #define GLIMPSE_CUDA_SHIM 1
 
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <semaphore>
 #include <thread>
 #include <vector>
@@ -135,40 +138,50 @@ inline thread_local Schedule *current_schedule = nullptr;
 inline thread_local unsigned int current_thread = 0;
 inline thread_local unsigned char *current_dynamic_shared = nullptr;
 
+// Runs one block of `kernel()`.
+template <typename Kernel>
+void run_block(dim3 grid, dim3 block, dim3 index, unsigned char *shared, Kernel &kernel) {
+    const unsigned int threads = block.x * block.y * block.z;
+    Schedule schedule(threads);
+    std::vector<std::thread> workers;
+    workers.reserve(threads);
+    for (unsigned int t = 0; t < threads; ++t) {
+        workers.emplace_back([&, t] {
+            threadIdx = dim3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+            blockIdx = index;
+            blockDim = block;
+            gridDim = grid;
+            current_schedule = &schedule;
+            current_thread = t;
+            current_dynamic_shared = shared;
+            schedule.enter(t);
+            kernel();
+            schedule.leave(t);
+        });
+    }
+    schedule.start();
+    for (std::thread &worker : workers) {
+        worker.join();
+    }
+}
+
 // Runs `kernel()` over a `grid` of `block`-sized blocks with `dynamic_shared_bytes` of dynamic
-// shared memory, block after block.
+// shared memory, block after block in a shuffled order.
 template <typename Kernel>
 void launch(dim3 grid, dim3 block, std::size_t dynamic_shared_bytes, Kernel kernel) {
-    const unsigned int threads = block.x * block.y * block.z;
-    std::vector<unsigned char> shared(dynamic_shared_bytes + 16);
-    for (unsigned int bz = 0; bz < grid.z; ++bz) {
-        for (unsigned int by = 0; by < grid.y; ++by) {
-            for (unsigned int bx = 0; bx < grid.x; ++bx) {
-                std::memset(shared.data(), 0xff, shared.size());
-                Schedule schedule(threads);
-                std::vector<std::thread> workers;
-                workers.reserve(threads);
-                for (unsigned int t = 0; t < threads; ++t) {
-                    workers.emplace_back([&, t] {
-                        threadIdx = dim3{t % block.x, (t / block.x) % block.y,
-                                         t / (block.x * block.y)};
-                        blockIdx = dim3{bx, by, bz};
-                        blockDim = block;
-                        gridDim = grid;
-                        current_schedule = &schedule;
-                        current_thread = t;
-                        current_dynamic_shared = shared.data();
-                        schedule.enter(t);
-                        kernel();
-                        schedule.leave(t);
-                    });
-                }
-                schedule.start();
-                for (std::thread &worker : workers) {
-                    worker.join();
-                }
+    std::vector<dim3> order;
+    for (unsigned int z = 0; z < grid.z; ++z) {
+        for (unsigned int y = 0; y < grid.y; ++y) {
+            for (unsigned int x = 0; x < grid.x; ++x) {
+                order.push_back(dim3{x, y, z});
             }
         }
+    }
+    std::shuffle(order.begin(), order.end(), std::mt19937(0x9e3779b9u));
+    std::vector<unsigned char> shared(dynamic_shared_bytes + 16);
+    for (const dim3 &index : order) {
+        std::memset(shared.data(), 0xff, shared.size());
+        run_block(grid, block, index, shared.data(), kernel);
     }
 }
 
