@@ -82,6 +82,7 @@ unsafe extern "C" {
         head_dim: c_int,
         block_size: c_int,
         scale: f32,
+        partition_size: c_int,
         threads: u32,
     );
     pub fn glimpse_shim_compact(

@@ -286,17 +286,33 @@ pub struct DecodeContexts<'a> {
     pub skip_ends: &'a [i32],
 }
 
+/// How a decode attention launch runs.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeParams {
+    pub num_heads: usize,
+    pub scale: f32,
+    /// Attended entries per block of the first launch; longer contexts split into partitions.
+    pub partition_size: usize,
+    /// Threads per block, a power of two: the tile of entries scored at once.
+    pub threads: u32,
+}
+
 /// Paged decode attention of one query row per sequence (`q`, `out`: `[num_seqs, num_heads ·
-/// head_dim]`) over one layer of the device pool; `threads` is a power of two.
+/// head_dim]`) over one layer of the device pool.
 pub fn decode_attention(
     q: &[f32],
-    num_heads: usize,
     layer: &KvLayer<'_>,
     contexts: &DecodeContexts<'_>,
-    scale: f32,
+    params: DecodeParams,
     out: &mut [f32],
-    threads: u32,
 ) {
+    let DecodeParams {
+        num_heads,
+        scale,
+        partition_size,
+        threads,
+    } = params;
+    assert!(partition_size > 0);
     let KvLayout {
         num_kv_heads,
         head_dim,
@@ -345,6 +361,7 @@ pub fn decode_attention(
             int(head_dim),
             int(block_size),
             scale,
+            int(partition_size),
             threads,
         );
     }

@@ -2,9 +2,10 @@
 //! the same bf16 keys and values: block sizes 1/16/32, GQA groups 1/2/4/8, head_dim 64/128,
 //! contexts of 0, 1, a partial block, exact blocks and several tiles, skipped ranges (PyramidKV's
 //! per-layer kept lengths) inside, at the edge of and beyond the context, and scrambled block
-//! tables padded with −1 (never read).
+//! tables padded with −1 (never read); one partition or contexts split into partitions of sizes
+//! that are and are not multiples of the tile.
 
-use glimpse_cuda_kernels::{DecodeContexts, KvLayer, KvLayout, decode_attention};
+use glimpse_cuda_kernels::{DecodeContexts, DecodeParams, KvLayer, KvLayout, decode_attention};
 use half::bf16;
 use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
@@ -31,6 +32,7 @@ struct Case {
     num_kv_heads: usize,
     head_dim: usize,
     threads: u32,
+    partition_size: usize,
 }
 
 /// f64 attention of one head's query over the attended entries.
@@ -71,6 +73,7 @@ fn run(case: &Case, rng: &mut ChaCha8Rng) {
         num_kv_heads,
         head_dim,
         threads,
+        partition_size,
     } = *case;
     let layout = KvLayout {
         num_kv_heads,
@@ -121,7 +124,13 @@ fn run(case: &Case, rng: &mut ChaCha8Rng) {
         values: &mut values,
         layout,
     };
-    decode_attention(&q, num_heads, &layer, &contexts, scale, &mut out, threads);
+    let params = DecodeParams {
+        num_heads,
+        scale,
+        partition_size,
+        threads,
+    };
+    decode_attention(&q, &layer, &contexts, params, &mut out);
 
     let widen = |bits: &[u16]| {
         bits.iter()
@@ -156,7 +165,7 @@ fn run(case: &Case, rng: &mut ChaCha8Rng) {
 }
 
 #[test]
-fn decode_attention_matches_a_float64_reference_over_paged_bf16_entries() {
+fn decode_attention_matches_a_float64_reference_over_paged_bf16_entries_and_partitions() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let cases = [
         Case {
@@ -165,6 +174,7 @@ fn decode_attention_matches_a_float64_reference_over_paged_bf16_entries() {
             num_kv_heads: 2,
             head_dim: 64,
             threads: 32,
+            partition_size: 1 << 20,
         },
         Case {
             block_size: 16,
@@ -172,6 +182,7 @@ fn decode_attention_matches_a_float64_reference_over_paged_bf16_entries() {
             num_kv_heads: 2,
             head_dim: 128,
             threads: 64,
+            partition_size: 64,
         },
         Case {
             block_size: 32,
@@ -179,6 +190,7 @@ fn decode_attention_matches_a_float64_reference_over_paged_bf16_entries() {
             num_kv_heads: 1,
             head_dim: 64,
             threads: 32,
+            partition_size: 48,
         },
         Case {
             block_size: 16,
@@ -186,6 +198,7 @@ fn decode_attention_matches_a_float64_reference_over_paged_bf16_entries() {
             num_kv_heads: 2,
             head_dim: 128,
             threads: 128,
+            partition_size: 100,
         },
         Case {
             block_size: 16,
@@ -193,6 +206,7 @@ fn decode_attention_matches_a_float64_reference_over_paged_bf16_entries() {
             num_kv_heads: 4,
             head_dim: 64,
             threads: 1,
+            partition_size: 7,
         },
     ];
     for case in &cases {

@@ -2,8 +2,16 @@
 // KV layout `[block][kv_head][slot][head_dim]` bf16 (see cache_write.cu), through its block
 // table (a padded `[num_seqs, max_blocks_per_seq]` array), with an online softmax in f32.
 //
-// Grid `(num_seqs, num_kv_heads)`: a block serves the `group = num_heads / num_kv_heads` query
-// heads of one KV head, so each key and value row it loads serves the whole GQA group.
+// Split over long contexts, in two launches. `glimpse_decode_attention` has grid `(num_seqs,
+// num_kv_heads, partitions)`: block `(s, k, p)` folds the attended entries
+// `p · partition_size ..` of its partition (so a long context at a small batch still fills the
+// GPU) and writes, per query head, its max score, its sum of `exp(score − max)` and its
+// unnormalised output to `[num_seqs, num_heads, partitions]` scratch arrays; a partition past
+// the context writes max −∞ and zeros. `glimpse_decode_attention_reduce`, grid `(num_seqs,
+// num_heads)` with threads over `head_dim`, combines the partitions in index order.
+//
+// A block serves the `group = num_heads / num_kv_heads` query heads of one KV head, so each key
+// and value row it loads serves the whole GQA group.
 // `blockDim.x` (a power of two) is the tile: thread `t` scores entry `t` of a tile for every head
 // of the group, fixed-order shared-memory trees give the tile's max and sum per head, and thread
 // `t` owns the output pairs `(head, dim)` `t, t + blockDim.x, …`, folding the tile's values in
@@ -11,7 +19,7 @@
 //
 // A sequence attends to entries `0..context_len` except `skip_start..skip_end` (the unused tail
 // of a compacted prefix in a layer that kept fewer entries, PyramidKV; empty otherwise). A
-// sequence that attends to nothing gets zeros.
+// sequence that attends to nothing gets zeros from the reduce.
 //
 // Dynamic shared memory: `8·blockDim.x + 4·(2·group·head_dim + 2·group·blockDim.x + 3·group)`
 // bytes.
@@ -20,8 +28,9 @@
 GLIMPSE_KERNEL void glimpse_decode_attention(
     const float *q, const glimpse_bf16 *key_cache, const glimpse_bf16 *value_cache,
     const int *block_tables, int max_blocks_per_seq, const int *context_lens,
-    const int *skip_starts, const int *skip_ends, float *out, int num_heads, int head_dim,
-    int block_size, float scale) {
+    const int *skip_starts, const int *skip_ends, int partition_size, float *partial_max,
+    float *partial_sum, float *partial_out, int num_heads, int head_dim, int block_size,
+    float scale) {
     const int num_kv_heads = gridDim.y;
     const int kv_head = blockIdx.y;
     const int group = num_heads / num_kv_heads;
@@ -52,12 +61,13 @@ GLIMPSE_KERNEL void glimpse_decode_attention(
     const int context = context_lens[blockIdx.x];
     const int skip_start = min(skip_starts[blockIdx.x], context);
     const int skip_end = max(skip_start, min(skip_ends[blockIdx.x], context));
-    const int attended = context - (skip_end - skip_start);
+    const int begin = blockIdx.z * partition_size;
+    const int end = min(context - (skip_end - skip_start), begin + partition_size);
     const int *table = block_tables + (long long)blockIdx.x * max_blocks_per_seq;
     __syncthreads();
 
-    for (int first = 0; first < attended; first += tile) {
-        const int count = min(tile, attended - first);
+    for (int first = begin; first < end; first += tile) {
+        const int count = min(tile, end - first);
         // 1. This thread's entry: where it lies, and its score for every head of the group.
         if (tid < count) {
             int entry = first + tid;
@@ -131,8 +141,44 @@ GLIMPSE_KERNEL void glimpse_decode_attention(
         __syncthreads();
     }
 
+    const long long head_row = ((long long)blockIdx.x * num_heads + (long long)kv_head * group) *
+                                   gridDim.z +
+                               blockIdx.z;
+    for (int h = tid; h < group; h += tile) {
+        partial_max[head_row + (long long)h * gridDim.z] = running_max[h];
+        partial_sum[head_row + (long long)h * gridDim.z] = running_sum[h];
+    }
     for (int at = tid; at < pairs; at += tile) {
-        const float total = running_sum[at / head_dim];
-        out[row + at] = total > 0.0f ? acc[at] / total : 0.0f;
+        partial_out[(head_row + (long long)(at / head_dim) * gridDim.z) * head_dim +
+                    at % head_dim] = acc[at];
+    }
+}
+
+GLIMPSE_KERNEL void glimpse_decode_attention_reduce(const float *partial_max,
+                                                    const float *partial_sum,
+                                                    const float *partial_out, float *out,
+                                                    int partitions, int head_dim) {
+    const long long head_row = (long long)blockIdx.x * gridDim.y + blockIdx.y;
+    const float *maxes = partial_max + head_row * partitions;
+    const float *sums = partial_sum + head_row * partitions;
+    float max_score = glimpse_neg_inf();
+    for (int p = 0; p < partitions; ++p) {
+        max_score = fmaxf(max_score, maxes[p]);
+    }
+    float total = 0.0f;
+    for (int p = 0; p < partitions; ++p) {
+        if (sums[p] > 0.0f) {
+            total += sums[p] * expf(maxes[p] - max_score);
+        }
+    }
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int p = 0; p < partitions; ++p) {
+            if (sums[p] > 0.0f) {
+                sum += partial_out[(head_row * partitions + p) * head_dim + d] *
+                       expf(maxes[p] - max_score);
+            }
+        }
+        out[head_row * head_dim + d] = total > 0.0f ? sum / total : 0.0f;
     }
 }
