@@ -5,7 +5,7 @@
 // - Blocks run one after another, so a `__shared__` variable is a function-local static and a
 //   block's dynamic shared memory is one buffer, filled with NaN bytes before each block (a read
 //   of shared memory no thread of the block wrote shows up as NaN). They run in a shuffled order
-//   (fixed seed), as a GPU promises no order: a kernel that needs blocks in index order fails.
+//   (fixed seed), as a GPU promises no order, so a kernel that relies on index order shows it.
 // - Scheduling, chosen at compile time:
 //   * default, round robin: one thread runs at a time, in `threadIdx` order, handing over at
 //     `__syncthreads` and at exit. Deterministic: a missing barrier gives the same wrong result
@@ -13,7 +13,8 @@
 //   * GLIMPSE_SHIM_CONCURRENT: all threads of a block run at once with a `std::barrier` for
 //     `__syncthreads`, for ThreadSanitizer to see the races a missing barrier leaves.
 // What the shim cannot show: races between concurrent blocks (blocks never overlap), the GPU
-// memory model and timing, and the device's own float arithmetic (FMA contraction, `expf`'s last bits).
+// memory model and timing, and the device's own float arithmetic (FMA contraction, `expf`'s
+// last bits).
 #pragma once
 
 #define GLIMPSE_CUDA_SHIM 1

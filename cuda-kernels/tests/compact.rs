@@ -65,7 +65,7 @@ fn compaction_moves_each_heads_kept_entries_to_the_front_and_nothing_else() {
             values: &mut values,
             layout,
         };
-        compact(layer, block_table, &kept.concat(), count, 32);
+        compact(layer, block_table, &kept.concat(), count, 16);
         assert!(
             keys == want_keys && values == want_values,
             "block size {block_size}, {num_kv_heads} KV heads, {entries} entries, {count} kept"
