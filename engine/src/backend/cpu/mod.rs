@@ -17,7 +17,8 @@ mod evict;
 mod kv_cache;
 pub mod linear;
 mod lora;
-mod ops;
+/// Public so the CUDA kernels' shim tests compare against these very functions.
+pub mod ops;
 mod project;
 mod rows;
 mod scoring_keys;

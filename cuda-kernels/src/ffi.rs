@@ -1,0 +1,99 @@
+//! The C ABI launchers of `shim/*.cpp`, one per kernel build.
+
+use std::os::raw::c_int;
+
+unsafe extern "C" {
+    pub fn glimpse_shim_embedding_gather(
+        table: *const u16,
+        ids: *const c_int,
+        out: *mut f32,
+        rows: c_int,
+        hidden: c_int,
+        threads: u32,
+    );
+    pub fn glimpse_shim_rms_norm(
+        x: *const f32,
+        weight: *const f32,
+        out: *mut f32,
+        rows: c_int,
+        pieces: c_int,
+        row_stride: c_int,
+        width: c_int,
+        eps: f32,
+        threads: u32,
+    );
+    pub fn glimpse_shim_rms_norm_without_sync(
+        x: *const f32,
+        weight: *const f32,
+        out: *mut f32,
+        rows: c_int,
+        pieces: c_int,
+        row_stride: c_int,
+        width: c_int,
+        eps: f32,
+        threads: u32,
+    );
+    pub fn glimpse_shim_rope(
+        x: *mut f32,
+        positions: *const c_int,
+        cos_table: *const f32,
+        sin_table: *const f32,
+        rows: c_int,
+        row_stride: c_int,
+        num_heads: c_int,
+        head_dim: c_int,
+        threads: u32,
+    );
+    pub fn glimpse_shim_silu_mul(
+        gate_up: *const f32,
+        out: *mut f32,
+        rows: c_int,
+        intermediate: c_int,
+        blocks: u32,
+        threads: u32,
+    );
+    pub fn glimpse_shim_cache_write(
+        qkv: *const f32,
+        slot_mapping: *const c_int,
+        key_cache: *mut u16,
+        value_cache: *mut u16,
+        rows: c_int,
+        row_stride: c_int,
+        k_offset: c_int,
+        v_offset: c_int,
+        num_kv_heads: c_int,
+        head_dim: c_int,
+        block_size: c_int,
+        threads: u32,
+    );
+    pub fn glimpse_shim_decode_attention(
+        q: *const f32,
+        key_cache: *const u16,
+        value_cache: *const u16,
+        block_tables: *const c_int,
+        max_blocks_per_seq: c_int,
+        context_lens: *const c_int,
+        skip_starts: *const c_int,
+        skip_ends: *const c_int,
+        out: *mut f32,
+        num_seqs: c_int,
+        num_heads: c_int,
+        num_kv_heads: c_int,
+        head_dim: c_int,
+        block_size: c_int,
+        scale: f32,
+        partition_size: c_int,
+        threads: u32,
+    );
+    pub fn glimpse_shim_compact(
+        key_cache: *mut u16,
+        value_cache: *mut u16,
+        block_table: *const c_int,
+        kept: *const c_int,
+        count: c_int,
+        num_kv_heads: c_int,
+        head_dim: c_int,
+        block_size: c_int,
+        threads: u32,
+    );
+}
