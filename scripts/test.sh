@@ -20,6 +20,9 @@ done
 step "tests"
 cargo test --workspace --locked
 
+step "soak: 1,000 mixed requests at 64 concurrency with hostile clients against a baseline (prints its numbers)"
+cargo test -p glimpse-server --test soak --locked -- --ignored --nocapture
+
 step "deployment files (Prometheus rules, dashboard, Kubernetes manifests, Dockerfiles)"
 scripts/deploy-checks.sh
 
