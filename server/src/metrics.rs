@@ -151,6 +151,12 @@ pub const DESCRIPTIONS: &[Description] = &[
         "Requests refused or failed, by gRPC status code (requests).",
     ),
     describe(
+        "glimpse_tokenizer_jobs_total",
+        Kind::Counter,
+        Unit::Count,
+        "Jobs run on the tokenizer pool: prompts tokenized or rendered, token ids decoded (jobs).",
+    ),
+    describe(
         "glimpse_kv_evicted_tokens_total",
         Kind::Counter,
         Unit::Count,
@@ -292,6 +298,7 @@ pub fn install(info: &BuildInfo<'_>) -> Result<PrometheusHandle, BuildError> {
         "glimpse_prompt_tokens_total",
         "glimpse_generation_tokens_total",
         "glimpse_num_preemptions_total",
+        "glimpse_tokenizer_jobs_total",
     ] {
         counter!(name).absolute(0);
     }
@@ -344,6 +351,11 @@ pub fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
 /// Counts a request that failed with gRPC status `code` (e.g. `INVALID_ARGUMENT`).
 pub fn record_error(code: &'static str) {
     counter!("glimpse_request_errors_total", "code" => code).increment(1);
+}
+
+/// Counts a job started on the tokenizer pool ([`crate::prompt::PromptWork`]).
+pub fn record_tokenizer_job() {
+    counter!("glimpse_tokenizer_jobs_total").increment(1);
 }
 
 /// Records what every engine step did.
