@@ -531,8 +531,8 @@ fn a_mixed_workload_with_hostile_clients_loses_nothing_leaks_nothing_and_starves
         started.elapsed().as_secs_f64()
     );
     assert!(
-        soak.stop_lists.finished > 0 && soak.stop_lists.invalid > 0 && soak.slow_opened > 0,
-        "the hostile clients ran"
+        soak.stop_lists.finished > 0 && soak.stop_lists.invalid > 0 && !given_up.is_empty(),
+        "the hostile clients ran, and the slow reader's streams met the slow-reader timeout"
     );
     assert!(
         ratio <= 2.0,
