@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of the engine's parsers (docs/fuzzing.md): each target of fuzz/ runs under
-# libFuzzer with AddressSanitizer for SECONDS seconds (default 600), starting from its committed
-# corpus. New inputs go to fuzz/target/corpus/<target> (not committed); a crash leaves its input
-# in fuzz/artifacts/<target>/ and stops the script. Needs a nightly toolchain and cargo-fuzz
-# (`cargo install cargo-fuzz`). The bounded run on stable is `cargo test -p glimpse-engine --test
-# fuzz_corpus`, which scripts/test.sh runs.
+# Coverage-guided fuzzing of the engine's parsers and the server's request conversion and
+# validation (docs/fuzzing.md): each target of fuzz/ runs under libFuzzer with AddressSanitizer
+# for SECONDS seconds (default 600), starting from its committed corpus. New inputs go to
+# fuzz/target/corpus/<target> (not committed); a crash leaves its input in
+# fuzz/artifacts/<target>/ and stops the script. Needs a nightly toolchain and cargo-fuzz
+# (`cargo install cargo-fuzz`). The bounded runs on stable are `cargo test -p glimpse-engine
+# --test fuzz_corpus` and `cargo test -p glimpse-server --test fuzz_corpus`, which
+# scripts/test.sh runs.
 #
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 set -euo pipefail
@@ -14,7 +16,7 @@ seconds="${1:-600}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(config_json safetensors_header lookahead_file chat_template)
+  targets=(config_json safetensors_header lookahead_file chat_template http_body grpc_request)
 fi
 
 for target in "${targets[@]}"; do

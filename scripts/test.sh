@@ -26,6 +26,9 @@ scripts/cuda-nvrtc-check.sh
 step "CUDA kernels' shim tests under ASan and TSan (~2 min); TSan reports a planted missing __syncthreads"
 scripts/cuda-shim-sanitizers.sh
 
+step "soak: 1,000 mixed requests at 64 concurrency with hostile clients against a baseline (prints its numbers)"
+cargo test -p glimpse-server --test soak --locked -- --ignored --nocapture
+
 step "deployment files (Prometheus rules, dashboard, Kubernetes manifests, Dockerfiles)"
 scripts/deploy-checks.sh
 

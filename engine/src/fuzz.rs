@@ -6,7 +6,10 @@
 //!
 //! `fuzz/` (cargo-fuzz, libFuzzer) drives these for long coverage-guided runs; the engine's
 //! `tests/fuzz_corpus.rs` replays the committed corpora and seeded mutations of them under
-//! `cargo test`. Not part of the engine's API.
+//! `cargo test` through [`replay`], which the server's request targets share. Not part of the
+//! engine's API.
+
+pub mod replay;
 
 use std::path::Path;
 

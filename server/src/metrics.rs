@@ -172,6 +172,12 @@ pub const DESCRIPTIONS: &[Description] = &[
         "Requests refused or failed, by gRPC status code (requests).",
     ),
     describe(
+        "glimpse_tokenizer_jobs_total",
+        Kind::Counter,
+        Unit::Count,
+        "Jobs run on the tokenizer pool: prompts tokenized or rendered, token ids decoded (jobs).",
+    ),
+    describe(
         "glimpse_kv_evicted_tokens_total",
         Kind::Counter,
         Unit::Count,
@@ -316,6 +322,7 @@ pub fn install(info: &BuildInfo<'_>) -> Result<PrometheusHandle, BuildError> {
         "glimpse_num_preemptions_total",
         "glimpse_prefix_cache_queries_total",
         "glimpse_prefix_cache_hits_total",
+        "glimpse_tokenizer_jobs_total",
     ] {
         counter!(name).absolute(0);
     }
@@ -376,6 +383,11 @@ pub fn serve(
 /// Counts a request that failed with gRPC status `code` (e.g. `INVALID_ARGUMENT`).
 pub fn record_error(code: &'static str) {
     counter!("glimpse_request_errors_total", "code" => code).increment(1);
+}
+
+/// Counts a job started on the tokenizer pool ([`crate::prompt::PromptWork`]).
+pub fn record_tokenizer_job() {
+    counter!("glimpse_tokenizer_jobs_total").increment(1);
 }
 
 /// Records what every engine step did.

@@ -3,8 +3,9 @@
 //! both wires. The defaults live here once: special tokens are added to text, not to a rendered
 //! chat (its template writes them). The CPU work (tokenizing, template rendering, decoding) runs
 //! on tokio's blocking pool, at most `--tokenizer-workers` jobs at once, never on the async
-//! runtime that answers health probes and streams tokens; a prompt's size is checked against
-//! `--max-prompt-bytes` before any of it.
+//! runtime that answers health probes and streams tokens (each job counted in
+//! `glimpse_tokenizer_jobs_total`); a prompt's size is checked against `--max-prompt-bytes`
+//! before any of it.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use glimpse_engine::tokenizer::{ChatMessage, Tokenizer};
 use tokio::sync::Semaphore;
 
 use crate::error::RequestError;
+use crate::metrics::record_tokenizer_job;
 use crate::validation::RequestLimits;
 
 /// A conversation and how to render it.
@@ -130,6 +132,7 @@ impl PromptWork {
             .await
             .expect("the worker semaphore is never closed");
         let tokenizer = Arc::clone(&self.tokenizer);
+        record_tokenizer_job();
         tokio::task::spawn_blocking(move || job(&tokenizer))
             .await
             .map_err(|e| RequestError::Internal {

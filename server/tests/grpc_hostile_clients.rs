@@ -2,12 +2,15 @@
 //! runs: bytes that are not a valid message (malformed protobuf, a string field that is not
 //! UTF-8) get INVALID_ARGUMENT and a message over `--max-message-bytes` RESOURCE_EXHAUSTED, each
 //! counted in `glimpse_request_errors_total`; a client that never reads its stream, which loses
-//! its slot after `--stream-idle-timeout-secs`; and a request cancelled while queued, which frees
-//! its slot at once. The raw bytes go through tonic's own client
+//! its slot after `--stream-idle-timeout-secs`; one connection opening 1,280 such streams, which
+//! gets no more than `--max-concurrent-streams` of them; and a request cancelled while queued,
+//! which frees its slot at once. The raw bytes go through tonic's own client
 //! with a codec that sends them as they are.
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut};
@@ -178,6 +181,75 @@ fn a_client_that_never_reads_loses_its_slot_after_the_idle_timeout() {
         );
         drop(unread);
     });
+}
+
+/// One HTTP/2 connection opening 1,280 long streams with a 16-byte flow-control window and
+/// reading none (the finding: it held every admission slot while it stayed open) gets
+/// `--max-concurrent-streams` (64) at a time, the rest waiting in the client; each is given up at
+/// the slow-reader timeout. So a second client's request is admitted at once, while the
+/// connection still has streams waiting, and served: it does not wait for the timeout.
+#[test]
+fn one_connection_with_1280_unread_streams_does_not_starve_a_second_client() {
+    let server = Server::start_with(&[
+        "--max-concurrent-streams",
+        "64",
+        "--stream-idle-timeout-secs",
+        "2",
+    ]);
+    let hostile = runtime();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let channel = hostile.block_on(async {
+        tonic::transport::Endpoint::from_shared(server.grpc.clone())
+            .unwrap()
+            .initial_stream_window_size(16)
+            .connect()
+            .await
+            .unwrap()
+    });
+    for _ in 0..1_280 {
+        let mut client = GenerationClient::new(channel.clone());
+        let opened = Arc::clone(&opened);
+        hostile.spawn(async move {
+            let long = v1::GenerateRequest {
+                input: Some(v1::generate_request::Input::Text("Once upon a time".into())),
+                max_tokens: Some(400),
+                ignore_eos: true,
+                ..Default::default()
+            };
+            let unread = client.generate(long).await;
+            opened.fetch_add(1, Ordering::SeqCst);
+            // Holds the response, unread, until the runtime is dropped.
+            let _unread = unread;
+            std::future::pending::<()>().await;
+        });
+    }
+    common::poll_until(
+        "64 streams of the hostile connection",
+        Duration::from_secs(60),
+        || (opened.load(Ordering::SeqCst) >= 64).then_some(()),
+    );
+    runtime().block_on(async {
+        let mut client = server.client().await;
+        let started = Instant::now();
+        let mut stream = client
+            .generate(short("Hi"))
+            .await
+            .expect("a second client is admitted while the hostile connection is open")
+            .into_inner();
+        while stream.message().await.unwrap().is_some() {}
+        println!(
+            "the second client's request ended {:?} after it was sent; the hostile connection \
+             had opened {} of its 1,280 streams",
+            started.elapsed(),
+            opened.load(Ordering::SeqCst)
+        );
+    });
+    assert!(
+        opened.load(Ordering::SeqCst) < 1_280,
+        "the connection's streams are not all open yet: the test ran while it was hostile"
+    );
+    drop(hostile);
+    server.wait_for_metric("glimpse_kv_blocks_used", 0.0, Duration::from_secs(30));
 }
 
 fn short(text: &str) -> v1::GenerateRequest {

@@ -580,9 +580,10 @@ fn a_huge_prompt_and_huge_stop_lists_are_refused_naming_their_limits() {
     });
 }
 
-/// Request ids are unique among live requests, across both wires: a second request with the id
-/// of a running one is refused naming it (gRPC ALREADY_EXISTS, HTTP 409 for `X-Request-Id`), and
-/// the id is free again once the first request ended.
+/// Request ids are unique among live requests, across both wires and every endpoint that takes
+/// one: a second request with the id of a running one is refused naming it (gRPC ALREADY_EXISTS,
+/// HTTP 409 for `X-Request-Id`, tokenization included), and the id is free again once the first
+/// request ended.
 #[test]
 fn a_live_request_id_is_refused_until_its_request_ends() {
     let server = Server::start();
@@ -606,6 +607,15 @@ fn a_live_request_id_is_refused_until_its_request_ends() {
         );
         assert_eq!(status, 409, "{body}");
         assert!(body.contains("`job-7`"), "{body}");
+        for (path, body) in [
+            ("/tokenize", r#"{"prompt": "Hi"}"#),
+            ("/detokenize", r#"{"tokens": [1, 2]}"#),
+        ] {
+            let (status, answer) =
+                http_post_with(server.http_port, path, &[("X-Request-Id", "job-7")], body);
+            assert_eq!(status, 409, "{path}: {answer}");
+            assert!(answer.contains("`job-7`"), "{path}: {answer}");
+        }
         drop(running);
         // The dropped stream releases its id when the server notices: poll with a deadline.
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -9,6 +9,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Server, http_get, http_post, http_post_with, poll_until, runtime};
@@ -254,29 +255,42 @@ fn refusals_carry_the_openai_shape_and_the_grpc_message_and_are_counted() {
 }
 
 /// A prompt past `--max-prompt-bytes` is refused before it is tokenized (completions, chat and
-/// `/tokenize`), and a stop list past `--max-stop-strings` is refused; each names the flag.
+/// `/tokenize`: no job reaches the tokenizer pool) while health probes keep answering, and a
+/// stop list past `--max-stop-strings` is refused; each refusal names the flag.
 #[test]
 fn a_huge_prompt_and_huge_stop_lists_are_refused_naming_their_limits() {
     let server = Server::start();
+    let jobs = || server.metric("glimpse_tokenizer_jobs_total").unwrap();
+    let jobs_before = jobs();
+    let probing = AtomicBool::new(true);
     let huge = "a".repeat(4_000_000);
-    let started = Instant::now();
-    let (status, body) = post(&server, "/v1/completions", &json!({"prompt": huge}));
-    println!("4 MB prompt refused after {:?}", started.elapsed());
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["param"], "prompt");
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("--max-prompt-bytes") && message.contains("4000000 bytes"),
-        "{message}"
+    let probes = std::thread::scope(|scope| {
+        let probes = scope.spawn(|| {
+            let mut answered = 0;
+            while probing.load(Ordering::SeqCst) {
+                let response = http_get(server.http_port, "/health");
+                assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+                answered += 1;
+            }
+            answered
+        });
+        huge_prompts_are_refused(&server, &huge);
+        probing.store(false, Ordering::SeqCst);
+        probes.join().unwrap()
+    });
+    assert!(probes > 0);
+    assert_eq!(
+        jobs(),
+        jobs_before,
+        "a refused prompt reached the tokenizer"
     );
-    let chat = json!({"messages": [{"role": "user", "content": huge}]});
-    for path in ["/v1/chat/completions", "/tokenize"] {
-        let (status, body) = post(&server, path, &chat);
-        assert_eq!(status, 400, "{path}: {body}");
-        assert_eq!(body["error"]["param"], "messages", "{path}: {body}");
-        let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.contains("--max-prompt-bytes"), "{path}: {message}");
-    }
+    let (status, body) = post(&server, "/tokenize", &json!({"prompt": "Hi"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        jobs(),
+        jobs_before + 1.0,
+        "the tokenizer pool counts its jobs"
+    );
     let stops = vec!["x"; 100_000];
     let (status, body) = post(
         &server,
@@ -290,6 +304,29 @@ fn a_huge_prompt_and_huge_stop_lists_are_refused_naming_their_limits() {
         message.contains("--max-stop-strings") && message.contains("got 100000"),
         "{message}"
     );
+}
+
+/// `huge` as a completion prompt, a chat message and a `/tokenize` chat: each refused naming
+/// `--max-prompt-bytes`.
+fn huge_prompts_are_refused(server: &Server, huge: &str) {
+    let started = Instant::now();
+    let (status, body) = post(server, "/v1/completions", &json!({"prompt": huge}));
+    println!("4 MB prompt refused after {:?}", started.elapsed());
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "prompt");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("--max-prompt-bytes") && message.contains("4000000 bytes"),
+        "{message}"
+    );
+    let chat = json!({"messages": [{"role": "user", "content": huge}]});
+    for path in ["/v1/chat/completions", "/tokenize"] {
+        let (status, body) = post(server, path, &chat);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["param"], "messages", "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("--max-prompt-bytes"), "{path}: {message}");
+    }
 }
 
 #[test]
@@ -421,4 +458,66 @@ fn bench_over_http_and_grpc_agree_token_for_token() {
     let (ok, stderr, _) = bench("openai", http, &["--budget", "0", "--policies", "snapkv"]);
     assert!(!ok, "a refused run fails: {stderr}");
     assert!(stderr.contains("HTTP 400"), "{stderr}");
+}
+
+/// A client that opens a streaming completion and never reads it holds its slots and KV blocks
+/// only until the slow-reader timeout: the stream is then aborted (counted as `abort`, not
+/// finished), its blocks freed, and the next client is served. Loopback sockets and the
+/// server's write buffer take a few MiB before the server's sends wait, so the stream is made
+/// larger than that: 16 choices of 480 tokens with 20 log-probabilities each (about 15 MiB of
+/// events; measured: 4 choices with 5 log-probabilities, 1.5 MiB, were all buffered and
+/// finished).
+#[test]
+fn an_sse_client_that_never_reads_loses_its_slots_after_the_idle_timeout() {
+    let server = Server::start_with(&[
+        "--max-num-seqs",
+        "16",
+        "--max-waiting",
+        "0",
+        "--stream-idle-timeout-secs",
+        "1",
+    ]);
+    let body = json!({
+        "prompt": "Once upon a time", "max_tokens": 480, "ignore_eos": true, "stream": true,
+        "logprobs": 20, "n": 16,
+    })
+    .to_string();
+    let rt = runtime();
+    let unread = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(1024).unwrap();
+        let address = ([127, 0, 0, 1], server.http_port).into();
+        let mut stream = socket.connect(address).await.unwrap();
+        let request = format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        stream
+    });
+    server.wait_for_log(
+        "the client did not read the response stream",
+        Duration::from_secs(60),
+    );
+    server.wait_for_metric("glimpse_kv_blocks_used", 0.0, Duration::from_secs(30));
+    let finished = |reason: &str| {
+        let selector = format!("glimpse_request_success_total{{finished_reason=\"{reason}\"}}");
+        server.metric(&selector).unwrap()
+    };
+    server.wait_for_metric(
+        "glimpse_request_success_total{finished_reason=\"abort\"}",
+        16.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(finished("length"), 0.0, "the unread choices were aborted");
+    let (status, answer) = post(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 2, "n": 16}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    drop(unread);
 }

@@ -179,9 +179,7 @@ impl EngineArgs {
                 // A fraction of free memory, but never more than `max_num_seqs` full-length
                 // sequences can fill: a small model should not pin gigabytes.
                 let fraction = (available_memory_bytes()? as f64 * self.kv_memory_fraction) as u64;
-                let useful_blocks =
-                    (self.max_num_seqs * model.config.max_model_len).div_ceil(self.block_size);
-                fraction.min((useful_blocks * bytes_per_block) as u64)
+                fraction.min(self.useful_kv_bytes(model.config.max_model_len, bytes_per_block)?)
             }
         };
         let pool = num_blocks_for_budget(budget, bytes_per_block as u64, self.block_size)?;
@@ -241,6 +239,34 @@ impl EngineArgs {
     }
 }
 
+impl EngineArgs {
+    /// The KV bytes `--max-num-seqs` sequences of the model's full length can fill; an error
+    /// naming the flags when that does not fit in 64 bits.
+    fn useful_kv_bytes(&self, max_model_len: usize, bytes_per_block: usize) -> anyhow::Result<u64> {
+        let tokens = self
+            .max_num_seqs
+            .checked_mul(max_model_len)
+            .with_context(|| {
+                format!(
+                    "--max-num-seqs {} times the model's max_model_len {max_model_len} overflows",
+                    self.max_num_seqs
+                )
+            })?;
+        let blocks = tokens.div_ceil(self.block_size);
+        blocks
+            .checked_mul(bytes_per_block)
+            .and_then(|bytes| u64::try_from(bytes).ok())
+            .with_context(|| {
+                format!(
+                    "the KV cache of --max-num-seqs {} sequences of {max_model_len} tokens \
+                     ({blocks} blocks of {bytes_per_block} bytes, --block-size {}) overflows; \
+                     lower --max-num-seqs or set --kv-memory-bytes",
+                    self.max_num_seqs, self.block_size
+                )
+            })
+    }
+}
+
 /// `MemAvailable` from /proc/meminfo.
 fn available_memory_bytes() -> anyhow::Result<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo")
@@ -251,4 +277,37 @@ fn available_memory_bytes() -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .context("no MemAvailable in /proc/meminfo (use --kv-memory-bytes)")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        engine: EngineArgs,
+    }
+
+    fn engine_args(max_num_seqs: usize) -> EngineArgs {
+        let seqs = max_num_seqs.to_string();
+        Cli::parse_from(["glimpse", "--max-num-seqs", &seqs]).engine
+    }
+
+    #[test]
+    fn kv_sizes_past_64_bits_are_errors_naming_the_flags() {
+        assert_eq!(engine_args(4).useful_kv_bytes(512, 1000).unwrap(), 128_000);
+        let error = engine_args(usize::MAX).useful_kv_bytes(2, 64).unwrap_err();
+        assert!(error.to_string().contains("--max-num-seqs"), "{error}");
+        let error = engine_args(4)
+            .useful_kv_bytes(usize::MAX / 8, 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--max-num-seqs 4") && error.contains("--kv-memory-bytes"),
+            "{error}"
+        );
+    }
 }

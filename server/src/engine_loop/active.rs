@@ -45,6 +45,9 @@ pub struct ActiveRequest {
     pub compacted: Option<Compaction>,
     /// Time spent scoring, selecting and compacting this request's cache.
     pub eviction_time: std::time::Duration,
+    /// The span current when the request was added (the submitting handler's, which carries its
+    /// `request_id`): the engine thread writes the request's log lines in it.
+    pub span: tracing::Span,
 }
 
 /// What sampling one token did to a request.
@@ -98,6 +101,7 @@ impl ActiveRequest {
             policy: request.policy,
             compacted: None,
             eviction_time: std::time::Duration::ZERO,
+            span: tracing::Span::current(),
         })
     }
 
@@ -125,7 +129,8 @@ impl ActiveRequest {
         self.times.first_token.get_or_insert(now);
         self.times.last_token = Some(now);
         let may_stop = self.num_generated() >= self.stop.min_tokens;
-        let delta = match decoded(self.detokenizer.push(token).map(Option::unwrap_or_default)) {
+        let pushed = self.detokenizer.push(token).map(Option::unwrap_or_default);
+        let delta = match decoded(&self.span, pushed) {
             Ok(text) => text,
             Err(error) => return TokenOutcome::Failed(error),
         };
@@ -160,7 +165,7 @@ impl ActiveRequest {
     pub fn finish(mut self, reason: FinishReason, now: Instant) -> Option<(Usage, Timings)> {
         let mut text_delta = String::new();
         if !matches!(reason, FinishReason::StopString(_)) {
-            let rest = match decoded(self.detokenizer.finish()) {
+            let rest = match decoded(&self.span, self.detokenizer.finish()) {
                 Ok(rest) => rest,
                 Err(error) => {
                     self.fail(error);
@@ -206,10 +211,14 @@ impl ActiveRequest {
 
 /// Generated text, or the error that ends the request when the tokenizer cannot decode it: text
 /// silently dropped would reach the client as a wrong answer, so the request fails as INTERNAL
-/// (counted in `glimpse_request_errors_total`) instead.
-fn decoded(text: glimpse_engine::Result<String>) -> Result<String, RequestError> {
+/// (counted in `glimpse_request_errors_total`) instead. The warning is written in the request's
+/// `span`.
+fn decoded(
+    span: &tracing::Span,
+    text: glimpse_engine::Result<String>,
+) -> Result<String, RequestError> {
     text.map_err(|e| {
-        tracing::warn!(error = %e, "detokenization failed; ending the request");
+        span.in_scope(|| tracing::warn!(error = %e, "detokenization failed; ending the request"));
         RequestError::Internal {
             message: format!("the generated tokens could not be decoded: {e}"),
         }
@@ -218,20 +227,56 @@ fn decoded(text: glimpse_engine::Result<String>) -> Result<String, RequestError>
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
+    /// Log output collected in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// No tokenizer of the bundled model fails to decode, so the failure is built by hand: this
-    /// checks the conversion; `grpc::status` tests that the wire counts it.
+    /// checks the conversion and that its warning names the request (the span a handler submits
+    /// in, entered again on the engine thread); `grpc::status` tests that the wire counts it.
     #[test]
-    fn a_decode_failure_becomes_an_internal_error_naming_the_cause() {
+    fn a_decode_failure_becomes_an_internal_error_naming_the_cause_and_the_request() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
         let failure = glimpse_engine::EngineError::Tokenizer {
             message: "decoding failed: bad byte".into(),
         };
-        let Err(RequestError::Internal { message }) = decoded(Err(failure)) else {
+        let outcome = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", request_id = "req-7");
+            decoded(&span, Err(failure))
+        });
+        let Err(RequestError::Internal { message }) = outcome else {
             panic!("a decode failure must be an internal error");
         };
         assert!(message.contains("could not be decoded"), "{message}");
         assert!(message.contains("bad byte"), "{message}");
-        assert_eq!(decoded(Ok("hi".into())), Ok("hi".to_string()));
+        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            log.contains("request_id=\"req-7\"") && log.contains("detokenization failed"),
+            "{log}"
+        );
+        assert_eq!(
+            decoded(&tracing::Span::none(), Ok("hi".into())),
+            Ok("hi".to_string())
+        );
     }
 }

@@ -171,8 +171,9 @@ impl EngineCore {
         !self.requests.is_empty()
     }
 
-    /// Queues a validated request; its events go to `events`. When the scheduler refuses it
-    /// (it cannot fit the KV pool) the error is returned and nothing is sent.
+    /// Queues a validated request; its events go to `events`, and the log lines the loop writes
+    /// about it go to the span current now (the submitter's, naming the request). When the
+    /// scheduler refuses it (it cannot fit the KV pool) the error is returned and nothing is sent.
     pub fn add_request(
         &mut self,
         request: ValidRequest,
@@ -298,7 +299,9 @@ impl EngineCore {
             let outcome = match self.scheduler.apply_eviction(seq, eviction.kept_entries) {
                 Ok(outcome) => outcome,
                 Err(e) => {
-                    tracing::error!(error = %e, %seq, "eviction could not be applied; keeping the full cache");
+                    request.span.in_scope(|| {
+                        tracing::error!(error = %e, %seq, "eviction could not be applied; keeping the full cache");
+                    });
                     continue;
                 }
             };
@@ -483,6 +486,9 @@ impl EngineCore {
         for seq in seqs {
             self.scheduler.abort(seq);
             if let Some(request) = self.requests.remove(&seq) {
+                request
+                    .span
+                    .in_scope(|| tracing::warn!(%error, "the request failed with its step"));
                 request.fail(error.clone());
             }
         }

@@ -55,6 +55,8 @@ enum Command {
         request: ValidRequest,
         events: EventSink,
         arrival: Instant,
+        /// The submitter's span (with the request's id), entered while the request is added.
+        span: tracing::Span,
     },
     /// Run a request to its end without the observer seeing its steps.
     WarmUp {
@@ -74,7 +76,8 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     /// Submits a request; its events arrive on the returned receiver, ending with `Finished` or
-    /// `Error`. Dropping the receiver aborts the request.
+    /// `Error`. Dropping the receiver aborts the request. The engine thread writes the request's
+    /// log lines in the span current at the call (a handler's carries the request's id).
     pub fn submit(&self, request: ValidRequest) -> UnboundedReceiver<StreamEvent> {
         self.submit_at(request, Instant::now())
     }
@@ -91,6 +94,7 @@ impl EngineHandle {
             request,
             events: events.clone(),
             arrival,
+            span: tracing::Span::current(),
         };
         if self.commands.send(command).is_err() {
             let _ = events.send(StreamEvent::Error(RequestError::ShuttingDown));
@@ -186,7 +190,9 @@ fn accept(core: &mut EngineCore, command: Command, observer: &mut impl StepObser
             request,
             events,
             arrival,
+            span,
         } => {
+            let _in_request = span.enter();
             if let Err(error) = core.add_request(request, events.clone(), arrival) {
                 let _ = events.send(StreamEvent::Error(error));
             }

@@ -29,6 +29,7 @@ use crate::error::RequestError;
 use crate::outbox;
 use crate::prompt::{Prompt, PromptWork};
 use crate::refusal::new_request_id;
+use crate::validation::{ValidRequest, Validator};
 use status::refused;
 
 pub use auth::TokenCheck;
@@ -62,18 +63,9 @@ impl GenerationService {
             .admission
             .try_admit_request(&id)
             .map_err(|e| refused(&id, e))?;
-        let engine_request = async {
-            let prompt = convert::prompt(raw.input.take())?;
-            let ids = self
-                .prompts
-                .prompt_ids(prompt, raw.add_special_tokens)
-                .await?;
-            self.engine
-                .validator()
-                .validate_raw(convert::raw_request(&raw, ids)?)
-        }
-        .await
-        .map_err(|e| refused(&id, e))?;
+        let engine_request = engine_request(&mut raw, &self.prompts, self.engine.validator())
+            .await
+            .map_err(|e| refused(&id, e))?;
         let stop_token_ids = engine_request.stop().stop_token_ids.clone();
         let mut events = self.engine.submit_at(engine_request, arrival);
         let (tx, rx) = outbox::channel(64, self.stream_idle_timeout);
@@ -138,6 +130,18 @@ impl GenerationService {
         tokio::spawn(forward.in_current_span());
         Ok(Response::new(rx))
     }
+}
+
+/// A wire request as the engine takes it: its prompt (taken out of `raw`) tokenized off the
+/// runtime, then the whole request validated. Fails with the refusal to send.
+pub(crate) async fn engine_request(
+    raw: &mut v1::GenerateRequest,
+    prompts: &PromptWork,
+    validator: &Validator,
+) -> Result<ValidRequest, RequestError> {
+    let prompt = convert::prompt(raw.input.take())?;
+    let ids = prompts.prompt_ids(prompt, raw.add_special_tokens).await?;
+    validator.validate_raw(convert::raw_request(raw, ids)?)
 }
 
 /// The engine's next event for a request, or `DeadlineExceeded` once `deadline` passed.

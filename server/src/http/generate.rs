@@ -19,6 +19,7 @@ use super::responses::{Endpoint, Responder};
 use super::wire::{ChatBody, CompletionBody};
 use super::{HttpState, body, body_bytes, json_response, request_id, stream};
 use crate::error::RequestError;
+use crate::prompt::PromptWork;
 
 pub async fn completions(
     State(state): State<Arc<HttpState>>,
@@ -58,6 +59,28 @@ async fn generate(
     }
 }
 
+/// A request body of `endpoint` parsed, its `model` checked against `model_name` and its
+/// prompt tokenized: the request of choice 0 and how to answer, before validation.
+pub(crate) async fn plan(
+    endpoint: Endpoint,
+    bytes: &[u8],
+    model_name: &str,
+    prompts: &PromptWork,
+) -> Result<Plan, RequestError> {
+    match endpoint {
+        Endpoint::Completions => {
+            let body: CompletionBody = body::parse(bytes)?;
+            convert::check_model(body.generation.model.as_deref(), model_name)?;
+            convert::completion(body, prompts).await
+        }
+        Endpoint::Chat => {
+            let body: ChatBody = body::parse(bytes)?;
+            convert::check_model(body.generation.model.as_deref(), model_name)?;
+            convert::chat(body, prompts).await
+        }
+    }
+}
+
 async fn answer(
     state: &HttpState,
     endpoint: Endpoint,
@@ -68,18 +91,7 @@ async fn answer(
     // The first choice's slot, taken before the prompt is tokenized: that work counts too.
     let first_slot = state.admission.try_admit_request(id)?;
     let bytes = body_bytes(state, body)?;
-    let plan: Plan = match endpoint {
-        Endpoint::Completions => {
-            let body: CompletionBody = body::parse(&bytes)?;
-            convert::check_model(body.generation.model.as_deref(), &state.model_name)?;
-            convert::completion(body, &state.prompts).await?
-        }
-        Endpoint::Chat => {
-            let body: ChatBody = body::parse(&bytes)?;
-            convert::check_model(body.generation.model.as_deref(), &state.model_name)?;
-            convert::chat(body, &state.prompts).await?
-        }
-    };
+    let plan = plan(endpoint, &bytes, &state.model_name, &state.prompts).await?;
     let choices = Choices::submit(
         &state.engine,
         &state.admission,

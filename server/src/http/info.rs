@@ -11,6 +11,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tracing::Instrument;
 
 use super::convert::{chat_prompt, check_model};
 use super::error::ApiError;
@@ -51,9 +52,10 @@ pub async fn tokenize(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    answer(&headers, async {
+    let id = request_id(&headers, "tok");
+    answer(&id, async {
         let (_slot, body): (_, TokenizeBody) =
-            admitted(&state, body, |b: &TokenizeBody| b.model.as_deref())?;
+            admitted(&state, &id, body, |b: &TokenizeBody| b.model.as_deref())?;
         let prompt = match (body.prompt, body.messages) {
             (Some(text), None) => Prompt::Text {
                 text,
@@ -82,9 +84,10 @@ pub async fn detokenize(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    answer(&headers, async {
+    let id = request_id(&headers, "detok");
+    answer(&id, async {
         let (_slot, body): (_, DetokenizeBody) =
-            admitted(&state, body, |b: &DetokenizeBody| b.model.as_deref())?;
+            admitted(&state, &id, body, |b: &DetokenizeBody| b.model.as_deref())?;
         let ids = body
             .tokens
             .ok_or_else(|| RequestError::invalid("tokens", "a list of token ids is needed"))?;
@@ -95,7 +98,7 @@ pub async fn detokenize(
 }
 
 pub async fn unknown_route(headers: HeaderMap, method: Method, uri: Uri) -> Response {
-    answer(&headers, async {
+    answer(&request_id(&headers, "req"), async {
         Err(RequestError::UnknownRoute {
             method: method.to_string(),
             path: uri.path().to_string(),
@@ -104,28 +107,31 @@ pub async fn unknown_route(headers: HeaderMap, method: Method, uri: Uri) -> Resp
     .await
 }
 
-/// The first steps of a tokenization request: an admission slot (held while it works), then its
-/// body parsed and its `model` (read by `model`) checked against the served one.
+/// The first steps of a tokenization request: an admission slot and its id `id` (held while it
+/// works; refused while another live request holds the id), then its body parsed and its `model`
+/// (read by `model`) checked against the served one.
 fn admitted<T: serde::de::DeserializeOwned>(
     state: &HttpState,
+    id: &str,
     body: Result<Bytes, BytesRejection>,
     model: impl Fn(&T) -> Option<&str>,
 ) -> Result<(AdmissionGuard, T), RequestError> {
-    let slot = state.admission.try_admit()?;
+    let slot = state.admission.try_admit_request(id)?;
     let body: T = body::parse(&body_bytes(state, body)?)?;
     check_model(model(&body), &state.model_name)?;
     Ok((slot, body))
 }
 
-/// A JSON answer, or the refusal in OpenAI's error shape.
+/// A JSON answer, or the refusal in OpenAI's error shape; the work's log lines carry `id`.
 async fn answer(
-    headers: &HeaderMap,
+    id: &str,
     work: impl Future<Output = Result<serde_json::Value, RequestError>>,
 ) -> Response {
-    match work.await {
+    let span = tracing::info_span!("request", request_id = %id);
+    match work.instrument(span).await {
         Ok(value) => json_response(StatusCode::OK, &value),
         Err(error) => ApiError {
-            request_id: request_id(headers, "req"),
+            request_id: id.to_string(),
             error,
         }
         .into_response(),

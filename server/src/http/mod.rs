@@ -39,6 +39,10 @@ use crate::net::{Incoming, serve_http1};
 use crate::prompt::PromptWork;
 use crate::refusal::new_request_id;
 
+pub(crate) use convert::Plan;
+pub(crate) use generate::plan;
+pub(crate) use responses::Endpoint;
+
 /// Everything the handlers share.
 pub struct HttpState {
     pub engine: EngineHandle,

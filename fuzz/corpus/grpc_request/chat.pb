@@ -1,0 +1,5 @@
+".
+
+system	Be brief.
+
+userTell a story.H

@@ -1,0 +1,2 @@
+Lily and Tom went to the park.j
+ (

@@ -1,0 +1,1 @@
+Lily and Tom went to the park.j0
