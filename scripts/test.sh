@@ -27,7 +27,8 @@ step "CUDA kernels' shim tests under ASan and TSan (~2 min); TSan reports a plan
 scripts/cuda-shim-sanitizers.sh
 
 step "soak: 1,000 mixed requests at 64 concurrency with hostile clients against a baseline (prints its numbers)"
-cargo test -p glimpse-server --test soak --locked -- --ignored --nocapture
+# --workspace: the same feature resolution as the test step above, so nothing is rebuilt.
+cargo test --workspace --locked --test soak -- --ignored --nocapture
 
 step "deployment files (Prometheus rules, dashboard, Kubernetes manifests, Dockerfiles)"
 scripts/deploy-checks.sh

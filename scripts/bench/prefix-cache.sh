@@ -14,10 +14,10 @@
 #
 # The model directory may also come from MODEL_DIR. Environment knobs (defaults): DOCS 4,
 # QUESTIONS 16, DOC_LEN 2048, QUESTION_LEN 32, OUTPUT_LEN 32, BUDGET 128, KV_MEMORY_BYTES
-# 2000000000, REQUEST_RATE inf (all at once: a document longer than a step's token budget is
-# prefilled in chunks, and FCFS admission lets no later request start before an earlier one's
-# prefill finished, so every later question finds its document cached; with documents that fit
-# one step, set a rate), GLIMPSE (a prebuilt binary; otherwise a release build is made).
+# 2000000000, POLICIES "full lookahead", REQUEST_RATE inf (all at once: a document longer than a
+# step's token budget is prefilled in chunks, and FCFS admission lets no later request start
+# before an earlier one's prefill finished, so every later question finds its document cached;
+# with documents that fit one step, set a rate), GLIMPSE (a prebuilt binary; otherwise a release build is made).
 # Sanity run at a tiny size on the bundled model (a debug build):
 #   GLIMPSE=target/debug/glimpse DOCS=2 QUESTIONS=3 DOC_LEN=64 QUESTION_LEN=8 OUTPUT_LEN=8 \
 #     BUDGET=16 KV_MEMORY_BYTES=20000000 REQUEST_RATE=5 scripts/bench/prefix-cache.sh \
@@ -39,7 +39,7 @@ mkdir -p "$OUT"
 DOCS=${DOCS:-4} QUESTIONS=${QUESTIONS:-16} DOC_LEN=${DOC_LEN:-2048}
 QUESTION_LEN=${QUESTION_LEN:-32} OUTPUT_LEN=${OUTPUT_LEN:-32} BUDGET=${BUDGET:-128}
 export KV_MEMORY_BYTES=${KV_MEMORY_BYTES:-2000000000}
-REQUEST_RATE=${REQUEST_RATE:-inf}
+REQUEST_RATE=${REQUEST_RATE:-inf} POLICIES=${POLICIES:-full lookahead}
 if [ -z "${GLIMPSE:-}" ]; then
 	cargo build --release --locked -p glimpse-server
 	GLIMPSE=target/release/glimpse
@@ -51,7 +51,7 @@ MODULE=${LOOKAHEAD_MODULE:-$OUT/lookahead.safetensors}
 . scripts/lib/glimpse-server.sh
 trap 'kill ${SERVER:-} 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 
-for policy in full lookahead; do
+for policy in $POLICIES; do
 	for cache in true false; do
 		run="$OUT/$policy-cache-$cache"
 		start_glimpse "$GLIMPSE" "$run.server.log" --model "$MODEL_DIR" \
@@ -68,9 +68,9 @@ for policy in full lookahead; do
 	done
 done
 
-python3 - "$OUT" "$DOCS" <<'EOF' | tee "$OUT/summary.md"
+python3 - "$OUT" "$DOCS" "$POLICIES" <<'EOF' | tee "$OUT/summary.md"
 import csv, json, statistics, sys
-out, docs = sys.argv[1], int(sys.argv[2])
+out, docs, policies = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 
 def load(policy, cache):
     run = f"{out}/{policy}-cache-{cache}"
@@ -86,7 +86,7 @@ def load(policy, cache):
 print("| policy | prefix cache | TTFT median, non-first questions (ms) | KV entries kept per request | output tok/s | cache hit rate (tokens) |")
 print("|---|---|---|---|---|---|")
 failed = False
-for policy in ("full", "lookahead"):
+for policy in policies:
     runs = {cache: load(policy, cache) for cache in ("true", "false")}
     for cache, (summary, ttft, _, counters) in runs.items():
         queries = counters["glimpse_prefix_cache_queries_total"]
