@@ -6,16 +6,7 @@ use std::sync::LazyLock;
 
 use glimpse_server::fuzz::RequestTarget;
 
-static TARGET: LazyLock<RequestTarget> = LazyLock::new(|| {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let template = std::fs::read_to_string(root.join("scripts/openai-python/chat_template.jinja"))
-        .expect("the chat template fixture reads");
-    RequestTarget::new(
-        &root.join("models/stories260K"),
-        &template,
-        &root.join("models/stories260K-lookahead/lookahead.safetensors"),
-    )
-    .expect("the bundled stories260K and its lookahead module load")
-});
+static TARGET: LazyLock<RequestTarget> =
+    LazyLock::new(|| RequestTarget::bundled(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..")));
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| TARGET.http_body(data));

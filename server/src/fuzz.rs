@@ -39,6 +39,23 @@ pub struct RequestTarget {
 const MODEL_NAME: &str = "stories260K";
 
 impl RequestTarget {
+    /// The target the fuzzers and the corpus replay use: the bundled stories260K below the
+    /// repository root `root`, the OpenAI check's chat template and the bundled lookahead module.
+    ///
+    /// # Panics
+    /// When those files do not load: a broken checkout, not an input.
+    pub fn bundled(root: &Path) -> Self {
+        let template =
+            std::fs::read_to_string(root.join("scripts/openai-python/chat_template.jinja"))
+                .expect("the chat template fixture reads");
+        Self::new(
+            &root.join("models/stories260K"),
+            &template,
+            &root.join("models/stories260K-lookahead/lookahead.safetensors"),
+        )
+        .expect("the bundled stories260K and its lookahead module load")
+    }
+
     /// Loads the model in `model_dir` with `chat_template` as its template and the LookaheadKV
     /// module file `lookahead` (so that requests naming the lookahead policy get past it); fails
     /// as loading them fails.

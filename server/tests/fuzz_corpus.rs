@@ -17,15 +17,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn target() -> RequestTarget {
-    let root = repo_root();
-    let template =
-        std::fs::read_to_string(root.join("scripts/openai-python/chat_template.jinja")).unwrap();
-    RequestTarget::new(
-        &root.join("models/stories260K"),
-        &template,
-        &root.join("models/stories260K-lookahead/lookahead.safetensors"),
-    )
-    .unwrap()
+    RequestTarget::bundled(&repo_root())
 }
 
 #[test]
