@@ -505,7 +505,7 @@ fn report(name: &str, result: &mut PhaseResult) -> Duration {
 }
 
 #[test]
-#[ignore = "run alone by scripts/test.sh: cargo test -p glimpse-server --test soak -- --ignored --nocapture"]
+#[ignore = "run alone by scripts/test.sh: cargo test --workspace --locked --test soak -- --ignored --nocapture"]
 fn a_mixed_workload_with_hostile_clients_loses_nothing_leaks_nothing_and_starves_no_one() {
     let started = Instant::now();
     let server = Server::start_with(&[
