@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Server, http_get, http_post, http_post_with, poll_until, runtime};
@@ -263,21 +263,26 @@ fn a_huge_prompt_and_huge_stop_lists_are_refused_naming_their_limits() {
     let jobs = || server.metric("glimpse_tokenizer_jobs_total").unwrap();
     let jobs_before = jobs();
     let probing = AtomicBool::new(true);
+    let answered = AtomicUsize::new(0);
     let huge = "a".repeat(4_000_000);
-    let probes = std::thread::scope(|scope| {
-        let probes = scope.spawn(|| {
-            let mut answered = 0;
+    std::thread::scope(|scope| {
+        let prober = scope.spawn(|| {
             while probing.load(Ordering::SeqCst) {
                 let response = http_get(server.http_port, "/health");
                 assert!(response.starts_with("HTTP/1.0 200"), "{response}");
-                answered += 1;
+                answered.fetch_add(1, Ordering::SeqCst);
             }
-            answered
+        });
+        // The refusals start once the prober runs, so its probes overlap them (a prober thread
+        // scheduled late on a busy machine would otherwise find the refusals over and probe
+        // nothing). A prober that failed its first probe ends the wait; the scope re-raises it.
+        poll_until("a first /health answer", Duration::from_secs(60), || {
+            (answered.load(Ordering::SeqCst) > 0 || prober.is_finished()).then_some(())
         });
         huge_prompts_are_refused(&server, &huge);
         probing.store(false, Ordering::SeqCst);
-        probes.join().unwrap()
     });
+    let probes = answered.into_inner();
     assert!(probes > 0);
     assert_eq!(
         jobs(),

@@ -300,15 +300,16 @@ const GIVEN_UP: &str = "the client did not read the response stream";
 /// Keeps [`SLOW_STREAMS`] streams open on a connection with a 16-byte window, never reading,
 /// replacing each after the idle timeout, until `done` — and, on a machine fast enough to finish
 /// the workload before any stream filled its window and outwaited the timeout, until the server
-/// has given up at least one of them (within a deadline); returns how many it opened.
-async fn slow_reader(server: &Server, done: Arc<AtomicBool>) -> usize {
+/// has given up at least one of them (a log line beyond the `given_up_before` the log held when
+/// the phase began; within a deadline); returns how many it opened.
+async fn slow_reader(server: &Server, done: Arc<AtomicBool>, given_up_before: usize) -> usize {
     let mut client = GenerationClient::new(connect(server, Some(16)).await);
     let mut open = std::collections::VecDeque::new();
     let mut opened = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     let keep_going = || {
         !done.load(Ordering::SeqCst)
-            || (server.log_lines(GIVEN_UP).is_empty() && Instant::now() < deadline)
+            || (server.log_lines(GIVEN_UP).len() == given_up_before && Instant::now() < deadline)
     };
     while keep_going() {
         if open.len() == SLOW_STREAMS {
@@ -441,18 +442,28 @@ struct PhaseResult {
     workload: Tally,
     /// Streams the slow reader opened (0 without hostile clients).
     slow_opened: usize,
+    /// Of those, the streams the server gave up at the slow-reader timeout.
+    given_up: usize,
     stop_lists: Tally,
 }
 
 /// `count` requests of the mix from `first`, with or without the hostile clients running
 /// throughout; then waits until the server is idle and checks that it counted exactly the
 /// refusals the clients saw, and completions between those the clients saw and those plus the
-/// requests whose end nobody read (cancelled, or the slow reader's).
+/// requests whose end nobody read (cancelled, or the slow reader's); with the hostile clients,
+/// that the server gave up at least one of the slow reader's streams in this phase.
 fn run_phase(server: &Server, first: usize, count: usize, hostile: bool) -> PhaseResult {
     let before = counts(server);
+    let given_up_before = server.log_lines(GIVEN_UP).len();
     let done = Arc::new(AtomicBool::new(!hostile));
     let (workload, slow_opened, stop_lists) = runtime().block_on(async {
-        let slow = slow_reader(server, Arc::clone(&done));
+        let slow = async {
+            if hostile {
+                slow_reader(server, Arc::clone(&done), given_up_before).await
+            } else {
+                0
+            }
+        };
         let stops = stop_list_client(server, Arc::clone(&done));
         let work = async {
             let tally = phase(server, first, count).await;
@@ -481,9 +492,15 @@ fn run_phase(server: &Server, first: usize, count: usize, hostile: bool) -> Phas
         "the server completed {completed} requests; the clients saw {seen} finish and did not \
          read the end of {unread}"
     );
+    let given_up = server.log_lines(GIVEN_UP).len() - given_up_before;
+    assert!(
+        !hostile || given_up > 0,
+        "the slow reader's streams met the slow-reader timeout in this phase"
+    );
     PhaseResult {
         workload,
         slow_opened,
+        given_up,
         stop_lists,
     }
 }
@@ -493,11 +510,12 @@ fn report(name: &str, result: &mut PhaseResult) -> Duration {
     let w = &result.workload;
     println!(
         "soak: {name}: {} finished, {} refused as invalid, {} cancelled; p99 TTFT {p99:?}; slow \
-         reader opened {} unread streams; stop-list client {} finished, {} refused",
+         reader opened {} unread streams, {} given up; stop-list client {} finished, {} refused",
         w.finished,
         w.invalid,
         w.cancelled,
         result.slow_opened,
+        result.given_up,
         result.stop_lists.finished,
         result.stop_lists.invalid
     );
@@ -505,7 +523,7 @@ fn report(name: &str, result: &mut PhaseResult) -> Duration {
 }
 
 #[test]
-#[ignore = "run alone by scripts/test.sh: cargo test -p glimpse-server --test soak -- --ignored --nocapture"]
+#[ignore = "run alone by scripts/test.sh: cargo test --workspace --locked --test soak -- --ignored --nocapture"]
 fn a_mixed_workload_with_hostile_clients_loses_nothing_leaks_nothing_and_starves_no_one() {
     let started = Instant::now();
     let server = Server::start_with(&[
