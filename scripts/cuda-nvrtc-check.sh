@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Resource check of the CUDA kernels without a GPU: installs NVRTC from PyPI into target/nvrtc
-# (once; pinned in scripts/cuda-nvrtc/requirements.txt), compiles every kernel file of
+# Resource check of the CUDA kernels without a GPU: installs NVRTC from PyPI into a venv under
+# target/nvrtc (pinned in scripts/cuda-nvrtc/requirements.txt), compiles every kernel file of
 # engine/src/backend/cuda/kernels for sm_80 and sm_90 with ptxas verbose output, prints registers,
 # shared memory, stack and spill bytes per kernel, and fails on a compile error or warning, any
 # spill, or static shared memory over 48 KiB.
@@ -9,18 +9,13 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-REQS="scripts/cuda-nvrtc/requirements.txt"
-DIR="${CARGO_TARGET_DIR:-target}/nvrtc"
-STAMP="$DIR/requirements.sha256"
-if ! sha256sum --check --status "$STAMP" 2>/dev/null; then
-	rm -rf "$DIR"
-	python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$DIR" -r "$REQS"
-	sha256sum "$REQS" >"$STAMP"
-fi
-LIB="$DIR/nvidia/cu13/lib"
+source scripts/lib/python-venv.sh
+VENV="${CARGO_TARGET_DIR:-target}/nvrtc/venv"
+python_venv "$VENV" scripts/cuda-nvrtc/requirements.txt --no-deps
+LIB="$(echo "$VENV"/lib/python3*/site-packages/nvidia/cu13/lib)"
 ARCHS=("$@")
 [ ${#ARCHS[@]} -gt 0 ] || ARCHS=(sm_80 sm_90)
 # libnvrtc loads libnvrtc-builtins from the library path.
 LD_LIBRARY_PATH="$LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-	python3 scripts/cuda-nvrtc/check.py "$LIB/libnvrtc.so.13" engine/src/backend/cuda/kernels \
+	"$VENV/bin/python" scripts/cuda-nvrtc/check.py "$LIB/libnvrtc.so.13" engine/src/backend/cuda/kernels \
 	"${ARCHS[@]}"

@@ -2,6 +2,30 @@
 
 use std::os::raw::c_int;
 
+/// Declares the launchers of the RMSNorm builds (`rms_norm.cpp` and `rms_norm_without_sync.cpp`),
+/// one source under two names, with their one signature.
+macro_rules! rms_norm_launchers {
+    ($($name:ident),+) => {
+        unsafe extern "C" {
+            $(
+                pub fn $name(
+                    x: *const f32,
+                    weight: *const f32,
+                    out: *mut f32,
+                    rows: c_int,
+                    pieces: c_int,
+                    row_stride: c_int,
+                    width: c_int,
+                    eps: f32,
+                    threads: u32,
+                );
+            )+
+        }
+    };
+}
+
+rms_norm_launchers!(glimpse_shim_rms_norm, glimpse_shim_rms_norm_without_sync);
+
 unsafe extern "C" {
     pub fn glimpse_shim_embedding_gather(
         table: *const u16,
@@ -9,28 +33,6 @@ unsafe extern "C" {
         out: *mut f32,
         rows: c_int,
         hidden: c_int,
-        threads: u32,
-    );
-    pub fn glimpse_shim_rms_norm(
-        x: *const f32,
-        weight: *const f32,
-        out: *mut f32,
-        rows: c_int,
-        pieces: c_int,
-        row_stride: c_int,
-        width: c_int,
-        eps: f32,
-        threads: u32,
-    );
-    pub fn glimpse_shim_rms_norm_without_sync(
-        x: *const f32,
-        weight: *const f32,
-        out: *mut f32,
-        rows: c_int,
-        pieces: c_int,
-        row_stride: c_int,
-        width: c_int,
-        eps: f32,
         threads: u32,
     );
     pub fn glimpse_shim_rope(

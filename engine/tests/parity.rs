@@ -54,11 +54,7 @@ fn each_prompt_alone_matches_transformers_for_every_block_size() {
         for bs in BLOCK_SIZES {
             for (i, r) in refs.iter().enumerate() {
                 let label = format!("{name} bs={bs} prompt {i}");
-                let mut runner = scrambled_runner(&model, bs, 128, None);
-                let mut seq = RunnerSequence::default();
-                runner
-                    .step(&mut [(&mut seq, &r.prompt[..], LogitsRequest::All)])
-                    .unwrap();
+                let (mut runner, mut seq) = prefilled_runner(&model, bs, 128, &r.prompt);
                 for (pos, want) in r.prefill_logits.iter().enumerate() {
                     let diff = max_abs_diff(runner.output().row(0, pos), want);
                     assert!(

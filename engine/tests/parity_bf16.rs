@@ -20,7 +20,6 @@ use std::path::Path;
 use glimpse_engine::batch::LogitsRequest;
 use glimpse_engine::config::{DtypeChoice, WeightsDtype};
 use glimpse_engine::model::Model;
-use glimpse_engine::runner::RunnerSequence;
 use support::*;
 
 const F32_TOLERANCE: f32 = 1e-4;
@@ -51,23 +50,20 @@ fn bf16_weights_match_transformers_in_f32_on_bf16_matrices_and_in_bf16_within_to
         for bs in [1, 16] {
             for (i, (bf16, f32)) in bf16_refs.iter().zip(&f32_refs).enumerate() {
                 let label = format!("{name} bs={bs} prompt {i}");
-                let mut runner = scrambled_runner(&model, bs, 128, None);
-                let mut seq = RunnerSequence::default();
-                runner
-                    .step(&mut [(&mut seq, &bf16.prompt[..], LogitsRequest::All)])
-                    .unwrap();
+                // A logits row against both references: the f32 run within the f32 tolerance, the
+                // bf16 run within the fixture's.
+                let check = |row: &[f32], f32_want: &[f32], bf16_want: &[f32], at: &str| {
+                    let diff = max_abs_diff(row, f32_want);
+                    assert!(diff < F32_TOLERANCE, "{label}: {at}: f32 diff {diff}");
+                    let diff = max_abs_diff(row, bf16_want);
+                    assert!(diff < atol, "{label}: {at}: bf16 diff {diff} ≥ {atol}");
+                };
+                let (mut runner, mut seq) = prefilled_runner(&model, bs, 128, &bf16.prompt);
                 for pos in 0..bf16.prompt.len() {
                     let row = runner.output().row(0, pos);
-                    let diff = max_abs_diff(row, &f32.prefill_logits[pos]);
-                    assert!(
-                        diff < F32_TOLERANCE,
-                        "{label}: prefill {pos}: f32 diff {diff}"
-                    );
-                    let diff = max_abs_diff(row, &bf16.prefill_logits[pos]);
-                    assert!(
-                        diff < atol,
-                        "{label}: prefill {pos}: bf16 diff {diff} ≥ {atol}"
-                    );
+                    let (f32_want, bf16_want) =
+                        (&f32.prefill_logits[pos], &bf16.prefill_logits[pos]);
+                    check(row, f32_want, bf16_want, &format!("prefill {pos}"));
                 }
                 for step in 0..bf16.greedy_ids.len() {
                     if step > 0 {
@@ -77,16 +73,9 @@ fn bf16_weights_match_transformers_in_f32_on_bf16_matrices_and_in_bf16_within_to
                             .unwrap();
                     }
                     let row = runner.output().last_row(0);
-                    let diff = max_abs_diff(row, &f32.decode_logits[step]);
-                    assert!(
-                        diff < F32_TOLERANCE,
-                        "{label}: step {step}: f32 diff {diff}"
-                    );
-                    let diff = max_abs_diff(row, &bf16.decode_logits[step]);
-                    assert!(
-                        diff < atol,
-                        "{label}: step {step}: bf16 diff {diff} ≥ {atol}"
-                    );
+                    let (f32_want, bf16_want) =
+                        (&f32.decode_logits[step], &bf16.decode_logits[step]);
+                    check(row, f32_want, bf16_want, &format!("step {step}"));
                     assert_eq!(argmax(row), f32.greedy_ids[step], "{label}: step {step}");
                 }
             }
@@ -103,11 +92,7 @@ fn a_bf16_checkpoint_runs_in_bf16_by_default_with_the_bits_of_f32() {
     assert_eq!(f32.dtype, WeightsDtype::F32);
     let prompt = &load_references(&dir)[2].prompt;
     let logits = |model: &Model| {
-        let mut runner = scrambled_runner(model, 16, 16, None);
-        let mut seq = RunnerSequence::default();
-        runner
-            .step(&mut [(&mut seq, &prompt[..], LogitsRequest::All)])
-            .unwrap();
+        let (runner, _) = prefilled_runner(model, 16, 16, prompt);
         (0..prompt.len())
             .flat_map(|pos| runner.output().row(0, pos).to_vec())
             .map(f32::to_bits)

@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use glimpse_engine::batch::LogitsRequest;
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
-use glimpse_engine::runner::OfflineRunner;
+use glimpse_engine::runner::{OfflineRunner, RunnerSequence};
 use safetensors::SafeTensors;
 
 pub fn repo_root() -> PathBuf {
@@ -113,4 +114,20 @@ pub fn scrambled_runner(
     OfflineRunner::cpu(model, block_size, num_blocks * block_size, lookahead)
         .unwrap()
         .with_scrambled_blocks()
+}
+
+/// A [`scrambled_runner`] (no lookahead) that has prefilled `prompt` as its one sequence, keeping
+/// the logits of every position (`output().row(0, pos)`), and that sequence for the decode steps.
+pub fn prefilled_runner(
+    model: &Model,
+    block_size: usize,
+    num_blocks: usize,
+    prompt: &[u32],
+) -> (OfflineRunner, RunnerSequence) {
+    let mut runner = scrambled_runner(model, block_size, num_blocks, None);
+    let mut seq = RunnerSequence::default();
+    runner
+        .step(&mut [(&mut seq, prompt, LogitsRequest::All)])
+        .unwrap();
+    (runner, seq)
 }

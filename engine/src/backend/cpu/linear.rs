@@ -69,7 +69,7 @@ struct Bf16Lane([bf16; NR]);
 
 /// What a panel stores: `f32`, or `bf16` widened in registers by the micro-kernels. Each
 /// element type brings its lane, its rounding from f32 at packing, its exact widening and its
-/// table of micro-kernels.
+/// micro-kernels.
 trait Element: Copy + Send + Sync + 'static {
     type Lane: Copy + Send + Sync;
     const ZERO_LANE: Self::Lane;
@@ -79,7 +79,8 @@ trait Element: Copy + Send + Sync + 'static {
     fn round(v: f32) -> Self;
     /// The stored value as f32, exactly.
     fn widen(self) -> f32;
-    fn tiles(kernel: Kernel) -> &'static [[TileFn<Self>; MR]; PR];
+    /// This type's micro-kernel instances, for every [`Kernel`].
+    fn tiles() -> &'static KernelTiles<Self>;
 }
 
 impl Element for f32 {
@@ -97,14 +98,8 @@ impl Element for f32 {
     fn widen(self) -> f32 {
         self
     }
-    fn tiles(kernel: Kernel) -> &'static [[TileFn<f32>; MR]; PR] {
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => &AVX512_F32_TILES,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => &AVX2_F32_TILES,
-            Kernel::Portable => &PORTABLE_F32_TILES,
-        }
+    fn tiles() -> &'static KernelTiles<f32> {
+        &F32_TILES
     }
 }
 
@@ -124,14 +119,8 @@ impl Element for bf16 {
     fn widen(self) -> f32 {
         f32::from_bits(u32::from(self.to_bits()) << 16)
     }
-    fn tiles(kernel: Kernel) -> &'static [[TileFn<bf16>; MR]; PR] {
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => &AVX512_BF16_TILES,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => &AVX2_BF16_TILES,
-            Kernel::Portable => &PORTABLE_BF16_TILES,
-        }
+    fn tiles() -> &'static KernelTiles<bf16> {
+        &BF16_TILES
     }
 }
 
@@ -488,16 +477,30 @@ macro_rules! tile_table {
     };
 }
 
-#[cfg(target_arch = "x86_64")]
-static AVX512_F32_TILES: [[TileFn<f32>; MR]; PR] = tile_table!(avx512_tile, f32);
-#[cfg(target_arch = "x86_64")]
-static AVX512_BF16_TILES: [[TileFn<bf16>; MR]; PR] = tile_table!(avx512_tile, bf16);
-#[cfg(target_arch = "x86_64")]
-static AVX2_F32_TILES: [[TileFn<f32>; MR]; PR] = tile_table!(avx2_tile, f32);
-#[cfg(target_arch = "x86_64")]
-static AVX2_BF16_TILES: [[TileFn<bf16>; MR]; PR] = tile_table!(avx2_tile, bf16);
-static PORTABLE_F32_TILES: [[TileFn<f32>; MR]; PR] = tile_table!(portable_tile, f32);
-static PORTABLE_BF16_TILES: [[TileFn<bf16>; MR]; PR] = tile_table!(portable_tile, bf16);
+/// The micro-kernel instances of element type `E`: for each [`Kernel`], one per (panels, rows).
+struct KernelTiles<E: 'static> {
+    #[cfg(target_arch = "x86_64")]
+    avx512: [[TileFn<E>; MR]; PR],
+    #[cfg(target_arch = "x86_64")]
+    avx2: [[TileFn<E>; MR]; PR],
+    portable: [[TileFn<E>; MR]; PR],
+}
+
+/// The [`KernelTiles`] of element type `$e`.
+macro_rules! kernel_tiles {
+    ($e:ty) => {
+        KernelTiles {
+            #[cfg(target_arch = "x86_64")]
+            avx512: tile_table!(avx512_tile, $e),
+            #[cfg(target_arch = "x86_64")]
+            avx2: tile_table!(avx2_tile, $e),
+            portable: tile_table!(portable_tile, $e),
+        }
+    };
+}
+
+static F32_TILES: KernelTiles<f32> = kernel_tiles!(f32);
+static BF16_TILES: KernelTiles<bf16> = kernel_tiles!(bf16);
 
 #[cfg(target_arch = "x86_64")]
 use {avx2::tile as avx2_tile, avx512::tile as avx512_tile};
@@ -524,9 +527,17 @@ impl Kernel {
     /// `tile`'s pointers cover `m` rows of `x` and `y` and `p` panels of `W` as [`Tile`] describes.
     #[inline]
     unsafe fn run<E: Element>(self, m: usize, p: usize, tile: &Tile<E>) {
+        let tiles = E::tiles();
+        let table = match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => &tiles.avx512,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => &tiles.avx2,
+            Self::Portable => &tiles.portable,
+        };
         // SAFETY: AVX-512F was detected at run time when `self` is `Avx512`, AVX2 and FMA when it
         // is `Avx2`; the caller vouches for the pointers.
-        unsafe { E::tiles(self)[p - 1][m - 1](tile) }
+        unsafe { table[p - 1][m - 1](tile) }
     }
 }
 
