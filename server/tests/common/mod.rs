@@ -86,13 +86,15 @@ impl Server {
     /// and HTTP `/health`.
     pub fn wait_until_started(&self) {
         let port = self.grpc.rsplit(':').next().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.metric("glimpse_kv_blocks_total").is_none()
-            || TcpStream::connect(format!("127.0.0.1:{port}")).is_err()
-        {
-            assert!(Instant::now() < deadline, "the server did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(
+            "server up (metrics answering, gRPC port open)",
+            Duration::from_secs(30),
+            || {
+                (self.metric("glimpse_kv_blocks_total").is_some()
+                    && TcpStream::connect(format!("127.0.0.1:{port}")).is_ok())
+                .then_some(())
+            },
+        );
         runtime().block_on(self.wait_until_serving(Duration::from_secs(60)));
         self.wait_until_http_serving(Duration::from_secs(60));
     }
