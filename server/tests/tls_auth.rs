@@ -184,23 +184,15 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
-/// A raw HTTP/1.0 exchange: the whole response, headers included.
-fn http_raw(port: u16, request: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-fn completion(authorization: Option<&str>) -> String {
+/// A short completion on `port` with `authorization` as its header (none: no header): the whole
+/// response, headers included.
+fn completion(port: u16, authorization: Option<&str>) -> String {
+    let headers: Vec<_> = authorization
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
     let body = r#"{"model":"stories260K","prompt":"Hi","max_tokens":2}"#;
-    let header = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    format!(
-        "POST /v1/completions HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         {header}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
+    common::http_post_raw(port, "/v1/completions", &headers, body)
 }
 
 #[test]
@@ -237,7 +229,7 @@ fn with_a_token_requests_need_it_and_health_stays_open() {
         while stream.message().await.unwrap().is_some() {}
     });
     for authorization in [None, Some("Bearer wrong"), Some("Basic s3cret-token")] {
-        let response = http_raw(server.http_port, &completion(authorization));
+        let response = completion(server.http_port, authorization);
         assert!(response.starts_with("HTTP/1.0 401"), "{response}");
         assert!(
             response
@@ -250,7 +242,7 @@ fn with_a_token_requests_need_it_and_health_stays_open() {
             "{response}"
         );
     }
-    let response = http_raw(server.http_port, &completion(Some("Bearer s3cret-token")));
+    let response = completion(server.http_port, Some("Bearer s3cret-token"));
     assert!(response.starts_with("HTTP/1.0 200"), "{response}");
     assert!(common::http_get(server.http_port, "/health").starts_with("HTTP/1.0 200"));
     assert_eq!(
@@ -277,7 +269,7 @@ fn off_loopback_the_metrics_port_needs_the_token_and_no_exposure_warning_is_logg
     );
     server.wait_until_http_serving(Duration::from_secs(90));
     let scrape = |authorization: &str| {
-        http_raw(
+        common::http_exchange(
             server.metrics_port,
             &format!("GET /metrics HTTP/1.0\r\nHost: localhost\r\n{authorization}\r\n"),
         )

@@ -237,9 +237,7 @@ impl EngineArgs {
             core,
         })
     }
-}
 
-impl EngineArgs {
     /// The KV bytes `--max-num-seqs` sequences of the model's full length can fill; an error
     /// naming the flags when that does not fit in 64 bits.
     fn useful_kv_bytes(&self, max_model_len: usize, bytes_per_block: usize) -> anyhow::Result<u64> {

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use clap::builder::TypedValueParser;
 use glimpse_engine::eviction::PolicyKind;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_proto::v1;
@@ -58,25 +59,25 @@ pub struct ServeArgs {
     max_message_bytes: usize,
     /// Seconds a response stream may wait for its client to read (gRPC and HTTP SSE); a client
     /// that reads nothing for longer has its stream aborted, its slot and KV blocks freed.
-    #[arg(long, default_value_t = 60, env = "GLIMPSE_STREAM_IDLE_TIMEOUT_SECS",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    stream_idle_timeout_secs: u64,
+    #[arg(long, default_value = "60", env = "GLIMPSE_STREAM_IDLE_TIMEOUT_SECS",
+          value_parser = positive_secs())]
+    stream_idle_timeout_secs: Duration,
     /// Concurrent gRPC streams one HTTP/2 connection may open.
     #[arg(long, default_value_t = 64, env = "GLIMPSE_MAX_CONCURRENT_STREAMS",
           value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent_streams: u32,
     /// Seconds between HTTP/2 pings the gRPC server sends on each connection.
-    #[arg(long, default_value_t = 30, env = "GLIMPSE_HTTP2_KEEPALIVE_INTERVAL_SECS",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    http2_keepalive_interval_secs: u64,
+    #[arg(long, default_value = "30", env = "GLIMPSE_HTTP2_KEEPALIVE_INTERVAL_SECS",
+          value_parser = positive_secs())]
+    http2_keepalive_interval_secs: Duration,
     /// Seconds a gRPC connection has to answer a ping before it is closed (its streams aborted).
-    #[arg(long, default_value_t = 20, env = "GLIMPSE_HTTP2_KEEPALIVE_TIMEOUT_SECS",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    http2_keepalive_timeout_secs: u64,
+    #[arg(long, default_value = "20", env = "GLIMPSE_HTTP2_KEEPALIVE_TIMEOUT_SECS",
+          value_parser = positive_secs())]
+    http2_keepalive_timeout_secs: Duration,
     /// Seconds of silence before TCP keepalive probes start on a connection (every port).
-    #[arg(long, default_value_t = 60, env = "GLIMPSE_TCP_KEEPALIVE_SECS",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    tcp_keepalive_secs: u64,
+    #[arg(long, default_value = "60", env = "GLIMPSE_TCP_KEEPALIVE_SECS",
+          value_parser = positive_secs())]
+    tcp_keepalive_secs: Duration,
     /// Connections each port (gRPC, HTTP, metrics) holds at once; more wait, unaccepted, in the
     /// kernel's listen backlog until one closes.
     #[arg(long, default_value_t = 1024, env = "GLIMPSE_MAX_CONNECTIONS",
@@ -85,9 +86,9 @@ pub struct ServeArgs {
     /// Seconds an HTTP connection (API and metrics ports) has to send a request's header,
     /// counted from its start and from the end of each response: one that sends nothing, a
     /// partial header, or idles between requests for longer is closed.
-    #[arg(long, default_value_t = 30, env = "GLIMPSE_HTTP_HEADER_READ_TIMEOUT_SECS",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    http_header_read_timeout_secs: u64,
+    #[arg(long, default_value = "30", env = "GLIMPSE_HTTP_HEADER_READ_TIMEOUT_SECS",
+          value_parser = positive_secs())]
+    http_header_read_timeout_secs: Duration,
     /// PEM certificate chain: with `--tls-key-file`, every port speaks TLS only.
     #[arg(long, env = "GLIMPSE_TLS_CERT_FILE", requires = "tls_key_file")]
     tls_cert_file: Option<PathBuf>,
@@ -95,9 +96,9 @@ pub struct ServeArgs {
     #[arg(long, env = "GLIMPSE_TLS_KEY_FILE", requires = "tls_cert_file")]
     tls_key_file: Option<PathBuf>,
     /// Seconds a client has to finish its TLS handshake; then the connection is closed.
-    #[arg(long, default_value_t = 10, env = "GLIMPSE_TLS_HANDSHAKE_TIMEOUT_SECS",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    tls_handshake_timeout_secs: u64,
+    #[arg(long, default_value = "10", env = "GLIMPSE_TLS_HANDSHAKE_TIMEOUT_SECS",
+          value_parser = positive_secs())]
+    tls_handshake_timeout_secs: Duration,
     /// File holding the bearer token requests must send (`Authorization: Bearer <token>`) on
     /// gRPC, HTTP and, when not on loopback, metrics; health stays open.
     #[arg(long, env = "GLIMPSE_AUTH_TOKEN_FILE")]
@@ -127,6 +128,12 @@ pub struct ServeArgs {
     log_stats_interval_secs: u64,
 }
 
+/// The parser of every `--*-secs` timeout flag that must be positive: whole seconds, at least 1,
+/// as the `Duration` the server uses (a zero timeout would close every connection at once).
+fn positive_secs() -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64).range(1..).map(Duration::from_secs)
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -148,11 +155,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .transpose()?;
     let connections = net::Settings {
         max_connections: args.max_connections as usize,
-        tcp_keepalive: Duration::from_secs(args.tcp_keepalive_secs),
-        tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout_secs),
+        tcp_keepalive: args.tcp_keepalive_secs,
+        tls_handshake_timeout: args.tls_handshake_timeout_secs,
         tls,
     };
-    let header_read_timeout = Duration::from_secs(args.http_header_read_timeout_secs);
     let LoadedEngine {
         location,
         model,
@@ -181,7 +187,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Only off loopback: a scraper on the same machine (a sidecar, a local Prometheus)
         // needs no token there.
         token.clone().filter(|_| !args.host.is_loopback()),
-        header_read_timeout,
+        args.http_header_read_timeout_secs,
     );
     let eviction = core.validator().limits().eviction;
     let stats_log = StatsLog::every(Duration::from_secs(args.log_stats_interval_secs));
@@ -241,14 +247,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_model_len: model.config.max_model_len,
         started_unix_secs: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
         max_body_bytes: args.http_max_body_bytes,
-        stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout_secs),
+        stream_idle_timeout: args.stream_idle_timeout_secs,
     });
     let service = GenerationService {
         engine: engine.clone(),
         prompts,
         model_info,
         admission: Arc::clone(&admission),
-        stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout_secs),
+        stream_idle_timeout: args.stream_idle_timeout_secs,
     };
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
@@ -260,10 +266,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(
         Server::builder()
             .max_concurrent_streams(args.max_concurrent_streams)
-            .http2_keepalive_interval(Some(Duration::from_secs(
-                args.http2_keepalive_interval_secs,
-            )))
-            .http2_keepalive_timeout(Some(Duration::from_secs(args.http2_keepalive_timeout_secs)))
+            .http2_keepalive_interval(Some(args.http2_keepalive_interval_secs))
+            .http2_keepalive_timeout(Some(args.http2_keepalive_timeout_secs))
             .add_service(glimpse_server::health::service(Arc::clone(&admission)))
             .add_service(InterceptedService::new(reflection_v1, check.clone()))
             .add_service(InterceptedService::new(reflection_v1alpha, check.clone()))
@@ -297,7 +301,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             net::incoming(listener, "HTTP", Protocol::Http1, &connections),
             http_state,
             token.clone(),
-            header_read_timeout,
+            args.http_header_read_timeout_secs,
             stop,
         );
         (addr, Some(server))

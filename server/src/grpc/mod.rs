@@ -1,12 +1,12 @@
 //! The `glimpse.v1.Generation` gRPC service. Handlers admit ([`Admission`], shared with HTTP;
 //! Tokenize and Detokenize too), tokenize off the async runtime ([`PromptWork`]), validate with
 //! the engine's validator, submit to the engine thread and forward its events as a stream; they
-//! never touch the model. Every refusal is a [`RequestError`] turned into a status by [`status_of`]; requests
-//! tonic cannot decode are refused through [`DecodeRefusals`]. A dropped stream (client cancel or
-//! disconnect, also while the request is queued) drops the engine's event receiver, which aborts
-//! the request and frees its blocks at the next step, and the admission slot at once; so does a
-//! stream its client stops reading ([`crate::outbox`]). `grpc-timeout` deadlines cover the whole
-//! stream.
+//! never touch the model. Every refusal is a [`RequestError`] turned into a status by
+//! [`status_of`]; requests tonic cannot decode are refused through [`DecodeRefusals`]. A dropped
+//! stream (client cancel or disconnect, also while the request is queued) drops the engine's event
+//! receiver, which aborts the request and frees its blocks at the next step, and the admission slot
+//! at once; so does a stream its client stops reading ([`crate::outbox`]). `grpc-timeout` deadlines
+//! cover the whole stream.
 
 mod auth;
 mod convert;

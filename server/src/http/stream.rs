@@ -1,9 +1,9 @@
-//! Server-Sent Events for `stream: true`: one `data: {chunk}` event per token of each choice,
-//! a last chunk per choice with its finish reason, with `stream_options.include_usage` a chunk of
-//! no choices and the usage, then `data: [DONE]`. An error after the response started is sent as
+//! Server-Sent Events for `stream: true`: one `data: {chunk}` event per token of each choice, a
+//! last chunk per choice with its finish reason, with `stream_options.include_usage` a chunk of no
+//! choices and the usage, then `data: [DONE]`. An error after the response started is sent as
 //! `data: {"error": ...}` before `[DONE]`. When the client goes away (or does not read for the
-//! slow-reader timeout, see [`crate::outbox`]) the forwarding task returns, and dropping the [`Choices`] aborts every
-//! sequence, freeing its blocks at the next engine step (as on gRPC).
+//! slow-reader timeout, see [`crate::outbox`]) the forwarding task returns, and dropping the
+//! [`Choices`] aborts every sequence, freeing its blocks at the next engine step (as on gRPC).
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -86,13 +86,15 @@ impl Server {
     /// and HTTP `/health`.
     pub fn wait_until_started(&self) {
         let port = self.grpc.rsplit(':').next().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.metric("glimpse_kv_blocks_total").is_none()
-            || TcpStream::connect(format!("127.0.0.1:{port}")).is_err()
-        {
-            assert!(Instant::now() < deadline, "the server did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(
+            "server up (metrics answering, gRPC port open)",
+            Duration::from_secs(30),
+            || {
+                (self.metric("glimpse_kv_blocks_total").is_some()
+                    && TcpStream::connect(format!("127.0.0.1:{port}")).is_ok())
+                .then_some(())
+            },
+        );
         runtime().block_on(self.wait_until_serving(Duration::from_secs(60)));
         self.wait_until_http_serving(Duration::from_secs(60));
     }
@@ -316,13 +318,22 @@ pub async fn health_of(channel: &Channel, service: &str) -> ServingStatus {
         .status()
 }
 
-/// The status line and body of a plain HTTP/1.0 GET.
-pub fn http_get(port: u16, path: &str) -> String {
+/// Sends `request` (a whole HTTP/1.0 request) and reads until the server closes: the whole
+/// response, status line and headers included.
+pub fn http_exchange(port: u16, request: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// The status line and body of a plain HTTP/1.0 GET.
+pub fn http_get(port: u16, path: &str) -> String {
+    http_exchange(
+        port,
+        &format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n"),
+    )
 }
 
 /// An HTTP/1.0 POST of a JSON body: the status code and the response body.
@@ -337,22 +348,25 @@ pub fn http_post_with(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let extra: String = headers
-        .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
-    write!(
-        stream,
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let response = http_post_raw(port, path, headers, body);
     let status = response[9..12].parse().unwrap();
     let body = response
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_string());
     (status, body)
+}
+
+/// [`http_post_with`]'s exchange: the whole response, headers included.
+pub fn http_post_raw(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    http_exchange(
+        port,
+        &format!(
+            "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
 }
