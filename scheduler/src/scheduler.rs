@@ -607,9 +607,14 @@ impl Scheduler {
             });
         }
         // The prefill is computed (the engine evicts after running it): publish it before its
-        // blocks go, and nothing after, since the compacted entries no longer match the tokens.
+        // blocks go. That covers every prompt block, so nothing is published after, when the
+        // compacted entries no longer match the tokens.
         publish_computed(state, &mut self.allocator, self.config.block_size);
-        state.num_published_blocks = state.block_hashes.len();
+        debug_assert_eq!(
+            state.num_published_blocks,
+            state.block_hashes.len(),
+            "{seq}: a computed prefill covers the whole prompt"
+        );
         let evicted_entries = state.num_cached_entries - kept_entries;
         state.num_cached_entries = kept_entries;
         let keep_blocks = self.config.blocks_for(kept_entries);
