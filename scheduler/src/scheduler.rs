@@ -717,19 +717,16 @@ impl Scheduler {
                 self.config.blocks_for(seq.reserved_entries()) + seq.num_scratch_blocks,
                 "{id}: blocks held must be ceil(reserved entries / block_size) + scratch blocks"
             );
-            for (index, &block) in seq.block_table.as_slice().iter().enumerate() {
-                let private = index >= seq.num_entry_blocks();
-                if private {
-                    assert_eq!(
-                        self.allocator.ref_count(block),
-                        Some(1),
-                        "{id}: scratch {block} is shared"
-                    );
-                    assert!(
-                        !self.allocator.is_cached(block),
-                        "{id}: scratch {block} is cached"
-                    );
-                }
+            for &block in &seq.block_table.as_slice()[seq.num_entry_blocks()..] {
+                assert_eq!(
+                    self.allocator.ref_count(block),
+                    Some(1),
+                    "{id}: scratch {block} is shared"
+                );
+                assert!(
+                    !self.allocator.is_cached(block),
+                    "{id}: scratch {block} is cached"
+                );
             }
             return;
         }
