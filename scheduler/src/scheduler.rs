@@ -607,9 +607,14 @@ impl Scheduler {
             });
         }
         // The prefill is computed (the engine evicts after running it): publish it before its
-        // blocks go, and nothing after, since the compacted entries no longer match the tokens.
+        // blocks go. That covers every prompt block, so nothing is published after, when the
+        // compacted entries no longer match the tokens.
         publish_computed(state, &mut self.allocator, self.config.block_size);
-        state.num_published_blocks = state.block_hashes.len();
+        debug_assert_eq!(
+            state.num_published_blocks,
+            state.block_hashes.len(),
+            "{seq}: a computed prefill covers the whole prompt"
+        );
         let evicted_entries = state.num_cached_entries - kept_entries;
         state.num_cached_entries = kept_entries;
         let keep_blocks = self.config.blocks_for(kept_entries);
@@ -712,19 +717,16 @@ impl Scheduler {
                 self.config.blocks_for(seq.reserved_entries()) + seq.num_scratch_blocks,
                 "{id}: blocks held must be ceil(reserved entries / block_size) + scratch blocks"
             );
-            for (index, &block) in seq.block_table.as_slice().iter().enumerate() {
-                let private = index >= seq.num_entry_blocks();
-                if private {
-                    assert_eq!(
-                        self.allocator.ref_count(block),
-                        Some(1),
-                        "{id}: scratch {block} is shared"
-                    );
-                    assert!(
-                        !self.allocator.is_cached(block),
-                        "{id}: scratch {block} is cached"
-                    );
-                }
+            for &block in &seq.block_table.as_slice()[seq.num_entry_blocks()..] {
+                assert_eq!(
+                    self.allocator.ref_count(block),
+                    Some(1),
+                    "{id}: scratch {block} is shared"
+                );
+                assert!(
+                    !self.allocator.is_cached(block),
+                    "{id}: scratch {block} is cached"
+                );
             }
             return;
         }

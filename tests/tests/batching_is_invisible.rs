@@ -5,29 +5,18 @@
 
 mod common;
 
-use common::add;
+use common::{repo, run, sampling};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use glimpse_engine::backend::{Device, create_backend};
 use glimpse_engine::config::DtypeChoice;
 use glimpse_engine::model::Model;
-use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
-use glimpse_server::engine_loop::{
-    BatchLimits, EngineCore, GenerationRequest, StopConditions, StreamEvent,
-};
+use glimpse_server::engine_loop::{BatchLimits, EngineCore, GenerationRequest, StopConditions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 struct Setup {
     model: Model,
@@ -65,17 +54,7 @@ fn random_requests(n: usize, vocab: u32, sampled: bool) -> Vec<GenerationRequest
             let len = rng.random_range(3..160);
             GenerationRequest {
                 prompt_ids: (0..len).map(|_| rng.random_range(3..vocab)).collect(),
-                sampling: if sampled {
-                    SamplingParams {
-                        temperature: 0.9,
-                        top_p: 0.9,
-                        top_k: 40,
-                        seed: Some(1000 + i as u64),
-                        ..SamplingParams::default()
-                    }
-                } else {
-                    SamplingParams::greedy()
-                },
+                sampling: sampling(sampled, 1000 + i as u64),
                 stop: StopConditions {
                     max_tokens: rng.random_range(1..48),
                     ignore_eos: true,
@@ -86,35 +65,6 @@ fn random_requests(n: usize, vocab: u32, sampled: bool) -> Vec<GenerationRequest
             }
         })
         .collect()
-}
-
-fn drain(events: &mut UnboundedReceiver<StreamEvent>) -> Vec<u32> {
-    let mut ids = Vec::new();
-    while let Ok(event) = events.try_recv() {
-        match event {
-            StreamEvent::Token(t) => ids.push(t.token_id),
-            StreamEvent::Finished(_) => return ids,
-            StreamEvent::Error(e) => panic!("request failed: {e}"),
-        }
-    }
-    panic!("stream did not finish")
-}
-
-/// Runs `requests` together; returns their token ids and the number of preemptions seen.
-fn run_together(core: &mut EngineCore, requests: &[GenerationRequest]) -> (Vec<Vec<u32>>, usize) {
-    let mut streams = Vec::new();
-    for r in requests {
-        let (tx, rx) = unbounded_channel();
-        add(core, r.clone(), tx).unwrap();
-        streams.push(rx);
-    }
-    let mut preemptions = 0;
-    while core.has_work() {
-        preemptions += core.step().num_preempted;
-        core.scheduler().check_invariants();
-    }
-    assert_eq!(core.scheduler().allocator().num_used(), 0, "blocks leaked");
-    (streams.iter_mut().map(drain).collect(), preemptions)
 }
 
 fn check_batching_is_invisible(model_dir: &Path, sampled: bool, dtype: DtypeChoice) {
@@ -128,8 +78,11 @@ fn check_batching_is_invisible(model_dir: &Path, sampled: bool, dtype: DtypeChoi
         ..BatchLimits::default()
     };
     let mut together = setup.core(4, 96, tight);
-    let (batched, preemptions) = run_together(&mut together, &requests);
-    assert!(preemptions > 0, "the pool was meant to force preemption");
+    let batched = run(&mut together, &requests, requests.len());
+    assert!(
+        batched.preemptions > 0,
+        "the pool was meant to force preemption"
+    );
     let roomy = BatchLimits {
         max_num_batched_tokens: 4096,
         max_num_seqs: 8,
@@ -137,12 +90,12 @@ fn check_batching_is_invisible(model_dir: &Path, sampled: bool, dtype: DtypeChoi
     };
     for (i, request) in requests.iter().enumerate() {
         let mut alone = setup.core(16, 64, roomy);
-        let (single, _) = run_together(&mut alone, std::slice::from_ref(request));
+        let single = run(&mut alone, std::slice::from_ref(request), 1);
         assert_eq!(
-            batched[i], single[0],
+            batched.outputs[i], single.outputs[0],
             "request {i} differs between batched and alone"
         );
-        assert_eq!(batched[i].len(), request.stop.max_tokens);
+        assert_eq!(batched.outputs[i].len(), request.stop.max_tokens);
     }
 }
 

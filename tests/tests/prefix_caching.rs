@@ -8,36 +8,27 @@
 
 mod common;
 
-use common::add;
+use common::{repo, run, sampling};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use glimpse_engine::backend::{Device, create_backend};
 use glimpse_engine::eviction::{EvictionPolicy, Policy, Pool};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
-use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_server::engine_loop::{
-    BatchLimits, EngineCore, EvictionSettings, GenerationRequest, StopConditions, StreamEvent,
+    BatchLimits, EngineCore, EvictionSettings, GenerationRequest, StopConditions,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 const BLOCK_SIZE: usize = 4;
 const DOCUMENTS: usize = 2;
 const QUESTIONS: usize = 3;
 const DOCUMENT_TOKENS: usize = 70;
 const MAX_TOKENS: usize = 12;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 struct Setup {
     model: Model,
@@ -114,17 +105,7 @@ fn doc_qa(vocab: u32, policy: EvictionPolicy, sampled: bool) -> Vec<GenerationRe
             let seed = 1000 + requests.len() as u64;
             requests.push(GenerationRequest {
                 prompt_ids,
-                sampling: if sampled {
-                    SamplingParams {
-                        temperature: 0.9,
-                        top_p: 0.9,
-                        top_k: 40,
-                        seed: Some(seed),
-                        ..SamplingParams::default()
-                    }
-                } else {
-                    SamplingParams::greedy()
-                },
+                sampling: sampling(sampled, seed),
                 stop: StopConditions {
                     max_tokens: MAX_TOKENS + question,
                     ignore_eos: true,
@@ -136,56 +117,6 @@ fn doc_qa(vocab: u32, policy: EvictionPolicy, sampled: bool) -> Vec<GenerationRe
         }
     }
     requests
-}
-
-fn drain(events: &mut UnboundedReceiver<StreamEvent>) -> Vec<u32> {
-    let mut ids = Vec::new();
-    while let Ok(event) = events.try_recv() {
-        match event {
-            StreamEvent::Token(t) => ids.push(t.token_id),
-            StreamEvent::Finished(_) => return ids,
-            StreamEvent::Error(e) => panic!("request failed: {e}"),
-        }
-    }
-    panic!("stream did not finish")
-}
-
-/// What one run produced and how it went.
-struct Run {
-    outputs: Vec<Vec<u32>>,
-    hit_tokens: usize,
-    preemptions: usize,
-}
-
-/// Submits `per_step` requests per step (one: a document's first request is computed, and its
-/// blocks published, before the next one arrives) and runs until idle.
-fn run(core: &mut EngineCore, requests: &[GenerationRequest], per_step: usize) -> Run {
-    let mut streams = Vec::new();
-    let (mut hit_tokens, mut preemptions) = (0, 0);
-    let mut pending = requests.chunks(per_step);
-    loop {
-        if let Some(arrivals) = pending.next() {
-            for request in arrivals {
-                let (tx, rx) = unbounded_channel();
-                add(core, request.clone(), tx).unwrap();
-                streams.push(rx);
-            }
-        } else if !core.has_work() {
-            break;
-        }
-        let report = core.step();
-        hit_tokens += report.prefix_cache.hit_tokens;
-        preemptions += report.num_preempted;
-        core.scheduler().check_invariants();
-    }
-    let pool = core.scheduler().allocator();
-    assert_eq!(pool.num_used(), 0, "blocks leaked");
-    assert_eq!(pool.num_cached(), pool.num_cached_idle());
-    Run {
-        outputs: streams.iter_mut().map(drain).collect(),
-        hit_tokens,
-        preemptions,
-    }
 }
 
 fn check_prefix_caching_is_invisible(setup: &Setup, sampled: bool) {
@@ -204,6 +135,8 @@ fn check_prefix_caching_is_invisible(setup: &Setup, sampled: bool) {
     let mut tight_preempted = 0;
     for policy in policies() {
         let requests = doc_qa(vocab, policy, sampled);
+        // One request per step: a document's first request is computed, and its blocks
+        // published, before the next one arrives.
         let off = run(&mut setup.core(512, limits(false)), &requests, 1);
         assert_eq!(off.hit_tokens, 0);
         let on = run(&mut setup.core(512, limits(true)), &requests, 1);

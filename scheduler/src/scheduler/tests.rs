@@ -571,19 +571,30 @@ fn run_to_end(sched: &mut Scheduler) {
     }
 }
 
+/// Runs a request for `prompt` to the end, which publishes its full blocks, then plans a
+/// second request for the same prompt: the plan that may hit the cache.
+fn plan_a_repeat(sched: &mut Scheduler, prompt: &[u32], last_chunk: LastChunk) -> Plan {
+    sched
+        .add(cached_request(sched, 1, prompt, last_chunk))
+        .unwrap();
+    run_to_end(sched);
+    assert_eq!(
+        sched.allocator().num_cached(),
+        prompt.len() / sched.config().block_size,
+        "every full block of the first run is cached"
+    );
+    sched
+        .add(cached_request(sched, 2, prompt, last_chunk))
+        .unwrap();
+    sched.schedule()
+}
+
 #[test]
 fn a_repeated_prompt_prefills_only_what_the_cache_lacks() {
     let mut sched = scheduler(small_config());
     let prompt: Vec<u32> = (0..10).collect();
-    sched
-        .add(cached_request(&sched, 1, &prompt, LastChunk::default()))
-        .unwrap();
-    run_to_end(&mut sched);
+    let plan = plan_a_repeat(&mut sched, &prompt, LastChunk::default());
     assert_eq!(sched.allocator().num_cached(), 2, "two full blocks of 4");
-    sched
-        .add(cached_request(&sched, 2, &prompt, LastChunk::default()))
-        .unwrap();
-    let plan = sched.schedule();
     assert_eq!(
         (plan.prefills[0].first_position, plan.prefills[0].num_tokens),
         (8, 2)
@@ -602,14 +613,7 @@ fn a_repeated_prompt_prefills_only_what_the_cache_lacks() {
 fn a_prompt_of_whole_blocks_still_computes_its_last_block() {
     let mut sched = scheduler(small_config());
     let prompt: Vec<u32> = (0..8).collect();
-    sched
-        .add(cached_request(&sched, 1, &prompt, LastChunk::default()))
-        .unwrap();
-    run_to_end(&mut sched);
-    sched
-        .add(cached_request(&sched, 2, &prompt, LastChunk::default()))
-        .unwrap();
-    let plan = sched.schedule();
+    let plan = plan_a_repeat(&mut sched, &prompt, LastChunk::default());
     assert_eq!(
         (plan.prefills[0].first_position, plan.prefills[0].num_tokens),
         (4, 4),
@@ -625,14 +629,7 @@ fn a_hit_backs_off_whole_blocks_to_leave_the_scoring_window_computed() {
         min_tokens: 6,
         ..LastChunk::default()
     };
-    sched
-        .add(cached_request(&sched, 1, &prompt, window))
-        .unwrap();
-    run_to_end(&mut sched);
-    sched
-        .add(cached_request(&sched, 2, &prompt, window))
-        .unwrap();
-    let plan = sched.schedule();
+    let plan = plan_a_repeat(&mut sched, &prompt, window);
     // 5 cached blocks (20 tokens) would leave 1 token; 21 − 6 = 15 → 3 blocks.
     assert_eq!(plan.prefills[0].first_position, 12);
     assert_eq!(plan.prefills[0].num_tokens, 9);

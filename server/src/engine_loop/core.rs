@@ -511,20 +511,17 @@ fn last_chunk_needs(policy: EvictionPolicy, prompt_len: usize) -> LastChunk {
             over_tokens: policy.budget,
             max_kept_entries,
         });
-    policy
+    let (min_tokens, extra_rows) = policy
         .for_prompt(prompt_len)
         .and_then(|prompt| prompt.scoring_plan())
-        .map_or(
-            LastChunk {
-                eviction,
-                ..LastChunk::default()
-            },
-            |plan| LastChunk {
-                min_tokens: plan.min_last_chunk_tokens(),
-                extra_rows: plan.extra_rows(),
-                eviction,
-            },
-        )
+        .map_or((0, 0), |plan| {
+            (plan.min_last_chunk_tokens(), plan.extra_rows())
+        });
+    LastChunk {
+        min_tokens,
+        extra_rows,
+        eviction,
+    }
 }
 
 /// Keeps a sequence below `min_tokens` from choosing a token that would stop it.

@@ -208,17 +208,37 @@ pub fn shared_prefix_prompts(
     let prefix = tokens.sample(prefix_len, rng);
     (0..shape.num_prompts)
         .map(|_| {
-            let suffix_len = sample_len(shape.input_len, shape.range_ratio, rng)?;
-            let output_len = sample_len(shape.output_len, shape.range_ratio, rng)?;
-            let mut ids = prefix.clone();
-            ids.extend(tokens.sample(suffix_len, rng));
-            Ok(Prompt {
-                input: PromptInput::TokenIds(ids),
-                max_tokens: output_len as u32,
-                answer: None,
-            })
+            prefixed_prompt(
+                &prefix,
+                shape.input_len,
+                shape.output_len,
+                shape.range_ratio,
+                tokens,
+                rng,
+            )
         })
         .collect()
+}
+
+/// `prefix` followed by about `suffix_len` random ids, asking for about `output_len` tokens
+/// (both lengths ± `range_ratio`): the one prompt builder of the prefixed datasets.
+fn prefixed_prompt(
+    prefix: &[u32],
+    suffix_len: usize,
+    output_len: usize,
+    range_ratio: f64,
+    tokens: &TokenSampler,
+    rng: &mut impl Rng,
+) -> Result<Prompt, DatasetError> {
+    let suffix_len = sample_len(suffix_len, range_ratio, rng)?;
+    let output_len = sample_len(output_len, range_ratio, rng)?;
+    let mut ids = prefix.to_vec();
+    ids.extend(tokens.sample(suffix_len, rng));
+    Ok(Prompt {
+        input: PromptInput::TokenIds(ids),
+        max_tokens: output_len as u32,
+        answer: None,
+    })
 }
 
 /// Shape of the `doc-qa` dataset.
@@ -247,15 +267,14 @@ pub fn doc_qa_prompts(
     let mut prompts = Vec::with_capacity(shape.num_documents * shape.questions_per_document);
     for _ in 0..shape.questions_per_document {
         for document in &documents {
-            let question_len = sample_len(shape.question_len, shape.range_ratio, rng)?;
-            let output_len = sample_len(shape.output_len, shape.range_ratio, rng)?;
-            let mut ids = document.clone();
-            ids.extend(tokens.sample(question_len, rng));
-            prompts.push(Prompt {
-                input: PromptInput::TokenIds(ids),
-                max_tokens: output_len as u32,
-                answer: None,
-            });
+            prompts.push(prefixed_prompt(
+                document,
+                shape.question_len,
+                shape.output_len,
+                shape.range_ratio,
+                tokens,
+                rng,
+            )?);
         }
     }
     Ok(prompts)

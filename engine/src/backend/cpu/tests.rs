@@ -49,6 +49,17 @@ fn prefill(
     tokens: &[u32],
     eviction: Option<EvictionPolicy>,
 ) -> crate::Result<ForwardOutput> {
+    prefill_into(backend, tokens, eviction, None)
+}
+
+/// [`prefill`] whose eviction compacts into the blocks `compact_into` (see
+/// [`SequenceInput::compact_into`]).
+fn prefill_into(
+    backend: &mut CpuBackend,
+    tokens: &[u32],
+    eviction: Option<EvictionPolicy>,
+    compact_into: Option<&[u32]>,
+) -> crate::Result<ForwardOutput> {
     let batch = ForwardBatch {
         sequences: vec![SequenceInput {
             token_ids: tokens,
@@ -58,7 +69,7 @@ fn prefill(
             logits: LogitsRequest::Last,
             eviction,
             compacted: None,
-            compact_into: None,
+            compact_into,
         }],
     };
     let mut out = ForwardOutput::default();
@@ -249,20 +260,7 @@ fn compacting_into_fresh_blocks_writes_no_other_block() {
             || CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, Some(module(&model, 5))).unwrap();
         let (mut in_place, mut fresh, mut untouched) = (backend(), backend(), backend());
         let evicted = prefill(&mut in_place, &tokens, Some(policy)).unwrap();
-        let batch = ForwardBatch {
-            sequences: vec![SequenceInput {
-                token_ids: &tokens,
-                first_position: 0,
-                first_cache_entry: 0,
-                block_table: &TABLE,
-                logits: LogitsRequest::Last,
-                eviction: Some(policy),
-                compacted: None,
-                compact_into: Some(&INTO),
-            }],
-        };
-        let mut out = ForwardOutput::default();
-        fresh.forward(&batch, &mut out).unwrap();
+        let out = prefill_into(&mut fresh, &tokens, Some(policy), Some(&INTO)).unwrap();
         prefill(&mut untouched, &tokens, None).unwrap();
 
         assert_eq!(out.last_row(0), evicted.last_row(0), "{policy:?}");
@@ -297,23 +295,11 @@ fn blocks_to_compact_into_that_overlap_the_prompt_are_refused() {
     let model = model();
     let tokens = prompt(80);
     let mut backend = CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, None).unwrap();
-    let batch = ForwardBatch {
-        sequences: vec![SequenceInput {
-            token_ids: &tokens,
-            first_position: 0,
-            first_cache_entry: 0,
-            block_table: &TABLE,
-            logits: LogitsRequest::Last,
-            eviction: Some(EvictionPolicy {
-                policy: Policy::streaming_llm(),
-                budget: 24,
-            }),
-            compacted: None,
-            compact_into: Some(&TABLE[..2]),
-        }],
+    let streaming = EvictionPolicy {
+        policy: Policy::streaming_llm(),
+        budget: 24,
     };
-    let error = backend
-        .forward(&batch, &mut ForwardOutput::default())
-        .unwrap_err();
+    let error =
+        prefill_into(&mut backend, &tokens, Some(streaming), Some(&TABLE[..2])).unwrap_err();
     assert!(error.to_string().contains("compact into"), "{error}");
 }
