@@ -51,6 +51,8 @@ fn main() {
         "cache_write",
         "decode_attention",
         "compact",
+        "prefill_attention",
+        "prefill_attention_off_by_one",
     ] {
         build.file(shim.join(format!("{launcher}.cpp")));
     }
