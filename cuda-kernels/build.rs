@@ -53,6 +53,8 @@ fn main() {
         "compact",
         "prefill_attention",
         "prefill_attention_off_by_one",
+        "eviction_scoring",
+        "top_k",
     ] {
         build.file(shim.join(format!("{launcher}.cpp")));
     }

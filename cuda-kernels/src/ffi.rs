@@ -138,4 +138,45 @@ unsafe extern "C" {
         block_size: c_int,
         threads: u32,
     );
+    pub fn glimpse_shim_eviction_scores(
+        queries: *const f32,
+        extra_keys: *const f32,
+        row_stride: c_int,
+        n_q: c_int,
+        key_cache: *const u16,
+        block_table: *const c_int,
+        prompt_len: c_int,
+        scored: c_int,
+        suffix: c_int,
+        with_extra: c_int,
+        mean: c_int,
+        pool: c_int,
+        kernel: c_int,
+        scores: *mut f32,
+        num_heads: c_int,
+        num_kv_heads: c_int,
+        head_dim: c_int,
+        block_size: c_int,
+        scale: f32,
+        threads: u32,
+    );
+    pub fn glimpse_shim_score_pool(
+        reduced: *const f32,
+        scores: *mut f32,
+        scored: c_int,
+        num_heads: c_int,
+        num_kv_heads: c_int,
+        pool: c_int,
+        kernel: c_int,
+        threads: u32,
+    );
+    pub fn glimpse_shim_top_k(
+        scores: *const f32,
+        scored: c_int,
+        k: c_int,
+        window: c_int,
+        kept: *mut c_int,
+        num_kv_heads: c_int,
+        threads: u32,
+    );
 }

@@ -6,9 +6,11 @@
 //! the block size the caller picks. They check slice lengths and indices first, as the CUDA
 //! backend checks a batch before a launch, and panic on a mismatch: this crate is for tests.
 
+mod eviction;
 mod ffi;
 mod prefill_attention;
 
+pub use eviction::{ScorePool, ScoringPlan, eviction_scores, score_pool, top_k};
 pub use prefill_attention::{PrefillBuild, PrefillParams, PrefillSequences, prefill_attention};
 
 use std::os::raw::c_int;

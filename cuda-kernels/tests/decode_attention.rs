@@ -6,11 +6,14 @@
 //! that are and are not multiples of the tile.
 
 mod common;
+#[path = "common/attention.rs"]
+mod reference;
 
-use common::{PagedPool, attention_reference};
+use common::PagedPool;
 use glimpse_cuda_kernels::{DecodeContexts, DecodeParams, KvLayout, decode_attention};
 use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
+use reference::attention_reference;
 
 /// |kernel − reference|: f32 dot products over `head_dim` terms and an f32 online softmax, on
 /// values of magnitude ≤ 1.

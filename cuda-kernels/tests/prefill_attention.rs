@@ -7,13 +7,16 @@
 //! head_dim 64/128, tiles of rows that do and do not divide the sequences.
 
 mod common;
+#[path = "common/attention.rs"]
+mod reference;
 
-use common::{PagedPool, attention_reference};
+use common::PagedPool;
 use glimpse_cuda_kernels::{
     KvLayout, PrefillBuild, PrefillParams, PrefillSequences, QkvRows, prefill_attention,
 };
 use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
+use reference::attention_reference;
 
 /// |kernel − reference|: f32 dot products over `head_dim` terms and an f32 online softmax, on
 /// values of magnitude ≤ 1 (as for decode attention).
