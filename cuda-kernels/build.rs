@@ -51,6 +51,10 @@ fn main() {
         "cache_write",
         "decode_attention",
         "compact",
+        "prefill_attention",
+        "prefill_attention_off_by_one",
+        "eviction_scoring",
+        "top_k",
     ] {
         build.file(shim.join(format!("{launcher}.cpp")));
     }

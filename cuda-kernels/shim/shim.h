@@ -52,6 +52,12 @@ inline unsigned int __float_as_uint(float value) {
     return bits;
 }
 
+// CUDA's `atomicAdd` on shared or global memory (a real atomic: the TSan build runs the threads of
+// a block at once).
+inline unsigned int atomicAdd(unsigned int *address, unsigned int value) {
+    return __atomic_fetch_add(address, value, __ATOMIC_RELAXED);
+}
+
 // CUDA's integer `min` and `max` device functions.
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

@@ -6,12 +6,17 @@
 //! the block size the caller picks. They check slice lengths and indices first, as the CUDA
 //! backend checks a batch before a launch, and panic on a mismatch: this crate is for tests.
 
+mod eviction;
 mod ffi;
+mod prefill_attention;
+
+pub use eviction::{ScorePool, ScoringPlan, eviction_scores, score_pool, top_k};
+pub use prefill_attention::{PrefillBuild, PrefillParams, PrefillSequences, prefill_attention};
 
 use std::os::raw::c_int;
 
 /// A length or count as the kernels' `int`.
-fn int(value: usize) -> c_int {
+pub(crate) fn int(value: usize) -> c_int {
     c_int::try_from(value).expect("kernel arguments fit an int")
 }
 
@@ -325,24 +330,12 @@ pub fn decode_attention(
     assert_eq!(out.len(), q.len());
     assert_eq!(contexts.skip_starts.len(), num_seqs);
     assert_eq!(contexts.skip_ends.len(), num_seqs);
-    assert_eq!(
-        contexts.block_tables.len(),
-        num_seqs * contexts.max_blocks_per_seq
+    check_block_tables(
+        contexts.block_tables,
+        contexts.max_blocks_per_seq,
+        contexts.context_lens,
+        layer,
     );
-    let num_blocks = layer.keys.len() / (num_kv_heads * block_size * head_dim);
-    for (seq, &context) in contexts.context_lens.iter().enumerate() {
-        let table = &contexts.block_tables[seq * contexts.max_blocks_per_seq..]
-            [..contexts.max_blocks_per_seq];
-        let used = usize::try_from(context)
-            .expect("context lengths are not negative")
-            .div_ceil(block_size);
-        assert!(used <= table.len());
-        assert!(
-            table[..used]
-                .iter()
-                .all(|&b| (0..int(num_blocks)).contains(&b))
-        );
-    }
     // SAFETY: every block a sequence's entries reach is inside the layer, every row inside `q`.
     unsafe {
         ffi::glimpse_shim_decode_attention(
@@ -363,6 +356,37 @@ pub fn decode_attention(
             scale,
             int(partition_size),
             threads,
+        );
+    }
+}
+
+/// Checks that every block the first `context_lens[s]` entries of sequence `s` reach, through its
+/// row of `block_tables` (`max_blocks_per_seq` wide), is a block of `layer`.
+pub(crate) fn check_block_tables(
+    block_tables: &[i32],
+    max_blocks_per_seq: usize,
+    context_lens: &[i32],
+    layer: &KvLayer<'_>,
+) {
+    let KvLayout {
+        num_kv_heads,
+        head_dim,
+        block_size,
+    } = layer.layout;
+    assert_eq!(block_tables.len(), context_lens.len() * max_blocks_per_seq);
+    let num_blocks = layer.keys.len() / (num_kv_heads * block_size * head_dim);
+    for (table, &context) in block_tables
+        .chunks(max_blocks_per_seq.max(1))
+        .zip(context_lens)
+    {
+        let used = usize::try_from(context)
+            .expect("context lengths are not negative")
+            .div_ceil(block_size);
+        assert!(used <= max_blocks_per_seq);
+        assert!(
+            table[..used]
+                .iter()
+                .all(|&b| (0..int(num_blocks)).contains(&b))
         );
     }
 }
