@@ -3,12 +3,16 @@
 
 Subcommands:
 
-  make-model OUT_DIR
+  make-model OUT_DIR [--tokenizer DIR]
       Write a seeded random Llama with SmolLM-135M's shape (hidden 576, 30
       layers, 9 heads / 3 KV heads, intermediate 1536, vocab 49152, tied
       embeddings, rope_theta 10000, 8192 positions, float32) in Hugging Face
       layout: config.json, model.safetensors, generation_config.json.
-      About 540 MB; never commit it.
+      About 540 MB; never commit it. With --tokenizer (a folder holding a
+      byte-level BPE tokenizer.json, e.g. scripts/bench/tokenizers/gpt2) the
+      vocabulary takes that tokenizer's size and its end-of-text id, and the
+      tokenizer is written beside the weights, which llama.cpp's GGUF
+      converter needs.
 
   run MODEL_DIR --json OUT.json
       Prefill tokens/s for 512- and 4096-token prompts, greedy decode tokens/s
@@ -18,8 +22,9 @@ Subcommands:
       64 requests of 256 random prompt tokens and 128 output tokens through
       static-batch generate(); output tokens/s.
 
-All timings: float32, CPU, torch.inference_mode(), sdpa attention, random
-token ids (seeded), one warm-up before timing. Progress goes to stderr; the
+All timings: CPU, torch.inference_mode(), sdpa attention, random token ids
+(seeded), one warm-up before timing; --dtype float32 (default) or bfloat16
+(the weights cast once after loading; torch runs bf16 matmuls natively). Progress goes to stderr; the
 JSON holds every number, the raw timings, settings and versions.
 """
 
@@ -89,10 +94,27 @@ def cpu_name() -> str:
 
 # --------------------------------------------------------------------------- make-model
 
+def bpe_tokenizer(tokenizer_dir: str) -> tuple[dict, int]:
+    """The tokenizer.json of `tokenizer_dir` with its model section's `"type": "BPE"` spelt out
+    (the legacy GPT-2 file leaves it implicit; llama.cpp's converter reads it), and the id of its
+    end-of-text token (the last special added token)."""
+    tok = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())
+    tok["model"] = {"type": "BPE", **tok["model"]}
+    specials = [t["id"] for t in tok.get("added_tokens", []) if t.get("special")]
+    if not specials:
+        raise SystemExit(f"{tokenizer_dir}/tokenizer.json has no special end-of-text token")
+    return tok, max(specials)
+
+
 def cmd_make_model(args: argparse.Namespace) -> int:
     cfg = dict(SMOLLM_135M)
     if args.layers is not None:
         cfg["num_hidden_layers"] = args.layers
+    tokenizer = None
+    if args.tokenizer is not None:
+        tokenizer, eos = bpe_tokenizer(args.tokenizer)
+        cfg["vocab_size"] = len(tokenizer["model"]["vocab"])
+        cfg["bos_token_id"] = cfg["eos_token_id"] = eos
     config = LlamaConfig(**cfg)
     torch.manual_seed(args.seed)
     model = LlamaForCausalLM(config).eval()
@@ -110,15 +132,25 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     log(f"saving {n_params / 1e6:.1f}M parameters ({cfg['num_hidden_layers']} layers) to {args.out_dir}")
     model.save_pretrained(args.out_dir)
+    if tokenizer is not None:
+        out = Path(args.out_dir)
+        (out / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+        eos_text = next(t["content"] for t in tokenizer["added_tokens"] if t["id"] == eos)
+        (out / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "GPT2Tokenizer", "add_bos_token": False,
+            "bos_token": eos_text, "eos_token": eos_text, "model_max_length": 8192}, indent=2))
     log("done")
     return 0
 
 
 # --------------------------------------------------------------------------- utilities
 
-def load_model(model_dir: str) -> torch.nn.Module:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def load_model(model_dir: str, dtype: str) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+        model_dir, dtype=DTYPES[dtype], attn_implementation="sdpa").eval()
     model.generation_config.pad_token_id = model.generation_config.eos_token_id
     return model
 
@@ -179,7 +211,7 @@ def common_header(args, model) -> dict:
     return {
         "peer": "transformers",
         "device": "cpu",
-        "dtype": "float32",
+        "dtype": args.dtype,
         "attn_implementation": "sdpa",
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
@@ -207,7 +239,7 @@ def write_json(path: str, data: dict) -> None:
 @torch.inference_mode()
 def cmd_run(args: argparse.Namespace) -> int:
     setup(args)
-    model = load_model(args.model_dir)
+    model = load_model(args.model_dir, args.dtype)
     vocab = model.config.vocab_size
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     result = common_header(args, model)
@@ -255,7 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 @torch.inference_mode()
 def cmd_offline(args: argparse.Namespace) -> int:
     setup(args)
-    model = load_model(args.model_dir)
+    model = load_model(args.model_dir, args.dtype)
     vocab = model.config.vocab_size
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     prompts = random_ids(gen, vocab, args.requests, args.prompt_len)
@@ -302,6 +334,9 @@ def main() -> int:
     mm.add_argument("out_dir", metavar="OUT_DIR")
     mm.add_argument("--layers", type=int, help="override num_hidden_layers (for quick tests)")
     mm.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    mm.add_argument("--tokenizer", metavar="DIR",
+                    help="folder with a byte-level BPE tokenizer.json: its vocabulary size and "
+                         "end-of-text id are used and it is written beside the weights")
     mm.set_defaults(func=cmd_make_model)
 
     def common(p):
@@ -310,6 +345,8 @@ def main() -> int:
         p.add_argument("--threads", type=int, default=default_threads(),
                        help="torch.set_num_threads (default: usable cores, %(default)s here)")
         p.add_argument("--seed", type=int, default=0, help="seed for the random prompts")
+        p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                       help="weights and activations (default float32)")
 
     run = sub.add_parser("run", help="prefill and decode tokens/s")
     common(run)

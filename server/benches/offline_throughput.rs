@@ -5,7 +5,7 @@
 //! and scheduler bookkeeping. Prints progress to stderr and writes JSON.
 //!
 //! `cargo bench -p glimpse-server --bench offline_throughput -- --model DIR [--requests 64]
-//!  [--prompt-len 256] [--output-len 128] [--alone 4] [--json OUT.json]`
+//!  [--prompt-len 256] [--output-len 128] [--alone 4] [--dtype auto|f32|bf16] [--json OUT.json]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use glimpse_engine::backend::{Device, KvGeometry, create_backend};
+use glimpse_engine::config::DtypeChoice;
 use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -42,6 +43,9 @@ struct Args {
     /// Requests also run one at a time.
     #[arg(long, default_value_t = 4)]
     alone: usize,
+    /// Dtype of the weight matrices: `auto` (the checkpoint's), `f32` or `bf16`.
+    #[arg(long, default_value_t = DtypeChoice::Auto)]
+    dtype: DtypeChoice,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -135,7 +139,7 @@ fn run(
 
 fn main() {
     let args = Args::parse();
-    let model = Model::load(&args.model).expect("model loads");
+    let model = Model::load_as(&args.model, args.dtype).expect("model loads");
     let tokenizer = Arc::new(Tokenizer::from_dir(&args.tokenizer).expect("tokenizer loads"));
     let vocab = model.config.vocab_size;
     let block_size = 16;
@@ -198,6 +202,7 @@ fn main() {
 
     let report = serde_json::json!({
         "engine": "glimpse-cpu engine loop",
+        "dtype": model.dtype.to_string(),
         "requests": args.requests, "prompt_len": args.prompt_len, "output_len": args.output_len,
         "batched": { "seconds": wall.as_secs_f64(), "output_tokens": tokens, "output_tokens_per_second": batched_tps,
                      "step_split": totals.json(wall) },
