@@ -3,8 +3,9 @@
 //!
 //! What exists today: the device probe ([`probe`]: driver, device index, compute capability,
 //! free memory, each failure a typed [`EngineError`]), NVRTC compilation of the kernel files in
-//! `kernels/` for the device's architecture with an on-disk cache ([`nvrtc`], [`kernel_cache`]).
-//! The kernels themselves are tested on the CPU through the host shim of the `glimpse-cuda-kernels`
+//! `kernels/` for the device's architecture with an on-disk cache ([`nvrtc`], [`kernel_cache`]),
+//! and the per-step index arrays the kernels read ([`step_inputs`], [`compaction_plan`]). The
+//! kernels themselves are tested on the CPU through the host shim of the `glimpse-cuda-kernels`
 //! crate. The forward pass on the device (weights, KV pool, cuBLAS GEMMs, launches) is not built:
 //! after a successful probe and kernel load, [`create_backend`] refuses with
 //! [`EngineError::CudaForwardUnavailable`], so `--device cuda:N` fails at start-up, never
@@ -15,9 +16,11 @@
 //! clean debug build on two shared cores, while a feature would cost CI a second build of the
 //! engine and server crates to lint and test this code.
 
+pub mod compaction_plan;
 pub mod kernel_cache;
 pub mod nvrtc;
 pub mod probe;
+pub mod step_inputs;
 
 use cudarc::nvrtc::Ptx;
 
@@ -36,7 +39,10 @@ pub fn create_backend(ordinal: usize) -> Result<Box<dyn Backend>> {
     let arch = info.arch();
     let cache = KernelCache::new(KernelCache::default_dir());
     let kernels = cache.compile_all(&arch)?;
-    let cached = kernels.iter().filter(|k| k.origin == Origin::Cached).count();
+    let cached = kernels
+        .iter()
+        .filter(|k| k.origin == Origin::Cached)
+        .count();
     let compiled = kernels.len() - cached;
     for kernel in kernels {
         info.context
