@@ -28,10 +28,9 @@ pub struct CudaDeviceInfo {
 }
 
 impl CudaDeviceInfo {
-    /// The architecture NVRTC compiles for: `sm_90` for compute capability 9.0.
+    /// The architecture NVRTC compiles for (see [`arch_of`]).
     pub fn arch(&self) -> String {
-        let (major, minor) = self.compute_capability;
-        format!("sm_{major}{minor}")
+        arch_of(self.compute_capability)
     }
 }
 
@@ -47,6 +46,11 @@ impl std::fmt::Display for CudaDeviceInfo {
             gib(self.total_bytes)
         )
     }
+}
+
+/// The NVRTC architecture of a compute capability: `sm_90` for 9.0, `sm_120` for 12.0.
+pub fn arch_of((major, minor): (i32, i32)) -> String {
+    format!("sm_{major}{minor}")
 }
 
 /// Opens the driver, checks that device `ordinal` exists and is new enough, and reads its free
@@ -113,4 +117,55 @@ fn device_count(ordinal: usize) -> Result<usize> {
     }
     let count = result::device::get_count().map_err(|error| failed("cuDeviceGetCount", error))?;
     Ok(usize::try_from(count).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn architectures_join_major_and_minor() {
+        assert_eq!(arch_of((8, 0)), "sm_80");
+        assert_eq!(arch_of((8, 6)), "sm_86");
+        assert_eq!(arch_of((9, 0)), "sm_90");
+        assert_eq!(arch_of((12, 0)), "sm_120");
+    }
+
+    #[test]
+    fn without_the_nvidia_driver_the_probe_says_to_install_it() {
+        // A real probe: CI machines have no driver; on one with a GPU there is nothing to check.
+        if std::path::Path::new("/proc/driver/nvidia").exists() {
+            return;
+        }
+        let error = probe(0).err().expect("no driver here");
+        assert!(
+            matches!(error, EngineError::CudaDriverNotFound { ordinal: 0 }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn device_errors_name_the_index_the_count_and_the_capability() {
+        let out_of_range = EngineError::CudaDeviceOutOfRange {
+            ordinal: 3,
+            count: 2,
+        }
+        .to_string();
+        assert!(
+            out_of_range.contains("cuda:3 is out of range")
+                && out_of_range.contains("sees 2 CUDA device(s)"),
+            "{out_of_range}"
+        );
+        let old = EngineError::CudaComputeCapability {
+            ordinal: 0,
+            name: "Tesla T4".into(),
+            actual: (7, 5),
+            required: MIN_COMPUTE_CAPABILITY,
+        }
+        .to_string();
+        assert!(
+            old.contains("(Tesla T4) has compute capability 7.5") && old.contains("needs 8.0"),
+            "{old}"
+        );
+    }
 }
