@@ -1,4 +1,4 @@
-//! `--device cuda:N` through the real binary. CI machines have no GPU and no NVIDIA driver, so
+//! `--device cuda:N` through the real binary (`generate`, `serve`, `eval`). CI machines have no GPU and no NVIDIA driver, so
 //! the real behaviour there is a refusal at start-up naming the missing driver and what to do
 //! about it, with a non-zero exit (no mock: the driver library really is absent). On a machine
 //! with the driver the same run must still refuse cleanly, since this build has no CUDA forward
@@ -62,6 +62,29 @@ fn generate_on_cuda_refuses_at_start_up_naming_what_is_missing() {
 fn serve_on_cuda_exits_before_listening_naming_what_is_missing() {
     let output = run_on("serve", "cuda:3", &[]);
     check_refused(&output, 3);
+}
+
+#[test]
+fn eval_on_cuda_refuses_before_evaluating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"Once upon a time\"}\n").unwrap();
+    let out_dir = dir.path().join("eval");
+    let output = run_on(
+        "eval",
+        "cuda:1",
+        &[
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    check_refused(&output, 1);
+    assert!(
+        !out_dir.join("eval.json").exists(),
+        "no report from a refused run"
+    );
 }
 
 #[test]
