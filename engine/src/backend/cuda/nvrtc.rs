@@ -28,6 +28,7 @@ macro_rules! kernel {
         }
     };
 }
+
 /// Every kernel file, compiled one NVRTC program each.
 pub const KERNEL_FILES: &[KernelSource] = &[
     kernel!("cache_write.cu"),
