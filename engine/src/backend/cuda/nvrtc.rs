@@ -1,6 +1,7 @@
 //! Compiles Glimpse's CUDA kernel files to a CUBIN for one GPU architecture with NVRTC, the
 //! CUDA run-time compiler, at start-up: the binary carries the `.cu` sources (embedded with
-//! `include_str!`), not machine code for a fixed list of GPUs, and the build needs no CUDA.
+//! `include_str!` by the engine's build script, every file of `kernels/`), not machine code for a
+//! fixed list of GPUs, and the build needs no CUDA.
 //!
 //! NVRTC's library (`libnvrtc.so.13`) is opened at run time through cudarc's dynamic loading;
 //! its absence is [`EngineError::NvrtcNotFound`], never a panic. NVRTC reads no files, so the
@@ -19,26 +20,10 @@ pub const HEADER: KernelSource = KernelSource {
     source: include_str!("kernels/glimpse_cuda.cuh"),
 };
 
-/// A kernel file embedded from `kernels/`.
-macro_rules! kernel {
-    ($file:literal) => {
-        KernelSource {
-            name: $file,
-            source: include_str!(concat!("kernels/", $file)),
-        }
-    };
-}
-
-/// Every kernel file, compiled one NVRTC program each.
-pub const KERNEL_FILES: &[KernelSource] = &[
-    kernel!("cache_write.cu"),
-    kernel!("compact.cu"),
-    kernel!("decode_attention.cu"),
-    kernel!("embedding.cu"),
-    kernel!("rms_norm.cu"),
-    kernel!("rope.cu"),
-    kernel!("silu_mul.cu"),
-];
+/// Every kernel file of `kernels/`, in name order (listed by the engine's build script), compiled
+/// one NVRTC program each.
+pub const KERNEL_FILES: &[KernelSource] =
+    include!(concat!(env!("OUT_DIR"), "/cuda_kernel_files.rs"));
 
 /// One CUDA source file: its file name and text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +230,6 @@ mod tests {
             .collect();
         on_disk.sort();
         let embedded: Vec<&str> = KERNEL_FILES.iter().map(|k| k.name).collect();
-        assert_eq!(on_disk, embedded, "add the new kernel file to KERNEL_FILES");
+        assert_eq!(on_disk, embedded);
     }
 }
