@@ -9,13 +9,11 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-source scripts/lib/python-venv.sh
-VENV="${CARGO_TARGET_DIR:-target}/nvrtc/venv"
-python_venv "$VENV" scripts/cuda-nvrtc/requirements.txt --no-deps
-LIB="$(echo "$VENV"/lib/python3*/site-packages/nvidia/cu13/lib)"
+source scripts/lib/nvrtc.sh
+LIB="$(nvrtc_lib_dir)"
 ARCHS=("$@")
 [ ${#ARCHS[@]} -gt 0 ] || ARCHS=(sm_80 sm_90)
 # libnvrtc loads libnvrtc-builtins from the library path.
 LD_LIBRARY_PATH="$LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-	"$VENV/bin/python" scripts/cuda-nvrtc/check.py "$LIB/libnvrtc.so.13" engine/src/backend/cuda/kernels \
+	"$NVRTC_VENV/bin/python" scripts/cuda-nvrtc/check.py "$LIB/libnvrtc.so.13" engine/src/backend/cuda/kernels \
 	"${ARCHS[@]}"

@@ -23,6 +23,9 @@ cargo test --workspace --locked
 step "CUDA kernels: NVRTC (from PyPI) compiles each for sm_80 and sm_90, no spills; registers per kernel"
 scripts/cuda-nvrtc-check.sh
 
+step "CUDA backend: NVRTC (from PyPI) through the Rust code path compiles every kernel; disk cache hit and repair"
+scripts/cuda-kernel-cache-check.sh
+
 step "CUDA kernels' shim tests under ASan and TSan (~2 min); TSan reports a planted missing __syncthreads"
 scripts/cuda-shim-sanitizers.sh
 

@@ -96,9 +96,58 @@ pub enum EngineError {
     /// not be allocated; `what` names the buffer and the settings that sized it.
     #[error("could not allocate {bytes} bytes for {what}")]
     OutOfMemory { what: String, bytes: usize },
-    /// The requested backend was not compiled into this build or has no device.
-    #[error("backend unavailable: {message}")]
-    BackendUnavailable { message: String },
+    /// `--device cuda:N` where the NVIDIA driver library cannot be loaded.
+    #[error(
+        "device cuda:{ordinal}: the NVIDIA driver library (libcuda.so.1) was not found; install \
+         the NVIDIA driver, or run with the GPU exposed (`docker run --gpus all`, the NVIDIA \
+         device plugin on Kubernetes); `--device cpu` needs neither"
+    )]
+    CudaDriverNotFound { ordinal: usize },
+    /// `--device cuda:N` past the devices the driver sees.
+    #[error(
+        "device cuda:{ordinal} is out of range: the driver sees {count} CUDA device(s) \
+         (indices 0..{count}, after CUDA_VISIBLE_DEVICES)"
+    )]
+    CudaDeviceOutOfRange { ordinal: usize, count: usize },
+    /// The GPU is older than the CUDA backend supports.
+    #[error(
+        "device cuda:{ordinal} ({name}) has compute capability {}.{}; Glimpse needs {}.{} or newer",
+        actual.0, actual.1, required.0, required.1
+    )]
+    CudaComputeCapability {
+        ordinal: usize,
+        name: String,
+        actual: (i32, i32),
+        required: (i32, i32),
+    },
+    /// A CUDA driver call failed; `call` names it.
+    #[error("device cuda:{ordinal}: {call} failed: {message}")]
+    CudaDriver {
+        ordinal: usize,
+        call: &'static str,
+        message: String,
+    },
+    /// NVRTC, which compiles the CUDA kernels at start-up, cannot be loaded.
+    #[error(
+        "NVRTC (libnvrtc.so.13, CUDA 13.0) was not found; it ships with the CUDA runtime \
+         libraries (the nvidia/cuda runtime images, or pip's nvidia-cuda-nvrtc): put its folder \
+         on LD_LIBRARY_PATH"
+    )]
+    NvrtcNotFound,
+    /// NVRTC failed on a kernel file; `message` holds its log.
+    #[error("NVRTC: {kernel} for {arch}: {message}")]
+    Nvrtc {
+        kernel: String,
+        arch: String,
+        message: String,
+    },
+    /// The GPU was found and the kernels compiled and loaded, but this build has no CUDA forward
+    /// pass to run the model with.
+    #[error(
+        "device cuda:{ordinal} ({device}) is usable and Glimpse's CUDA kernels load on it, but \
+         the CUDA forward pass is not available in this build; use `--device cpu`"
+    )]
+    CudaForwardUnavailable { ordinal: usize, device: String },
 }
 
 impl From<candle_core::Error> for EngineError {

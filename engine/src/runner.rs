@@ -79,9 +79,21 @@ impl OfflineRunner {
         max_entries: usize,
         lookahead: Option<Arc<LookaheadModule>>,
     ) -> Result<Self> {
+        Self::on(Device::Cpu, model, block_size, max_entries, lookahead)
+    }
+
+    /// [`Self::cpu`] on `device`.
+    ///
+    /// Fails with the backend's construction errors ([`backend::create_backend`]).
+    pub fn on(
+        device: Device,
+        model: &Model,
+        block_size: usize,
+        max_entries: usize,
+        lookahead: Option<Arc<LookaheadModule>>,
+    ) -> Result<Self> {
         let num_blocks = max_entries.div_ceil(block_size).max(1);
-        let backend =
-            backend::create_backend(Device::Cpu, model, block_size, num_blocks, lookahead)?;
+        let backend = backend::create_backend(device, model, block_size, num_blocks, lookahead)?;
         Ok(Self::new(backend))
     }
 

@@ -8,6 +8,7 @@
 //! names its types; callers go through [`create_backend`].
 
 pub mod cpu;
+pub mod cuda;
 mod kv_geometry;
 
 pub use kv_geometry::KvGeometry;
@@ -40,11 +41,21 @@ pub trait Backend: Send {
     fn forward(&mut self, batch: &ForwardBatch<'_>, out: &mut ForwardOutput) -> Result<()>;
 }
 
-/// Where the model runs.
+/// Where the model runs: `--device cpu`, `cuda` or `cuda:N` (this parser is the flag's one
+/// home; every subcommand with the flag parses through it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
     Cpu,
     Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
+        }
+    }
 }
 
 impl std::str::FromStr for Device {
@@ -69,7 +80,9 @@ impl std::str::FromStr for Device {
 /// Builds the backend for `device` with a pool of `num_blocks` blocks of `block_size` entries,
 /// and the LookaheadKV module if one was loaded (without it, the lookahead policy is refused).
 ///
-/// Fails with [`EngineError::BackendUnavailable`] for a device this build cannot drive.
+/// Fails for a CUDA device with the probe's error naming what is missing (driver, device,
+/// compute capability, NVRTC), else with [`EngineError::CudaForwardUnavailable`]: this build has
+/// no CUDA forward pass ([`cuda`]).
 pub fn create_backend(
     device: Device,
     model: &Model,
@@ -81,8 +94,6 @@ pub fn create_backend(
         Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(
             model, block_size, num_blocks, lookahead,
         )?)),
-        Device::Cuda(_) => Err(EngineError::BackendUnavailable {
-            message: "this build of Glimpse has no CUDA backend".into(),
-        }),
+        Device::Cuda(ordinal) => cuda::create_backend(ordinal),
     }
 }

@@ -58,9 +58,10 @@ pub fn default_model_dir() -> PathBuf {
 pub struct EngineArgs {
     #[arg(long, env = "GLIMPSE_MODEL", help = MODEL_FLAG_HELP)]
     pub model: Option<PathBuf>,
-    /// Device to run on: `cpu`, or `cuda:N` in CUDA builds.
+    /// Device to run on: `cpu`, or `cuda[:N]` (checked at start-up: driver, device, compute
+    /// capability, NVRTC; this build has no CUDA forward pass yet, so it then refuses).
     #[arg(long, default_value = "cpu", env = "GLIMPSE_DEVICE")]
-    pub device: String,
+    pub device: Device,
     /// Dtype the weight matrices are held in: `auto` (the checkpoint's: bf16 stays bf16, f32 and
     /// f16 run in f32), `f32` or `bf16` (half the memory; activations stay f32).
     #[arg(long, default_value_t = DtypeChoice::Auto, env = "GLIMPSE_DTYPE")]
@@ -169,7 +170,6 @@ impl EngineArgs {
                 .with_context(|| format!("--chat-template {}", path.display()))?;
         }
         let tokenizer = Arc::new(tokenizer);
-        let device: Device = self.device.parse()?;
         let bytes_per_block =
             glimpse_engine::backend::KvGeometry::new(&model.config, self.block_size, 1, 4)?
                 .bytes_per_block();
@@ -222,7 +222,13 @@ impl EngineArgs {
             self.kv_policy
         );
         eviction.default_policy.validate()?;
-        let backend = create_backend(device, &model, self.block_size, pool.num_blocks, lookahead)?;
+        let backend = create_backend(
+            self.device,
+            &model,
+            self.block_size,
+            pool.num_blocks,
+            lookahead,
+        )?;
         let limits = BatchLimits {
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_num_seqs: self.max_num_seqs,

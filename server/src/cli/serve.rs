@@ -167,9 +167,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } = args.engine.load()?;
     let geometry = *core.backend().geometry();
     let model_name = args.model_name.clone().unwrap_or(location.name);
+    let device = args.engine.device.to_string();
     let metrics_handle = metrics::install(&BuildInfo {
         model: &model_name,
-        device: &args.engine.device,
+        device: &device,
         block_size: geometry.block_size,
         num_blocks: geometry.num_blocks,
         kv_cache_bytes: geometry.total_bytes(),
@@ -228,7 +229,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(|stem| stem.to_string_lossy().into_owned()),
         eos_token_ids: model.eos_token_ids(),
         dtype: "f32".into(),
-        device: args.engine.device.clone(),
+        device,
     };
     let workers = match args.tokenizer_workers {
         Some(workers) => workers,

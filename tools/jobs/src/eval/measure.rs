@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use glimpse_engine::Result;
+use glimpse_engine::backend::Device;
 use glimpse_engine::batch::LogitsRequest;
 use glimpse_engine::eviction::{EvictionPolicy, LayerSelection, Policy};
 use glimpse_engine::lookahead::LookaheadModule;
@@ -95,6 +96,14 @@ pub enum EvictedLength {
     OwnStop,
 }
 
+/// How long the greedy answers of an evaluation run.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerLimits {
+    /// Longest answer, full cache or evicted.
+    pub max_tokens: usize,
+    pub evicted_length: EvictedLength,
+}
+
 /// The greedy answers to one prompt.
 pub struct PromptAnswers {
     pub full: Vec<u32>,
@@ -116,20 +125,25 @@ pub struct Evaluation {
 /// candidate only the full-cache answers are produced (for exact-answer accuracy).
 pub fn evaluate(
     model: &Model,
+    device: Device,
     prompts: &[Vec<u32>],
     candidates: &[Candidate],
     budgets: &[usize],
-    answer_tokens: usize,
-    evicted_length: EvictedLength,
+    answers: AnswerLimits,
     mut on_prompt: impl FnMut(),
 ) -> Result<Evaluation> {
+    let AnswerLimits {
+        max_tokens: answer_tokens,
+        evicted_length,
+    } = answers;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let entries = longest + answer_tokens + BLOCK_SIZE;
+    // First, so a device that cannot run fails before the CPU reference model is built.
+    let mut full_runner = OfflineRunner::on(device, model, BLOCK_SIZE, 2 * entries, None)?;
     // the answer's attention is compared with what the policies keep: nothing to compare without one
     let frozen = (!candidates.is_empty())
         .then(|| FrozenModel::load(model, Precision::F32, longest + answer_tokens))
         .transpose()?;
-    let mut full_runner = OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, None)?;
     let mut runners = candidates
         .iter()
         .map(|c| {
@@ -137,7 +151,7 @@ pub fn evaluate(
                 CandidateKind::Lookahead { module, .. } => Some(module.clone()),
                 CandidateKind::Baseline(_) => None,
             };
-            OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, module)
+            OfflineRunner::on(device, model, BLOCK_SIZE, 2 * entries, module)
         })
         .collect::<Result<Vec<_>>>()?;
     let eos = model.eos_token_ids();

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
+use glimpse_engine::backend::Device;
 use glimpse_engine::config::DtypeChoice;
 use glimpse_engine::eviction::Policy;
 use glimpse_engine::lookahead::LookaheadModule;
@@ -27,7 +28,7 @@ use glimpse_progress::bar;
 use crate::prompts::read_eval_prompts;
 use crate::{JobError, load_model_and_tokenizer};
 use accuracy::{AnswerOutcome, Expected, FULL_CACHE};
-use measure::{Candidate, CandidateKind, EvictedLength, PromptAnswers, evaluate};
+use measure::{AnswerLimits, Candidate, CandidateKind, EvictedLength, PromptAnswers, evaluate};
 use report::{EvalReport, EvalRow};
 
 /// Flags of `glimpse eval`.
@@ -38,6 +39,10 @@ pub struct EvalArgs {
     /// Dtype the weight matrices are held in: `auto` (the checkpoint's), `f32` or `bf16`.
     #[arg(long, default_value_t = DtypeChoice::Auto)]
     pub dtype: DtypeChoice,
+    /// Device to run on: `cpu`, or `cuda[:N]` (as `glimpse serve --device`; this build has no
+    /// CUDA forward pass yet, so it refuses after checking the device).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
     /// Prompts (JSON Lines, `{"prompt": ...}`). Lines that also carry `answer` (and optionally
     /// `task`, `depth`, `context_tokens_target`, as the retrieval task generator writes them) add
     /// exact-answer accuracy; every evicted answer then runs to its own end of sequence.
@@ -126,13 +131,16 @@ pub fn run(args: EvalArgs, default_model_dir: &Path) -> Result<(), JobError> {
     let progress = bar("eval", prompts.len());
     let evaluation = evaluate(
         &model,
+        args.device,
         &prompts,
         &candidates,
         &args.budgets,
-        args.answer_tokens,
-        match expected {
-            Some(_) => EvictedLength::OwnStop,
-            None => EvictedLength::LikeFullCache,
+        AnswerLimits {
+            max_tokens: args.answer_tokens,
+            evicted_length: match expected {
+                Some(_) => EvictedLength::OwnStop,
+                None => EvictedLength::LikeFullCache,
+            },
         },
         || progress.inc(1),
     )?;
