@@ -69,8 +69,10 @@ def main() -> int:
         print(f"| {ours} ÷ {peer} | " + " | ".join(ratio(p.get(n), pp.get(n)) for n in lens)
               + " | " + " | ".join(ratio(d.get(b), pd.get(b)) for b in batches) + " |")
 
+    shape = load(out, "glimpse-offline-f32.json")
     print()
-    print("| offline 64 × 256 in / 128 out | output tok/s | ÷ transformers same dtype |")
+    print(f"| offline {shape['requests']} × {shape['prompt_len']} in / {shape['output_len']} out "
+          "| output tok/s | ÷ transformers same dtype |")
     print("|---|---:|---:|")
     for ours, peer in (("f32", "float32"), ("bf16", "bfloat16")):
         g = load(out, f"glimpse-offline-{ours}.json")["batched"]["output_tokens_per_second"]
