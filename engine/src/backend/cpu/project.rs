@@ -15,12 +15,14 @@ pub const O: &[Projection] = &[Projection::O];
 pub const GATE_UP: &[Projection] = &[Projection::Gate, Projection::Up];
 pub const DOWN: &[Projection] = &[Projection::Down];
 
-/// Scratch and clock of a pass's projections.
+/// Scratch and clocks of a pass's projections.
 #[derive(Default)]
 pub struct Projector {
     lora: LoraScratch,
     /// Time in GEMMs during the current forward pass.
     pub matmul_time: Duration,
+    /// Time in LoRA deltas during the current forward pass.
+    pub lora_time: Duration,
 }
 
 impl Projector {
@@ -44,7 +46,9 @@ impl Projector {
         }
         self.matmul_time += started.elapsed();
         if let Some((lora, targets)) = lora {
+            let started = Instant::now();
             lora.add_deltas(targets, x, y, &mut self.lora);
+            self.lora_time += started.elapsed();
         }
     }
 }
