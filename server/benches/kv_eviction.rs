@@ -390,6 +390,12 @@ fn main() {
                 "last_chunk_cpu_seconds": runs.iter().map(|r| r.last_chunk_cpu_seconds).collect::<Vec<_>>(),
                 "cpu_overhead_paired_last_chunk": cpu_overhead,
                 "last_chunk_extra_ms_paired": deltas_ms,
+                "last_chunk_profiles_ms": runs.iter().map(|r| {
+                    phases(&r.last_chunk_profile)
+                        .map(|(phase, seconds)| (phase.to_owned(), serde_json::json!(seconds * 1e3)))
+                        .into_iter()
+                        .collect::<serde_json::Map<_, _>>()
+                }).collect::<Vec<_>>(),
                 "kept_entries": kept,
                 "kv_bytes_after_prefill": kv_bytes,
             }));

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use attention::{AttentionShape, QueryContext, TileTimes, paged_attention};
 use evict::{EvictionTimes, PendingEviction, ScoringInput};
 use kv_cache::CpuKvCache;
-use lora::LayerLora;
-use project::{DOWN, GATE_UP, O, Projector, QKV};
+use lora::{LayerLora, PackedLora};
+use project::Projector;
 use rows::{LookaheadKv, SequenceRows};
 use weights::{CpuLayer, CpuWeights};
 
@@ -51,6 +51,8 @@ pub struct CpuBackend {
     weights: CpuWeights,
     /// LookaheadKV's learned rows and adapters, if the server loaded a module.
     lookahead: Option<Arc<LookaheadModule>>,
+    /// The module's adapters, packed for the GEMM.
+    lora: Option<PackedLora>,
     rope: RopeTables,
     cache: CpuKvCache,
     buffers: StepBuffers,
@@ -142,6 +144,7 @@ impl CpuBackend {
                 model.config.head_dim,
                 model.config.max_model_len + lookahead_positions,
             )?,
+            lora: lookahead.as_deref().map(PackedLora::new),
             lookahead,
             cache: CpuKvCache::new(geometry)?,
             buffers: StepBuffers::default(),
@@ -379,12 +382,12 @@ impl CpuBackend {
     /// every row's K/V (`T` rows; `H`, `KV` query and KV heads of width `D`).
     fn attention_block(&mut self, batch: &ForwardBatch<'_>, l: usize) {
         let (c, w, b) = (&self.config, &self.weights.layers[l], &mut self.buffers);
-        let module = self.lookahead.as_deref();
+        let module = self.lora.as_ref();
         // 1. normed = rms_norm(hidden): [T, hidden].
         resize(&mut b.normed, b.slots.len() * c.hidden_size);
         ops::rms_norm(&b.hidden, &w.input_layernorm, c.rms_norm_eps, &mut b.normed);
         // 2. qkv = qkv_proj(normed): [T, (H + 2·KV)·D], rows [q | k | v].
-        let lora = LayerLora::of(module, l, &b.sequences).map(|lora| (lora, QKV));
+        let lora = LayerLora::of(module, l, &b.sequences, |layer| &layer.qkv);
         b.projector
             .project(&b.normed, &w.qkv_proj, &mut b.qkv, lora);
         let attention_start = Instant::now();
@@ -394,7 +397,7 @@ impl CpuBackend {
         attend(c, &self.cache, b, batch, l);
         b.attention_time += attention_start.elapsed();
         // 5. hidden += o_proj(attention): [T, hidden].
-        let lora = LayerLora::of(module, l, &b.sequences).map(|lora| (lora, O));
+        let lora = LayerLora::of(module, l, &b.sequences, |layer| &layer.o);
         b.projector
             .project(&b.attention, &w.o_proj, &mut b.projected, lora);
         ops::add_in_place(&mut b.hidden, &b.projected);
@@ -404,7 +407,7 @@ impl CpuBackend {
     /// (`T` rows, `I` intermediate width).
     fn mlp_block(&mut self, l: usize) {
         let (c, w, b) = (&self.config, &self.weights.layers[l], &mut self.buffers);
-        let module = self.lookahead.as_deref();
+        let module = self.lora.as_ref();
         // 1. normed = rms_norm(hidden): [T, hidden].
         ops::rms_norm(
             &b.hidden,
@@ -413,7 +416,7 @@ impl CpuBackend {
             &mut b.normed,
         );
         // 2. gate_up = gate_up_proj(normed): [T, 2·I], rows [gate | up].
-        let lora = LayerLora::of(module, l, &b.sequences).map(|lora| (lora, GATE_UP));
+        let lora = LayerLora::of(module, l, &b.sequences, |layer| &layer.gate_up);
         b.projector
             .project(&b.normed, &w.gate_up_proj, &mut b.gate_up, lora);
         // 3. activated = silu(gate) · up: [T, I].
@@ -421,7 +424,7 @@ impl CpuBackend {
         resize(&mut b.activated, b.slots.len() * inter);
         ops::silu_mul(&b.gate_up, inter, &mut b.activated);
         // 4. hidden += down_proj(activated): [T, hidden].
-        let lora = LayerLora::of(module, l, &b.sequences).map(|lora| (lora, DOWN));
+        let lora = LayerLora::of(module, l, &b.sequences, |layer| &layer.down);
         b.projector
             .project(&b.activated, &w.down_proj, &mut b.projected, lora);
         ops::add_in_place(&mut b.hidden, &b.projected);
