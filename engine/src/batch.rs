@@ -179,13 +179,25 @@ impl SequenceEviction {
     }
 }
 
-/// Wall time of one forward pass by kind of work, so benchmarks can say where a step goes.
+/// Wall time of one forward pass by kind of work, so benchmarks can say where a step goes — and
+/// what an evicting pass adds over a plain one (docs/benchmarks.md, LookaheadKV's TTFT).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ForwardProfile {
-    /// Linear layers (including the output projection).
+    /// Linear layers' GEMMs over every row (including the output projection).
     pub matmul: std::time::Duration,
+    /// LookaheadKV's LoRA deltas on the lookahead rows.
+    pub lora: std::time::Duration,
     /// Attention over the paged cache, including writing the new K/V.
     pub attention: std::time::Duration,
+    /// The lookahead rows' share of `attention`: `attention` × their tiles' thread time ÷ every
+    /// tile's (tiles run in parallel, so their own times add up to more than the wall time).
+    pub lookahead_attention: std::time::Duration,
+    /// Eviction: scoring the prompt's entries, summed over the sequences that evict.
+    pub scoring: std::time::Duration,
+    /// Eviction: choosing the kept entries from the scores.
+    pub selection: std::time::Duration,
+    /// Eviction: moving the kept entries to the front of the cache.
+    pub compaction: std::time::Duration,
     /// Everything else: embedding, norms, RoPE, activations, residuals.
     pub other: std::time::Duration,
 }

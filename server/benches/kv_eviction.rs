@@ -8,8 +8,13 @@
 //!    its extra time over `full`'s in the same repetition, as a fraction of `full`'s TTFT, is
 //!    the paired overhead: the earlier chunks do the same work under every policy, so pairing
 //!    removes their share of the noise. The same pairing is reported on CPU time (all threads,
-//!    from `/proc/self/stat`): on a shared machine, time stolen by other tenants inflates wall
-//!    time but not CPU time.
+//!    `CLOCK_PROCESS_CPUTIME_ID`): on a shared machine, time stolen by other tenants inflates wall
+//!    time but not CPU time; and per kind of work inside the last chunk (its
+//!    [`ForwardProfile`]: GEMMs, LoRA, attention and the lookahead rows' share of it, scoring,
+//!    selection, compaction, the rest), so the overhead is accounted, not only measured. With
+//!    `--last-chunk-only` the chunks before the last are prefilled once and only the last chunk
+//!    is repeated (its eviction compacting into spare blocks, so the prompt's cache stays whole):
+//!    many more pairs in the same time, the "TTFT" columns then being the last chunk's.
 //! 2. **KV bytes per request** after eviction: the blocks a request still holds.
 //! 3. **Concurrency**: how many `--concurrency-len`-token prompts are held at once in a pool sized
 //!    for `--pool-requests` full-cache prompts, full cache vs keeping `--budget` entries — the
@@ -22,7 +27,7 @@
 //!
 //! `cargo bench -p glimpse-server --bench kv_eviction -- --model DIR [--lengths 1024,4096,8128]
 //!  [--policies full,streaming_llm,snapkv,pyramidkv,lookahead] [--budget 128] [--repeats 2]
-//!  [--chunk 2048] [--pool-requests 4] [--concurrency-len 8128] [--json OUT]`
+//!  [--chunk 2048] [--pool-requests 4] [--concurrency-len 8128] [--last-chunk-only] [--json OUT]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +36,9 @@ use std::time::Instant;
 use clap::Parser;
 use glimpse_bench::stats::percentile;
 use glimpse_engine::backend::{Backend, Device, create_backend};
-use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use glimpse_engine::batch::{
+    ForwardBatch, ForwardOutput, ForwardProfile, LogitsRequest, SequenceInput,
+};
 use glimpse_engine::eviction::{EvictionPolicy, PolicyKind, PolicyKnobs};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
@@ -66,6 +73,9 @@ struct Args {
     /// Prompt length of the concurrency test.
     #[arg(long, default_value_t = 8128)]
     concurrency_len: usize,
+    /// Prefill the chunks before the last once and repeat only the last chunk.
+    #[arg(long)]
+    last_chunk_only: bool,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -93,21 +103,31 @@ struct Prefill {
     last_chunk_cpu_seconds: Option<f64>,
     /// CPU time of the whole prefill.
     cpu_seconds: Option<f64>,
+    /// Where the last chunk's time went.
+    last_chunk_profile: ForwardProfile,
     eviction_seconds: f64,
     kept_entries: usize,
 }
 
-/// Prefills `prompt` in chunks, the last one carrying `eviction`.
+/// The first token of `prompt`'s last chunk of `chunk` tokens.
+fn last_chunk_start(prompt_len: usize, chunk: usize) -> usize {
+    (prompt_len - 1) / chunk * chunk
+}
+
+/// Prefills `prompt[from..]` in chunks, the last one carrying `eviction` (the entries before
+/// `from` already cached), its kept entries compacted into `compact_into` if given.
 fn prefill(
     backend: &mut dyn Backend,
     prompt: &[u32],
+    from: usize,
     chunk: usize,
     eviction: EvictionPolicy,
+    compact_into: Option<&[u32]>,
 ) -> Prefill {
     let table: Vec<u32> = (0..prompt.len().div_ceil(BLOCK_SIZE) as u32).collect();
     let mut out = ForwardOutput::default();
     let (started, cpu_started) = (Instant::now(), process_cpu_seconds());
-    let mut start = 0;
+    let mut start = from;
     let mut last_chunk_seconds = 0.0;
     let mut last_chunk_cpu_seconds = None;
     while start < prompt.len() {
@@ -126,7 +146,7 @@ fn prefill(
                 },
                 eviction: last.then_some(eviction),
                 compacted: None,
-                compact_into: None,
+                compact_into: compact_into.filter(|_| last),
             }],
         };
         let (chunk_started, cpu_started) = (Instant::now(), process_cpu_seconds());
@@ -147,20 +167,58 @@ fn prefill(
         last_chunk_seconds,
         last_chunk_cpu_seconds,
         cpu_seconds,
+        last_chunk_profile: out.profile,
         eviction_seconds: report.map_or(0.0, |r| r.time.as_secs_f64()),
         kept_entries: report.map_or(prompt.len(), |r| r.kept_entries),
     }
 }
 
-/// User + system CPU time of this process so far, from `/proc/self/stat` (Linux; clock ticks of
-/// 10 ms), or `None` where it cannot be read.
+/// CPU time of this process so far, all threads (`CLOCK_PROCESS_CPUTIME_ID`, nanosecond
+/// resolution), or `None` where it cannot be read.
 fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is parenthesised and may contain spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    Some((ticks(11)? + ticks(12)?) / 100.0)
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    (rc == 0).then_some(now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9)
+}
+
+/// The last chunk's time by kind of work, in the order [`phase_deltas`] reports it.
+fn phases(p: &ForwardProfile) -> [(&'static str, f64); 8] {
+    [
+        ("matmul", p.matmul),
+        ("lora", p.lora),
+        ("attention", p.attention),
+        ("lookahead_attention", p.lookahead_attention),
+        ("scoring", p.scoring),
+        ("selection", p.selection),
+        ("compaction", p.compaction),
+        ("other", p.other),
+    ]
+    .map(|(name, time)| (name, time.as_secs_f64()))
+}
+
+/// Per kind of work, the last chunk's extra seconds over full's in the same repetition, median
+/// over repetitions.
+fn phase_deltas(runs: &[Prefill], full: &[Prefill]) -> Vec<(&'static str, f64)> {
+    let pairs: Vec<_> = runs
+        .iter()
+        .zip(full)
+        .map(|(run, full)| {
+            (
+                phases(&run.last_chunk_profile),
+                phases(&full.last_chunk_profile),
+            )
+        })
+        .collect();
+    (0..8)
+        .map(|i| {
+            let deltas = pairs.iter().map(|(run, full)| run[i].1 - full[i].1);
+            (pairs[0].0[i].0, median(deltas.collect()))
+        })
+        .collect()
 }
 
 /// Paired within each repetition: the last chunk's extra time over full's, as a fraction of
@@ -244,7 +302,15 @@ fn main() {
         RandomInit::default(),
     ));
     let longest = args.lengths.iter().copied().max().unwrap_or(0);
-    let num_blocks = longest.div_ceil(BLOCK_SIZE) + 1;
+    let prompt_blocks = longest.div_ceil(BLOCK_SIZE) + 1;
+    // With --last-chunk-only, the kept entries go to spare blocks after the prompt's.
+    let spare: Vec<u32> = match args.last_chunk_only {
+        true => (prompt_blocks..2 * prompt_blocks)
+            .map(|b| b as u32)
+            .collect(),
+        false => Vec::new(),
+    };
+    let num_blocks = prompt_blocks + spare.len();
     let mut backend =
         create_backend(Device::Cpu, &model, BLOCK_SIZE, num_blocks, Some(module)).expect("backend");
     let bytes_per_block = backend.geometry().bytes_per_block();
@@ -254,6 +320,16 @@ fn main() {
         let prompt: Vec<u32> = (0..len as u32)
             .map(|i| 3 + (i.wrapping_mul(2_654_435_761) >> 7) % (vocab - 3))
             .collect();
+        let from = match args.last_chunk_only {
+            true => {
+                let start = last_chunk_start(len, args.chunk);
+                let (chunks, full) = (&prompt[..start], EvictionPolicy::default());
+                prefill(backend.as_mut(), chunks, 0, args.chunk, full, None);
+                start
+            }
+            false => 0,
+        };
+        let compact_into = args.last_chunk_only.then_some(spare.as_slice());
         let mut runs: Vec<Vec<Prefill>> = args.policies.iter().map(|_| Vec::new()).collect();
         for repeat in 0..args.repeats {
             // Each repetition starts one policy later, so no policy always runs in the same
@@ -264,8 +340,10 @@ fn main() {
                 let run = prefill(
                     backend.as_mut(),
                     &prompt,
+                    from,
                     args.chunk,
                     policy(name, args.budget),
+                    compact_into,
                 );
                 eprintln!(
                     "[{len} tokens, repeat {}/{}] {name}: {:.2} s (eviction {:.1} ms)",
@@ -291,6 +369,12 @@ fn main() {
             let wall_overhead = full_runs.and_then(|full| paired_overhead(runs, full, wall));
             let cpu_overhead = full_runs.and_then(|full| paired_overhead(runs, full, cpu));
             let eviction = median(runs.iter().map(|r| r.eviction_seconds).collect());
+            let deltas = full_runs.map(|full| phase_deltas(runs, full));
+            let deltas_ms: serde_json::Map<String, serde_json::Value> = deltas
+                .iter()
+                .flatten()
+                .map(|&(phase, seconds)| (phase.to_owned(), (seconds * 1e3).into()))
+                .collect();
             let kept = runs[0].kept_entries;
             let kv_bytes = kept.div_ceil(BLOCK_SIZE) * bytes_per_block;
             results.push(serde_json::json!({
@@ -305,6 +389,13 @@ fn main() {
                 "cpu_seconds": runs.iter().map(|r| r.cpu_seconds).collect::<Vec<_>>(),
                 "last_chunk_cpu_seconds": runs.iter().map(|r| r.last_chunk_cpu_seconds).collect::<Vec<_>>(),
                 "cpu_overhead_paired_last_chunk": cpu_overhead,
+                "last_chunk_extra_ms_paired": deltas_ms,
+                "last_chunk_profiles_ms": runs.iter().map(|r| {
+                    phases(&r.last_chunk_profile)
+                        .map(|(phase, seconds)| (phase.to_owned(), serde_json::json!(seconds * 1e3)))
+                        .into_iter()
+                        .collect::<serde_json::Map<_, _>>()
+                }).collect::<Vec<_>>(),
                 "kept_entries": kept,
                 "kv_bytes_after_prefill": kv_bytes,
             }));
@@ -317,6 +408,16 @@ fn main() {
                 cpu_overhead.map_or(f64::NAN, |o| o * 100.0),
                 eviction * 1e3,
                 kv_bytes as f64 / (1 << 20) as f64
+            );
+            let deltas: Vec<String> = deltas
+                .iter()
+                .flatten()
+                .map(|(phase, seconds)| format!("{phase} {:+.1}", seconds * 1e3))
+                .collect();
+            eprintln!(
+                "{:>22}  last chunk, ms over full (paired median): {}",
+                "",
+                deltas.join(", ")
             );
         }
     }

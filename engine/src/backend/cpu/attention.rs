@@ -10,6 +10,7 @@
 //! order, with the same per-row arithmetic, whether it shares them with other rows or not.
 
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -88,6 +89,14 @@ pub struct AttentionShape {
     pub scale: f32,
 }
 
+/// Thread time of one [`paged_attention`] call's tiles: those of rows with extra keys (lookahead
+/// rows) and the others.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TileTimes {
+    pub plain: Duration,
+    pub extra: Duration,
+}
+
 /// `out[t] = softmax(q[t]·Kᵀ·scale)·V` per head, for rows `q` `[T, num_heads·head_dim]`.
 pub fn paged_attention(
     q: &[f32],
@@ -95,7 +104,7 @@ pub fn paged_attention(
     cache: LayerView<'_>,
     shape: AttentionShape,
     out: &mut [f32],
-) {
+) -> TileTimes {
     let width = shape.num_heads * shape.head_dim;
     let group = shape.num_heads / shape.num_kv_heads;
     let tiles = tiles(contexts, (TILE_QUERY_HEADS / group).max(1));
@@ -107,16 +116,32 @@ pub fn paged_attention(
         rest = tail;
     }
     let kernels = Kernels::detect();
-    tiles.into_par_iter().zip(tile_outputs).for_each_init(
-        TileScratch::default,
-        |scratch, (rows, out)| {
+    tiles
+        .into_par_iter()
+        .zip(tile_outputs)
+        .map_init(TileScratch::default, |scratch, (rows, out)| {
+            let started = Instant::now();
             let tile = Tile {
                 q: &q[rows.start * width..rows.end * width],
                 contexts: &contexts[rows],
             };
             tile.attend(cache, shape, kernels, scratch, out);
-        },
-    );
+            let time = started.elapsed();
+            match tile.contexts[0].extra {
+                Some(_) => TileTimes {
+                    extra: time,
+                    ..TileTimes::default()
+                },
+                None => TileTimes {
+                    plain: time,
+                    ..TileTimes::default()
+                },
+            }
+        })
+        .reduce(TileTimes::default, |a, b| TileTimes {
+            plain: a.plain + b.plain,
+            extra: a.extra + b.extra,
+        })
 }
 
 /// Splits the rows into tiles of at most `max_rows` consecutive rows that read the same keys: one

@@ -22,7 +22,21 @@ pub struct PendingEviction {
     layer_budgets: Vec<usize>,
     scoring: Option<ScoringPlan>,
     selections: Vec<LayerSelection>,
-    time: Duration,
+    times: EvictionTimes,
+}
+
+/// Time spent in each step of one sequence's eviction during a pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvictionTimes {
+    pub scoring: Duration,
+    pub selection: Duration,
+    pub compaction: Duration,
+}
+
+impl EvictionTimes {
+    fn total(&self) -> Duration {
+        self.scoring + self.selection + self.compaction
+    }
 }
 
 /// What one layer's scoring reads from the pass.
@@ -42,7 +56,7 @@ impl PendingEviction {
             layer_budgets: prompt.layer_budgets(num_layers),
             scoring: prompt.scoring_plan(),
             selections: Vec::with_capacity(num_layers),
-            time: Duration::ZERO,
+            times: EvictionTimes::default(),
         }
     }
 
@@ -74,7 +88,12 @@ impl PendingEviction {
         compact_into: &[u32],
         input: ScoringInput<'_>,
     ) -> Result<()> {
-        let started = Instant::now();
+        let mut started = Instant::now();
+        let mut lap = |phase: &mut Duration| {
+            let now = Instant::now();
+            *phase += now - started;
+            started = now;
+        };
         let geometry = *cache.geometry();
         let scores = match self.scoring {
             Some(plan) => {
@@ -102,15 +121,22 @@ impl PendingEviction {
             }
             None => None,
         };
+        lap(&mut self.times.scoring);
         let selection = self.prompt.select_layer(
             self.layer_budgets[layer],
             geometry.num_kv_heads,
             scores.as_ref(),
         )?;
+        lap(&mut self.times.selection);
         cache.compact(layer, block_table, compact_into, &selection.kept);
+        lap(&mut self.times.compaction);
         self.selections.push(selection);
-        self.time += started.elapsed();
         Ok(())
+    }
+
+    /// Time spent so far in each step.
+    pub fn times(&self) -> EvictionTimes {
+        self.times
     }
 
     /// The report of a finished pass for batch sequence `sequence`.
@@ -126,7 +152,7 @@ impl PendingEviction {
             kept_entries: layer_kept.iter().copied().max().unwrap_or(0),
             layer_kept,
             selections: self.selections,
-            time: self.time,
+            time: self.times.total(),
         }
     }
 }

@@ -29,11 +29,11 @@ mod weights;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attention::{AttentionShape, QueryContext, paged_attention};
-use evict::{PendingEviction, ScoringInput};
+use attention::{AttentionShape, QueryContext, TileTimes, paged_attention};
+use evict::{EvictionTimes, PendingEviction, ScoringInput};
 use kv_cache::CpuKvCache;
-use lora::LayerLora;
-use project::{DOWN, GATE_UP, O, Projector, QKV};
+use lora::{LayerLora, PackedLora};
+use project::Projector;
 use rows::{LookaheadKv, SequenceRows};
 use weights::{CpuLayer, CpuWeights};
 
@@ -51,6 +51,8 @@ pub struct CpuBackend {
     weights: CpuWeights,
     /// LookaheadKV's learned rows and adapters, if the server loaded a module.
     lookahead: Option<Arc<LookaheadModule>>,
+    /// The module's adapters, packed for the GEMM.
+    lora: Option<PackedLora>,
     rope: RopeTables,
     cache: CpuKvCache,
     buffers: StepBuffers,
@@ -105,6 +107,8 @@ struct StepBuffers {
     logits_hidden: Vec<f32>,
     /// Time in attention during the current forward pass.
     attention_time: Duration,
+    /// Thread time of the attention tiles during the current forward pass.
+    tile_times: TileTimes,
 }
 
 /// The rows `rows` of a flat `[T, width]` buffer.
@@ -140,6 +144,7 @@ impl CpuBackend {
                 model.config.head_dim,
                 model.config.max_model_len + lookahead_positions,
             )?,
+            lora: lookahead.as_deref().map(PackedLora::new),
             lookahead,
             cache: CpuKvCache::new(geometry)?,
             buffers: StepBuffers::default(),
@@ -377,12 +382,12 @@ impl CpuBackend {
     /// every row's K/V (`T` rows; `H`, `KV` query and KV heads of width `D`).
     fn attention_block(&mut self, batch: &ForwardBatch<'_>, l: usize) {
         let (c, w, b) = (&self.config, &self.weights.layers[l], &mut self.buffers);
-        let module = self.lookahead.as_deref();
+        let module = self.lora.as_ref();
         // 1. normed = rms_norm(hidden): [T, hidden].
         resize(&mut b.normed, b.slots.len() * c.hidden_size);
         ops::rms_norm(&b.hidden, &w.input_layernorm, c.rms_norm_eps, &mut b.normed);
         // 2. qkv = qkv_proj(normed): [T, (H + 2·KV)·D], rows [q | k | v].
-        let lora = LayerLora::of(module, l, &b.sequences).map(|lora| (lora, QKV));
+        let lora = LayerLora::of(module, l, &b.sequences, |layer| &layer.qkv);
         b.projector
             .project(&b.normed, &w.qkv_proj, &mut b.qkv, lora);
         let attention_start = Instant::now();
@@ -392,7 +397,7 @@ impl CpuBackend {
         attend(c, &self.cache, b, batch, l);
         b.attention_time += attention_start.elapsed();
         // 5. hidden += o_proj(attention): [T, hidden].
-        let lora = LayerLora::of(module, l, &b.sequences).map(|lora| (lora, O));
+        let lora = LayerLora::of(module, l, &b.sequences, |layer| &layer.o);
         b.projector
             .project(&b.attention, &w.o_proj, &mut b.projected, lora);
         ops::add_in_place(&mut b.hidden, &b.projected);
@@ -402,8 +407,7 @@ impl CpuBackend {
     /// (`T` rows, `I` intermediate width).
     fn mlp_block(&mut self, l: usize) {
         let (c, w, b) = (&self.config, &self.weights.layers[l], &mut self.buffers);
-        let module = self.lookahead.as_deref();
-        let lora = |targets| LayerLora::of(module, l, &b.sequences).map(|lora| (lora, targets));
+        let module = self.lora.as_ref();
         // 1. normed = rms_norm(hidden): [T, hidden].
         ops::rms_norm(
             &b.hidden,
@@ -412,15 +416,17 @@ impl CpuBackend {
             &mut b.normed,
         );
         // 2. gate_up = gate_up_proj(normed): [T, 2·I], rows [gate | up].
+        let lora = LayerLora::of(module, l, &b.sequences, |layer| &layer.gate_up);
         b.projector
-            .project(&b.normed, &w.gate_up_proj, &mut b.gate_up, lora(GATE_UP));
+            .project(&b.normed, &w.gate_up_proj, &mut b.gate_up, lora);
         // 3. activated = silu(gate) · up: [T, I].
         let inter = c.intermediate_size;
         resize(&mut b.activated, b.slots.len() * inter);
         ops::silu_mul(&b.gate_up, inter, &mut b.activated);
         // 4. hidden += down_proj(activated): [T, hidden].
+        let lora = LayerLora::of(module, l, &b.sequences, |layer| &layer.down);
         b.projector
-            .project(&b.activated, &w.down_proj, &mut b.projected, lora(DOWN));
+            .project(&b.activated, &w.down_proj, &mut b.projected, lora);
         ops::add_in_place(&mut b.hidden, &b.projected);
     }
 
@@ -499,7 +505,9 @@ impl Backend for CpuBackend {
         self.validate(batch)?;
         let started = Instant::now();
         self.buffers.projector.matmul_time = Duration::ZERO;
+        self.buffers.projector.lora_time = Duration::ZERO;
         self.buffers.attention_time = Duration::ZERO;
+        self.buffers.tile_times = TileTimes::default();
         self.plan_rows(batch);
         self.embed(batch);
         for layer in 0..self.config.num_layers {
@@ -507,19 +515,47 @@ impl Backend for CpuBackend {
         }
         self.logits(batch, out);
         out.evictions.clear();
+        let mut eviction = EvictionTimes::default();
         for (index, rows) in self.buffers.sequences.iter_mut().enumerate() {
             if let Some(pending) = rows.eviction.take() {
+                let times = pending.times();
+                eviction.scoring += times.scoring;
+                eviction.selection += times.selection;
+                eviction.compaction += times.compaction;
                 out.evictions.push(pending.finish(index));
             }
         }
-        let b = &self.buffers;
-        let (matmul, attention) = (b.projector.matmul_time, b.attention_time);
-        out.profile = ForwardProfile {
-            matmul,
-            attention,
-            other: started.elapsed().saturating_sub(matmul + attention),
-        };
+        out.profile = self.buffers.profile(started.elapsed(), eviction);
         Ok(())
+    }
+}
+
+impl StepBuffers {
+    /// The pass's time by kind of work, of `total` in all, with its sequences' `eviction` steps.
+    fn profile(&self, total: Duration, eviction: EvictionTimes) -> ForwardProfile {
+        let (matmul, lora) = (self.projector.matmul_time, self.projector.lora_time);
+        let attention = self.attention_time;
+        let tiles = self.tile_times.plain + self.tile_times.extra;
+        let lookahead_share = match tiles.is_zero() {
+            true => 0.0,
+            false => self.tile_times.extra.as_secs_f64() / tiles.as_secs_f64(),
+        };
+        let EvictionTimes {
+            scoring,
+            selection,
+            compaction,
+        } = eviction;
+        let timed = matmul + lora + attention + scoring + selection + compaction;
+        ForwardProfile {
+            matmul,
+            lora,
+            attention,
+            lookahead_attention: attention.mul_f64(lookahead_share),
+            scoring,
+            selection,
+            compaction,
+            other: total.saturating_sub(timed),
+        }
     }
 }
 
@@ -606,11 +642,13 @@ fn attend(
             }
         })
         .collect();
-    paged_attention(
+    let times = paged_attention(
         &b.queries,
         &contexts,
         cache.layer(l),
         shape,
         &mut b.attention,
     );
+    b.tile_times.plain += times.plain;
+    b.tile_times.extra += times.extra;
 }

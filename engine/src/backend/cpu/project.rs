@@ -7,20 +7,15 @@ use super::lora::{LayerLora, LoraScratch};
 use super::ops;
 use super::weights::Linear;
 use super::{linear, resize};
-use crate::lookahead::Projection;
 
-/// The adapters each fused CPU linear adds, in the order its output columns stack them.
-pub const QKV: &[Projection] = &[Projection::Q, Projection::K, Projection::V];
-pub const O: &[Projection] = &[Projection::O];
-pub const GATE_UP: &[Projection] = &[Projection::Gate, Projection::Up];
-pub const DOWN: &[Projection] = &[Projection::Down];
-
-/// Scratch and clock of a pass's projections.
+/// Scratch and clocks of a pass's projections.
 #[derive(Default)]
 pub struct Projector {
     lora: LoraScratch,
     /// Time in GEMMs during the current forward pass.
     pub matmul_time: Duration,
+    /// Time in LoRA deltas during the current forward pass.
+    pub lora_time: Duration,
 }
 
 impl Projector {
@@ -31,7 +26,7 @@ impl Projector {
         x: &[f32],
         layer: &Linear,
         y: &mut Vec<f32>,
-        lora: Option<(LayerLora<'_>, &[Projection])>,
+        lora: Option<LayerLora<'_>>,
     ) {
         let in_features = layer.weight.cols();
         debug_assert_eq!(x.len() % in_features, 0, "x holds whole rows");
@@ -43,8 +38,10 @@ impl Projector {
             ops::add_bias(y, bias);
         }
         self.matmul_time += started.elapsed();
-        if let Some((lora, targets)) = lora {
-            lora.add_deltas(targets, x, y, &mut self.lora);
+        if let Some(lora) = lora {
+            let started = Instant::now();
+            lora.add_deltas(x, y, &mut self.lora);
+            self.lora_time += started.elapsed();
         }
     }
 }
