@@ -32,6 +32,7 @@ use clap::Parser;
 use glimpse_bench::stats::percentile;
 use glimpse_engine::backend::{Backend, Device, create_backend};
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use glimpse_engine::config::KvCacheDtype;
 use glimpse_engine::eviction::{EvictionPolicy, PolicyKind, PolicyKnobs};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
@@ -245,8 +246,15 @@ fn main() {
     ));
     let longest = args.lengths.iter().copied().max().unwrap_or(0);
     let num_blocks = longest.div_ceil(BLOCK_SIZE) + 1;
-    let mut backend =
-        create_backend(Device::Cpu, &model, BLOCK_SIZE, num_blocks, Some(module)).expect("backend");
+    let mut backend = create_backend(
+        Device::Cpu,
+        &model,
+        BLOCK_SIZE,
+        num_blocks,
+        KvCacheDtype::F32,
+        Some(module),
+    )
+    .expect("backend");
     let bytes_per_block = backend.geometry().bytes_per_block();
     let vocab = model.config.vocab_size as u32;
     let mut results = Vec::new();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use glimpse_engine::backend::{Device, KvGeometry, create_backend};
+use glimpse_engine::config::KvCacheDtype;
 use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -141,14 +142,23 @@ fn main() {
     let block_size = 16;
     let entries = args.requests * (args.prompt_len + args.output_len);
     let num_blocks = entries.div_ceil(block_size) + args.requests;
-    let geometry = KvGeometry::new(&model.config, block_size, num_blocks, 4).unwrap();
+    let geometry =
+        KvGeometry::new(&model.config, block_size, num_blocks, KvCacheDtype::F32).unwrap();
     eprintln!(
         "KV pool: {num_blocks} blocks, {:.2} GB",
         geometry.total_bytes() as f64 / 1e9
     );
     let limits = BatchLimits::default();
     let new_core = || {
-        let backend = create_backend(Device::Cpu, &model, block_size, num_blocks, None).unwrap();
+        let backend = create_backend(
+            Device::Cpu,
+            &model,
+            block_size,
+            num_blocks,
+            KvCacheDtype::F32,
+            None,
+        )
+        .unwrap();
         EngineCore::new(
             &model,
             Arc::clone(&tokenizer),

@@ -15,6 +15,7 @@ pub use kv_geometry::KvGeometry;
 use std::sync::Arc;
 
 use crate::batch::{ForwardBatch, ForwardOutput};
+use crate::config::KvCacheDtype;
 use crate::error::{EngineError, Result};
 use crate::lookahead::LookaheadModule;
 use crate::model::Model;
@@ -66,8 +67,8 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// Builds the backend for `device` with a pool of `num_blocks` blocks of `block_size` entries,
-/// and the LookaheadKV module if one was loaded (without it, the lookahead policy is refused).
+/// Builds the backend for `device` with a pool of `num_blocks` blocks of `block_size` entries
+/// stored in `kv_dtype`, and the LookaheadKV module if one was loaded (without it, the lookahead policy is refused).
 ///
 /// Fails with [`EngineError::BackendUnavailable`] for a device this build cannot drive.
 pub fn create_backend(
@@ -75,11 +76,12 @@ pub fn create_backend(
     model: &Model,
     block_size: usize,
     num_blocks: usize,
+    kv_dtype: KvCacheDtype,
     lookahead: Option<Arc<LookaheadModule>>,
 ) -> Result<Box<dyn Backend>> {
     match device {
         Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(
-            model, block_size, num_blocks, lookahead,
+            model, block_size, num_blocks, kv_dtype, lookahead,
         )?)),
         Device::Cuda(_) => Err(EngineError::BackendUnavailable {
             message: "this build of Glimpse has no CUDA backend".into(),

@@ -167,10 +167,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } = args.engine.load()?;
     let geometry = *core.backend().geometry();
     let model_name = args.model_name.clone().unwrap_or(location.name);
+    let kv_cache_dtype = geometry.dtype.to_string();
     let metrics_handle = metrics::install(&BuildInfo {
         model: &model_name,
         device: &args.engine.device,
         block_size: geometry.block_size,
+        kv_cache_dtype: &kv_cache_dtype,
         num_blocks: geometry.num_blocks,
         kv_cache_bytes: geometry.total_bytes(),
         max_model_len: model.config.max_model_len,
@@ -229,6 +231,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eos_token_ids: model.eos_token_ids(),
         dtype: "f32".into(),
         device: args.engine.device.clone(),
+        kv_cache_dtype,
     };
     let workers = match args.tokenizer_workers {
         Some(workers) => workers,

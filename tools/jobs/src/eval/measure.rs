@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use glimpse_engine::Result;
 use glimpse_engine::batch::LogitsRequest;
+use glimpse_engine::config::KvCacheDtype;
 use glimpse_engine::eviction::{EvictionPolicy, LayerSelection, Policy};
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
@@ -112,8 +113,9 @@ pub struct Evaluation {
     pub answers: Vec<PromptAnswers>,
 }
 
-/// Evaluates `candidates` at `budgets` on `prompts`; `on_prompt` reports progress. With no
-/// candidate only the full-cache answers are produced (for exact-answer accuracy).
+/// Evaluates `candidates` at `budgets` on `prompts`, their KV pools in `kv_dtype` (the
+/// full-cache reference's is f32); `on_prompt` reports progress. With no candidate only the
+/// full-cache answers are produced (for exact-answer accuracy).
 pub fn evaluate(
     model: &Model,
     prompts: &[Vec<u32>],
@@ -121,6 +123,7 @@ pub fn evaluate(
     budgets: &[usize],
     answer_tokens: usize,
     evicted_length: EvictedLength,
+    kv_dtype: KvCacheDtype,
     mut on_prompt: impl FnMut(),
 ) -> Result<Evaluation> {
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -129,7 +132,8 @@ pub fn evaluate(
     let frozen = (!candidates.is_empty())
         .then(|| FrozenModel::load(model, Precision::F32, longest + answer_tokens))
         .transpose()?;
-    let mut full_runner = OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, None)?;
+    let mut full_runner =
+        OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, KvCacheDtype::F32, None)?;
     let mut runners = candidates
         .iter()
         .map(|c| {
@@ -137,7 +141,7 @@ pub fn evaluate(
                 CandidateKind::Lookahead { module, .. } => Some(module.clone()),
                 CandidateKind::Baseline(_) => None,
             };
-            OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, module)
+            OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, kv_dtype, module)
         })
         .collect::<Result<Vec<_>>>()?;
     let eos = model.eos_token_ids();

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
-use glimpse_engine::config::DtypeChoice;
+use glimpse_engine::config::{DtypeChoice, KvCacheDtype, KvCacheDtypeChoice};
 use glimpse_engine::eviction::Policy;
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -38,6 +38,11 @@ pub struct EvalArgs {
     /// Dtype the weight matrices are held in: `auto` (the checkpoint's), `f32` or `bf16`.
     #[arg(long, default_value_t = DtypeChoice::Auto)]
     pub dtype: DtypeChoice,
+    /// KV cache dtype of every policy's runs (`auto` and `f32`: f32, or `bf16`); the full-cache
+    /// reference is always f32. With bf16, a `full` policy (no eviction) is evaluated first, so
+    /// its row measures the KV dtype alone: KL(f32 full ‖ bf16 full) and agreement.
+    #[arg(long, default_value_t = KvCacheDtypeChoice::Auto)]
+    pub kv_cache_dtype: KvCacheDtypeChoice,
     /// Prompts (JSON Lines, `{"prompt": ...}`). Lines that also carry `answer` (and optionally
     /// `task`, `depth`, `context_tokens_target`, as the retrieval task generator writes them) add
     /// exact-answer accuracy; every evicted answer then runs to its own end of sequence.
@@ -80,7 +85,14 @@ pub fn run(args: EvalArgs, default_model_dir: &Path) -> Result<(), JobError> {
         return Err(JobError::NoAnswerTokens);
     }
 
+    let kv_dtype = args.kv_cache_dtype.resolve();
     let mut candidates = Vec::new();
+    if kv_dtype != KvCacheDtype::F32 {
+        candidates.push(Candidate {
+            label: format!("full ({kv_dtype} KV)"),
+            kind: CandidateKind::Baseline(Policy::Full),
+        });
+    }
     let mut modules = Vec::new();
     for spec in &args.lookahead {
         let (label, path) = spec
@@ -134,6 +146,7 @@ pub fn run(args: EvalArgs, default_model_dir: &Path) -> Result<(), JobError> {
             Some(_) => EvictedLength::OwnStop,
             None => EvictedLength::LikeFullCache,
         },
+        kv_dtype,
         || progress.inc(1),
     )?;
     progress.finish_and_clear();
