@@ -28,7 +28,7 @@ use glimpse_engine::runner::{OfflineRunner, RunnerSequence};
 use glimpse_engine::sampling::{argmax, log_sum_exp};
 use glimpse_engine::train::{AttentionTarget, FrozenModel, Precision};
 
-use super::report::EvalRow;
+use super::report::{EvalRow, KeptLikeF32};
 
 /// Block size of the evaluation's KV pool (any size gives the same results).
 const BLOCK_SIZE: usize = 16;
@@ -84,6 +84,37 @@ struct Accumulator {
     kl: f64,
     recall: f64,
     prefill_seconds: Vec<f64>,
+    kept: KeptSums,
+}
+
+/// Sums comparing a run's kept entries with an f32-KV run's, over (layer, KV head) sets.
+#[derive(Default, Clone)]
+struct KeptSums {
+    sets: usize,
+    equal_sets: usize,
+    f32_entries: usize,
+    shared_entries: usize,
+}
+
+impl KeptSums {
+    fn add(&mut self, got: &[LayerSelection], f32_kept: &[LayerSelection]) {
+        let heads = |s: &[LayerSelection]| -> Vec<Vec<usize>> {
+            s.iter().flat_map(|layer| layer.kept.clone()).collect()
+        };
+        for (got, want) in heads(got).iter().zip(&heads(f32_kept)) {
+            self.sets += 1;
+            self.equal_sets += usize::from(got == want);
+            self.f32_entries += want.len();
+            self.shared_entries += want.iter().filter(|e| got.binary_search(e).is_ok()).count();
+        }
+    }
+
+    fn finish(&self) -> Option<KeptLikeF32> {
+        (self.sets > 0).then(|| KeptLikeF32 {
+            equal_sets: self.equal_sets as f64 / self.sets as f64,
+            shared_entries: self.shared_entries as f64 / self.f32_entries.max(1) as f64,
+        })
+    }
 }
 
 /// How long each evicted greedy answer runs.
@@ -144,6 +175,18 @@ pub fn evaluate(
             OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, kv_dtype, module)
         })
         .collect::<Result<Vec<_>>>()?;
+    // LookaheadKV's selections at a compact KV dtype are compared with its f32-KV selections.
+    let mut f32_runners = candidates
+        .iter()
+        .map(|c| match &c.kind {
+            CandidateKind::Lookahead { module, .. } if kv_dtype != KvCacheDtype::F32 => {
+                let module = Some(module.clone());
+                OfflineRunner::cpu(model, BLOCK_SIZE, 2 * entries, KvCacheDtype::F32, module)
+                    .map(Some)
+            }
+            _ => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let eos = model.eos_token_ids();
     let mut full_seconds = Vec::with_capacity(prompts.len());
     let mut sums = vec![vec![Accumulator::default(); budgets.len()]; candidates.len()];
@@ -180,6 +223,15 @@ pub fn evaluate(
                     .as_deref()
                     .map_or(1.0, |s| attention_recall(s, &ground_truth));
                 acc.prefill_seconds.push(run.prefill_seconds);
+                if let (Some(f32_runner), Some(got)) = (&mut f32_runners[c], &run.selections) {
+                    let mut seq = RunnerSequence::default();
+                    let f32_run =
+                        f32_runner.prefill_evicting(&mut seq, prompt, LogitsRequest::Last, policy);
+                    f32_runner.release(&mut seq);
+                    if let Some(f32_run) = f32_run? {
+                        acc.kept.add(got, &f32_run.report.selections);
+                    }
+                }
                 evicted[c].push(run.answer);
             }
         }
@@ -204,6 +256,7 @@ pub fn evaluate(
                 recall: acc.recall / n,
                 ttft_overhead: median(&mut acc.prefill_seconds) / full_median - 1.0,
                 accuracy: None,
+                kept_like_f32: acc.kept.finish(),
             });
         }
     }
