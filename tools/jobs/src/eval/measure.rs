@@ -144,19 +144,31 @@ pub struct Evaluation {
     pub answers: Vec<PromptAnswers>,
 }
 
-/// Evaluates `candidates` at `budgets` on `prompts`, their KV pools in `kv_dtype` (the
-/// full-cache reference's is f32); `on_prompt` reports progress. With no candidate only the
-/// full-cache answers are produced (for exact-answer accuracy).
+/// How every prompt is answered.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSettings {
+    /// Longest greedy answer, in tokens.
+    pub answer_tokens: usize,
+    pub evicted_length: EvictedLength,
+    /// What the candidates' KV pools store (the full-cache reference's is f32).
+    pub kv_dtype: KvCacheDtype,
+}
+
+/// Evaluates `candidates` at `budgets` on `prompts`; `on_prompt` reports progress. With no
+/// candidate only the full-cache answers are produced (for exact-answer accuracy).
 pub fn evaluate(
     model: &Model,
     prompts: &[Vec<u32>],
     candidates: &[Candidate],
     budgets: &[usize],
-    answer_tokens: usize,
-    evicted_length: EvictedLength,
-    kv_dtype: KvCacheDtype,
+    settings: RunSettings,
     mut on_prompt: impl FnMut(),
 ) -> Result<Evaluation> {
+    let RunSettings {
+        answer_tokens,
+        evicted_length,
+        kv_dtype,
+    } = settings;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let entries = longest + answer_tokens + BLOCK_SIZE;
     // the answer's attention is compared with what the policies keep: nothing to compare without one

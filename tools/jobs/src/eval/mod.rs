@@ -27,7 +27,7 @@ use glimpse_progress::bar;
 use crate::prompts::read_eval_prompts;
 use crate::{JobError, load_model_and_tokenizer};
 use accuracy::{AnswerOutcome, Expected, FULL_CACHE};
-use measure::{Candidate, CandidateKind, EvictedLength, PromptAnswers, evaluate};
+use measure::{Candidate, CandidateKind, EvictedLength, PromptAnswers, RunSettings, evaluate};
 use report::{EvalReport, EvalRow};
 
 /// Flags of `glimpse eval`.
@@ -136,17 +136,20 @@ pub fn run(args: EvalArgs, default_model_dir: &Path) -> Result<(), JobError> {
     }
 
     let progress = bar("eval", prompts.len());
+    let settings = RunSettings {
+        answer_tokens: args.answer_tokens,
+        evicted_length: match expected {
+            Some(_) => EvictedLength::OwnStop,
+            None => EvictedLength::LikeFullCache,
+        },
+        kv_dtype,
+    };
     let evaluation = evaluate(
         &model,
         &prompts,
         &candidates,
         &args.budgets,
-        args.answer_tokens,
-        match expected {
-            Some(_) => EvictedLength::OwnStop,
-            None => EvictedLength::LikeFullCache,
-        },
-        kv_dtype,
+        settings,
         || progress.inc(1),
     )?;
     progress.finish_and_clear();
