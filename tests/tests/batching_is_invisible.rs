@@ -118,7 +118,10 @@ fn check_batching_is_invisible(model_dir: &Path, sampled: bool, precision: Preci
         ..BatchLimits::default()
     };
     for (i, request) in requests.iter().enumerate() {
-        let mut alone = setup.core(16, 64, roomy);
+        // The same block size as the batched run: a row's online softmax folds its keys run by
+        // run within blocks, so the pool's block size, unlike the batch, may move the last bits
+        // (seen as one sampled token on stories260K with a bf16 KV cache).
+        let mut alone = setup.core(4, 256, roomy);
         let single = run(&mut alone, std::slice::from_ref(request), 1);
         assert_eq!(
             batched.outputs[i], single.outputs[0],
