@@ -11,7 +11,7 @@ use std::time::Instant;
 use clap::Parser;
 use glimpse_engine::backend::{Backend, Device, create_backend};
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
-use glimpse_engine::config::DtypeChoice;
+use glimpse_engine::config::{DtypeChoice, KvCacheDtype};
 use glimpse_engine::model::Model;
 
 /// Engine forward-pass benchmark: prefill and decode tokens/s, and memory copy bandwidth.
@@ -208,8 +208,15 @@ fn main() {
         * blocks_for(args.decode_prompt + args.decode_tokens, block_size)
         * block_size;
     let num_blocks = blocks_for(max_prefill.max(max_decode), block_size);
-    let mut backend =
-        create_backend(Device::Cpu, &model, block_size, num_blocks, None).expect("backend");
+    let mut backend = create_backend(
+        Device::Cpu,
+        &model,
+        block_size,
+        num_blocks,
+        KvCacheDtype::F32,
+        None,
+    )
+    .expect("backend");
     let threads = rayon::current_num_threads();
     eprintln!(
         "glimpse forward bench: {} parameters, {threads} threads",

@@ -27,7 +27,7 @@ pub fn config_json(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(config) = ModelConfig::from_json(&text, Path::new("config.json")) {
         let _ = (config.qkv_width(), config.group_size());
-        let _ = KvGeometry::new(&config, 16, 1, 4);
+        let _ = KvGeometry::new(&config, 16, 1, crate::config::KvCacheDtype::F32);
     }
     let _ = GenerationConfig::from_json(&text, Path::new("generation_config.json"));
 }

@@ -19,6 +19,7 @@ use crate::backend::{self, Backend, Device, KvGeometry};
 use crate::batch::{
     Compaction, ForwardBatch, ForwardOutput, LogitsRequest, SequenceEviction, SequenceInput,
 };
+use crate::config::KvCacheDtype;
 use crate::error::{EngineError, Result};
 use crate::eviction::EvictionPolicy;
 use crate::lookahead::LookaheadModule;
@@ -70,16 +71,25 @@ pub struct OfflineRunner {
 
 impl OfflineRunner {
     /// A CPU runner over `model` with room for `max_entries` cache entries in blocks of
-    /// `block_size`, and the lookahead module if the caller evaluates that policy.
+    /// `block_size`, stored in `kv_dtype`, and the lookahead module if the caller evaluates that
+    /// policy.
     ///
     /// Fails with the backend's construction errors.
     pub fn cpu(
         model: &Model,
         block_size: usize,
         max_entries: usize,
+        kv_dtype: KvCacheDtype,
         lookahead: Option<Arc<LookaheadModule>>,
     ) -> Result<Self> {
-        Self::on(Device::Cpu, model, block_size, max_entries, lookahead)
+        Self::on(
+            Device::Cpu,
+            model,
+            block_size,
+            max_entries,
+            kv_dtype,
+            lookahead,
+        )
     }
 
     /// [`Self::cpu`] on `device`.
@@ -90,10 +100,12 @@ impl OfflineRunner {
         model: &Model,
         block_size: usize,
         max_entries: usize,
+        kv_dtype: KvCacheDtype,
         lookahead: Option<Arc<LookaheadModule>>,
     ) -> Result<Self> {
         let num_blocks = max_entries.div_ceil(block_size).max(1);
-        let backend = backend::create_backend(device, model, block_size, num_blocks, lookahead)?;
+        let backend =
+            backend::create_backend(device, model, block_size, num_blocks, kv_dtype, lookahead)?;
         Ok(Self::new(backend))
     }
 
@@ -347,7 +359,14 @@ mod tests {
     fn runner(num_blocks: usize) -> OfflineRunner {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_gqa");
         let model = Model::load(&dir).unwrap();
-        OfflineRunner::cpu(&model, BLOCK_SIZE, num_blocks * BLOCK_SIZE, None).unwrap()
+        OfflineRunner::cpu(
+            &model,
+            BLOCK_SIZE,
+            num_blocks * BLOCK_SIZE,
+            KvCacheDtype::F32,
+            None,
+        )
+        .unwrap()
     }
 
     fn prompt(len: usize) -> Vec<u32> {

@@ -43,6 +43,7 @@ def main() -> int:
     checks = [
         (ids == golden["prompt_ids"], f"Tokenize gave {ids}, expected {golden['prompt_ids']}"),
         (info.vocab_size == 512, f"GetModelInfo vocab_size {info.vocab_size}"),
+        (info.kv_cache_dtype == "f32", f"GetModelInfo kv_cache_dtype {info.kv_cache_dtype!r}"),
         (golden["prompt"] + text == golden["greedy_text"], f"streamed text differs: {text!r}"),
         (token_ids == new_ids, "streamed token ids differ from the golden ids"),
         (final is not None and final.finish_reason == pb.FINISH_REASON_LENGTH, f"final message: {final}"),

@@ -16,8 +16,9 @@
 //!    is repeated (its eviction compacting into spare blocks, so the prompt's cache stays whole):
 //!    many more pairs in the same time, the "TTFT" columns then being the last chunk's.
 //! 2. **KV bytes per request** after eviction: the blocks a request still holds.
-//! 3. **Concurrency**: how many `--concurrency-len`-token prompts are held at once in a pool sized
-//!    for `--pool-requests` full-cache prompts, full cache vs keeping `--budget` entries — the
+//! 3. **Concurrency**: how many `--concurrency-len`-token prompts are held at once in a pool of
+//!    the bytes of `--pool-requests` full-cache f32 prompts, with the KV cache in f32 and in bf16
+//!    (twice the blocks), full cache vs keeping `--budget` entries — the
 //!    real scheduler admitting, chunking and taking blocks back through `apply_eviction` — and
 //!    the ideal ratio (full footprint ÷ evicted footprint; a prompt needs its full blocks while
 //!    it is prefilled, so the real gain stays below it). Prompt KV only: output growth is left
@@ -35,10 +36,11 @@ use std::time::Instant;
 
 use clap::Parser;
 use glimpse_bench::stats::percentile;
-use glimpse_engine::backend::{Backend, Device, create_backend};
+use glimpse_engine::backend::{Backend, Device, KvGeometry, create_backend};
 use glimpse_engine::batch::{
     ForwardBatch, ForwardOutput, ForwardProfile, LogitsRequest, SequenceInput,
 };
+use glimpse_engine::config::KvCacheDtype;
 use glimpse_engine::eviction::{EvictionPolicy, PolicyKind, PolicyKnobs};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
@@ -311,8 +313,15 @@ fn main() {
         false => Vec::new(),
     };
     let num_blocks = prompt_blocks + spare.len();
-    let mut backend =
-        create_backend(Device::Cpu, &model, BLOCK_SIZE, num_blocks, Some(module)).expect("backend");
+    let mut backend = create_backend(
+        Device::Cpu,
+        &model,
+        BLOCK_SIZE,
+        num_blocks,
+        KvCacheDtype::F32,
+        Some(module),
+    )
+    .expect("backend");
     let bytes_per_block = backend.geometry().bytes_per_block();
     let vocab = model.config.vocab_size as u32;
     let mut results = Vec::new();
@@ -422,19 +431,32 @@ fn main() {
         }
     }
 
-    // Concurrency in a fixed pool.
+    // Concurrency in a fixed pool: its bytes are those of `--pool-requests` full prompts in f32;
+    // a bf16 pool of the same bytes has twice the blocks.
     let per_full = args.concurrency_len.div_ceil(BLOCK_SIZE);
-    let pool = per_full * args.pool_requests;
-    let full = resident_capacity(pool, args.concurrency_len, None, args.chunk);
-    let evicted = resident_capacity(pool, args.concurrency_len, Some(args.budget), args.chunk);
-    let concurrency = serde_json::json!({
-        "prompt_len": args.concurrency_len,
-        "pool_blocks": pool, "pool_bytes": pool * bytes_per_block,
-        "block_size": BLOCK_SIZE, "budget": args.budget,
-        "full_resident": full, "evicted_resident": evicted,
-        "gain": evicted as f64 / full as f64,
-        "ideal_ratio": per_full as f64 / args.budget.div_ceil(BLOCK_SIZE) as f64,
-    });
+    let pool_bytes = per_full * args.pool_requests * bytes_per_block;
+    let concurrency: Vec<_> = [KvCacheDtype::F32, KvCacheDtype::Bf16]
+        .into_iter()
+        .map(|kv_dtype| {
+            let block_bytes = KvGeometry::new(&model.config, BLOCK_SIZE, 1, kv_dtype)
+                .expect("geometry")
+                .bytes_per_block();
+            let pool = pool_bytes / block_bytes;
+            let full = resident_capacity(pool, args.concurrency_len, None, args.chunk);
+            let evicted =
+                resident_capacity(pool, args.concurrency_len, Some(args.budget), args.chunk);
+            serde_json::json!({
+                "kv_cache_dtype": kv_dtype.to_string(),
+                "prompt_len": args.concurrency_len,
+                "pool_blocks": pool, "pool_bytes": pool_bytes,
+                "block_size": BLOCK_SIZE, "budget": args.budget,
+                "full_resident": full, "evicted_resident": evicted,
+                "gain": evicted as f64 / full as f64,
+                "ideal_ratio": per_full as f64 / args.budget.div_ceil(BLOCK_SIZE) as f64,
+            })
+        })
+        .collect();
+    let concurrency = serde_json::Value::from(concurrency);
     eprintln!("concurrency: {concurrency}");
     let report = serde_json::json!({
         "model": args.model.display().to_string(),

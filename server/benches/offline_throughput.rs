@@ -5,7 +5,8 @@
 //! and scheduler bookkeeping. Prints progress to stderr and writes JSON.
 //!
 //! `cargo bench -p glimpse-server --bench offline_throughput -- --model DIR [--requests 64]
-//!  [--prompt-len 256] [--output-len 128] [--alone 4] [--dtype auto|f32|bf16] [--json OUT.json]`
+//!  [--prompt-len 256] [--output-len 128] [--alone 4] [--dtype auto|f32|bf16]
+//!  [--kv-cache-dtype auto|f32|bf16] [--json OUT.json]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use glimpse_engine::backend::{Device, KvGeometry, create_backend};
-use glimpse_engine::config::DtypeChoice;
+use glimpse_engine::config::{DtypeChoice, KvCacheDtypeChoice};
 use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -46,6 +47,9 @@ struct Args {
     /// Dtype of the weight matrices: `auto` (the checkpoint's), `f32` or `bf16`.
     #[arg(long, default_value_t = DtypeChoice::Auto)]
     dtype: DtypeChoice,
+    /// Dtype of the KV cache: `auto` (f32), `f32` or `bf16`.
+    #[arg(long, default_value_t = KvCacheDtypeChoice::Auto)]
+    kv_cache_dtype: KvCacheDtypeChoice,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -142,17 +146,19 @@ fn main() {
     let model = Model::load_as(&args.model, args.dtype).expect("model loads");
     let tokenizer = Arc::new(Tokenizer::from_dir(&args.tokenizer).expect("tokenizer loads"));
     let vocab = model.config.vocab_size;
+    let kv_dtype = args.kv_cache_dtype.resolve();
     let block_size = 16;
     let entries = args.requests * (args.prompt_len + args.output_len);
     let num_blocks = entries.div_ceil(block_size) + args.requests;
-    let geometry = KvGeometry::new(&model.config, block_size, num_blocks, 4).unwrap();
+    let geometry = KvGeometry::new(&model.config, block_size, num_blocks, kv_dtype).unwrap();
     eprintln!(
         "KV pool: {num_blocks} blocks, {:.2} GB",
         geometry.total_bytes() as f64 / 1e9
     );
     let limits = BatchLimits::default();
     let new_core = || {
-        let backend = create_backend(Device::Cpu, &model, block_size, num_blocks, None).unwrap();
+        let backend =
+            create_backend(Device::Cpu, &model, block_size, num_blocks, kv_dtype, None).unwrap();
         EngineCore::new(
             &model,
             Arc::clone(&tokenizer),
@@ -203,6 +209,7 @@ fn main() {
     let report = serde_json::json!({
         "engine": "glimpse-cpu engine loop",
         "dtype": model.dtype.to_string(),
+        "kv_cache_dtype": kv_dtype.to_string(),
         "requests": args.requests, "prompt_len": args.prompt_len, "output_len": args.output_len,
         "batched": { "seconds": wall.as_secs_f64(), "output_tokens": tokens, "output_tokens_per_second": batched_tps,
                      "step_split": totals.json(wall) },

@@ -85,7 +85,7 @@ pub const DESCRIPTIONS: &[Description] = &[
         "glimpse_build_info",
         Kind::Gauge,
         Unit::Count,
-        "Always 1; the labels say the version, model, device and KV block size (tokens).",
+        "Always 1; the labels say the version, model, device, KV block size (tokens) and KV cache dtype.",
     ),
     describe(
         "glimpse_kv_blocks_total",
@@ -266,6 +266,9 @@ pub struct BuildInfo<'a> {
     pub model: &'a str,
     pub device: &'a str,
     pub block_size: usize,
+    /// What the KV pool stores entries in (`f32`, `bf16`): with bf16 the same bytes hold twice
+    /// the blocks.
+    pub kv_cache_dtype: &'a str,
     pub num_blocks: usize,
     pub kv_cache_bytes: usize,
     pub max_model_len: usize,
@@ -307,6 +310,7 @@ pub fn install(info: &BuildInfo<'_>) -> Result<PrometheusHandle, BuildError> {
         "model" => info.model.to_string(),
         "device" => info.device.to_string(),
         "block_size" => info.block_size.to_string(),
+        "kv_cache_dtype" => info.kv_cache_dtype.to_string(),
     )
     .set(1.0);
     gauge!("glimpse_kv_blocks_total").set(info.num_blocks as f64);

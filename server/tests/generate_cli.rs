@@ -1,7 +1,8 @@
 //! `glimpse generate` through the real binary: `--model ORG/NAME` found in a Hugging Face hub
 //! cache laid out as `huggingface_hub` writes it (blobs, `refs/main`, a snapshot of symlinks),
 //! here holding the bundled stories260K; a missing id refused naming every place looked; and the
-//! sampling used logged with where each value came from; `--dtype` sizing the packed weights.
+//! sampling used logged with where each value came from; `--dtype` sizing the packed weights and
+//! `--kv-cache-dtype` the KV pool.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -153,13 +154,16 @@ fn help_states_the_model_lookup_without_download_and_the_default_sampling() {
     }
 }
 
-/// `weight_bytes` of the start-up log line `weights packed for the CPU`.
-fn packed_weight_bytes(stderr: &str) -> usize {
+/// The number `field` of the start-up log line `message`.
+fn logged_number(stderr: &str, message: &str, field: &str) -> usize {
     let line = stderr
         .lines()
-        .find(|l| l.contains("weights packed for the CPU"))
-        .unwrap_or_else(|| panic!("no `weights packed` line in:\n{stderr}"));
-    let value = line.split("weight_bytes=").nth(1).expect("weight_bytes");
+        .find(|l| l.contains(message))
+        .unwrap_or_else(|| panic!("no `{message}` line in:\n{stderr}"));
+    let value = line
+        .split(&format!("{field}="))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {field} in {line}"));
     value
         .split(|c: char| !c.is_ascii_digit())
         .next()
@@ -179,7 +183,7 @@ fn dtype_bf16_halves_the_packed_weights_and_an_unknown_dtype_is_refused_by_name(
         let stderr = text(&out.stderr);
         assert!(out.status.success(), "--dtype {dtype}: {stderr}");
         assert!(stderr.contains(&format!("dtype={dtype}")), "{stderr}");
-        packed_weight_bytes(&stderr)
+        logged_number(&stderr, "weights packed for the CPU", "weight_bytes")
     };
     let (f32_bytes, bf16_bytes) = (run("f32"), run("bf16"));
     // Half, but for the norm weights, which stay f32.
@@ -189,6 +193,45 @@ fn dtype_bf16_halves_the_packed_weights_and_an_unknown_dtype_is_refused_by_name(
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "an unknown dtype must fail");
     for part in ["--dtype", "fp8", "auto, f32, bf16"] {
+        assert!(stderr.contains(part), "no {part:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn kv_cache_dtype_bf16_holds_twice_the_blocks_in_the_same_bytes_and_an_unknown_one_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let run = |kv_dtype: &str| {
+        let args = [
+            "--kv-cache-dtype",
+            kv_dtype,
+            "--kv-memory-bytes",
+            "4000000",
+            "--max-tokens",
+            "2",
+            "--temperature",
+            "0",
+        ];
+        let out = generate(cache.path(), &args);
+        let stderr = text(&out.stderr);
+        assert!(
+            out.status.success(),
+            "--kv-cache-dtype {kv_dtype}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("kv_cache_dtype={kv_dtype}")),
+            "{stderr}"
+        );
+        logged_number(&stderr, "KV cache pool sized", "num_blocks")
+    };
+    let (f32_blocks, bf16_blocks) = (run("f32"), run("bf16"));
+    assert_eq!(bf16_blocks, 2 * f32_blocks);
+    let out = generate(
+        cache.path(),
+        &["--kv-cache-dtype", "fp8", "--max-tokens", "2"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "an unknown KV cache dtype must fail");
+    for part in ["--kv-cache-dtype", "fp8", "auto, f32, bf16"] {
         assert!(stderr.contains(part), "no {part:?} in:\n{stderr}");
     }
 }

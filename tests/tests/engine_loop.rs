@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use glimpse_engine::backend::{Device, create_backend};
+use glimpse_engine::config::KvCacheDtype;
 use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -24,7 +25,7 @@ fn model_dir() -> PathBuf {
 fn core() -> (EngineCore, Arc<Tokenizer>) {
     let model = Model::load(&model_dir()).unwrap();
     let tokenizer = Arc::new(Tokenizer::from_dir(model_dir()).unwrap());
-    let backend = create_backend(Device::Cpu, &model, 16, 64, None).unwrap();
+    let backend = create_backend(Device::Cpu, &model, 16, 64, KvCacheDtype::F32, None).unwrap();
     let core = EngineCore::new(
         &model,
         Arc::clone(&tokenizer),

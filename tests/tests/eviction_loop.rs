@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use glimpse_engine::backend::{Device, create_backend};
+use glimpse_engine::config::KvCacheDtype;
 use glimpse_engine::eviction::{EvictionPolicy, Policy, Pool};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
@@ -44,7 +45,15 @@ fn core(num_blocks: usize, with_lookahead: bool) -> EngineCore {
         lookahead_tokens: module.as_ref().map(|m| m.num_tokens),
         ..EvictionSettings::default()
     };
-    let backend = create_backend(Device::Cpu, &model, BLOCK_SIZE, num_blocks, module).unwrap();
+    let backend = create_backend(
+        Device::Cpu,
+        &model,
+        BLOCK_SIZE,
+        num_blocks,
+        KvCacheDtype::F32,
+        module,
+    )
+    .unwrap();
     EngineCore::new(&model, tokenizer, backend, BatchLimits::default(), eviction).unwrap()
 }
 

@@ -3,7 +3,8 @@
 //! sampling, the full cache and every eviction policy (whose compaction then goes into fresh
 //! blocks while the document's blocks stay cached), with a roomy pool and with one so small that
 //! requests are preempted and cached blocks reclaimed — on the bundled stories260K, the
-//! retrieval model and fixture models. The CPU kernels are batch-invariant, so a cached block
+//! retrieval model and fixture models; on stories260K also with a bf16 KV pool, whose compaction
+//! copies bf16 entries. The CPU kernels are batch-invariant, so a cached block
 //! holds the bits a recomputation would write.
 
 mod common;
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use glimpse_engine::backend::{Device, create_backend};
+use glimpse_engine::config::KvCacheDtype;
 use glimpse_engine::eviction::{EvictionPolicy, Policy, Pool};
 use glimpse_engine::lookahead::{LookaheadModule, RandomInit};
 use glimpse_engine::model::Model;
@@ -34,11 +36,12 @@ struct Setup {
     model: Model,
     tokenizer: Arc<Tokenizer>,
     module: Arc<LookaheadModule>,
+    kv_dtype: KvCacheDtype,
 }
 
 impl Setup {
     /// `model_dir` with the tokenizer of `tokenizer_dir` (fixture models have none; outputs
-    /// are compared as token ids) and a random lookahead module.
+    /// are compared as token ids), a random lookahead module and an f32 KV pool.
     fn new(model_dir: &Path, tokenizer_dir: &Path) -> Self {
         let model = Model::load(model_dir).unwrap();
         let identity = model.identity().unwrap();
@@ -47,13 +50,21 @@ impl Setup {
             tokenizer: Arc::new(Tokenizer::from_dir(tokenizer_dir).unwrap()),
             module: Arc::new(module),
             model,
+            kv_dtype: KvCacheDtype::F32,
         }
     }
 
     fn core(&self, num_blocks: usize, limits: BatchLimits) -> EngineCore {
         let module = Some(Arc::clone(&self.module));
-        let backend =
-            create_backend(Device::Cpu, &self.model, BLOCK_SIZE, num_blocks, module).unwrap();
+        let backend = create_backend(
+            Device::Cpu,
+            &self.model,
+            BLOCK_SIZE,
+            num_blocks,
+            self.kv_dtype,
+            module,
+        )
+        .unwrap();
         let eviction = EvictionSettings {
             lookahead_tokens: Some(self.module.num_tokens),
             ..EvictionSettings::default()
@@ -173,6 +184,15 @@ fn greedy_outputs_are_the_same_with_prefix_caching_on_and_off_on_stories260k() {
 #[test]
 fn seeded_sampling_is_the_same_with_prefix_caching_on_and_off_on_stories260k() {
     check_prefix_caching_is_invisible(&stories260k(), true);
+}
+
+#[test]
+fn greedy_outputs_are_the_same_with_prefix_caching_on_and_off_on_stories260k_with_bf16_kv() {
+    let setup = Setup {
+        kv_dtype: KvCacheDtype::Bf16,
+        ..stories260k()
+    };
+    check_prefix_caching_is_invisible(&setup, false);
 }
 
 fn retrieval() -> Setup {

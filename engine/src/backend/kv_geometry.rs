@@ -1,6 +1,6 @@
 //! The shape of a paged KV pool, shared by every backend and by pool sizing.
 
-use crate::config::ModelConfig;
+use crate::config::{KvCacheDtype, ModelConfig};
 use crate::error::{EngineError, Result};
 
 /// How the KV pool is cut into blocks. One block holds `block_size` entries of K and V for every
@@ -12,8 +12,8 @@ pub struct KvGeometry {
     pub head_dim: usize,
     pub block_size: usize,
     pub num_blocks: usize,
-    /// Bytes of one element of the cache (4 for f32).
-    pub element_bytes: usize,
+    /// What the pool stores its elements in; it alone sets the bytes of an entry.
+    pub dtype: KvCacheDtype,
 }
 
 impl KvGeometry {
@@ -26,7 +26,7 @@ impl KvGeometry {
         config: &ModelConfig,
         block_size: usize,
         num_blocks: usize,
-        element_bytes: usize,
+        dtype: KvCacheDtype,
     ) -> Result<Self> {
         for (field, value) in [("block_size", block_size), ("num_blocks", num_blocks)] {
             if value == 0 {
@@ -42,13 +42,13 @@ impl KvGeometry {
             head_dim: config.head_dim,
             block_size,
             num_blocks,
-            element_bytes,
+            dtype,
         };
         let total = [
             geometry.num_layers,
             geometry.num_kv_heads,
             geometry.head_dim,
-            element_bytes,
+            dtype.size_bytes(),
             block_size,
             num_blocks,
         ]
@@ -68,7 +68,7 @@ impl KvGeometry {
 
     /// Bytes of K and V for one entry across all layers and KV heads.
     pub fn bytes_per_entry(&self) -> usize {
-        2 * self.num_layers * self.num_kv_heads * self.head_dim * self.element_bytes
+        2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype.size_bytes()
     }
 
     /// Bytes of one block.
@@ -103,7 +103,8 @@ mod tests {
 
     #[test]
     fn a_pool_whose_byte_count_overflows_is_refused_naming_num_blocks() {
-        let err = KvGeometry::new(&stories260k(), 16, usize::MAX / 16, 4).unwrap_err();
+        let err =
+            KvGeometry::new(&stories260k(), 16, usize::MAX / 16, KvCacheDtype::F32).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -114,6 +115,14 @@ mod tests {
             ),
             "{err}"
         );
-        assert!(KvGeometry::new(&stories260k(), 16, 1 << 20, 4).is_ok());
+        assert!(KvGeometry::new(&stories260k(), 16, 1 << 20, KvCacheDtype::F32).is_ok());
+    }
+
+    #[test]
+    fn a_bf16_entry_takes_half_the_bytes_of_an_f32_one() {
+        let [f32_pool, bf16_pool] = [KvCacheDtype::F32, KvCacheDtype::Bf16]
+            .map(|dtype| KvGeometry::new(&stories260k(), 16, 8, dtype).unwrap());
+        assert_eq!(f32_pool.bytes_per_entry(), 2 * bf16_pool.bytes_per_entry());
+        assert_eq!(f32_pool.total_bytes(), 2 * bf16_pool.total_bytes());
     }
 }

@@ -16,6 +16,7 @@ pub use kv_geometry::KvGeometry;
 use std::sync::Arc;
 
 use crate::batch::{ForwardBatch, ForwardOutput};
+use crate::config::KvCacheDtype;
 use crate::error::{EngineError, Result};
 use crate::lookahead::LookaheadModule;
 use crate::model::Model;
@@ -77,8 +78,8 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// Builds the backend for `device` with a pool of `num_blocks` blocks of `block_size` entries,
-/// and the LookaheadKV module if one was loaded (without it, the lookahead policy is refused).
+/// Builds the backend for `device` with a pool of `num_blocks` blocks of `block_size` entries
+/// stored in `kv_dtype`, and the LookaheadKV module if one was loaded (without it, the lookahead policy is refused).
 ///
 /// Fails for a CUDA device with the probe's error naming what is missing (driver, device,
 /// compute capability, NVRTC), else with [`EngineError::CudaForwardUnavailable`]: this build has
@@ -88,11 +89,12 @@ pub fn create_backend(
     model: &Model,
     block_size: usize,
     num_blocks: usize,
+    kv_dtype: KvCacheDtype,
     lookahead: Option<Arc<LookaheadModule>>,
 ) -> Result<Box<dyn Backend>> {
     match device {
         Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(
-            model, block_size, num_blocks, lookahead,
+            model, block_size, num_blocks, kv_dtype, lookahead,
         )?)),
         Device::Cuda(ordinal) => cuda::create_backend(ordinal),
     }

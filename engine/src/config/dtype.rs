@@ -87,3 +87,83 @@ impl fmt::Display for WeightsDtype {
         })
     }
 }
+
+/// What `--kv-cache-dtype` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvCacheDtypeChoice {
+    /// f32, whatever the weights' dtype: keys and values are activations, f32 in every
+    /// `--dtype`, so holding them in bf16 is a rounding of its own, opted into with `bf16`
+    /// (vLLM's `auto` follows the model's dtype instead, whose activations are bf16 there).
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl KvCacheDtypeChoice {
+    /// Every spelling `--kv-cache-dtype` accepts, for help and error texts.
+    pub const NAMES: &'static str = "auto, f32, bf16";
+
+    /// The dtype the KV pool stores its entries in.
+    pub fn resolve(self) -> KvCacheDtype {
+        match self {
+            Self::Auto | Self::F32 => KvCacheDtype::F32,
+            Self::Bf16 => KvCacheDtype::Bf16,
+        }
+    }
+}
+
+impl FromStr for KvCacheDtypeChoice {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, EngineError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            _ => Err(EngineError::InvalidParameter {
+                field: "kv_cache_dtype",
+                message: format!("expected one of {}, got `{s}`", Self::NAMES),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for KvCacheDtypeChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// The dtype the KV pool stores keys and values in. bf16 entries are the f32 K/V rounded to
+/// nearest even once, when written, and widened exactly in registers by attention and eviction
+/// scoring, so the pool holds twice the entries in the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvCacheDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl KvCacheDtype {
+    /// Bytes per stored key or value element.
+    pub fn size_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for KvCacheDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}

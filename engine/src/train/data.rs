@@ -11,6 +11,7 @@ use std::ops::RangeInclusive;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::KvCacheDtype;
 use crate::error::{EngineError, Result};
 use crate::model::Model;
 use crate::runner::OfflineRunner;
@@ -56,7 +57,13 @@ pub fn sample_prompts(
             ),
         });
     }
-    let mut runner = OfflineRunner::cpu(model, 16, CONCURRENCY * (longest + 16), None)?;
+    let mut runner = OfflineRunner::cpu(
+        model,
+        16,
+        CONCURRENCY * (longest + 16),
+        KvCacheDtype::F32,
+        None,
+    )?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let eos = model.eos_token_ids();
     let mut prompts = Vec::with_capacity(count);
@@ -133,6 +140,7 @@ pub fn greedy_answers(
         model,
         16,
         CONCURRENCY * (longest + answer_tokens + 16),
+        KvCacheDtype::F32,
         None,
     )?;
     let samplers = prompts

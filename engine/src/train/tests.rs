@@ -12,6 +12,7 @@ use super::data::{Example, greedy_answers};
 use super::objective::{kl_loss, lookahead_scores};
 use super::*;
 use crate::batch::LogitsRequest;
+use crate::config::KvCacheDtype;
 use crate::eviction::{EvictionPolicy, Policy, top_k};
 use crate::lookahead::{LookaheadModule, RandomInit};
 use crate::model::Model;
@@ -119,7 +120,14 @@ fn training_scores_select_what_the_engine_keeps() {
     let module = random_module(&model, 8, 4);
     let prompt = tokens(40, 5, model.config.vocab_size);
     let budget = 12;
-    let mut runner = OfflineRunner::cpu(&model, 4, 64, Some(Arc::new(module.clone()))).unwrap();
+    let mut runner = OfflineRunner::cpu(
+        &model,
+        4,
+        64,
+        KvCacheDtype::F32,
+        Some(Arc::new(module.clone())),
+    )
+    .unwrap();
     let mut seq = RunnerSequence::default();
     let evicted = runner
         .prefill_evicting(

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use glimpse_engine::batch::LogitsRequest;
+use glimpse_engine::config::KvCacheDtype;
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
 use glimpse_engine::runner::{OfflineRunner, RunnerSequence};
@@ -111,9 +112,15 @@ pub fn scrambled_runner(
     num_blocks: usize,
     lookahead: Option<Arc<LookaheadModule>>,
 ) -> OfflineRunner {
-    OfflineRunner::cpu(model, block_size, num_blocks * block_size, lookahead)
-        .unwrap()
-        .with_scrambled_blocks()
+    OfflineRunner::cpu(
+        model,
+        block_size,
+        num_blocks * block_size,
+        KvCacheDtype::F32,
+        lookahead,
+    )
+    .unwrap()
+    .with_scrambled_blocks()
 }
 
 /// A [`scrambled_runner`] (no lookahead) that has prefilled `prompt` as its one sequence, keeping

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use glimpse_engine::EngineError;
 use glimpse_engine::backend::{Device, create_backend};
-use glimpse_engine::config::DtypeChoice;
+use glimpse_engine::config::{DtypeChoice, KvCacheDtypeChoice};
 use glimpse_engine::eviction::{EvictionPolicy, PolicyKind, PolicyKnobs};
 use glimpse_engine::hub::{MODEL_FLAG_HELP, ModelLocation, find_model};
 use glimpse_engine::lookahead::LookaheadModule;
@@ -66,6 +66,11 @@ pub struct EngineArgs {
     /// f16 run in f32), `f32` or `bf16` (half the memory; activations stay f32).
     #[arg(long, default_value_t = DtypeChoice::Auto, env = "GLIMPSE_DTYPE")]
     pub dtype: DtypeChoice,
+    /// Dtype the KV cache stores keys and values in: `auto` (f32: K/V are f32 activations in
+    /// every --dtype), `f32` or `bf16` (twice the entries in the same bytes; attention and
+    /// eviction scoring widen them to f32).
+    #[arg(long, default_value_t = KvCacheDtypeChoice::Auto, env = "GLIMPSE_KV_CACHE_DTYPE")]
+    pub kv_cache_dtype: KvCacheDtypeChoice,
     /// KV cache memory in bytes (takes precedence over --kv-memory-fraction).
     #[arg(long, env = "GLIMPSE_KV_MEMORY_BYTES")]
     pub kv_memory_bytes: Option<u64>,
@@ -170,8 +175,9 @@ impl EngineArgs {
                 .with_context(|| format!("--chat-template {}", path.display()))?;
         }
         let tokenizer = Arc::new(tokenizer);
+        let kv_dtype = self.kv_cache_dtype.resolve();
         let bytes_per_block =
-            glimpse_engine::backend::KvGeometry::new(&model.config, self.block_size, 1, 4)?
+            glimpse_engine::backend::KvGeometry::new(&model.config, self.block_size, 1, kv_dtype)?
                 .bytes_per_block();
         let budget = match self.kv_memory_bytes {
             Some(bytes) => bytes,
@@ -184,6 +190,7 @@ impl EngineArgs {
         };
         let pool = num_blocks_for_budget(budget, bytes_per_block as u64, self.block_size)?;
         tracing::info!(
+            kv_cache_dtype = %kv_dtype,
             kv_bytes = pool.used_bytes,
             num_blocks = pool.num_blocks,
             block_size = self.block_size,
@@ -227,6 +234,7 @@ impl EngineArgs {
             &model,
             self.block_size,
             pool.num_blocks,
+            kv_dtype,
             lookahead,
         )?;
         let limits = BatchLimits {

@@ -168,10 +168,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let geometry = *core.backend().geometry();
     let model_name = args.model_name.clone().unwrap_or(location.name);
     let device = args.engine.device.to_string();
+    let kv_cache_dtype = geometry.dtype.to_string();
     let metrics_handle = metrics::install(&BuildInfo {
         model: &model_name,
         device: &device,
         block_size: geometry.block_size,
+        kv_cache_dtype: &kv_cache_dtype,
         num_blocks: geometry.num_blocks,
         kv_cache_bytes: geometry.total_bytes(),
         max_model_len: model.config.max_model_len,
@@ -228,8 +230,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .and_then(|path| path.file_stem())
             .map(|stem| stem.to_string_lossy().into_owned()),
         eos_token_ids: model.eos_token_ids(),
-        dtype: "f32".into(),
+        dtype: model.dtype.to_string(),
         device,
+        kv_cache_dtype,
     };
     let workers = match args.tokenizer_workers {
         Some(workers) => workers,

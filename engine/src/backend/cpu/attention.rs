@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::attention_kernels::{Kernels, KeyRun, LANES};
-use super::kv_cache::LayerView;
+use super::attention_kernels::{Kernels, KeyRun, KvElement, LANES};
+use super::kv_cache::{LayerView, PoolLayer, with_layer_view};
 
 /// Query heads (rows × GQA group) per tile: enough to amortise each run's loads, few enough that a
 /// tile's accumulators stay in L1.
@@ -97,11 +97,22 @@ pub struct TileTimes {
     pub extra: Duration,
 }
 
-/// `out[t] = softmax(q[t]·Kᵀ·scale)·V` per head, for rows `q` `[T, num_heads·head_dim]`.
+/// `out[t] = softmax(q[t]·Kᵀ·scale)·V` per head, for rows `q` `[T, num_heads·head_dim]`, reading
+/// the cache in its element type (the lookahead rows' extra K/V are f32 in every pool).
 pub fn paged_attention(
     q: &[f32],
     contexts: &[QueryContext<'_>],
-    cache: LayerView<'_>,
+    cache: PoolLayer<'_>,
+    shape: AttentionShape,
+    out: &mut [f32],
+) -> TileTimes {
+    with_layer_view!(cache, view => attend_all(q, contexts, view, shape, out))
+}
+
+fn attend_all<E: KvElement>(
+    q: &[f32],
+    contexts: &[QueryContext<'_>],
+    cache: LayerView<'_, E>,
     shape: AttentionShape,
     out: &mut [f32],
 ) -> TileTimes {
@@ -177,9 +188,9 @@ struct Tile<'a> {
 }
 
 impl Tile<'_> {
-    fn attend(
+    fn attend<E: KvElement>(
         &self,
-        cache: LayerView<'_>,
+        cache: LayerView<'_, E>,
         shape: AttentionShape,
         kernels: Kernels,
         s: &mut TileScratch,
@@ -301,9 +312,9 @@ impl TileScratch {
 
     /// Folds one run of keys, whose first lane is key `first` of the kind `limits` names, into
     /// the online softmax of every query head: a head attends the run's lanes below its limit.
-    fn absorb(
+    fn absorb<E: KvElement>(
         &mut self,
-        run: &KeyRun<'_>,
+        run: &KeyRun<'_, E>,
         limits: Limits,
         first: usize,
         scale: f32,
@@ -359,7 +370,8 @@ impl TileScratch {
 mod tests {
     use super::*;
     use crate::backend::KvGeometry;
-    use crate::backend::cpu::kv_cache::CpuKvCache;
+    use crate::backend::cpu::kv_cache::{CpuKvCache, as_stored};
+    use crate::config::KvCacheDtype;
     use crate::test_util::pseudo_random;
 
     const SHAPE: AttentionShape = AttentionShape {
@@ -370,9 +382,10 @@ mod tests {
         scale: 0.2,
     };
 
-    /// A pool holding one sequence of `entries` entries in shuffled blocks, and its keys and
-    /// values row-major (`[entries, num_kv_heads, head_dim]`).
-    fn pool(entries: usize) -> (CpuKvCache, Vec<u32>, Vec<f32>, Vec<f32>) {
+    /// A pool of `dtype` holding one sequence of `entries` entries in shuffled blocks, and its
+    /// keys and values row-major (`[entries, num_kv_heads, head_dim]`) as the pool holds them
+    /// (rounded to bf16 in a bf16 pool).
+    fn pool(entries: usize, dtype: KvCacheDtype) -> (CpuKvCache, Vec<u32>, Vec<f32>, Vec<f32>) {
         let (h, d, bs) = (SHAPE.num_kv_heads, SHAPE.head_dim, SHAPE.block_size);
         let geometry = KvGeometry {
             num_layers: 1,
@@ -380,15 +393,15 @@ mod tests {
             head_dim: d,
             block_size: bs,
             num_blocks: 16,
-            element_bytes: 4,
+            dtype,
         };
         let mut cache = CpuKvCache::new(geometry).expect("a 16-block pool fits");
         let table: Vec<u32> = (0..entries.div_ceil(bs) as u32)
             .map(|i| (i * 7 + 5) % 16)
             .collect();
         let (keys, values) = (
-            pseudo_random(entries * h * d, 1),
-            pseudo_random(entries * h * d, 2),
+            as_stored(dtype, pseudo_random(entries * h * d, 1)),
+            as_stored(dtype, pseudo_random(entries * h * d, 2)),
         );
         for e in 0..entries {
             let row = e * h * d..(e + 1) * h * d;
@@ -428,12 +441,58 @@ mod tests {
     /// Every row's output matches a float64 reference over exactly the keys it attends, and is
     /// the same, to the bit, whether it is computed with the rows around it (prefill rows cut at
     /// different places inside blocks, rows of a compacted layer that skip entries, lookahead rows
-    /// with their own extra keys) or alone.
+    /// with their own extra keys) or alone; in f32 and in bf16 pools.
     #[test]
     fn a_row_attends_its_keys_and_gets_the_same_bits_in_any_tile() {
+        for dtype in [KvCacheDtype::F32, KvCacheDtype::Bf16] {
+            a_row_attends_its_keys_and_gets_the_same_bits_in_any_tile_in(dtype);
+        }
+    }
+
+    /// A bf16 pool gives, to the bit, what an f32 pool holding its widened values gives: the
+    /// kernels widen exactly and change nothing else.
+    #[test]
+    fn a_bf16_pool_attends_like_an_f32_pool_of_its_widened_values() {
+        let d = SHAPE.head_dim;
+        let width = SHAPE.num_heads * d;
+        let (compact, table, keys, values) = pool(70, KvCacheDtype::Bf16);
+        let (mut widened, ..) = pool(70, KvCacheDtype::F32);
+        let entry_width = SHAPE.num_kv_heads * d;
+        for e in 0..70 {
+            let row = e * entry_width..(e + 1) * entry_width;
+            let block = table[e / SHAPE.block_size] as usize;
+            widened.write(
+                0,
+                block,
+                e % SHAPE.block_size,
+                &keys[row.clone()],
+                &values[row],
+            );
+        }
+        let contexts: Vec<QueryContext<'_>> = (1..=70)
+            .map(|num_entries| QueryContext {
+                block_table: &table,
+                num_entries,
+                skip: 0..0,
+                extra: None,
+            })
+            .collect();
+        let q = pseudo_random(contexts.len() * width, 6);
+        let (mut got, mut want) = (vec![0.0; q.len()], vec![0.0; q.len()]);
+        paged_attention(&q, &contexts, compact.layer(0), SHAPE, &mut got);
+        paged_attention(&q, &contexts, widened.layer(0), SHAPE, &mut want);
+        assert!(
+            got.iter()
+                .map(|g| g.to_bits())
+                .eq(want.iter().map(|w| w.to_bits())),
+            "bf16 pool vs f32 pool of the same values"
+        );
+    }
+
+    fn a_row_attends_its_keys_and_gets_the_same_bits_in_any_tile_in(dtype: KvCacheDtype) {
         let (h, d) = (SHAPE.num_kv_heads, SHAPE.head_dim);
         let (width, group) = (SHAPE.num_heads * d, SHAPE.num_heads / h);
-        let (cache, table, keys, values) = pool(150);
+        let (cache, table, keys, values) = pool(150, dtype);
         let capacity = 32;
         let extra_keys_t = pseudo_random(h * d * capacity, 3);
         let extra_values = pseudo_random(h * capacity * d, 4);
@@ -460,7 +519,7 @@ mod tests {
             let mut alone = vec![0.0; width];
             let one = std::slice::from_ref(context);
             paged_attention(&q[rows.clone()], one, cache.layer(0), SHAPE, &mut alone);
-            assert_eq!(alone, together[rows.clone()], "row {i}");
+            assert_eq!(alone, together[rows.clone()], "{dtype}: row {i}");
             for head in 0..SHAPE.num_heads {
                 let kv = head / group;
                 let span = |e: usize| (e * h + kv) * d..(e * h + kv + 1) * d;
@@ -485,7 +544,7 @@ mod tests {
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
                         (*g as f64 - w).abs() < 1e-5,
-                        "row {i} head {head}: {g} vs {w}"
+                        "{dtype}: row {i} head {head}: {g} vs {w}"
                     );
                 }
             }

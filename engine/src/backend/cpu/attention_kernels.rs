@@ -19,7 +19,14 @@
 //! add. A process uses one of them for every row.
 //! The softmax step reduces its lanes in a fixed tree, padding the lanes a head does not attend
 //! with the operation's identity, so its result does not depend on the vector width either.
+//!
+//! Keys and values are read in the pool's element type ([`KvElement`]: f32, or bf16 widened
+//! exactly in registers), so a bf16 pool gives the bits an f32 pool holding the widened values
+//! gives, in every kernel.
 
+use half::bf16;
+
+use super::stored::Stored;
 use crate::math::exp_nonpositive;
 
 /// Keys per run: one AVX-512 vector of `f32`.
@@ -29,15 +36,26 @@ pub const LANES: usize = 16;
 /// room left for the loads and broadcasts.
 const HEADS_PER_BLOCK: usize = 8;
 
-/// At most [`LANES`] consecutive entries of one KV head.
+/// An element type the kernels read keys and values in: each brings its exact widening to f32
+/// for the portable kernels and its widening vector loads for the SIMD ones.
+#[cfg(target_arch = "x86_64")]
+pub trait KvElement: Stored + avx2::Load + avx512::Load {}
+/// An element type the kernels read keys and values in: each brings its exact widening to f32.
+#[cfg(not(target_arch = "x86_64"))]
+pub trait KvElement: Stored {}
+
+impl KvElement for f32 {}
+impl KvElement for bf16 {}
+
+/// At most [`LANES`] consecutive entries of one KV head, stored as `E`.
 #[derive(Clone, Copy)]
-pub struct KeyRun<'a> {
+pub struct KeyRun<'a, E = f32> {
     /// Keys transposed: dimension `i` of lane `l` at `keys_t[i * stride + l]`, so the slice holds
-    /// at least `(head_dim - 1) * stride + lanes` floats.
-    pub keys_t: &'a [f32],
+    /// at least `(head_dim - 1) * stride + lanes` elements.
+    pub keys_t: &'a [E],
     pub stride: usize,
     /// Values row-major, `[lanes][head_dim]`.
-    pub values: &'a [f32],
+    pub values: &'a [E],
     pub lanes: usize,
 }
 
@@ -52,19 +70,19 @@ pub enum Kernels {
     Portable,
 }
 
-/// Calls `$kernel::<R>($args)` for a runtime `$rows` in `1..=HEADS_PER_BLOCK`, so the register
+/// Calls `$kernel::<E, R>($args)` for a runtime `$rows` in `1..=HEADS_PER_BLOCK`, so the register
 /// block's size is a compile-time constant and its accumulators stay in registers.
 macro_rules! with_rows {
-    ($rows:expr, $kernel:ident($($arg:expr),*)) => {
+    ($rows:expr, $kernel:ident::<$e:ty>($($arg:expr),*)) => {
         match $rows {
-            1 => $kernel::<1>($($arg),*),
-            2 => $kernel::<2>($($arg),*),
-            3 => $kernel::<3>($($arg),*),
-            4 => $kernel::<4>($($arg),*),
-            5 => $kernel::<5>($($arg),*),
-            6 => $kernel::<6>($($arg),*),
-            7 => $kernel::<7>($($arg),*),
-            8 => $kernel::<8>($($arg),*),
+            1 => $kernel::<$e, 1>($($arg),*),
+            2 => $kernel::<$e, 2>($($arg),*),
+            3 => $kernel::<$e, 3>($($arg),*),
+            4 => $kernel::<$e, 4>($($arg),*),
+            5 => $kernel::<$e, 5>($($arg),*),
+            6 => $kernel::<$e, 6>($($arg),*),
+            7 => $kernel::<$e, 7>($($arg),*),
+            8 => $kernel::<$e, 8>($($arg),*),
             other => unreachable!("register blocks hold 1 to {HEADS_PER_BLOCK} heads, not {other}"),
         }
     };
@@ -88,11 +106,11 @@ impl Kernels {
 
     /// Scores of `q` (`[heads][head_dim]`) against the run's keys, into `scores[h][..run.lanes]`
     /// (lanes past `run.lanes` are left as they were).
-    pub fn scores(
+    pub fn scores<E: KvElement>(
         self,
         q: &[f32],
         head_dim: usize,
-        run: &KeyRun<'_>,
+        run: &KeyRun<'_, E>,
         scale: f32,
         scores: &mut [[f32; LANES]],
     ) {
@@ -105,13 +123,13 @@ impl Kernels {
                 // SAFETY: AVX-512F was detected; `check_run` and the slicing above bound every
                 // read, and the masked loads touch lanes below `run.lanes` only.
                 Self::Avx512 => unsafe {
-                    with_rows!(out.len(), avx512_scores(q, head_dim, run, scale, out))
+                    with_rows!(out.len(), avx512_scores::<E>(q, head_dim, run, scale, out))
                 },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX2 and FMA were detected; as above, and the masked loads of each
                 // 8-lane half touch lanes below `run.lanes` only.
                 Self::Avx2 => unsafe {
-                    with_rows!(out.len(), avx2_scores(q, head_dim, run, scale, out))
+                    with_rows!(out.len(), avx2_scores::<E>(q, head_dim, run, scale, out))
                 },
                 Self::Portable => portable_scores(q, head_dim, run, scale, out),
             }
@@ -141,10 +159,10 @@ impl Kernels {
     }
 
     /// Adds `p[h][lane]·values[lane]` over `lane < lanes`, ascending, to `acc[h]` (`[heads][head_dim]`).
-    pub fn accumulate(
+    pub fn accumulate<E: KvElement>(
         self,
         p: &[[f32; LANES]],
-        values: &[f32],
+        values: &[E],
         lanes: usize,
         head_dim: usize,
         acc: &mut [f32],
@@ -163,13 +181,19 @@ impl Kernels {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX-512F was detected; the asserts and slicing above bound every access.
                 Self::Avx512 => unsafe {
-                    with_rows!(p.len(), avx512_accumulate(p, values, lanes, head_dim, acc))
+                    with_rows!(
+                        p.len(),
+                        avx512_accumulate::<E>(p, values, lanes, head_dim, acc)
+                    )
                 },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX2 and FMA were detected; the asserts and slicing above bound every
                 // access.
                 Self::Avx2 => unsafe {
-                    with_rows!(p.len(), avx2_accumulate(p, values, lanes, head_dim, acc))
+                    with_rows!(
+                        p.len(),
+                        avx2_accumulate::<E>(p, values, lanes, head_dim, acc)
+                    )
                 },
                 Self::Portable => portable_accumulate(p, values, lanes, head_dim, acc),
             }
@@ -217,7 +241,7 @@ fn reduce(mut lanes: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
     lanes[0]
 }
 
-fn check_run(run: &KeyRun<'_>, head_dim: usize) {
+fn check_run<E>(run: &KeyRun<'_, E>, head_dim: usize) {
     assert!(run.lanes > 0 && run.lanes <= LANES, "1 to {LANES} lanes");
     assert!(
         run.keys_t.len() >= (head_dim - 1) * run.stride + run.lanes,
@@ -229,10 +253,10 @@ fn check_run(run: &KeyRun<'_>, head_dim: usize) {
     );
 }
 
-fn portable_scores(
+fn portable_scores<E: Stored>(
     q: &[f32],
     head_dim: usize,
-    run: &KeyRun<'_>,
+    run: &KeyRun<'_, E>,
     scale: f32,
     out: &mut [[f32; LANES]],
 ) {
@@ -241,7 +265,7 @@ fn portable_scores(
         for (i, &qi) in q.iter().enumerate() {
             let keys = &run.keys_t[i * run.stride..][..run.lanes];
             for (a, &k) in acc.iter_mut().zip(keys) {
-                *a += qi * k;
+                *a += qi * k.widen();
             }
         }
         for (o, a) in out.iter_mut().zip(&acc).take(run.lanes) {
@@ -250,9 +274,9 @@ fn portable_scores(
     }
 }
 
-fn portable_accumulate(
+fn portable_accumulate<E: Stored>(
     p: &[[f32; LANES]],
-    values: &[f32],
+    values: &[E],
     lanes: usize,
     head_dim: usize,
     acc: &mut [f32],
@@ -260,7 +284,7 @@ fn portable_accumulate(
     for (p, acc) in p.iter().zip(acc.chunks_exact_mut(head_dim)) {
         for (&weight, value) in p[..lanes].iter().zip(values.chunks_exact(head_dim)) {
             for (a, &v) in acc.iter_mut().zip(value) {
-                *a += weight * v;
+                *a += weight * v.widen();
             }
         }
     }
@@ -278,10 +302,53 @@ use {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{KeyRun, LANES};
+    use half::bf16;
+
+    use super::{KeyRun, KvElement, LANES};
+    use crate::backend::cpu::stored::Stored;
 
     /// Lanes per 256-bit vector of `f32`.
     const HALF: usize = LANES / 2;
+
+    /// Up to 8 keys or value elements as one vector of f32s.
+    pub trait Load: Stored {
+        /// Lanes `0..live` (`live ≤ 8`) from `src`, the others 0; `mask` is [`mask_below`]'s
+        /// mask of those lanes.
+        ///
+        /// # Safety
+        /// The CPU supports AVX2; `src` points to `live` readable elements.
+        unsafe fn load(src: *const Self, live: usize, mask: __m256i) -> __m256;
+    }
+
+    impl Load for f32 {
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn load(src: *const f32, _live: usize, mask: __m256i) -> __m256 {
+            // SAFETY: the masked load reads the `live` lanes the caller vouches for.
+            unsafe { _mm256_maskload_ps(src, mask) }
+        }
+    }
+
+    impl Load for bf16 {
+        /// Zero-extends the bf16s to 32 bits and shifts them into the upper half: the exact f32
+        /// values, as [`Stored::widen`] computes them. A partial vector goes through a zeroed
+        /// copy (AVX2 has no masked 16-bit load).
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn load(src: *const bf16, live: usize, _mask: __m256i) -> __m256 {
+            let mut part = [0u16; HALF];
+            // SAFETY: the caller vouches for `live ≤ 8` readable elements at `src`.
+            let bits = unsafe {
+                if live == HALF {
+                    _mm_loadu_si128(src.cast())
+                } else {
+                    std::ptr::copy_nonoverlapping(src.cast::<u16>(), part.as_mut_ptr(), live);
+                    _mm_loadu_si128(part.as_ptr().cast())
+                }
+            };
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+        }
+    }
 
     /// The mask of the lanes `start + l < end` of the 8-lane vector starting at `start < end`.
     #[target_feature(enable = "avx2")]
@@ -312,22 +379,22 @@ mod avx2 {
     /// # Safety
     /// The CPU supports AVX2 and FMA; `q` holds `R` rows of `head_dim`, `run` passed `check_run`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores<const R: usize>(
+    pub unsafe fn scores<E: KvElement, const R: usize>(
         q: &[f32],
         head_dim: usize,
-        run: &KeyRun<'_>,
+        run: &KeyRun<'_, E>,
         scale: f32,
         out: &mut [[f32; LANES]],
     ) {
         let scale = _mm256_set1_ps(scale);
         for start in (0..run.lanes).step_by(HALF) {
-            let mask = mask_below(run.lanes, start);
+            let (mask, live) = (mask_below(run.lanes, start), (run.lanes - start).min(HALF));
             let mut acc = [_mm256_setzero_ps(); R];
             for i in 0..head_dim {
                 // SAFETY: `check_run` bounds lanes below `run.lanes` of every dimension, so the
                 // half's first lane is in the slice; the masked load reads no lane past them.
                 let keys = unsafe {
-                    _mm256_maskload_ps(run.keys_t.as_ptr().add(i * run.stride + start), mask)
+                    <E as Load>::load(run.keys_t.as_ptr().add(i * run.stride + start), live, mask)
                 };
                 for (r, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(_mm256_set1_ps(q[r * head_dim + i]), keys, *a);
@@ -348,15 +415,15 @@ mod avx2 {
     /// # Safety
     /// The CPU supports AVX2 and FMA; `values` holds `lanes` rows and `acc` `R` rows of `head_dim`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn accumulate<const R: usize>(
+    pub unsafe fn accumulate<E: KvElement, const R: usize>(
         p: &[[f32; LANES]],
-        values: &[f32],
+        values: &[E],
         lanes: usize,
         head_dim: usize,
         acc: &mut [f32],
     ) {
         for j in (0..head_dim).step_by(HALF) {
-            let mask = mask_below(head_dim, j);
+            let (mask, live) = (mask_below(head_dim, j), (head_dim - j).min(HALF));
             // SAFETY: the masked loads and stores touch dimensions below `head_dim` of rows the
             // caller vouches for.
             unsafe {
@@ -364,7 +431,7 @@ mod avx2 {
                     _mm256_maskload_ps(acc.as_ptr().add(r * head_dim + j), mask)
                 });
                 for (lane, row) in values.chunks_exact(head_dim).take(lanes).enumerate() {
-                    let v = _mm256_maskload_ps(row.as_ptr().add(j), mask);
+                    let v = <E as Load>::load(row.as_ptr().add(j), live, mask);
                     for (r, a) in a.iter_mut().enumerate() {
                         *a = _mm256_fmadd_ps(_mm256_set1_ps(p[r][lane]), v, *a);
                     }
@@ -381,11 +448,53 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{KeyRun, LANES};
+    use half::bf16;
+
+    use super::{KeyRun, KvElement, LANES};
+    use crate::backend::cpu::stored::Stored;
     use crate::math::{EXP_POLY, EXP_UNDERFLOW, LN2_HI, LN2_LO, ROUNDING_MAGIC};
 
     fn lane_mask(lanes: usize) -> __mmask16 {
         ((1u32 << lanes) - 1) as __mmask16
+    }
+
+    /// Up to 16 keys or value elements as one vector of f32s.
+    pub trait Load: Stored {
+        /// Lanes `0..live` (`live ≤ 16`) from `src`, the others 0.
+        ///
+        /// # Safety
+        /// The CPU supports AVX-512F; `src` points to `live` readable elements.
+        unsafe fn load(src: *const Self, live: usize) -> __m512;
+    }
+
+    impl Load for f32 {
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load(src: *const f32, live: usize) -> __m512 {
+            // SAFETY: the masked load reads the `live` lanes the caller vouches for.
+            unsafe { _mm512_maskz_loadu_ps(lane_mask(live), src) }
+        }
+    }
+
+    impl Load for bf16 {
+        /// Zero-extends the bf16s to 32 bits and shifts them into the upper half: the exact f32
+        /// values, as [`Stored::widen`] computes them. A partial vector goes through a zeroed
+        /// copy (a masked 16-bit load needs AVX-512BW).
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load(src: *const bf16, live: usize) -> __m512 {
+            let mut part = [0u16; LANES];
+            // SAFETY: the caller vouches for `live ≤ 16` readable elements at `src`.
+            let bits = unsafe {
+                if live == LANES {
+                    _mm256_loadu_si256(src.cast())
+                } else {
+                    std::ptr::copy_nonoverlapping(src.cast::<u16>(), part.as_mut_ptr(), live);
+                    _mm256_loadu_si256(part.as_ptr().cast())
+                }
+            };
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+        }
     }
 
     /// [`super::fold_run`] with AVX-512 intrinsics: the same steps, lane by lane, and the same
@@ -465,10 +574,10 @@ mod avx512 {
     /// # Safety
     /// The CPU supports AVX-512F; `q` holds `R` rows of `head_dim`, `run` passed `check_run`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn scores<const R: usize>(
+    pub unsafe fn scores<E: KvElement, const R: usize>(
         q: &[f32],
         head_dim: usize,
-        run: &KeyRun<'_>,
+        run: &KeyRun<'_, E>,
         scale: f32,
         out: &mut [[f32; LANES]],
     ) {
@@ -478,7 +587,7 @@ mod avx512 {
             // SAFETY: `check_run` bounds lanes below `run.lanes` of every dimension; the masked
             // load reads no other lane.
             let keys =
-                unsafe { _mm512_maskz_loadu_ps(mask, run.keys_t.as_ptr().add(i * run.stride)) };
+                unsafe { <E as Load>::load(run.keys_t.as_ptr().add(i * run.stride), run.lanes) };
             for (r, a) in acc.iter_mut().enumerate() {
                 *a = _mm512_fmadd_ps(_mm512_set1_ps(q[r * head_dim + i]), keys, *a);
             }
@@ -496,15 +605,16 @@ mod avx512 {
     /// # Safety
     /// The CPU supports AVX-512F; `values` holds `lanes` rows and `acc` `R` rows of `head_dim`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn accumulate<const R: usize>(
+    pub unsafe fn accumulate<E: KvElement, const R: usize>(
         p: &[[f32; LANES]],
-        values: &[f32],
+        values: &[E],
         lanes: usize,
         head_dim: usize,
         acc: &mut [f32],
     ) {
         for j in (0..head_dim).step_by(LANES) {
-            let mask = lane_mask((head_dim - j).min(LANES));
+            let live = (head_dim - j).min(LANES);
+            let mask = lane_mask(live);
             // SAFETY: the masked loads and stores touch dimensions below `head_dim` of rows the
             // caller vouches for.
             unsafe {
@@ -512,7 +622,7 @@ mod avx512 {
                     _mm512_maskz_loadu_ps(mask, acc.as_ptr().add(r * head_dim + j))
                 });
                 for (lane, row) in values.chunks_exact(head_dim).take(lanes).enumerate() {
-                    let v = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(j));
+                    let v = <E as Load>::load(row.as_ptr().add(j), live);
                     for (r, a) in a.iter_mut().enumerate() {
                         *a = _mm512_fmadd_ps(_mm512_set1_ps(p[r][lane]), v, *a);
                     }
@@ -599,15 +709,26 @@ mod tests {
         }
     }
 
-    /// Every kernel, every block size of query heads: each head's numbers are the ones it gets
-    /// alone (to the bit), equal to the scalar chain the kernel is pinned to (fused or not), and
-    /// close to a float64 reference.
+    /// Every kernel, every block size of query heads, f32 and bf16 keys and values: each head's
+    /// numbers are the ones it gets alone (to the bit), equal to the scalar chain the kernel is
+    /// pinned to (fused or not) over the widened keys and values, and close to a float64
+    /// reference.
     #[test]
     fn each_head_gets_the_same_bits_in_any_block_and_matches_a_reference() {
+        for lanes in [11, LANES] {
+            each_head_gets_the_same_bits_in_any_block_and_matches_a_reference_in::<f32>(lanes);
+            each_head_gets_the_same_bits_in_any_block_and_matches_a_reference_in::<bf16>(lanes);
+        }
+    }
+
+    fn each_head_gets_the_same_bits_in_any_block_and_matches_a_reference_in<E: KvElement>(
+        lanes: usize,
+    ) {
         let d = 43; // a partial last vector at both widths (16 and 8 lanes)
-        let (stride, lanes) = (16, 11);
-        let keys_t = pseudo_random(d * stride, 1);
-        let values = pseudo_random(lanes * d, 2);
+        let stride = 16;
+        let stored = |v: Vec<f32>| -> Vec<E> { v.into_iter().map(E::round).collect() };
+        let keys_t = stored(pseudo_random(d * stride, 1));
+        let values = stored(pseudo_random(lanes * d, 2));
         let run = KeyRun {
             keys_t: &keys_t,
             stride,
@@ -635,11 +756,11 @@ mod tests {
                 );
                 for l in 0..lanes {
                     let chain = (0..d).fold(0.0f32, |a, i| {
-                        step(fused, q[h * d + i], keys_t[i * stride + l], a)
+                        step(fused, q[h * d + i], keys_t[i * stride + l].widen(), a)
                     });
                     assert_eq!(all[h][l], chain * 0.5, "{kernels:?} {h} {l}: chain");
                     let want: f64 = (0..d)
-                        .map(|i| q[h * d + i] as f64 * keys_t[i * stride + l] as f64)
+                        .map(|i| q[h * d + i] as f64 * keys_t[i * stride + l].widen() as f64)
                         .sum::<f64>()
                         * 0.5;
                     assert!(
@@ -648,12 +769,13 @@ mod tests {
                     );
                 }
                 for i in 0..d {
-                    let chain = (0..lanes)
-                        .fold(0.25f32, |a, l| step(fused, all[h][l], values[l * d + i], a));
+                    let chain = (0..lanes).fold(0.25f32, |a, l| {
+                        step(fused, all[h][l], values[l * d + i].widen(), a)
+                    });
                     assert_eq!(acc_all[h * d + i], chain, "{kernels:?} {h} {i}: chain");
                     let want: f64 = 0.25
                         + (0..lanes)
-                            .map(|l| all[h][l] as f64 * values[l * d + i] as f64)
+                            .map(|l| all[h][l] as f64 * values[l * d + i].widen() as f64)
                             .sum::<f64>();
                     assert!((acc_all[h * d + i] as f64 - want).abs() < 1e-5);
                 }

@@ -41,6 +41,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::stored::Stored;
 use crate::config::WeightsDtype;
 
 /// Output columns per packed panel: one AVX-512 vector of `f32`, two AVX2 ones.
@@ -68,17 +69,13 @@ struct F32Lane([f32; NR]);
 struct Bf16Lane([bf16; NR]);
 
 /// What a panel stores: `f32`, or `bf16` widened in registers by the micro-kernels. Each
-/// element type brings its lane, its rounding from f32 at packing, its exact widening and its
-/// micro-kernels.
-trait Element: Copy + Send + Sync + 'static {
+/// element type brings its lane and its micro-kernels; its rounding from f32 at packing and its
+/// exact widening are [`Stored`]'s.
+trait Element: Stored {
     type Lane: Copy + Send + Sync;
     const ZERO_LANE: Self::Lane;
     fn values(lane: &Self::Lane) -> &[Self; NR];
     fn values_mut(lane: &mut Self::Lane) -> &mut [Self; NR];
-    /// `v` in this type, rounded to nearest even (exact for f32).
-    fn round(v: f32) -> Self;
-    /// The stored value as f32, exactly.
-    fn widen(self) -> f32;
     /// This type's micro-kernel instances, for every [`Kernel`].
     fn tiles() -> &'static KernelTiles<Self>;
 }
@@ -91,12 +88,6 @@ impl Element for f32 {
     }
     fn values_mut(lane: &mut F32Lane) -> &mut [f32; NR] {
         &mut lane.0
-    }
-    fn round(v: f32) -> f32 {
-        v
-    }
-    fn widen(self) -> f32 {
-        self
     }
     fn tiles() -> &'static KernelTiles<f32> {
         &F32_TILES
@@ -111,13 +102,6 @@ impl Element for bf16 {
     }
     fn values_mut(lane: &mut Bf16Lane) -> &mut [bf16; NR] {
         &mut lane.0
-    }
-    fn round(v: f32) -> bf16 {
-        bf16::from_f32(v)
-    }
-    /// The bf16 bits as the upper half of an f32 — what the SIMD kernels do with a 16-bit shift.
-    fn widen(self) -> f32 {
-        f32::from_bits(u32::from(self.to_bits()) << 16)
     }
     fn tiles() -> &'static KernelTiles<bf16> {
         &BF16_TILES
@@ -613,7 +597,7 @@ mod avx512 {
 
     impl Load for bf16 {
         /// Zero-extends the 16 bf16s to 32 bits and shifts them into the upper half: the exact
-        /// f32 values, as [`Element::widen`] computes them.
+        /// f32 values, as [`super::Stored::widen`] computes them.
         #[inline]
         #[target_feature(enable = "avx512f")]
         unsafe fn load(lane: *const bf16) -> __m512 {
@@ -710,7 +694,7 @@ mod avx2 {
 
     impl Load for bf16 {
         /// Zero-extends each half of the 16 bf16s to 32 bits and shifts it into the upper half:
-        /// the exact f32 values, as [`Element::widen`] computes them.
+        /// the exact f32 values, as [`super::Stored::widen`] computes them.
         #[inline]
         #[target_feature(enable = "avx2")]
         unsafe fn load(lane: *const bf16) -> [__m256; 2] {

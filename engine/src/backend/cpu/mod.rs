@@ -1,6 +1,6 @@
 //! The CPU backend: the Llama-family forward pass over a paged KV pool in host memory.
 //!
-//! Activations and the cache are f32. The model's matrices are packed into [`CpuWeights`] when the
+//! Activations are f32; the cache is f32 or bf16 (`--kv-cache-dtype`, see [`kv_cache`]). The model's matrices are packed into [`CpuWeights`] when the
 //! backend is built, in the model's dtype — f32, or bf16 at half the bytes, widened exactly in
 //! registers by the GEMM, so a bf16 checkpoint gives the bits it gave widened to f32 — and its
 //! vectors (norms, biases) are widened to f32. The hot kernels are our own — a batch-invariant GEMM ([`linear`]), paged attention
@@ -22,6 +22,7 @@ pub mod ops;
 mod project;
 mod rows;
 mod scoring_keys;
+mod stored;
 #[cfg(test)]
 mod tests;
 mod weights;
@@ -39,7 +40,7 @@ use weights::{CpuLayer, CpuWeights};
 
 use super::{Backend, KvGeometry};
 use crate::batch::{ForwardBatch, ForwardOutput, ForwardProfile, RowRange, SequenceInput};
-use crate::config::ModelConfig;
+use crate::config::{KvCacheDtype, ModelConfig};
 use crate::error::{EngineError, Result};
 use crate::eviction::{EvictionPolicy, HeadLayout, LookaheadMismatch, PromptEviction};
 use crate::lookahead::LookaheadModule;
@@ -118,16 +119,17 @@ fn row_span(rows: std::ops::Range<usize>, width: usize) -> std::ops::Range<usize
 
 impl CpuBackend {
     /// Places `model` on the CPU — its matrices packed into [`CpuWeights`] in `model.dtype` —
-    /// with an f32 KV pool of `num_blocks` × `block_size` entries,
+    /// with a KV pool of `num_blocks` × `block_size` entries stored in `kv_dtype`,
     /// with `lookahead`'s rows and adapters for the LookaheadKV policy if given (its shapes were
     /// checked against the model when it was loaded).
     pub fn new(
         model: &Model,
         block_size: usize,
         num_blocks: usize,
+        kv_dtype: KvCacheDtype,
         lookahead: Option<Arc<LookaheadModule>>,
     ) -> Result<Self> {
-        let geometry = KvGeometry::new(&model.config, block_size, num_blocks, 4)?;
+        let geometry = KvGeometry::new(&model.config, block_size, num_blocks, kv_dtype)?;
         // Lookahead rows sit after the longest prompt: their positions need rotary angles too.
         let lookahead_positions = lookahead.as_ref().map_or(0, |m| m.num_tokens);
         let weights = CpuWeights::new(&model.weights, model.dtype);

@@ -1,7 +1,7 @@
 //! LookaheadKV's promise to the prompt (docs/design.md §3), checked on the private cache: the lookahead
-//! rows change nothing but the selection, with f32 and bf16 weights; and prefix caching's promise
-//! to shared blocks: an eviction into fresh blocks writes nothing else. Also the refusals of
-//! impossible eviction requests.
+//! rows change nothing but the selection, with f32 and bf16 weights and KV pools; and prefix
+//! caching's promise to shared blocks: an eviction into fresh blocks writes nothing else, in f32
+//! and bf16 pools. Also the refusals of impossible eviction requests.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use super::CpuBackend;
 use super::kv_cache::CpuKvCache;
 use crate::backend::Backend;
 use crate::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
-use crate::config::DtypeChoice;
+use crate::config::{DtypeChoice, KvCacheDtype};
 use crate::error::EngineError;
 use crate::eviction::{EvictionPolicy, Policy};
 use crate::lookahead::{LookaheadModule, RandomInit};
@@ -86,25 +86,29 @@ fn lookahead(budget: usize) -> EvictionPolicy {
 
 #[test]
 fn lookahead_rows_change_nothing_but_the_selection() {
-    for dtype in [DtypeChoice::F32, DtypeChoice::Bf16] {
-        lookahead_rows_change_nothing_but_the_selection_in(dtype);
+    for (dtype, kv_dtype) in [
+        (DtypeChoice::F32, KvCacheDtype::F32),
+        (DtypeChoice::Bf16, KvCacheDtype::F32),
+        (DtypeChoice::F32, KvCacheDtype::Bf16),
+    ] {
+        lookahead_rows_change_nothing_but_the_selection_in(dtype, kv_dtype);
     }
 }
 
-fn lookahead_rows_change_nothing_but_the_selection_in(dtype: DtypeChoice) {
+fn lookahead_rows_change_nothing_but_the_selection_in(dtype: DtypeChoice, kv_dtype: KvCacheDtype) {
     let model = model_as(dtype);
     let tokens = prompt(80);
     let module = module(&model, 3);
-    let mut evicting =
-        CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, Some(Arc::clone(&module))).unwrap();
-    let mut plain = CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, Some(module)).unwrap();
+    let backend = |module| CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, kv_dtype, Some(module));
+    let mut evicting = backend(Arc::clone(&module)).unwrap();
+    let mut plain = backend(module).unwrap();
 
     let with = prefill(&mut evicting, &tokens, Some(lookahead(24))).unwrap();
     let without = prefill(&mut plain, &tokens, None).unwrap();
     assert_eq!(
         with.last_row(0),
         without.last_row(0),
-        "{dtype}: the first token's logits must not depend on the lookahead rows"
+        "{dtype}, {kv_dtype} KV: the first token's logits must not depend on the lookahead rows"
     );
     assert!(without.evictions.is_empty());
     let [report] = with.evictions.as_slice() else {
@@ -121,7 +125,7 @@ fn lookahead_rows_change_nothing_but_the_selection_in(dtype: DtypeChoice) {
     let (want_keys, want_values) = plain.cache.raw();
     assert!(
         keys == want_keys && values == want_values,
-        "{dtype}: pools differ"
+        "{dtype}, {kv_dtype} KV: pools differ"
     );
 }
 
@@ -130,8 +134,14 @@ fn the_adapters_steer_the_selection() {
     let model = model();
     let tokens = prompt(80);
     let selections = |seed| {
-        let mut backend =
-            CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, Some(module(&model, seed))).unwrap();
+        let mut backend = CpuBackend::new(
+            &model,
+            BLOCK_SIZE,
+            NUM_BLOCKS,
+            KvCacheDtype::F32,
+            Some(module(&model, seed)),
+        )
+        .unwrap();
         let out = prefill(&mut backend, &tokens, Some(lookahead(24))).unwrap();
         out.evictions[0].selections.clone()
     };
@@ -146,7 +156,8 @@ fn the_adapters_steer_the_selection() {
 fn impossible_evictions_are_refused_before_anything_runs() {
     let model = model();
     let tokens = prompt(80);
-    let mut backend = CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, None).unwrap();
+    let mut backend =
+        CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, KvCacheDtype::F32, None).unwrap();
     let no_module = prefill(&mut backend, &tokens, Some(lookahead(24))).unwrap_err();
     assert!(
         matches!(
@@ -208,15 +219,8 @@ fn entry_bits(
     head: usize,
     entry: usize,
 ) -> Vec<f32> {
-    let view = cache.layer(layer);
-    let (bs, d) = (view.block_size, view.head_dim);
-    let base = view.head_offset(table[entry / bs] as usize, head);
-    let slot = entry % bs;
-    let key = (0..d).map(|i| view.keys[base + i * bs + slot]);
-    let value = view.values[base + slot * d..base + (slot + 1) * d]
-        .iter()
-        .copied();
-    key.chain(value).collect()
+    let bs = cache.geometry().block_size;
+    cache.entry(layer, table[entry / bs] as usize, head, entry % bs)
 }
 
 /// The bits of `block` in every layer, keys then values.
@@ -237,9 +241,15 @@ fn block_bits(cache: &CpuKvCache, block: u32) -> Vec<f32> {
 /// Prefix caching's promise to shared blocks (docs/design.md §7): an eviction told to compact
 /// into fresh blocks writes those blocks only — every other block of the pool, the prompt's
 /// included, holds the bits of a prefill that never evicted — and the fresh blocks hold exactly
-/// the entries an in-place compaction keeps.
+/// the entries an in-place compaction keeps; in f32 and bf16 pools.
 #[test]
 fn compacting_into_fresh_blocks_writes_no_other_block() {
+    for kv_dtype in [KvCacheDtype::F32, KvCacheDtype::Bf16] {
+        compacting_into_fresh_blocks_writes_no_other_block_in(kv_dtype);
+    }
+}
+
+fn compacting_into_fresh_blocks_writes_no_other_block_in(kv_dtype: KvCacheDtype) {
     const INTO: [u32; 4] = [1, 3, 10, 4];
     let model = model();
     let tokens = prompt(80);
@@ -256,24 +266,30 @@ fn compacting_into_fresh_blocks_writes_no_other_block() {
     ];
     for policy in policies {
         let policy = EvictionPolicy { policy, budget: 40 };
-        let backend =
-            || CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, Some(module(&model, 5))).unwrap();
+        let backend = || {
+            let module = Some(module(&model, 5));
+            CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, kv_dtype, module).unwrap()
+        };
         let (mut in_place, mut fresh, mut untouched) = (backend(), backend(), backend());
         let evicted = prefill(&mut in_place, &tokens, Some(policy)).unwrap();
         let out = prefill_into(&mut fresh, &tokens, Some(policy), Some(&INTO)).unwrap();
         prefill(&mut untouched, &tokens, None).unwrap();
 
-        assert_eq!(out.last_row(0), evicted.last_row(0), "{policy:?}");
+        assert_eq!(
+            out.last_row(0),
+            evicted.last_row(0),
+            "{kv_dtype} KV, {policy:?}"
+        );
         let (got, want) = (&out.evictions[0], &evicted.evictions[0]);
         assert_eq!(
             (&got.selections, &got.layer_kept),
             (&want.selections, &want.layer_kept),
-            "{policy:?}"
+            "{kv_dtype} KV, {policy:?}"
         );
         for block in (0..NUM_BLOCKS as u32).filter(|b| !INTO.contains(b)) {
             assert!(
                 block_bits(&fresh.cache, block) == block_bits(&untouched.cache, block),
-                "{policy:?}: {block} was written"
+                "{kv_dtype} KV, {policy:?}: {block} was written"
             );
         }
         for (layer, selection) in out.evictions[0].selections.iter().enumerate() {
@@ -282,7 +298,7 @@ fn compacting_into_fresh_blocks_writes_no_other_block() {
                     assert!(
                         entry_bits(&fresh.cache, layer, &INTO, head, entry)
                             == entry_bits(&in_place.cache, layer, &TABLE, head, entry),
-                        "{policy:?}: layer {layer} head {head} entry {entry}"
+                        "{kv_dtype} KV, {policy:?}: layer {layer} head {head} entry {entry}"
                     );
                 }
             }
@@ -294,7 +310,8 @@ fn compacting_into_fresh_blocks_writes_no_other_block() {
 fn blocks_to_compact_into_that_overlap_the_prompt_are_refused() {
     let model = model();
     let tokens = prompt(80);
-    let mut backend = CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, None).unwrap();
+    let mut backend =
+        CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, KvCacheDtype::F32, None).unwrap();
     let streaming = EvictionPolicy {
         policy: Policy::streaming_llm(),
         budget: 24,

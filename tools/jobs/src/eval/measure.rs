@@ -21,6 +21,7 @@ use std::time::Instant;
 use glimpse_engine::Result;
 use glimpse_engine::backend::Device;
 use glimpse_engine::batch::LogitsRequest;
+use glimpse_engine::config::KvCacheDtype;
 use glimpse_engine::eviction::{EvictionPolicy, LayerSelection, Policy};
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::model::Model;
@@ -28,7 +29,7 @@ use glimpse_engine::runner::{OfflineRunner, RunnerSequence};
 use glimpse_engine::sampling::{argmax, log_sum_exp};
 use glimpse_engine::train::{AttentionTarget, FrozenModel, Precision};
 
-use super::report::EvalRow;
+use super::report::{EvalRow, KeptLikeF32};
 
 /// Block size of the evaluation's KV pool (any size gives the same results).
 const BLOCK_SIZE: usize = 16;
@@ -84,6 +85,37 @@ struct Accumulator {
     kl: f64,
     recall: f64,
     prefill_seconds: Vec<f64>,
+    kept: KeptSums,
+}
+
+/// Sums comparing a run's kept entries with an f32-KV run's, over (layer, KV head) sets.
+#[derive(Default, Clone)]
+struct KeptSums {
+    sets: usize,
+    equal_sets: usize,
+    f32_entries: usize,
+    shared_entries: usize,
+}
+
+impl KeptSums {
+    fn add(&mut self, got: &[LayerSelection], f32_kept: &[LayerSelection]) {
+        let heads = |s: &[LayerSelection]| -> Vec<Vec<usize>> {
+            s.iter().flat_map(|layer| layer.kept.clone()).collect()
+        };
+        for (got, want) in heads(got).iter().zip(&heads(f32_kept)) {
+            self.sets += 1;
+            self.equal_sets += usize::from(got == want);
+            self.f32_entries += want.len();
+            self.shared_entries += want.iter().filter(|e| got.binary_search(e).is_ok()).count();
+        }
+    }
+
+    fn finish(&self) -> Option<KeptLikeF32> {
+        (self.sets > 0).then(|| KeptLikeF32 {
+            equal_sets: self.equal_sets as f64 / self.sets as f64,
+            shared_entries: self.shared_entries as f64 / self.f32_entries.max(1) as f64,
+        })
+    }
 }
 
 /// How long each evicted greedy answer runs.
@@ -94,14 +126,6 @@ pub enum EvictedLength {
     /// Until an end-of-sequence token or `answer_tokens`, whatever the full cache answered:
     /// exact-answer accuracy must not inherit the full-cache answer's length.
     OwnStop,
-}
-
-/// How long the greedy answers of an evaluation run.
-#[derive(Debug, Clone, Copy)]
-pub struct AnswerLimits {
-    /// Longest answer, full cache or evicted.
-    pub max_tokens: usize,
-    pub evicted_length: EvictedLength,
 }
 
 /// The greedy answers to one prompt.
@@ -121,6 +145,16 @@ pub struct Evaluation {
     pub answers: Vec<PromptAnswers>,
 }
 
+/// How every prompt is answered.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSettings {
+    /// Longest greedy answer, in tokens.
+    pub answer_tokens: usize,
+    pub evicted_length: EvictedLength,
+    /// What the candidates' KV pools store (the full-cache reference's is f32).
+    pub kv_dtype: KvCacheDtype,
+}
+
 /// Evaluates `candidates` at `budgets` on `prompts`; `on_prompt` reports progress. With no
 /// candidate only the full-cache answers are produced (for exact-answer accuracy).
 pub fn evaluate(
@@ -129,17 +163,25 @@ pub fn evaluate(
     prompts: &[Vec<u32>],
     candidates: &[Candidate],
     budgets: &[usize],
-    answers: AnswerLimits,
+    settings: RunSettings,
     mut on_prompt: impl FnMut(),
 ) -> Result<Evaluation> {
-    let AnswerLimits {
-        max_tokens: answer_tokens,
+    let RunSettings {
+        answer_tokens,
         evicted_length,
-    } = answers;
+        kv_dtype,
+    } = settings;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let entries = longest + answer_tokens + BLOCK_SIZE;
     // First, so a device that cannot run fails before the CPU reference model is built.
-    let mut full_runner = OfflineRunner::on(device, model, BLOCK_SIZE, 2 * entries, None)?;
+    let mut full_runner = OfflineRunner::on(
+        device,
+        model,
+        BLOCK_SIZE,
+        2 * entries,
+        KvCacheDtype::F32,
+        None,
+    )?;
     // the answer's attention is compared with what the policies keep: nothing to compare without one
     let frozen = (!candidates.is_empty())
         .then(|| FrozenModel::load(model, Precision::F32, longest + answer_tokens))
@@ -151,7 +193,26 @@ pub fn evaluate(
                 CandidateKind::Lookahead { module, .. } => Some(module.clone()),
                 CandidateKind::Baseline(_) => None,
             };
-            OfflineRunner::on(device, model, BLOCK_SIZE, 2 * entries, module)
+            OfflineRunner::on(device, model, BLOCK_SIZE, 2 * entries, kv_dtype, module)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // LookaheadKV's selections at a compact KV dtype are compared with its f32-KV selections.
+    let mut f32_runners = candidates
+        .iter()
+        .map(|c| match &c.kind {
+            CandidateKind::Lookahead { module, .. } if kv_dtype != KvCacheDtype::F32 => {
+                let module = Some(module.clone());
+                OfflineRunner::on(
+                    device,
+                    model,
+                    BLOCK_SIZE,
+                    2 * entries,
+                    KvCacheDtype::F32,
+                    module,
+                )
+                .map(Some)
+            }
+            _ => Ok(None),
         })
         .collect::<Result<Vec<_>>>()?;
     let eos = model.eos_token_ids();
@@ -190,6 +251,15 @@ pub fn evaluate(
                     .as_deref()
                     .map_or(1.0, |s| attention_recall(s, &ground_truth));
                 acc.prefill_seconds.push(run.prefill_seconds);
+                if let (Some(f32_runner), Some(got)) = (&mut f32_runners[c], &run.selections) {
+                    let mut seq = RunnerSequence::default();
+                    let f32_run =
+                        f32_runner.prefill_evicting(&mut seq, prompt, LogitsRequest::Last, policy);
+                    f32_runner.release(&mut seq);
+                    if let Some(f32_run) = f32_run? {
+                        acc.kept.add(got, &f32_run.report.selections);
+                    }
+                }
                 evicted[c].push(run.answer);
             }
         }
@@ -214,6 +284,7 @@ pub fn evaluate(
                 recall: acc.recall / n,
                 ttft_overhead: median(&mut acc.prefill_seconds) / full_median - 1.0,
                 accuracy: None,
+                kept_like_f32: acc.kept.finish(),
             });
         }
     }

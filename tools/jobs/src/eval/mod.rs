@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use glimpse_engine::backend::Device;
-use glimpse_engine::config::DtypeChoice;
+use glimpse_engine::config::{DtypeChoice, KvCacheDtype, KvCacheDtypeChoice};
 use glimpse_engine::eviction::Policy;
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -28,7 +28,7 @@ use glimpse_progress::bar;
 use crate::prompts::read_eval_prompts;
 use crate::{JobError, load_model_and_tokenizer};
 use accuracy::{AnswerOutcome, Expected, FULL_CACHE};
-use measure::{AnswerLimits, Candidate, CandidateKind, EvictedLength, PromptAnswers, evaluate};
+use measure::{Candidate, CandidateKind, EvictedLength, PromptAnswers, RunSettings, evaluate};
 use report::{EvalReport, EvalRow};
 
 /// Flags of `glimpse eval`.
@@ -43,6 +43,11 @@ pub struct EvalArgs {
     /// CUDA forward pass yet, so it refuses after checking the device).
     #[arg(long, default_value = "cpu")]
     pub device: Device,
+    /// KV cache dtype of every policy's runs (`auto` and `f32`: f32, or `bf16`); the full-cache
+    /// reference is always f32. With bf16, a `full` policy (no eviction) is evaluated first, so
+    /// its row measures the KV dtype alone: KL(f32 full ‖ bf16 full) and agreement.
+    #[arg(long, default_value_t = KvCacheDtypeChoice::Auto)]
+    pub kv_cache_dtype: KvCacheDtypeChoice,
     /// Prompts (JSON Lines, `{"prompt": ...}`). Lines that also carry `answer` (and optionally
     /// `task`, `depth`, `context_tokens_target`, as the retrieval task generator writes them) add
     /// exact-answer accuracy; every evicted answer then runs to its own end of sequence.
@@ -85,7 +90,14 @@ pub fn run(args: EvalArgs, default_model_dir: &Path) -> Result<(), JobError> {
         return Err(JobError::NoAnswerTokens);
     }
 
+    let kv_dtype = args.kv_cache_dtype.resolve();
     let mut candidates = Vec::new();
+    if kv_dtype != KvCacheDtype::F32 {
+        candidates.push(Candidate {
+            label: format!("full ({kv_dtype} KV)"),
+            kind: CandidateKind::Baseline(Policy::Full),
+        });
+    }
     let mut modules = Vec::new();
     for spec in &args.lookahead {
         let (label, path) = spec
@@ -129,19 +141,21 @@ pub fn run(args: EvalArgs, default_model_dir: &Path) -> Result<(), JobError> {
     }
 
     let progress = bar("eval", prompts.len());
+    let settings = RunSettings {
+        answer_tokens: args.answer_tokens,
+        evicted_length: match expected {
+            Some(_) => EvictedLength::OwnStop,
+            None => EvictedLength::LikeFullCache,
+        },
+        kv_dtype,
+    };
     let evaluation = evaluate(
         &model,
         args.device,
         &prompts,
         &candidates,
         &args.budgets,
-        AnswerLimits {
-            max_tokens: args.answer_tokens,
-            evicted_length: match expected {
-                Some(_) => EvictedLength::OwnStop,
-                None => EvictedLength::LikeFullCache,
-            },
-        },
+        settings,
         || progress.inc(1),
     )?;
     progress.finish_and_clear();

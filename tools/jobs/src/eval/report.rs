@@ -38,6 +38,19 @@ pub struct EvalRow {
     /// Median prefill time with the policy over median full-cache prefill time, minus 1
     /// (0.03 = 3 % slower).
     pub ttft_overhead: f64,
+    /// How the entries a LookaheadKV run kept with a KV pool other than f32 compare with the
+    /// ones it keeps with an f32 pool; `None` for f32 runs and other policies.
+    #[serde(default)]
+    pub kept_like_f32: Option<KeptLikeF32>,
+}
+
+/// A LookaheadKV selection at a compact KV dtype against the same selection at f32 KV.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KeptLikeF32 {
+    /// Fraction of (layer, KV head) kept sets equal to the f32 ones (0..1).
+    pub equal_sets: f64,
+    /// Fraction of the f32 run's kept entries kept too (0..1).
+    pub shared_entries: f64,
 }
 
 /// Everything one `glimpse eval` run measured, with what it ran on.
@@ -195,6 +208,26 @@ pub fn markdown(report: &EvalReport) -> String {
             Metric::Kl.cell(row),
             Metric::Recall.cell(row),
             Metric::TtftOverhead.cell(row),
+        ));
+    }
+    let kept: Vec<String> = rows
+        .iter()
+        .filter_map(|row| {
+            row.kept_like_f32.map(|k| {
+                format!(
+                    "{} at {}: {:.1} % of sets equal, {:.1} % of entries shared",
+                    row.policy,
+                    row.budget,
+                    k.equal_sets * 100.0,
+                    k.shared_entries * 100.0
+                )
+            })
+        })
+        .collect();
+    if !kept.is_empty() {
+        out.push_str(&format!(
+            "\n(Layer, KV head) kept sets against the same policy with an f32 KV cache: {}.\n",
+            kept.join("; ")
         ));
     }
     if !report.oracle_recall.is_empty() {
@@ -507,6 +540,7 @@ mod tests {
             recall: 0.5 + agreement / 2.0,
             ttft_overhead: 0.01,
             accuracy: None,
+            kept_like_f32: None,
         }
     }
 
@@ -552,6 +586,7 @@ mod tests {
             recall: 0.8804,
             ttft_overhead: 0.0234,
             accuracy: None,
+            kept_like_f32: None,
         };
         rows[1] = EvalRow {
             policy: "snapkv".into(),
@@ -562,6 +597,7 @@ mod tests {
             recall: 0.9261,
             ttft_overhead: -0.0104,
             accuracy: None,
+            kept_like_f32: None,
         };
         let text = markdown(&report(rows));
         assert!(text.starts_with(

@@ -259,7 +259,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "model_path", "architecture", "vocab_size", "max_model_len", "num_layers", "num_kv_heads", "block_size", "num_kv_blocks", "kv_cache_bytes", "default_policy", "supported_policies", "lookahead_loaded", "lookahead_name", "eos_token_ids", "dtype", "device")
+    __slots__ = ("model_name", "model_path", "architecture", "vocab_size", "max_model_len", "num_layers", "num_kv_heads", "block_size", "num_kv_blocks", "kv_cache_bytes", "default_policy", "supported_policies", "lookahead_loaded", "lookahead_name", "eos_token_ids", "dtype", "device", "kv_cache_dtype")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +277,7 @@ class ModelInfo(_message.Message):
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_path: str
     architecture: str
@@ -294,4 +295,5 @@ class ModelInfo(_message.Message):
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     dtype: str
     device: str
-    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., architecture: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., default_policy: _Optional[_Union[KvCachePolicy, _Mapping]] = ..., supported_policies: _Optional[_Iterable[_Union[KvPolicy, str]]] = ..., lookahead_loaded: _Optional[bool] = ..., lookahead_name: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    kv_cache_dtype: str
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., architecture: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., block_size: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., default_policy: _Optional[_Union[KvCachePolicy, _Mapping]] = ..., supported_policies: _Optional[_Iterable[_Union[KvPolicy, str]]] = ..., lookahead_loaded: _Optional[bool] = ..., lookahead_name: _Optional[str] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_dtype: _Optional[str] = ...) -> None: ...
