@@ -4,14 +4,14 @@
 //!
 //! `cargo bench -p glimpse-engine --bench forward -- --model DIR --json OUT.json
 //!  [--prefill 512,4096] [--decode-batches 1,16] [--decode-prompt 128] [--decode-tokens 64]
-//!  [--repeats 3] [--dtype auto|f32|bf16]`
+//!  [--repeats 3] [--dtype auto|f32|bf16] [--kv-cache-dtype auto|f32|bf16]`
 
 use std::time::Instant;
 
 use clap::Parser;
 use glimpse_engine::backend::{Backend, Device, create_backend};
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
-use glimpse_engine::config::{DtypeChoice, KvCacheDtype};
+use glimpse_engine::config::{DtypeChoice, KvCacheDtypeChoice};
 use glimpse_engine::model::Model;
 
 /// Engine forward-pass benchmark: prefill and decode tokens/s, and memory copy bandwidth.
@@ -23,6 +23,9 @@ struct Args {
     /// Dtype of the weight matrices: `auto` (the checkpoint's), `f32` or `bf16`.
     #[arg(long, default_value_t = DtypeChoice::Auto)]
     dtype: DtypeChoice,
+    /// Dtype of the KV cache: `auto` (f32), `f32` or `bf16`.
+    #[arg(long, default_value_t = KvCacheDtypeChoice::Auto)]
+    kv_cache_dtype: KvCacheDtypeChoice,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<String>,
@@ -213,7 +216,7 @@ fn main() {
         &model,
         block_size,
         num_blocks,
-        KvCacheDtype::F32,
+        args.kv_cache_dtype.resolve(),
         None,
     )
     .expect("backend");
@@ -279,6 +282,7 @@ fn main() {
     let report = serde_json::json!({
         "engine": "glimpse-cpu",
         "dtype": model.dtype.to_string(),
+        "kv_cache_dtype": backend.geometry().dtype.to_string(),
         "threads": threads,
         "parameters": model.weights.num_parameters(),
         "weight_bytes": weight_bytes,

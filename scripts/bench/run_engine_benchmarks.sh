@@ -7,7 +7,8 @@
 #   2. converts it to GGUF bf16 and Q8_0 with convert_hf_to_gguf.py from the source package of the
 #      pinned llama-cpp-python (its sha256 checked against the package index),
 #   3. forward pass — prefill 512/4096 tokens, decode at batch 1 (and 16 where the peer batches),
-#      copy bandwidth: Glimpse f32 and bf16, transformers f32 and bf16, llama.cpp bf16 and Q8_0,
+#      copy bandwidth: Glimpse f32 and bf16 (weights and KV cache alike), transformers f32 and
+#      bf16, llama.cpp bf16 and Q8_0 (its KV cache in f16, its default),
 #   4. offline throughput: 64 requests, 256-token prompts, 128 output tokens — Glimpse's engine loop
 #      in f32 and bf16 (batched and one at a time) and transformers' static-batch generate() in f32
 #      and bf16.
@@ -59,7 +60,7 @@ done
 
 for DTYPE in f32 bf16; do
 	cargo bench -p glimpse-engine --bench forward -- --model "$MODEL" --dtype "$DTYPE" \
-		--repeats "$REPEATS" --json "$OUT/glimpse-forward-$DTYPE.json"
+		--kv-cache-dtype "$DTYPE" --repeats "$REPEATS" --json "$OUT/glimpse-forward-$DTYPE.json"
 done
 for DTYPE in float32 bfloat16; do
 	"$PYTHON" scripts/bench/peer_transformers.py run "$MODEL" --dtype "$DTYPE" --repeats "$REPEATS" \
@@ -72,7 +73,7 @@ done
 
 for DTYPE in f32 bf16; do
 	cargo bench -p glimpse-server --bench offline_throughput -- --model "$MODEL" --dtype "$DTYPE" \
-		--tokenizer "$MODEL" --requests 64 --prompt-len 256 --output-len 128 --alone 4 \
+		--kv-cache-dtype "$DTYPE" --tokenizer "$MODEL" --requests 64 --prompt-len 256 --output-len 128 --alone 4 \
 		--json "$OUT/glimpse-offline-$DTYPE.json"
 done
 for DTYPE in float32 bfloat16; do
