@@ -21,9 +21,6 @@ pub enum DtypeChoice {
 }
 
 impl DtypeChoice {
-    /// Every spelling `--dtype` accepts, for help and error texts.
-    pub const NAMES: &'static str = "auto, f32, bf16";
-
     /// The dtype to hold matrices in, for a checkpoint stored in `checkpoint`.
     pub fn resolve(self, checkpoint: WeightDtype) -> WeightsDtype {
         match (self, checkpoint) {
@@ -35,31 +32,44 @@ impl DtypeChoice {
     }
 }
 
-impl FromStr for DtypeChoice {
-    type Err = EngineError;
-
-    fn from_str(s: &str) -> Result<Self, EngineError> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "f32" | "float32" => Ok(Self::F32),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            _ => Err(EngineError::InvalidParameter {
-                field: "dtype",
-                message: format!("expected one of {}, got `{s}`", Self::NAMES),
-            }),
+/// Parsing and printing of a flag whose values are `auto`, `f32` (or `float32`) and `bf16` (or
+/// `bfloat16`): `--dtype` and `--kv-cache-dtype` spell their choices alike; errors name `$field`.
+macro_rules! auto_f32_bf16_flag {
+    ($choice:ident, $field:literal) => {
+        impl $choice {
+            /// Every spelling the flag accepts, for help and error texts.
+            pub const NAMES: &'static str = "auto, f32, bf16";
         }
-    }
+
+        impl FromStr for $choice {
+            type Err = EngineError;
+
+            fn from_str(s: &str) -> Result<Self, EngineError> {
+                match s {
+                    "auto" => Ok(Self::Auto),
+                    "f32" | "float32" => Ok(Self::F32),
+                    "bf16" | "bfloat16" => Ok(Self::Bf16),
+                    _ => Err(EngineError::InvalidParameter {
+                        field: $field,
+                        message: format!("expected one of {}, got `{s}`", Self::NAMES),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $choice {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(match self {
+                    Self::Auto => "auto",
+                    Self::F32 => "f32",
+                    Self::Bf16 => "bf16",
+                })
+            }
+        }
+    };
 }
 
-impl fmt::Display for DtypeChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Self::Auto => "auto",
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-        })
-    }
-}
+auto_f32_bf16_flag!(DtypeChoice, "dtype");
 
 /// The dtype the GEMM's weight panels are stored in. bf16 values are the f32 ones rounded to
 /// nearest even once, at load (exact for a bf16 checkpoint), and widened exactly in registers.
@@ -101,9 +111,6 @@ pub enum KvCacheDtypeChoice {
 }
 
 impl KvCacheDtypeChoice {
-    /// Every spelling `--kv-cache-dtype` accepts, for help and error texts.
-    pub const NAMES: &'static str = "auto, f32, bf16";
-
     /// The dtype the KV pool stores its entries in.
     pub fn resolve(self) -> KvCacheDtype {
         match self {
@@ -113,31 +120,7 @@ impl KvCacheDtypeChoice {
     }
 }
 
-impl FromStr for KvCacheDtypeChoice {
-    type Err = EngineError;
-
-    fn from_str(s: &str) -> Result<Self, EngineError> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "f32" | "float32" => Ok(Self::F32),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            _ => Err(EngineError::InvalidParameter {
-                field: "kv_cache_dtype",
-                message: format!("expected one of {}, got `{s}`", Self::NAMES),
-            }),
-        }
-    }
-}
-
-impl fmt::Display for KvCacheDtypeChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Self::Auto => "auto",
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-        })
-    }
-}
+auto_f32_bf16_flag!(KvCacheDtypeChoice, "kv_cache_dtype");
 
 /// The dtype the KV pool stores keys and values in. bf16 entries are the f32 K/V rounded to
 /// nearest even once, when written, and widened exactly in registers by attention and eviction
