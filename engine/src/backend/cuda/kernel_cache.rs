@@ -193,25 +193,17 @@ mod tests {
     use super::*;
     use crate::EngineError;
 
-    /// Set (to 1) where NVRTC must be found: the script that puts it on the library path.
-    const REQUIRE_NVRTC: &str = "GLIMPSE_REQUIRE_NVRTC";
-
-    /// Whether NVRTC can be loaded; without it a test is skipped with a note on stderr, unless
-    /// `GLIMPSE_REQUIRE_NVRTC=1`, where the skip is a failure.
-    fn nvrtc_present() -> bool {
-        if nvrtc::is_available() {
-            return true;
-        }
+    /// The NVRTC tests are `#[ignore]`d by a plain `cargo test` (they need libnvrtc, which a GPU-less
+    /// machine lacks); `scripts/cuda-kernel-cache-check.sh`, a CI step, puts NVRTC from PyPI on the
+    /// library path and runs them with `--include-ignored`. Fails, naming the library path, when
+    /// NVRTC cannot be loaded.
+    fn require_nvrtc() {
         assert!(
-            std::env::var(REQUIRE_NVRTC).as_deref() != Ok("1"),
-            "{REQUIRE_NVRTC}=1 but libnvrtc.so.13 cannot be loaded (LD_LIBRARY_PATH={:?})",
+            nvrtc::is_available(),
+            "libnvrtc.so.13 cannot be loaded (LD_LIBRARY_PATH={:?}); run these tests through \
+             scripts/cuda-kernel-cache-check.sh",
             std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
         );
-        eprintln!(
-            "skipped: libnvrtc.so.13 is not on the library path (scripts/cuda-kernel-cache-check.sh \
-             runs these tests with NVRTC from PyPI)"
-        );
-        false
     }
 
     const ELF_MAGIC: &[u8] = b"\x7fELF";
@@ -221,10 +213,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs libnvrtc.so.13: scripts/cuda-kernel-cache-check.sh"]
     fn every_kernel_compiles_then_loads_from_the_cache_and_a_damaged_entry_is_recompiled() {
-        if !nvrtc_present() {
-            return;
-        }
+        require_nvrtc();
         let dir = tempfile::tempdir().unwrap();
         let cache = KernelCache::new(dir.path().join("nested/cuda"));
         let mut sm_90 = Vec::new();
@@ -293,10 +284,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs libnvrtc.so.13: scripts/cuda-kernel-cache-check.sh"]
     fn a_kernel_that_does_not_compile_reports_nvrtcs_log() {
-        if !nvrtc_present() {
-            return;
-        }
+        require_nvrtc();
         let broken = KernelSource {
             name: "broken.cu",
             source: "#include \"glimpse_cuda.cuh\"\nGLIMPSE_KERNEL void k() { undeclared_call(); }\n",
