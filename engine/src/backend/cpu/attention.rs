@@ -97,6 +97,17 @@ pub struct TileTimes {
     pub extra: Duration,
 }
 
+impl std::ops::Add for TileTimes {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            plain: self.plain + other.plain,
+            extra: self.extra + other.extra,
+        }
+    }
+}
+
 /// `out[t] = softmax(q[t]·Kᵀ·scale)·V` per head, for rows `q` `[T, num_heads·head_dim]`, reading
 /// the cache in its element type (the lookahead rows' extra K/V are f32 in every pool).
 pub fn paged_attention(
@@ -149,10 +160,7 @@ fn attend_all<E: KvElement>(
                 },
             }
         })
-        .reduce(TileTimes::default, |a, b| TileTimes {
-            plain: a.plain + b.plain,
-            extra: a.extra + b.extra,
-        })
+        .reduce(TileTimes::default, |a, b| a + b)
 }
 
 /// Splits the rows into tiles of at most `max_rows` consecutive rows that read the same keys: one

@@ -39,6 +39,14 @@ impl EvictionTimes {
     }
 }
 
+impl std::ops::AddAssign for EvictionTimes {
+    fn add_assign(&mut self, other: Self) {
+        self.scoring += other.scoring;
+        self.selection += other.selection;
+        self.compaction += other.compaction;
+    }
+}
+
 /// What one layer's scoring reads from the pass.
 pub struct ScoringInput<'a> {
     pub layout: HeadLayout,

@@ -520,10 +520,7 @@ impl Backend for CpuBackend {
         let mut eviction = EvictionTimes::default();
         for (index, rows) in self.buffers.sequences.iter_mut().enumerate() {
             if let Some(pending) = rows.eviction.take() {
-                let times = pending.times();
-                eviction.scoring += times.scoring;
-                eviction.selection += times.selection;
-                eviction.compaction += times.compaction;
+                eviction += pending.times();
                 out.evictions.push(pending.finish(index));
             }
         }
@@ -651,6 +648,5 @@ fn attend(
         shape,
         &mut b.attention,
     );
-    b.tile_times.plain += times.plain;
-    b.tile_times.extra += times.extra;
+    b.tile_times = b.tile_times + times;
 }
