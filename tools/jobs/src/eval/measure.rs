@@ -31,7 +31,8 @@ use glimpse_engine::train::{AttentionTarget, FrozenModel, Precision};
 
 use super::report::{EvalRow, KeptLikeF32};
 
-/// Block size of the evaluation's KV pool (any size gives the same results).
+/// Block size of every KV pool of the evaluation: the same for the reference and the candidates,
+/// since attention's online softmax groups keys by block and another size can move last bits.
 const BLOCK_SIZE: usize = 16;
 
 /// A policy family evaluated at every budget.
