@@ -211,6 +211,7 @@ fn check_scores(case: Case, rng: &mut ChaCha8Rng) {
             None => QueryReduction::Mean,
         },
         pooling: cpu_pooling(case.pool),
+        dots: None,
     };
     let head_layout = HeadLayout {
         num_heads: case.num_heads,

@@ -152,6 +152,7 @@ fn check_selection(fixture: &Fixture, case: &Value) {
                 scored_entries: plan.scored_entries,
                 reduction: plan.reduction,
                 pooling: plan.pooling,
+                dots: None,
             };
             score_prompt(layout, &request, &keys).unwrap()
         });

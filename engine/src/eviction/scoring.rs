@@ -6,7 +6,8 @@
 //! (the backend lends them through [`KeySource`], e.g. in place from paged blocks) nor how entries
 //! are selected. Per query head it holds that head's scaled dot products with the prompt keys
 //! (`n_q × n` floats, computed by the key source in one pass so a backend can share each key load
-//! between the queries) and one row of probabilities at a time.
+//! between the queries, or lent by the caller when its attention already computed them) and one
+//! row of probabilities at a time.
 //!
 //! Softmax denominator (reference §5.3): each query is normalised over every key it can see in the
 //! forward pass, and only prompt columns are scored. SnapKV window queries see the prompt keys at
@@ -132,6 +133,11 @@ pub struct ScoringRequest<'a> {
     /// Pooling applied to each query head's reduced row, before the GQA mean (kvpress order;
     /// identical to pooling after the mean for average pooling).
     pub pooling: Option<Pooling>,
+    /// The queries' scaled dot products `q·k/√d` with every prompt key, `[n_q, num_heads, n]`,
+    /// when the caller already has them: the key source is then not asked for them. They must be
+    /// the bits its [`KeySource::scaled_dots`] would write (the CPU backend keeps the lookahead
+    /// rows' from their attention, which runs the same kernel over the same keys).
+    pub dots: Option<&'a [f32]>,
 }
 
 /// Scores per KV head over the first `num_entries` prompt entries, `[num_kv_heads, num_entries]`.
@@ -197,19 +203,30 @@ pub fn score_prompt<K: KeySource + Sync + ?Sized>(
         .into_par_iter()
         .map(|head| {
             let kv_head = head / group;
-            let queries: Vec<f32> = (0..num_queries)
-                .flat_map(|query| {
-                    let start = (query * layout.num_heads + head) * layout.head_dim;
-                    request.queries[start..start + layout.head_dim]
-                        .iter()
-                        .copied()
-                })
-                .collect();
-            let mut dots = vec![0.0f32; num_queries * prompt_len];
-            keys.scaled_dots(kv_head, &queries, layout.head_dim, scale, &mut dots);
+            let computed = match request.dots {
+                Some(_) => Vec::new(),
+                None => {
+                    let queries: Vec<f32> = (0..num_queries)
+                        .flat_map(|query| {
+                            let start = (query * layout.num_heads + head) * layout.head_dim;
+                            request.queries[start..start + layout.head_dim]
+                                .iter()
+                                .copied()
+                        })
+                        .collect();
+                    let mut dots = vec![0.0f32; num_queries * prompt_len];
+                    keys.scaled_dots(kv_head, &queries, layout.head_dim, scale, &mut dots);
+                    dots
+                }
+            };
             let mut probs = vec![0.0f32; prompt_len + num_extra];
             let mut reduced = vec![0.0f32; scored];
-            for (query, dots) in dots.chunks_exact(prompt_len.max(1)).enumerate() {
+            for query in 0..num_queries {
+                let dots = match request.dots {
+                    Some(lent) => &lent[(query * layout.num_heads + head) * prompt_len..],
+                    None => &computed[query * prompt_len..],
+                };
+                let dots = &dots[..prompt_len];
                 let visible = query_row_probs(layout, request, head, query, dots, &mut probs);
                 let scored_visible = visible.min(scored);
                 for (acc, p) in reduced.iter_mut().zip(&probs[..scored_visible]) {
@@ -316,6 +333,15 @@ fn check_shapes<K: KeySource + ?Sized>(
         return Err(shape_error(format!(
             "{} scored entries for a prompt of {prompt_len}",
             request.scored_entries
+        )));
+    }
+    if let Some(dots) = request.dots
+        && dots.len() != num_queries * num_heads * prompt_len
+    {
+        return Err(shape_error(format!(
+            "lent dot products hold {} floats, expected {num_queries} queries × {num_heads} heads \
+             × {prompt_len} entries",
+            dots.len()
         )));
     }
     match request.rows {

@@ -252,6 +252,7 @@ fn scores_for(
         scored_entries,
         reduction,
         pooling,
+        dots: None,
     };
     score_prompt(layout, &request, &keys).expect("scores")
 }
@@ -369,6 +370,7 @@ fn scoring_reads_keys_in_place_from_paged_blocks() {
             pool: Pool::Max,
             kernel: 7,
         }),
+        dots: None,
     };
     let from_blocks = score_prompt(layout, &request, &paged).expect("paged scores");
     let keys = ContiguousKeys::new(&contiguous, 2, d).expect("keys");
@@ -376,6 +378,51 @@ fn scoring_reads_keys_in_place_from_paged_blocks() {
         from_blocks,
         score_prompt(layout, &request, &keys).expect("scores")
     );
+}
+
+/// Dot products lent by the caller (as the CPU backend lends the lookahead rows' from their
+/// attention) give the scores the key source's own dot products give, bit for bit, and a lent
+/// buffer of the wrong size is refused.
+#[test]
+fn lent_dot_products_score_like_the_key_source() {
+    let (n, nq, d) = (19, 3, 4);
+    let layout = HeadLayout {
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: d,
+    };
+    let keys = pseudo_random(n * 2 * d, 21);
+    let keys = ContiguousKeys::new(&keys, 2, d).expect("keys");
+    let queries = pseudo_random(nq * 4 * d, 22);
+    let extra = pseudo_random(nq * 2 * d, 23);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut lent = vec![0.0; nq * 4 * n];
+    for head in 0..4 {
+        let head_queries: Vec<f32> = (0..nq)
+            .flat_map(|q| queries[(q * 4 + head) * d..][..d].to_vec())
+            .collect();
+        let mut dots = vec![0.0; nq * n];
+        keys.scaled_dots(head / 2, &head_queries, d, scale, &mut dots);
+        for (q, row) in dots.chunks_exact(n).enumerate() {
+            lent[(q * 4 + head) * n..][..n].copy_from_slice(row);
+        }
+    }
+    let mut request = ScoringRequest {
+        queries: &queries,
+        rows: QueryRows::AfterPrompt {
+            extra_keys: Some(&extra),
+        },
+        scored_entries: n - 2,
+        reduction: QueryReduction::Mean,
+        pooling: None,
+        dots: None,
+    };
+    let own = score_prompt(layout, &request, &keys).expect("scores");
+    request.dots = Some(&lent);
+    assert_eq!(score_prompt(layout, &request, &keys).expect("scores"), own);
+    request.dots = Some(&lent[1..]);
+    let error = score_prompt(layout, &request, &keys).expect_err("short lent dots");
+    assert!(error.to_string().contains("lent dot products"), "{error}");
 }
 
 #[test]
@@ -492,6 +539,7 @@ fn scoring_rejects_inconsistent_shapes() {
         scored_entries: 10,
         reduction: QueryReduction::Sum,
         pooling: None,
+        dots: None,
     };
     assert!(score_prompt(layout, &request, &keys).is_err());
     assert!(ContiguousKeys::new(&[0.0; 7], 2, 4).is_err());

@@ -108,16 +108,75 @@ impl std::ops::Add for TileTimes {
     }
 }
 
+/// The scaled dot products `q·k·scale` of the rows with extra keys (lookahead rows) with every
+/// cache entry they attend, kept from their attention for eviction scoring: LookaheadKV scores
+/// exactly these numbers, and the attention kernel computes them anyway, so keeping them spares
+/// scoring a second pass over the prompt's keys (the same kernel on the same keys: the same bits).
+/// `[row][head][entry]`, rows in batch order; reused from pass to pass.
+#[derive(Debug, Default)]
+pub struct KeptDots {
+    data: Vec<f32>,
+    /// Per batch row, its span of `data`: `None` for a row that keeps none.
+    spans: Vec<Option<Range<usize>>>,
+}
+
+impl KeptDots {
+    /// Lays out one pass's rows: a row with extra keys and no skipped entries keeps
+    /// `num_heads × num_entries` dots. Not zeroed: attention writes every one of them.
+    fn lay_out(&mut self, contexts: &[QueryContext<'_>], num_heads: usize) {
+        self.spans.clear();
+        let mut end = 0;
+        for c in contexts {
+            let keeps = c.extra.is_some() && c.skip.is_empty();
+            let len = num_heads * c.num_entries;
+            self.spans.push(keeps.then(|| end..end + len));
+            end += if keeps { len } else { 0 };
+        }
+        self.data.resize(end, 0.0);
+    }
+
+    /// The kept dots of the batch rows `rows` of the last pass, `[row][head][entry]`, or `None`
+    /// unless every one of them kept its own.
+    pub fn rows(&self, rows: Range<usize>) -> Option<&[f32]> {
+        let spans = self.spans.get(rows)?;
+        let first = spans.first()?.as_ref()?.start;
+        let mut end = first;
+        for span in spans {
+            end = span.as_ref()?.end;
+        }
+        Some(&self.data[first..end])
+    }
+
+    /// Splits `data` into one mutable piece per tile (empty for tiles that keep none).
+    fn split_by_tiles(&mut self, tiles: &[Range<usize>]) -> Vec<&mut [f32]> {
+        let mut pieces = Vec::with_capacity(tiles.len());
+        let mut rest = self.data.as_mut_slice();
+        for rows in tiles {
+            let len = self.spans[rows.clone()]
+                .iter()
+                .flatten()
+                .map(Range::len)
+                .sum();
+            let (piece, tail) = rest.split_at_mut(len);
+            pieces.push(piece);
+            rest = tail;
+        }
+        pieces
+    }
+}
+
 /// `out[t] = softmax(q[t]·Kᵀ·scale)·V` per head, for rows `q` `[T, num_heads·head_dim]`, reading
-/// the cache in its element type (the lookahead rows' extra K/V are f32 in every pool).
+/// the cache in its element type (the lookahead rows' extra K/V are f32 in every pool), and
+/// keeping the lookahead rows' scaled dot products with the cache entries in `dots`.
 pub fn paged_attention(
     q: &[f32],
     contexts: &[QueryContext<'_>],
     cache: PoolLayer<'_>,
     shape: AttentionShape,
     out: &mut [f32],
+    dots: &mut KeptDots,
 ) -> TileTimes {
-    with_layer_view!(cache, view => attend_all(q, contexts, view, shape, out))
+    with_layer_view!(cache, view => attend_all(q, contexts, view, shape, out, dots))
 }
 
 fn attend_all<E: KvElement>(
@@ -126,6 +185,7 @@ fn attend_all<E: KvElement>(
     cache: LayerView<'_, E>,
     shape: AttentionShape,
     out: &mut [f32],
+    dots: &mut KeptDots,
 ) -> TileTimes {
     let width = shape.num_heads * shape.head_dim;
     let group = shape.num_heads / shape.num_kv_heads;
@@ -137,17 +197,20 @@ fn attend_all<E: KvElement>(
         tile_outputs.push(tile_out);
         rest = tail;
     }
+    dots.lay_out(contexts, shape.num_heads);
+    let tile_dots = dots.split_by_tiles(&tiles);
     let kernels = Kernels::detect();
     tiles
         .into_par_iter()
         .zip(tile_outputs)
-        .map_init(TileScratch::default, |scratch, (rows, out)| {
+        .zip(tile_dots)
+        .map_init(TileScratch::default, |scratch, ((rows, out), dots)| {
             let started = Instant::now();
             let tile = Tile {
                 q: &q[rows.start * width..rows.end * width],
                 contexts: &contexts[rows],
             };
-            tile.attend(cache, shape, kernels, scratch, out);
+            tile.attend(cache, shape, kernels, scratch, out, dots);
             let time = started.elapsed();
             match tile.contexts[0].extra {
                 Some(_) => TileTimes {
@@ -203,6 +266,7 @@ impl Tile<'_> {
         kernels: Kernels,
         s: &mut TileScratch,
         out: &mut [f32],
+        dots: &mut [f32],
     ) {
         let (d, bs) = (shape.head_dim, shape.block_size);
         let group = shape.num_heads / shape.num_kv_heads;
@@ -227,30 +291,81 @@ impl Tile<'_> {
             .iter()
             .filter_map(|c| c.extra)
             .max_by_key(|e| e.count);
+        // Where each row's kept dots start in `dots`, and how many entries it attends.
+        let kept_rows: Vec<(usize, usize)> = match dots.is_empty() {
+            true => Vec::new(),
+            false => self
+                .contexts
+                .iter()
+                .scan(0, |start, c| {
+                    let row = (*start, c.num_entries);
+                    *start += shape.num_heads * c.num_entries;
+                    Some(row)
+                })
+                .collect(),
+        };
         for kv_head in 0..shape.num_kv_heads {
             let heads = kv_head * group * d..(kv_head + 1) * group * d;
             s.start(self.contexts.len() * group, d);
             for (row, q) in self.q.chunks_exact(width).enumerate() {
                 s.q[row * group * d..(row + 1) * group * d].copy_from_slice(&q[heads.clone()]);
             }
+            let mut keep = DotsKeeper {
+                dots: &mut *dots,
+                rows: &kept_rows,
+                first_head: kv_head * group,
+                group,
+            };
             widest.for_each_run(bs, |block, slot, entry, count| {
                 for piece in lane_pieces(slot, count) {
                     let first_entry = entry + piece.start - slot;
                     let run = cache.key_run(block, kv_head, piece);
-                    s.absorb(&run, Limits::Cache, first_entry, shape.scale, kernels);
+                    s.score(&run, Limits::Cache, first_entry, shape.scale, kernels);
+                    keep.keep(&s.scores, &s.counts, first_entry);
+                    s.fold(&run, kernels);
                 }
             });
             if let Some(extra) = widest_extra {
                 for piece in lane_pieces(0, extra.count) {
                     let first = piece.start;
                     let run = extra.key_run(kv_head, d, piece);
-                    s.absorb(&run, Limits::Extra, first, shape.scale, kernels);
+                    s.score(&run, Limits::Extra, first, shape.scale, kernels);
+                    s.fold(&run, kernels);
                 }
             }
             for (row, out) in out.chunks_exact_mut(width).enumerate() {
                 let first = row * group;
                 s.write_normalised(first..first + group, &mut out[heads.clone()]);
             }
+        }
+    }
+}
+
+/// Copies a tile's scores of each run of cache entries into its piece of [`KeptDots`] before the
+/// online softmax turns them into probabilities (nothing for a tile that keeps none).
+struct DotsKeeper<'a> {
+    /// The tile's piece, `[row][head][entry]`.
+    dots: &'a mut [f32],
+    /// Per tile row, where its dots start in `dots` and how many entries it attends (empty for
+    /// a tile that keeps none).
+    rows: &'a [(usize, usize)],
+    /// The first query head of the KV head being attended, of `group`.
+    first_head: usize,
+    group: usize,
+}
+
+impl DotsKeeper<'_> {
+    /// `scores[h][..counts[h]]` are tile head `h`'s (row `h / group`) dots with the entries from
+    /// `first`.
+    fn keep(&mut self, scores: &[[f32; LANES]], counts: &[usize], first: usize) {
+        if self.rows.is_empty() {
+            return;
+        }
+        for (h, (scores, &count)) in scores.iter().zip(counts).enumerate() {
+            let (row_start, num_entries) = self.rows[h / self.group];
+            let head = self.first_head + h % self.group;
+            let start = row_start + head * num_entries + first;
+            self.dots[start..start + count].copy_from_slice(&scores[..count]);
         }
     }
 }
@@ -318,9 +433,10 @@ impl TileScratch {
         self.scores.resize(heads, [0.0; LANES]);
     }
 
-    /// Folds one run of keys, whose first lane is key `first` of the kind `limits` names, into
-    /// the online softmax of every query head: a head attends the run's lanes below its limit.
-    fn absorb<E: KvElement>(
+    /// Scores one run of keys, whose first lane is key `first` of the kind `limits` names, for
+    /// every query head into `scores`, and how many of its lanes each head attends (below its
+    /// limit) into `counts`.
+    fn score<E: KvElement>(
         &mut self,
         run: &KeyRun<'_, E>,
         limits: Limits,
@@ -328,17 +444,19 @@ impl TileScratch {
         scale: f32,
         kernels: Kernels,
     ) {
-        let d = self.head_dim;
         let limits = match limits {
             Limits::Cache => &self.limits,
             Limits::Extra => &self.extra_limits,
         };
-        let mut uniform = true;
         for (count, &limit) in self.counts.iter_mut().zip(limits) {
             *count = limit.saturating_sub(first).min(run.lanes);
-            uniform &= *count == run.lanes;
         }
-        kernels.scores(&self.q, d, run, scale, &mut self.scores);
+        kernels.scores(&self.q, self.head_dim, run, scale, &mut self.scores);
+    }
+
+    /// Folds the run [`Self::score`] scored into the online softmax of every query head.
+    fn fold<E: KvElement>(&mut self, run: &KeyRun<'_, E>, kernels: Kernels) {
+        let d = self.head_dim;
         for (h, &count) in self.counts.iter().enumerate() {
             if count == 0 {
                 continue;
@@ -351,7 +469,7 @@ impl TileScratch {
                     .for_each(|a| *a *= rescale);
             }
         }
-        if uniform {
+        if self.counts.iter().all(|&count| count == run.lanes) {
             kernels.accumulate(&self.scores, run.values, run.lanes, d, &mut self.acc);
             return;
         }
@@ -379,7 +497,9 @@ mod tests {
     use super::*;
     use crate::backend::KvGeometry;
     use crate::backend::cpu::kv_cache::{CpuKvCache, as_stored};
+    use crate::backend::cpu::scoring_keys::PagedKeys;
     use crate::config::KvCacheDtype;
+    use crate::eviction::KeySource;
     use crate::test_util::pseudo_random;
 
     const SHAPE: AttentionShape = AttentionShape {
@@ -487,8 +607,9 @@ mod tests {
             .collect();
         let q = pseudo_random(contexts.len() * width, 6);
         let (mut got, mut want) = (vec![0.0; q.len()], vec![0.0; q.len()]);
-        paged_attention(&q, &contexts, compact.layer(0), SHAPE, &mut got);
-        paged_attention(&q, &contexts, widened.layer(0), SHAPE, &mut want);
+        let dots = &mut KeptDots::default();
+        paged_attention(&q, &contexts, compact.layer(0), SHAPE, &mut got, dots);
+        paged_attention(&q, &contexts, widened.layer(0), SHAPE, &mut want, dots);
         assert!(
             got.iter()
                 .map(|g| g.to_bits())
@@ -521,12 +642,23 @@ mod tests {
         contexts.extend((1..=20).map(|count| row(127, 0..0, Some(extra(count)))));
         let q = pseudo_random(contexts.len() * width, 5);
         let mut together = vec![0.0; q.len()];
-        paged_attention(&q, &contexts, cache.layer(0), SHAPE, &mut together);
+        let mut kept = KeptDots::default();
+        paged_attention(
+            &q,
+            &contexts,
+            cache.layer(0),
+            SHAPE,
+            &mut together,
+            &mut kept,
+        );
+        lookahead_rows_keep_the_dots_scoring_computes(dtype, &q, &contexts, &cache, &kept);
+        let alone_dots = &mut KeptDots::default();
         for (i, context) in contexts.iter().enumerate() {
             let rows = i * width..(i + 1) * width;
             let mut alone = vec![0.0; width];
             let one = std::slice::from_ref(context);
-            paged_attention(&q[rows.clone()], one, cache.layer(0), SHAPE, &mut alone);
+            let layer = cache.layer(0);
+            paged_attention(&q[rows.clone()], one, layer, SHAPE, &mut alone, alone_dots);
             assert_eq!(alone, together[rows.clone()], "{dtype}: row {i}");
             for head in 0..SHAPE.num_heads {
                 let kv = head / group;
@@ -555,6 +687,49 @@ mod tests {
                         "{dtype}: row {i} head {head}: {g} vs {w}"
                     );
                 }
+            }
+        }
+    }
+
+    /// The rows with extra keys (the last 20, 127 entries each) keep, bit for bit, the scaled
+    /// dot products eviction scoring would compute from the paged keys; the others keep none.
+    fn lookahead_rows_keep_the_dots_scoring_computes(
+        dtype: KvCacheDtype,
+        q: &[f32],
+        contexts: &[QueryContext<'_>],
+        cache: &CpuKvCache,
+        kept: &KeptDots,
+    ) {
+        let (n, d, heads) = (127, SHAPE.head_dim, SHAPE.num_heads);
+        let lookahead = contexts.len() - 20..contexts.len();
+        assert!(kept.rows(0..lookahead.start).is_none(), "{dtype}");
+        assert!(kept.rows(lookahead.start - 1..lookahead.end).is_none());
+        let dots = kept
+            .rows(lookahead.clone())
+            .expect("lookahead rows keep their dots");
+        assert_eq!(dots.len(), 20 * heads * n);
+        let keys = PagedKeys {
+            layer: cache.layer(0),
+            block_table: contexts[0].block_table,
+            block_size: SHAPE.block_size,
+            head_dim: d,
+            num_entries: n,
+        };
+        let group = heads / SHAPE.num_kv_heads;
+        for head in 0..heads {
+            let queries: Vec<f32> = lookahead
+                .clone()
+                .flat_map(|row| q[(row * heads + head) * d..][..d].to_vec())
+                .collect();
+            let mut want = vec![0.0; 20 * n];
+            keys.scaled_dots(head / group, &queries, d, SHAPE.scale, &mut want);
+            for (row, want) in want.chunks_exact(n).enumerate() {
+                let got = &dots[(row * heads + head) * n..][..n];
+                let same = got
+                    .iter()
+                    .zip(want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same, "{dtype}: lookahead row {row}, head {head}");
             }
         }
     }

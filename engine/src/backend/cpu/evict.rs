@@ -54,6 +54,9 @@ pub struct ScoringInput<'a> {
     pub queries: &'a [f32],
     /// The lookahead rows' keys (row-major), which enter the softmax denominator.
     pub extra_keys: Option<&'a [f32]>,
+    /// The scoring queries' scaled dot products with the prompt keys, kept from their attention
+    /// (`[n_q, num_heads, prompt_len]`), when it kept them (the lookahead rows).
+    pub dots: Option<&'a [f32]>,
 }
 
 impl PendingEviction {
@@ -124,6 +127,7 @@ impl PendingEviction {
                     scored_entries: plan.scored_entries,
                     reduction: plan.reduction,
                     pooling: plan.pooling,
+                    dots: input.dots,
                 };
                 Some(score_prompt(input.layout, &request, &keys)?)
             }

@@ -30,7 +30,7 @@ mod weights;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attention::{AttentionShape, QueryContext, TileTimes, paged_attention};
+use attention::{AttentionShape, KeptDots, QueryContext, TileTimes, paged_attention};
 use evict::{EvictionTimes, PendingEviction, ScoringInput};
 use kv_cache::CpuKvCache;
 use lora::{LayerLora, PackedLora};
@@ -110,6 +110,9 @@ struct StepBuffers {
     attention_time: Duration,
     /// Thread time of the attention tiles during the current forward pass.
     tile_times: TileTimes,
+    /// The lookahead rows' scaled dot products with the prompt keys from the current layer's
+    /// attention, which their eviction scoring reuses.
+    kept_dots: KeptDots,
 }
 
 /// The rows `rows` of a flat `[T, width]` buffer.
@@ -447,13 +450,14 @@ impl CpuBackend {
                 continue;
             };
             let scoring_rows = pending.scoring_rows(rows.first_row, rows.num_tokens);
-            let queries = &b.queries[row_span(scoring_rows, q_width)];
+            let queries = &b.queries[row_span(scoring_rows.clone(), q_width)];
             let extra_keys =
                 (rows.num_lookahead > 0).then(|| b.lookahead_kv.key_rows(rows.lookahead_index));
             let input = ScoringInput {
                 layout,
                 queries,
                 extra_keys,
+                dots: b.kept_dots.rows(scoring_rows),
             };
             let compact_into = seq.compact_into.unwrap_or(seq.block_table);
             pending.run_layer(&mut self.cache, l, seq.block_table, compact_into, input)?;
@@ -647,6 +651,7 @@ fn attend(
         cache.layer(l),
         shape,
         &mut b.attention,
+        &mut b.kept_dots,
     );
     b.tile_times = b.tile_times + times;
 }
