@@ -14,17 +14,24 @@ use glimpse_engine::model::Model;
 use glimpse_engine::runner::{OfflineRunner, RunnerSequence};
 use safetensors::SafeTensors;
 
+/// The environment variable naming the repository root at run time, for a test binary run away
+/// from the tree it was built in (the device run of scripts/gpu-check.sh carries the binary to
+/// another machine's copy of the repository).
+pub const REPO_ROOT_VARIABLE: &str = "GLIMPSE_REPO_ROOT";
+
+/// `$GLIMPSE_REPO_ROOT`, else the repository the test was built in.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    match std::env::var_os(REPO_ROOT_VARIABLE) {
+        Some(root) if !root.is_empty() => PathBuf::from(root),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf(),
+    }
 }
 
 pub fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    repo_root().join("engine/tests/fixtures").join(name)
 }
 
 pub const FIXTURES: &[&str] = &[
