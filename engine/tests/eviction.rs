@@ -622,16 +622,3 @@ fn lookahead_module(model: &Model) -> Arc<LookaheadModule> {
     assert!(module.layers[0].q.b.iter().any(|&b| b != 0.0));
     Arc::new(module)
 }
-
-/// `len` token ids drawn from `0..vocab_size` by a seeded xorshift.
-fn pseudo_random_prompt(vocab_size: usize, len: usize, seed: u64) -> Vec<u32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % vocab_size as u64) as u32
-        })
-        .collect()
-}

@@ -100,6 +100,18 @@ pub const DESCRIPTIONS: &[Description] = &[
         "Size of the KV-cache pool (bytes).",
     ),
     describe(
+        "glimpse_device_memory_total_bytes",
+        Kind::Gauge,
+        Unit::Bytes,
+        "Memory of the GPU the engine runs on; absent with --device cpu (bytes).",
+    ),
+    describe(
+        "glimpse_device_memory_free_bytes",
+        Kind::Gauge,
+        Unit::Bytes,
+        "Free memory of the GPU at start-up, before the weights and the KV-cache pool were allocated; absent with --device cpu (bytes).",
+    ),
+    describe(
         "glimpse_kv_blocks_used",
         Kind::Gauge,
         Unit::Count,
@@ -272,6 +284,15 @@ pub struct BuildInfo<'a> {
     pub num_blocks: usize,
     pub kv_cache_bytes: usize,
     pub max_model_len: usize,
+    /// The GPU's memory, read at start-up; `None` on the CPU.
+    pub device_memory: Option<DeviceMemory>,
+}
+
+/// A GPU's memory as its probe read it at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// How often histograms drop samples past their window (the exporter's own default).
@@ -315,6 +336,10 @@ pub fn install(info: &BuildInfo<'_>) -> Result<PrometheusHandle, BuildError> {
     .set(1.0);
     gauge!("glimpse_kv_blocks_total").set(info.num_blocks as f64);
     gauge!("glimpse_kv_cache_bytes").set(info.kv_cache_bytes as f64);
+    if let Some(memory) = info.device_memory {
+        gauge!("glimpse_device_memory_total_bytes").set(memory.total_bytes as f64);
+        gauge!("glimpse_device_memory_free_bytes").set(memory.free_bytes as f64);
+    }
     gauge!("glimpse_kv_blocks_used").set(0.0);
     gauge!("glimpse_kv_blocks_cached").set(0.0);
     gauge!("glimpse_kv_cache_usage_ratio").set(0.0);

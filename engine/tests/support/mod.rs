@@ -14,17 +14,24 @@ use glimpse_engine::model::Model;
 use glimpse_engine::runner::{OfflineRunner, RunnerSequence};
 use safetensors::SafeTensors;
 
+/// The environment variable naming the repository root at run time, for a test binary run away
+/// from the tree it was built in (the device run of scripts/gpu-check.sh carries the binary to
+/// another machine's copy of the repository).
+pub const REPO_ROOT_VARIABLE: &str = "GLIMPSE_REPO_ROOT";
+
+/// `$GLIMPSE_REPO_ROOT`, else the repository the test was built in.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    match std::env::var_os(REPO_ROOT_VARIABLE) {
+        Some(root) if !root.is_empty() => PathBuf::from(root),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf(),
+    }
 }
 
 pub fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    repo_root().join("engine/tests/fixtures").join(name)
 }
 
 pub const FIXTURES: &[&str] = &[
@@ -137,4 +144,17 @@ pub fn prefilled_runner(
         .step(&mut [(&mut seq, prompt, LogitsRequest::All)])
         .unwrap();
     (runner, seq)
+}
+
+/// `len` token ids drawn from `0..vocab_size` by a seeded xorshift.
+pub fn pseudo_random_prompt(vocab_size: usize, len: usize, seed: u64) -> Vec<u32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % vocab_size as u64) as u32
+        })
+        .collect()
 }

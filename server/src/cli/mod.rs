@@ -3,6 +3,7 @@
 
 pub mod generate;
 pub mod health;
+mod kv_memory;
 pub mod serve;
 
 use std::num::NonZeroUsize;
@@ -21,6 +22,7 @@ use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_scheduler::num_blocks_for_budget;
 use glimpse_server::engine_loop::{BatchLimits, EngineCore, EvictionSettings, InputLimits};
+use glimpse_server::metrics::DeviceMemory;
 
 /// How logs are written.
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,7 +76,8 @@ pub struct EngineArgs {
     /// KV cache memory in bytes (takes precedence over --kv-memory-fraction).
     #[arg(long, env = "GLIMPSE_KV_MEMORY_BYTES")]
     pub kv_memory_bytes: Option<u64>,
-    /// Fraction of the memory available at start-up given to the KV cache (capped at what
+    /// Fraction of the memory available at start-up given to the KV cache: the host's for
+    /// `--device cpu`, the device's free memory less the weights for `cuda:N` (capped at what
     /// `max_num_seqs` sequences of the model's full length can use).
     #[arg(long, default_value_t = 0.25, env = "GLIMPSE_KV_MEMORY_FRACTION")]
     pub kv_memory_fraction: f64,
@@ -156,6 +159,8 @@ pub struct LoadedEngine {
     pub model: Model,
     pub tokenizer: Arc<Tokenizer>,
     pub core: EngineCore,
+    /// The GPU's memory at start-up, before the weights and pool were allocated; `None` on the CPU.
+    pub device_memory: Option<DeviceMemory>,
 }
 
 impl EngineArgs {
@@ -179,12 +184,16 @@ impl EngineArgs {
         let bytes_per_block =
             glimpse_engine::backend::KvGeometry::new(&model.config, self.block_size, 1, kv_dtype)?
                 .bytes_per_block();
+        let device_memory = kv_memory::probe_device_memory(self.device)?;
         let budget = match self.kv_memory_bytes {
             Some(bytes) => bytes,
             None => {
                 // A fraction of free memory, but never more than `max_num_seqs` full-length
                 // sequences can fill: a small model should not pin gigabytes.
-                let fraction = (available_memory_bytes()? as f64 * self.kv_memory_fraction) as u64;
+                let weight_bytes = model.weights.num_bytes(model.dtype) as u64;
+                let available =
+                    kv_memory::available_bytes(self.device, device_memory, weight_bytes)?;
+                let fraction = (available as f64 * self.kv_memory_fraction) as u64;
                 fraction.min(self.useful_kv_bytes(model.config.max_model_len, bytes_per_block)?)
             }
         };
@@ -249,6 +258,7 @@ impl EngineArgs {
             model,
             tokenizer,
             core,
+            device_memory,
         })
     }
 
@@ -277,18 +287,6 @@ impl EngineArgs {
                 )
             })
     }
-}
-
-/// `MemAvailable` from /proc/meminfo.
-fn available_memory_bytes() -> anyhow::Result<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo")
-        .context("reading /proc/meminfo (use --kv-memory-bytes)")?;
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .context("no MemAvailable in /proc/meminfo (use --kv-memory-bytes)")
 }
 
 #[cfg(test)]

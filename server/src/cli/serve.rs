@@ -164,6 +164,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         model,
         tokenizer,
         core,
+        device_memory,
     } = args.engine.load()?;
     let geometry = *core.backend().geometry();
     let model_name = args.model_name.clone().unwrap_or(location.name);
@@ -177,6 +178,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         num_blocks: geometry.num_blocks,
         kv_cache_bytes: geometry.total_bytes(),
         max_model_len: model.config.max_model_len,
+        device_memory,
     })
     .context("installing the metrics recorder")?;
     let metrics_listener =
