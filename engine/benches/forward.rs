@@ -11,7 +11,7 @@ use std::time::Instant;
 use clap::Parser;
 use glimpse_engine::backend::{Backend, Device, create_backend};
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
-use glimpse_engine::config::{DtypeChoice, KvCacheDtypeChoice};
+use glimpse_engine::config::{DtypeChoice, KvCacheDtypeChoice, Quantization};
 use glimpse_engine::model::Model;
 
 /// Engine forward-pass benchmark: prefill and decode tokens/s, and memory copy bandwidth.
@@ -23,6 +23,9 @@ struct Args {
     /// Dtype of the weight matrices: `auto` (the checkpoint's), `f32` or `bf16`.
     #[arg(long, default_value_t = DtypeChoice::Auto)]
     dtype: DtypeChoice,
+    /// Quantization of the weight matrices: `none`, or `int8` (Q8_0).
+    #[arg(long, default_value_t = Quantization::None)]
+    quantize: Quantization,
     /// Dtype of the KV cache: `auto` (f32), `f32` or `bf16`.
     #[arg(long, default_value_t = KvCacheDtypeChoice::Auto)]
     kv_cache_dtype: KvCacheDtypeChoice,
@@ -203,7 +206,8 @@ fn decode_seconds(
 
 fn main() {
     let args = Args::parse();
-    let model = Model::load_as(std::path::Path::new(&args.model), args.dtype).expect("model loads");
+    let model = Model::load_quantized(std::path::Path::new(&args.model), args.dtype, args.quantize)
+        .expect("model loads");
     let vocab = model.config.vocab_size;
     let block_size = 16;
     let max_prefill = args.prefill.iter().copied().max().unwrap_or(0);
