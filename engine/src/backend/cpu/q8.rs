@@ -36,6 +36,8 @@ pub const QK: usize = 32;
 const QN: usize = 8;
 /// Rows of `x` per micro-tile.
 const MR: usize = 4;
+/// Rows of `x` from which the activations are quantized on rayon's threads.
+const PARALLEL_QUANTIZE_ROWS: usize = 16;
 /// Bytes of quantized `x` per row block: the block stays in L2 while a thread's panels pass.
 const MC_BYTES: usize = 256 << 10;
 
@@ -127,20 +129,31 @@ struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes `x [rows, k]` into `self` (resized), each row on its own.
+    /// Quantizes `x [rows, k]` into `self` (resized), each row on its own — on rayon's threads
+    /// for a prefill-sized batch, on this one for a few rows, where handing work to the pool
+    /// would cost more than the work (the result is the same either way).
     fn fill(&mut self, x: &[f32], rows: usize, k: usize) {
         let blocks = k.div_ceil(QK);
         self.quants.resize(rows * blocks, ZERO_BLOCK);
         self.scales.resize(rows * blocks, 0.0);
-        self.quants
-            .par_chunks_mut(blocks)
-            .zip(self.scales.par_chunks_mut(blocks))
-            .zip(x.par_chunks(k))
-            .for_each(|((quants, scales), row)| {
-                for ((q, d), values) in quants.iter_mut().zip(scales).zip(row.chunks(QK)) {
-                    *d = quantize_block(values, q);
-                }
-            });
+        let quantize_row = |((quants, scales), row): ((&mut [Block], &mut [f32]), &[f32])| {
+            for ((q, d), values) in quants.iter_mut().zip(scales).zip(row.chunks(QK)) {
+                *d = quantize_block(values, q);
+            }
+        };
+        if rows < PARALLEL_QUANTIZE_ROWS {
+            self.quants
+                .chunks_mut(blocks)
+                .zip(self.scales.chunks_mut(blocks))
+                .zip(x.chunks(k))
+                .for_each(quantize_row);
+        } else {
+            self.quants
+                .par_chunks_mut(blocks)
+                .zip(self.scales.par_chunks_mut(blocks))
+                .zip(x.par_chunks(k))
+                .for_each(quantize_row);
+        }
     }
 }
 
@@ -514,6 +527,22 @@ mod tests {
             let mut y = vec![f32::NAN; 9 * n];
             matmul(&x, 9, &w, &mut y);
             assert_eq!(bits(&y), bits(&alone.concat()), "matmul, k {k}, n {n}");
+        }
+    }
+
+    #[test]
+    fn a_large_batch_spans_row_blocks_and_threads_with_the_same_bits() {
+        let (k, n) = (32 * 23, 37);
+        // Past the row count quantized in parallel and two row blocks' worth.
+        let rows = 2 * (MC_BYTES / k / MR * MR) + 5;
+        let w = quantized(&pseudo_random(n * k, 6), n, k);
+        let x = pseudo_random(rows * k, 7);
+        let mut all = vec![f32::NAN; rows * n];
+        matmul(&x, rows, &w, &mut all);
+        for r in 0..rows {
+            let mut alone = vec![f32::NAN; n];
+            matmul(&x[r * k..][..k], 1, &w, &mut alone);
+            assert_eq!(bits(&alone), bits(&all[r * n..][..n]), "row {r}");
         }
     }
 
