@@ -1,5 +1,5 @@
-//! `y = x·Wᵀ` with `W` quantized to Q8_0 (`--quantize int8`): llama.cpp's block scheme, so a
-//! comparison with its Q8_0 files runs on the same numbers of bytes and the same weight values.
+//! `y = x·Wᵀ` with `W` quantized to Q8_0 (`--quantize int8`): llama.cpp's block scheme and
+//! rounding rule, so a comparison with its Q8_0 files streams the same bytes per weight.
 //!
 //! **Blocks.** Each row of `W` is cut along `k` into blocks of [`QK`] = 32 values, stored as 32
 //! int8 `q = round(w/d)` with `d = max|w|/127` and the scale `d` as f16 (34 bytes per 32 values,
@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Values per quantization block (llama.cpp's `QK8_0`).
-pub const QK: usize = 32;
+const QK: usize = 32;
 /// Outputs (rows of `W`) per panel: one AVX2 vector of f32 accumulators.
 const QN: usize = 8;
 /// Rows of `x` per micro-tile.
