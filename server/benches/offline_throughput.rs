@@ -6,7 +6,7 @@
 //!
 //! `cargo bench -p glimpse-server --bench offline_throughput -- --model DIR [--requests 64]
 //!  [--prompt-len 256] [--output-len 128] [--alone 4] [--dtype auto|f32|bf16]
-//!  [--kv-cache-dtype auto|f32|bf16] [--json OUT.json]`
+//!  [--quantize none|int8] [--kv-cache-dtype auto|f32|bf16] [--json OUT.json]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
