@@ -4,7 +4,8 @@
 //!
 //! `cargo bench -p glimpse-engine --bench forward -- --model DIR --json OUT.json
 //!  [--prefill 512,4096] [--decode-batches 1,16] [--decode-prompt 128] [--decode-tokens 64]
-//!  [--repeats 3] [--dtype auto|f32|bf16] [--quantize none|int8] [--kv-cache-dtype auto|f32|bf16]`
+//!  [--repeats 3] [--dtype auto|f32|bf16] [--quantize none|int8]
+//!  [--kv-cache-dtype auto|f32|bf16]`
 
 use std::time::Instant;
 
