@@ -1,6 +1,8 @@
-//! The dtype the CPU backend holds the model's matrices in (`--dtype`), resolved once against the
-//! checkpoint's. Only the GEMM weights change: activations, norms, softmax, RoPE, sampling and
-//! eviction scoring are f32 in every mode (docs/design.md §3 "Weights dtype").
+//! The dtype the CPU backend holds the model's matrices in (`--dtype`, or Q8_0 under
+//! `--quantize int8`), resolved once against the checkpoint's. Only the GEMM weights change:
+//! activations, norms, softmax, RoPE, sampling and eviction scoring are f32 in every mode (the
+//! int8 GEMM quantizes its activation rows at its inputs only; docs/design.md §3 "Weights dtype",
+//! "Int8 weights").
 
 use std::fmt;
 use std::str::FromStr;
