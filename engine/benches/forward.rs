@@ -4,14 +4,15 @@
 //!
 //! `cargo bench -p glimpse-engine --bench forward -- --model DIR --json OUT.json
 //!  [--prefill 512,4096] [--decode-batches 1,16] [--decode-prompt 128] [--decode-tokens 64]
-//!  [--repeats 3] [--dtype auto|f32|bf16] [--kv-cache-dtype auto|f32|bf16]`
+//!  [--repeats 3] [--dtype auto|f32|bf16] [--quantize none|int8]
+//!  [--kv-cache-dtype auto|f32|bf16]`
 
 use std::time::Instant;
 
 use clap::Parser;
 use glimpse_engine::backend::{Backend, Device, create_backend};
 use glimpse_engine::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
-use glimpse_engine::config::{DtypeChoice, KvCacheDtypeChoice};
+use glimpse_engine::config::{DtypeChoice, KvCacheDtypeChoice, Quantization};
 use glimpse_engine::model::Model;
 
 /// Engine forward-pass benchmark: prefill and decode tokens/s, and memory copy bandwidth.
@@ -23,6 +24,9 @@ struct Args {
     /// Dtype of the weight matrices: `auto` (the checkpoint's), `f32` or `bf16`.
     #[arg(long, default_value_t = DtypeChoice::Auto)]
     dtype: DtypeChoice,
+    /// Quantization of the weight matrices: `none`, or `int8` (Q8_0).
+    #[arg(long, default_value_t = Quantization::None)]
+    quantize: Quantization,
     /// Dtype of the KV cache: `auto` (f32), `f32` or `bf16`.
     #[arg(long, default_value_t = KvCacheDtypeChoice::Auto)]
     kv_cache_dtype: KvCacheDtypeChoice,
@@ -203,7 +207,8 @@ fn decode_seconds(
 
 fn main() {
     let args = Args::parse();
-    let model = Model::load_as(std::path::Path::new(&args.model), args.dtype).expect("model loads");
+    let model = Model::load_quantized(std::path::Path::new(&args.model), args.dtype, args.quantize)
+        .expect("model loads");
     let vocab = model.config.vocab_size;
     let block_size = 16;
     let max_prefill = args.prefill.iter().copied().max().unwrap_or(0);

@@ -6,7 +6,7 @@
 //!
 //! `cargo bench -p glimpse-server --bench offline_throughput -- --model DIR [--requests 64]
 //!  [--prompt-len 256] [--output-len 128] [--alone 4] [--dtype auto|f32|bf16]
-//!  [--kv-cache-dtype auto|f32|bf16] [--json OUT.json]`
+//!  [--quantize none|int8] [--kv-cache-dtype auto|f32|bf16] [--json OUT.json]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use glimpse_engine::backend::{Device, KvGeometry, create_backend};
-use glimpse_engine::config::{DtypeChoice, KvCacheDtypeChoice};
+use glimpse_engine::config::{DtypeChoice, KvCacheDtypeChoice, Quantization};
 use glimpse_engine::model::Model;
 use glimpse_engine::sampling::SamplingParams;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -47,6 +47,9 @@ struct Args {
     /// Dtype of the weight matrices: `auto` (the checkpoint's), `f32` or `bf16`.
     #[arg(long, default_value_t = DtypeChoice::Auto)]
     dtype: DtypeChoice,
+    /// Quantization of the weight matrices: `none`, or `int8` (Q8_0).
+    #[arg(long, default_value_t = Quantization::None)]
+    quantize: Quantization,
     /// Dtype of the KV cache: `auto` (f32), `f32` or `bf16`.
     #[arg(long, default_value_t = KvCacheDtypeChoice::Auto)]
     kv_cache_dtype: KvCacheDtypeChoice,
@@ -143,7 +146,7 @@ fn run(
 
 fn main() {
     let args = Args::parse();
-    let model = Model::load_as(&args.model, args.dtype).expect("model loads");
+    let model = Model::load_quantized(&args.model, args.dtype, args.quantize).expect("model loads");
     let tokenizer = Arc::new(Tokenizer::from_dir(&args.tokenizer).expect("tokenizer loads"));
     let vocab = model.config.vocab_size;
     let kv_dtype = args.kv_cache_dtype.resolve();

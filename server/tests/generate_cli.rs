@@ -1,8 +1,8 @@
 //! `glimpse generate` through the real binary: `--model ORG/NAME` found in a Hugging Face hub
 //! cache laid out as `huggingface_hub` writes it (blobs, `refs/main`, a snapshot of symlinks),
 //! here holding the bundled stories260K; a missing id refused naming every place looked; and the
-//! sampling used logged with where each value came from; `--dtype` sizing the packed weights and
-//! `--kv-cache-dtype` the KV pool.
+//! sampling used logged with where each value came from; `--dtype` and `--quantize` sizing the
+//! packed weights and `--kv-cache-dtype` the KV pool.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -193,6 +193,44 @@ fn dtype_bf16_halves_the_packed_weights_and_an_unknown_dtype_is_refused_by_name(
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "an unknown dtype must fail");
     for part in ["--dtype", "fp8", "auto, f32, bf16"] {
+        assert!(stderr.contains(part), "no {part:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn quantize_int8_packs_the_weights_in_q8_0_at_about_a_quarter_of_f32_and_an_unknown_one_is_refused()
+{
+    let cache = tempfile::tempdir().unwrap();
+    // Returns the packed bytes, after checking the dtype the log names.
+    let run = |quantize: &str, logged_dtype: &str| {
+        let args = [
+            "--quantize",
+            quantize,
+            "--dtype",
+            "f32",
+            "--max-tokens",
+            "2",
+            "--temperature",
+            "0",
+        ];
+        let out = generate(cache.path(), &args);
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "--quantize {quantize}: {stderr}");
+        assert!(
+            stderr.contains(&format!("dtype={logged_dtype}")),
+            "{stderr}"
+        );
+        logged_number(&stderr, "weights packed for the CPU", "weight_bytes")
+    };
+    let (f32_bytes, int8_bytes) = (run("none", "f32"), run("int8", "q8_0"));
+    // 34 bytes per 32 values of 4 (0.266), plus the f32 norm weights and the padding of
+    // down_proj's 172 columns to 6 blocks.
+    let ratio = int8_bytes as f64 / f32_bytes as f64;
+    assert!((0.26..0.28).contains(&ratio), "{int8_bytes} / {f32_bytes}");
+    let out = generate(cache.path(), &["--quantize", "int4", "--max-tokens", "2"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "an unknown quantization must fail");
+    for part in ["--quantize", "int4", "none, int8"] {
         assert!(stderr.contains(part), "no {part:?} in:\n{stderr}");
     }
 }

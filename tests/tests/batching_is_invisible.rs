@@ -1,7 +1,7 @@
 //! docs/design.md §3 "batching is invisible": a request's output is the same token for token whether it
 //! ran alone or among 64 others, split by chunked prefill and preempted and recomputed — greedy and
-//! seeded sampling, on the bundled stories260K and on a Qwen3 fixture model, with f32 and bf16
-//! weights and with f32 and bf16 KV pools.
+//! seeded sampling, on the bundled stories260K and on a Qwen3 fixture model, with f32, bf16 and
+//! int8 (Q8_0) weights and with f32 and bf16 KV pools.
 
 mod common;
 
@@ -11,22 +11,24 @@ use std::path::Path;
 use std::sync::Arc;
 
 use glimpse_engine::backend::{Device, create_backend};
-use glimpse_engine::config::{DtypeChoice, KvCacheDtype};
+use glimpse_engine::config::{DtypeChoice, KvCacheDtype, Quantization};
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_server::engine_loop::{BatchLimits, EngineCore, GenerationRequest, StopConditions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// The dtypes of a run: the weights' and the KV pool's.
+/// The dtypes of a run: the weights' (and their quantization) and the KV pool's.
 #[derive(Clone, Copy, Debug)]
 struct Precision {
     weights: DtypeChoice,
+    quantize: Quantization,
     kv: KvCacheDtype,
 }
 
 const F32: Precision = Precision {
     weights: DtypeChoice::Auto,
+    quantize: Quantization::None,
     kv: KvCacheDtype::F32,
 };
 const BF16_WEIGHTS: Precision = Precision {
@@ -35,6 +37,10 @@ const BF16_WEIGHTS: Precision = Precision {
 };
 const BF16_KV: Precision = Precision {
     kv: KvCacheDtype::Bf16,
+    ..F32
+};
+const INT8_WEIGHTS: Precision = Precision {
+    quantize: Quantization::Int8,
     ..F32
 };
 
@@ -48,7 +54,7 @@ impl Setup {
     fn new(model_dir: &Path, precision: Precision) -> Self {
         Self {
             kv_dtype: precision.kv,
-            model: Model::load_as(model_dir, precision.weights).unwrap(),
+            model: Model::load_quantized(model_dir, precision.weights, precision.quantize).unwrap(),
             // Fixture models have no tokenizer; any tokenizer whose vocabulary covers theirs
             // serves the detokenizer, and outputs are compared as token ids.
             tokenizer: Arc::new(Tokenizer::from_dir(repo().join("models/stories260K")).unwrap()),
@@ -174,6 +180,13 @@ fn greedy_outputs_are_the_same_alone_and_batched_on_a_qwen3_fixture_with_bf16_we
     let precision = Precision {
         weights: DtypeChoice::Bf16,
         kv: KvCacheDtype::Bf16,
+        ..F32
     };
     check_batching_is_invisible(&fixture, false, precision);
+}
+
+#[test]
+fn greedy_outputs_are_the_same_alone_and_batched_on_a_qwen3_fixture_with_int8_weights() {
+    let fixture = repo().join("engine/tests/fixtures/qwen3_qknorm");
+    check_batching_is_invisible(&fixture, false, INT8_WEIGHTS);
 }

@@ -1,6 +1,8 @@
-//! The dtype the CPU backend holds the model's matrices in (`--dtype`), resolved once against the
-//! checkpoint's. Only the GEMM weights change: activations, norms, softmax, RoPE, sampling and
-//! eviction scoring are f32 in every mode (docs/design.md §3 "Weights dtype").
+//! The dtype the CPU backend holds the model's matrices in (`--dtype`, or Q8_0 under
+//! `--quantize int8`), resolved once against the checkpoint's. Only the GEMM weights change:
+//! activations, norms, softmax, RoPE, sampling and eviction scoring are f32 in every mode (the
+//! int8 GEMM quantizes its activation rows at its inputs only; docs/design.md §3 "Weights dtype",
+//! "Int8 weights").
 
 use std::fmt;
 use std::str::FromStr;
@@ -73,18 +75,23 @@ auto_f32_bf16_flag!(DtypeChoice, "dtype");
 
 /// The dtype the GEMM's weight panels are stored in. bf16 values are the f32 ones rounded to
 /// nearest even once, at load (exact for a bf16 checkpoint), and widened exactly in registers.
+/// Q8_0 (`--quantize int8`) holds each run of 32 values of a row as 32 int8 and one f16 scale,
+/// llama.cpp's Q8_0 block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightsDtype {
     F32,
     Bf16,
+    Q8_0,
 }
 
 impl WeightsDtype {
-    /// Bytes per stored value.
-    pub fn size_bytes(self) -> usize {
+    /// Bytes `values` stored values take (Q8_0: 34 bytes per block of 32, counted as if the
+    /// values filled whole blocks).
+    pub fn bytes_for(self, values: usize) -> usize {
         match self {
-            Self::F32 => 4,
-            Self::Bf16 => 2,
+            Self::F32 => 4 * values,
+            Self::Bf16 => 2 * values,
+            Self::Q8_0 => values.div_ceil(32) * 34,
         }
     }
 }
@@ -94,6 +101,55 @@ impl fmt::Display for WeightsDtype {
         f.pad(match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
+            Self::Q8_0 => "q8_0",
+        })
+    }
+}
+
+/// What `--quantize` asks for: `none`, or `int8` — every matrix (the seven projections of each
+/// layer, the embedding table and the LM head, as llama.cpp's Q8_0 files hold them) quantized at
+/// load into Q8_0 blocks, whatever `--dtype` says; the GEMM then quantizes each activation row
+/// per block of 32 alike and multiplies int8 by int8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantization {
+    #[default]
+    None,
+    Int8,
+}
+
+impl Quantization {
+    /// Every spelling the flag accepts, for help and error texts.
+    pub const NAMES: &'static str = "none, int8";
+
+    /// The dtype the matrices are held in, given the one `--dtype` resolved to.
+    pub fn resolve(self, dtype: WeightsDtype) -> WeightsDtype {
+        match self {
+            Self::None => dtype,
+            Self::Int8 => WeightsDtype::Q8_0,
+        }
+    }
+}
+
+impl FromStr for Quantization {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, EngineError> {
+        match s {
+            "none" => Ok(Self::None),
+            "int8" => Ok(Self::Int8),
+            _ => Err(EngineError::InvalidParameter {
+                field: "quantize",
+                message: format!("expected one of {}, got `{s}`", Self::NAMES),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Quantization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::None => "none",
+            Self::Int8 => "int8",
         })
     }
 }

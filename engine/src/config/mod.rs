@@ -10,7 +10,7 @@ mod raw;
 
 use std::path::Path;
 
-pub use dtype::{DtypeChoice, KvCacheDtype, KvCacheDtypeChoice, WeightsDtype};
+pub use dtype::{DtypeChoice, KvCacheDtype, KvCacheDtypeChoice, Quantization, WeightsDtype};
 pub use generation::GenerationConfig;
 use raw::{RawConfig, RawRope};
 

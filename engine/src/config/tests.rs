@@ -195,3 +195,19 @@ fn dtype_auto_follows_the_checkpoint_and_f16_runs_in_f32() {
         "{err}"
     );
 }
+
+#[test]
+fn quantize_int8_holds_every_matrix_in_q8_0_whatever_the_dtype() {
+    let parse = |s: &str| s.parse::<Quantization>();
+    for dtype in [WeightsDtype::F32, WeightsDtype::Bf16] {
+        assert_eq!(parse("none").unwrap().resolve(dtype), dtype);
+        assert_eq!(parse("int8").unwrap().resolve(dtype), WeightsDtype::Q8_0);
+    }
+    assert_eq!(Quantization::default(), Quantization::None);
+    assert_eq!(WeightsDtype::Q8_0.bytes_for(64), 68);
+    let err = parse("int4").unwrap_err().to_string();
+    assert!(
+        err.contains("quantize") && err.contains("int4") && err.contains("none, int8"),
+        "{err}"
+    );
+}

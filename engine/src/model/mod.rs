@@ -13,7 +13,7 @@ pub use identity::BaseModelIdentity;
 pub use rope::RopeTables;
 pub use weights::{LayerWeights, LinearWeights, ModelWeights};
 
-use crate::config::{DtypeChoice, GenerationConfig, ModelConfig, WeightsDtype};
+use crate::config::{DtypeChoice, GenerationConfig, ModelConfig, Quantization, WeightsDtype};
 use crate::error::Result;
 use crate::loader::WeightFiles;
 
@@ -23,7 +23,8 @@ pub struct Model {
     pub config: ModelConfig,
     pub generation: GenerationConfig,
     pub weights: ModelWeights,
-    /// The dtype a backend holds the matrices in (`--dtype`, resolved against the checkpoint's).
+    /// The dtype a backend holds the matrices in (`--dtype`, resolved against the checkpoint's;
+    /// Q8_0 under `--quantize int8`).
     pub dtype: WeightsDtype,
 }
 
@@ -39,6 +40,12 @@ impl Model {
 
     /// [`Model::load`], to run with its matrices in `dtype`.
     pub fn load_as(dir: &Path, dtype: DtypeChoice) -> Result<Self> {
+        Self::load_quantized(dir, dtype, Quantization::None)
+    }
+
+    /// [`Model::load_as`], with the matrices quantized as `quantize` asks (which, when it
+    /// quantizes, takes precedence over `dtype`).
+    pub fn load_quantized(dir: &Path, dtype: DtypeChoice, quantize: Quantization) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let generation =
             GenerationConfig::from_file_if_present(&dir.join("generation_config.json"))?;
@@ -46,7 +53,7 @@ impl Model {
         let weights = ModelWeights::load(&config, &files)?;
         // The checkpoint's dtype is its embedding table's: checkpoints store every matrix alike.
         let checkpoint_dtype = weights.embed_tokens.dtype();
-        let dtype = dtype.resolve(checkpoint_dtype);
+        let dtype = quantize.resolve(dtype.resolve(checkpoint_dtype));
         tracing::info!(
             dir = %dir.display(),
             architecture = ?config.architecture,

@@ -174,9 +174,10 @@ impl ModelWeights {
     }
 
     /// Bytes read from memory per decode step with weights in `dtype`: every parameter once
-    /// (the few f32 vectors of a bf16 model counted at 2 bytes, a rounding error).
+    /// (the few f32 vectors of a bf16 or Q8_0 model counted at the matrices' rate, a rounding
+    /// error).
     pub fn num_bytes(&self, dtype: WeightsDtype) -> usize {
-        self.num_parameters() * dtype.size_bytes()
+        dtype.bytes_for(self.num_parameters())
     }
 }
 

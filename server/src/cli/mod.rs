@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use glimpse_engine::EngineError;
 use glimpse_engine::backend::{Device, create_backend};
-use glimpse_engine::config::{DtypeChoice, KvCacheDtypeChoice};
+use glimpse_engine::config::{DtypeChoice, KvCacheDtypeChoice, Quantization};
 use glimpse_engine::eviction::{EvictionPolicy, PolicyKind, PolicyKnobs};
 use glimpse_engine::hub::{MODEL_FLAG_HELP, ModelLocation, find_model};
 use glimpse_engine::lookahead::LookaheadModule;
@@ -68,6 +68,11 @@ pub struct EngineArgs {
     /// f16 run in f32), `f32` or `bf16` (half the memory; activations stay f32).
     #[arg(long, default_value_t = DtypeChoice::Auto, env = "GLIMPSE_DTYPE")]
     pub dtype: DtypeChoice,
+    /// Quantize the weight matrices at load: `none`, or `int8` (every matrix in llama.cpp's Q8_0
+    /// blocks — 32 int8 values and an f16 scale — whatever --dtype says; activations are
+    /// quantized per row and block of 32 at each GEMM, everything else stays f32).
+    #[arg(long, default_value_t = Quantization::None, env = "GLIMPSE_QUANTIZE")]
+    pub quantize: Quantization,
     /// Dtype the KV cache stores keys and values in: `auto` (f32: K/V are f32 activations in
     /// every --dtype), `f32` or `bf16` (twice the entries in the same bytes; attention and
     /// eviction scoring widen them to f32).
@@ -168,7 +173,7 @@ impl EngineArgs {
     pub fn load(&self) -> anyhow::Result<LoadedEngine> {
         let location = find_model(&self.model.clone().unwrap_or_else(default_model_dir))?;
         let dir = &location.dir;
-        let model = Model::load_as(dir, self.dtype)
+        let model = Model::load_quantized(dir, self.dtype, self.quantize)
             .with_context(|| format!("loading model from {}", dir.display()))?;
         let mut tokenizer = Tokenizer::from_dir(dir)
             .with_context(|| format!("loading tokenizer from {}", dir.display()))?;

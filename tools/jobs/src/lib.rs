@@ -15,7 +15,7 @@ pub mod train_lookahead;
 use std::path::{Path, PathBuf};
 
 use glimpse_engine::EngineError;
-use glimpse_engine::config::DtypeChoice;
+use glimpse_engine::config::{DtypeChoice, Quantization};
 use glimpse_engine::hub::find_model;
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -84,15 +84,17 @@ fn load_model_and_tokenizer(
     model: Option<PathBuf>,
     default_dir: &Path,
     dtype: DtypeChoice,
+    quantize: Quantization,
 ) -> Result<(PathBuf, Model, Tokenizer), JobError> {
     let dir = match model {
         Some(spec) => find_model(&spec)?.dir,
         None => default_dir.to_path_buf(),
     };
-    let model = Model::load_as(&dir, dtype).map_err(|source| JobError::LoadModel {
-        dir: dir.clone(),
-        source,
-    })?;
+    let model =
+        Model::load_quantized(&dir, dtype, quantize).map_err(|source| JobError::LoadModel {
+            dir: dir.clone(),
+            source,
+        })?;
     let tokenizer = Tokenizer::from_dir(&dir).map_err(|source| JobError::LoadTokenizer {
         dir: dir.clone(),
         source,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use glimpse_engine::config::DtypeChoice;
+use glimpse_engine::config::{DtypeChoice, Quantization};
 use glimpse_engine::model::Model;
 use glimpse_engine::tokenizer::Tokenizer;
 use glimpse_engine::train::data::sample_prompts;
@@ -76,8 +76,12 @@ pub struct SamplePromptsArgs {
 /// Runs `glimpse sample-prompts`: writes `--count` sampled prompts to `--out`.
 /// `default_model_dir` is the model used when `--model` is not given.
 pub fn run(args: SamplePromptsArgs, default_model_dir: &Path) -> Result<(), JobError> {
-    let (_, model, tokenizer) =
-        load_model_and_tokenizer(args.model, default_model_dir, DtypeChoice::Auto)?;
+    let (_, model, tokenizer) = load_model_and_tokenizer(
+        args.model,
+        default_model_dir,
+        DtypeChoice::Auto,
+        Quantization::None,
+    )?;
     let prompts = args.sampling.sample(&model, &tokenizer, args.count)?;
     write_prompts(&args.out, &prompts, &tokenizer)?;
     tracing::info!(count = prompts.len(), out = %args.out.display(), "prompts written");

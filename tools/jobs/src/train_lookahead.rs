@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use glimpse_engine::config::DtypeChoice;
+use glimpse_engine::config::{DtypeChoice, Quantization};
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::train::data::greedy_answers;
 use glimpse_engine::train::{
@@ -86,8 +86,12 @@ pub struct TrainLookaheadArgs {
 /// model used when `--model` is not given. Fails on bad flags or data, an unreadable model or
 /// checkpoint, or an engine error while answering or training.
 pub fn run(args: TrainLookaheadArgs, default_model_dir: &Path) -> Result<(), JobError> {
-    let (_, model, tokenizer) =
-        load_model_and_tokenizer(args.model.clone(), default_model_dir, DtypeChoice::Auto)?;
+    let (_, model, tokenizer) = load_model_and_tokenizer(
+        args.model.clone(),
+        default_model_dir,
+        DtypeChoice::Auto,
+        Quantization::None,
+    )?;
 
     let started = Instant::now();
     let prompts = match (&args.prompts, args.self_generate) {

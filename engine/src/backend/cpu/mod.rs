@@ -20,6 +20,7 @@ mod lora;
 /// Public so the CUDA kernels' shim tests compare against these very functions.
 pub mod ops;
 mod project;
+mod q8;
 mod rows;
 mod scoring_keys;
 mod stored;

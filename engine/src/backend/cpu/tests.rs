@@ -1,5 +1,6 @@
 //! LookaheadKV's promise to the prompt (docs/design.md §3), checked on the private cache: the lookahead
-//! rows change nothing but the selection, with f32 and bf16 weights and KV pools; and prefix
+//! rows change nothing but the selection, with f32, bf16 and Q8_0 weights and f32 and bf16 KV
+//! pools (the adapters stay f32 on every weights dtype); and prefix
 //! caching's promise to shared blocks: an eviction into fresh blocks writes nothing else, in f32
 //! and bf16 pools. Also the refusals of impossible eviction requests.
 
@@ -10,7 +11,7 @@ use super::CpuBackend;
 use super::kv_cache::CpuKvCache;
 use crate::backend::Backend;
 use crate::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
-use crate::config::{DtypeChoice, KvCacheDtype};
+use crate::config::{DtypeChoice, KvCacheDtype, Quantization};
 use crate::error::EngineError;
 use crate::eviction::{EvictionPolicy, Policy};
 use crate::lookahead::{LookaheadModule, RandomInit};
@@ -20,12 +21,12 @@ const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 12;
 
 fn model() -> Model {
-    model_as(DtypeChoice::Auto)
+    model_as(DtypeChoice::Auto, Quantization::None)
 }
 
-fn model_as(dtype: DtypeChoice) -> Model {
+fn model_as(dtype: DtypeChoice, quantize: Quantization) -> Model {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K");
-    Model::load_as(&dir, dtype).expect("bundled model")
+    Model::load_quantized(&dir, dtype, quantize).expect("bundled model")
 }
 
 fn module(model: &Model, seed: u64) -> Arc<LookaheadModule> {
@@ -86,17 +87,18 @@ fn lookahead(budget: usize) -> EvictionPolicy {
 
 #[test]
 fn lookahead_rows_change_nothing_but_the_selection() {
-    for (dtype, kv_dtype) in [
-        (DtypeChoice::F32, KvCacheDtype::F32),
-        (DtypeChoice::Bf16, KvCacheDtype::F32),
-        (DtypeChoice::F32, KvCacheDtype::Bf16),
+    for (dtype, quantize, kv_dtype) in [
+        (DtypeChoice::F32, Quantization::None, KvCacheDtype::F32),
+        (DtypeChoice::Bf16, Quantization::None, KvCacheDtype::F32),
+        (DtypeChoice::F32, Quantization::None, KvCacheDtype::Bf16),
+        (DtypeChoice::F32, Quantization::Int8, KvCacheDtype::F32),
     ] {
-        lookahead_rows_change_nothing_but_the_selection_in(dtype, kv_dtype);
+        lookahead_rows_change_nothing_but_the_selection_in(model_as(dtype, quantize), kv_dtype);
     }
 }
 
-fn lookahead_rows_change_nothing_but_the_selection_in(dtype: DtypeChoice, kv_dtype: KvCacheDtype) {
-    let model = model_as(dtype);
+fn lookahead_rows_change_nothing_but_the_selection_in(model: Model, kv_dtype: KvCacheDtype) {
+    let dtype = model.dtype;
     let tokens = prompt(80);
     let module = module(&model, 3);
     let backend = |module| CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, kv_dtype, Some(module));

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use glimpse_engine::backend::Device;
-use glimpse_engine::config::{DtypeChoice, KvCacheDtype, KvCacheDtypeChoice};
+use glimpse_engine::config::{DtypeChoice, KvCacheDtype, KvCacheDtypeChoice, Quantization};
 use glimpse_engine::eviction::Policy;
 use glimpse_engine::lookahead::LookaheadModule;
 use glimpse_engine::tokenizer::Tokenizer;
@@ -39,6 +39,10 @@ pub struct EvalArgs {
     /// Dtype the weight matrices are held in: `auto` (the checkpoint's), `f32` or `bf16`.
     #[arg(long, default_value_t = DtypeChoice::Auto)]
     pub dtype: DtypeChoice,
+    /// Quantize the weight matrices at load: `none`, or `int8` (Q8_0, as `glimpse serve
+    /// --quantize`).
+    #[arg(long, default_value_t = Quantization::None)]
+    pub quantize: Quantization,
     /// Device to run on: `cpu`, or `cuda[:N]` (as `glimpse serve --device`; this build has no
     /// CUDA forward pass yet, so it refuses after checking the device).
     #[arg(long, default_value = "cpu")]
@@ -80,8 +84,12 @@ pub struct EvalArgs {
 /// to `--out-dir`. `default_model_dir` is the model used when `--model` is not given. Fails on
 /// bad flags, unreadable model, prompts or modules, or an unwritable output directory.
 pub fn run(args: EvalArgs, default_model_dir: &Path) -> Result<(), JobError> {
-    let (dir, model, tokenizer) =
-        load_model_and_tokenizer(args.model.clone(), default_model_dir, args.dtype)?;
+    let (dir, model, tokenizer) = load_model_and_tokenizer(
+        args.model.clone(),
+        default_model_dir,
+        args.dtype,
+        args.quantize,
+    )?;
     let (prompts, expected) = read_eval_prompts(&args.prompts, &tokenizer)?;
     if args.budgets.is_empty() {
         return Err(JobError::NoBudgets);
