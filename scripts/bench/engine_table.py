@@ -31,7 +31,7 @@ def ratio(ours, peer) -> str:
 
 def main() -> int:
     out = Path(sys.argv[1])
-    glimpse = {d: load(out, f"glimpse-forward-{d}.json") for d in ("f32", "bf16")}
+    glimpse = {d: load(out, f"glimpse-forward-{d}.json") for d in ("f32", "bf16", "int8")}
     tf = {d: load(out, f"transformers-forward-{d}.json") for d in ("float32", "bfloat16")}
     llama = {t: load(out, f"llamacpp-forward-{t}.json") for t in ("bf16", "q8_0")}
     read_bw = glimpse["f32"]["read_bandwidth_bytes_per_second"]
@@ -64,7 +64,8 @@ def main() -> int:
     for ours, peer in (("Glimpse f32", "transformers float32"),
                        ("Glimpse bf16", "transformers bfloat16"),
                        ("Glimpse bf16", "llama.cpp BF16"),
-                       ("Glimpse bf16", "llama.cpp Q8_0")):
+                       ("Glimpse bf16", "llama.cpp Q8_0"),
+                       ("Glimpse int8", "llama.cpp Q8_0")):
         (p, d), (pp, pd) = named[ours], named[peer]
         print(f"| {ours} ÷ {peer} | " + " | ".join(ratio(p.get(n), pp.get(n)) for n in lens)
               + " | " + " | ".join(ratio(d.get(b), pd.get(b)) for b in batches) + " |")

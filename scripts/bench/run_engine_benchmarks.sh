@@ -62,6 +62,9 @@ for DTYPE in f32 bf16; do
 	cargo bench -p glimpse-engine --bench forward -- --model "$MODEL" --dtype "$DTYPE" \
 		--kv-cache-dtype "$DTYPE" --repeats "$REPEATS" --json "$OUT/glimpse-forward-$DTYPE.json"
 done
+# Q8_0 weights against llama.cpp's Q8_0 file; a bf16 KV cache, as llama.cpp's is f16.
+cargo bench -p glimpse-engine --bench forward -- --model "$MODEL" --quantize int8 \
+	--kv-cache-dtype bf16 --repeats "$REPEATS" --json "$OUT/glimpse-forward-int8.json"
 for DTYPE in float32 bfloat16; do
 	"$PYTHON" scripts/bench/peer_transformers.py run "$MODEL" --dtype "$DTYPE" --repeats "$REPEATS" \
 		--json "$OUT/transformers-forward-$DTYPE.json"
