@@ -9,7 +9,9 @@
 
 pub mod cpu;
 pub mod cuda;
+mod eviction_pass;
 mod kv_geometry;
+mod validate;
 
 pub use kv_geometry::KvGeometry;
 

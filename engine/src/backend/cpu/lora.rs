@@ -10,7 +10,7 @@
 
 use super::linear::{PackedMatrix, matmul_packed};
 use super::row_span;
-use super::rows::SequenceRows;
+use crate::backend::eviction_pass::SequenceRows;
 use crate::lookahead::{LookaheadModule, Projection};
 
 /// The adapters each fused CPU linear adds, in the order its output columns stack them.
