@@ -1,0 +1,187 @@
+//! Eviction inside the CUDA forward pass, per layer right after its attention, as the CPU
+//! backend's `evict` module does it on the host: score the evicting sequence's prompt keys in
+//! the pool with its scoring queries (`eviction_scoring.cu`, three launches), select the kept
+//! entries per KV head on the device (`top_k.cu`, the CPU's tie-break bit for bit), bring the
+//! selection back to the host (the pass reports it in `out.evictions`, and the compaction plan is
+//! checked there, [`CompactionPlan`]), then compact out of place (`compact.cu`). StreamingLLM
+//! needs no scores: its selection is the host's, as on the CPU.
+//!
+//! Kernels run asynchronously: the times a pass reports for scoring, selection and compaction
+//! are host times of the launches plus the one wait for the selection, not device times.
+
+use std::time::Instant;
+
+use super::compaction_plan::CompactionPlan;
+use super::gpu::{DevPtr, Gpu};
+use super::launch::{HeadShape, Kernels, ScoringLaunch};
+use super::pool::DevicePool;
+use super::scratch::Scratch;
+use crate::backend::eviction_pass::{PendingEviction, SequenceRows};
+use crate::batch::SequenceInput;
+use crate::error::Result;
+use crate::eviction::{LayerSelection, Pool, QueryReduction, ScoringQueries};
+
+/// Device and host buffers of one layer's eviction, reused across layers and steps.
+pub struct EvictionScratch {
+    /// `row_max`, `row_inv_sum` (`[num_heads, n_q]` each), then `reduced` (`[num_heads,
+    /// scored]`) and `scores` (`[num_kv_heads, scored]`).
+    floats: Scratch<f32>,
+    /// The top-k output, then the compaction plan's arrays.
+    indices: Scratch<i32>,
+    /// The compaction's key and value scratch.
+    moved: Scratch<u16>,
+    host_kept: Vec<i32>,
+    host_plan: Vec<i32>,
+}
+
+impl Default for EvictionScratch {
+    fn default() -> Self {
+        Self {
+            floats: Scratch::new("eviction scores"),
+            indices: Scratch::new("eviction selections"),
+            moved: Scratch::new("compaction scratch"),
+            host_kept: Vec::new(),
+            host_plan: Vec::new(),
+        }
+    }
+}
+
+/// Where one layer's eviction reads its inputs.
+pub struct LayerInput {
+    pub layer: usize,
+    /// The fused, RoPE'd qkv rows of the pass, `qkv_width` apart.
+    pub qkv: DevPtr<f32>,
+    pub qkv_width: usize,
+    /// The sequence's row of the packed block tables on the device.
+    pub block_table: DevPtr<i32>,
+    pub shape: HeadShape,
+}
+
+/// The scoring launch of `pending` for `rows`, `None` when its policy needs no scores.
+fn scoring_launch(
+    pending: &PendingEviction,
+    rows: &SequenceRows,
+    input: &LayerInput,
+    key_cache: DevPtr<u16>,
+) -> Option<ScoringLaunch> {
+    let plan = pending.scoring?;
+    let query_rows = pending.scoring_rows(rows.first_row, rows.num_tokens);
+    let q_width = input.shape.num_heads * input.shape.head_dim;
+    let lookahead = matches!(plan.queries, ScoringQueries::Lookahead { .. });
+    Some(ScoringLaunch {
+        queries: input.qkv.at(query_rows.start * input.qkv_width),
+        extra_keys: lookahead.then(|| {
+            input
+                .qkv
+                .at(rows.lookahead_rows().start * input.qkv_width + q_width)
+        }),
+        row_stride: input.qkv_width,
+        num_queries: query_rows.len(),
+        key_cache,
+        block_table: input.block_table,
+        prompt_len: pending.prompt_len(),
+        scored: plan.scored_entries,
+        suffix: !lookahead,
+        mean: plan.reduction == QueryReduction::Mean,
+        pool: match plan.pooling {
+            None => (0, 1),
+            Some(p) => (if p.pool == Pool::Max { 1 } else { 2 }, p.kernel),
+        },
+    })
+}
+
+impl EvictionScratch {
+    /// Scores, selects and compacts layer `input.layer` of `seq` (laid out as `rows`, evicting
+    /// as `pending`), recording the selection in `pending`.
+    pub fn run_layer(
+        &mut self,
+        (gpu, kernels, pool): (&Gpu, &Kernels, &DevicePool),
+        pending: &mut PendingEviction,
+        seq: &SequenceInput<'_>,
+        rows: &SequenceRows,
+        input: &LayerInput,
+    ) -> Result<()> {
+        let shape = input.shape;
+        let cache = pool.layer(gpu, input.layer);
+        let budget = pending.layer_budgets[input.layer];
+        let started = Instant::now();
+        let selection = match scoring_launch(pending, rows, input, cache.0) {
+            Some(launch) => {
+                let (n_q, scored) = (launch.num_queries, launch.scored);
+                let h = shape.num_heads;
+                let floats = self
+                    .floats
+                    .ensure(gpu, 2 * h * n_q + (h + shape.num_kv_heads) * scored)?;
+                let stats = (floats, floats.at(h * n_q), floats.at(2 * h * n_q));
+                let scores = floats.at(2 * h * n_q + h * scored);
+                kernels.eviction_scores(gpu, &launch, shape, stats, scores)?;
+                let scoring_done = Instant::now();
+                pending.times.scoring += scoring_done - started;
+                let window = pending.prompt_len() - scored;
+                let k = budget.saturating_sub(window);
+                let per_head = k.min(scored) + window;
+                let kept = self.indices.ensure(gpu, shape.num_kv_heads * per_head)?;
+                kernels.top_k(gpu, scores, scored, k, window, shape.num_kv_heads, kept)?;
+                self.host_kept.resize(shape.num_kv_heads * per_head, 0);
+                gpu.read(kept, &mut self.host_kept)?;
+                let host_kept = &self.host_kept;
+                let selection = LayerSelection {
+                    kept: (0..shape.num_kv_heads)
+                        .map(|head| {
+                            let row = &host_kept[head * per_head..(head + 1) * per_head];
+                            row.iter().map(|&entry| entry as usize).collect()
+                        })
+                        .collect(),
+                };
+                pending.times.selection += scoring_done.elapsed();
+                selection
+            }
+            None => {
+                let selection = pending
+                    .prompt
+                    .select_layer(budget, shape.num_kv_heads, None)?;
+                pending.times.selection += started.elapsed();
+                selection
+            }
+        };
+        let started = Instant::now();
+        let into = seq.compact_into.unwrap_or(seq.block_table);
+        let plan = CompactionPlan::new(&selection.kept, seq.block_table, into, shape.block_size)?;
+        self.compact(gpu, kernels, cache, &plan, shape)?;
+        pending.times.compaction += started.elapsed();
+        pending.push_selection(selection);
+        Ok(())
+    }
+
+    /// Runs `plan` on one layer of the pool.
+    fn compact(
+        &mut self,
+        gpu: &Gpu,
+        kernels: &Kernels,
+        cache: (DevPtr<u16>, DevPtr<u16>),
+        plan: &CompactionPlan,
+        shape: HeadShape,
+    ) -> Result<()> {
+        if plan.count == 0 {
+            return Ok(());
+        }
+        self.host_plan.clear();
+        self.host_plan.extend_from_slice(&plan.kept);
+        self.host_plan.extend_from_slice(&plan.gather_table);
+        self.host_plan.extend_from_slice(&plan.scatter_table);
+        let arrays = self.indices.upload(gpu, &self.host_plan)?;
+        let gather_table = arrays.at(plan.kept.len());
+        let scatter_table = gather_table.at(plan.gather_table.len());
+        let scratch_len = plan.scratch_len(shape.head_dim);
+        let moved = self.moved.ensure(gpu, 2 * scratch_len)?;
+        kernels.compact(
+            gpu,
+            cache,
+            (gather_table, scatter_table),
+            arrays,
+            (moved, moved.at(scratch_len)),
+            plan.count,
+            shape,
+        )
+    }
+}
