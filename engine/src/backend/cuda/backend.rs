@@ -10,8 +10,9 @@
 //! launch limits of the kernels), lays out the flat varlen rows ([`plan_sequences`]) and uploads
 //! the step's index arrays in one copy ([`StepIndex`]); then, on one stream, embedding gather,
 //! and per layer RMSNorm, the fused qkv GEMM, q/k norm, RoPE, cache write by slot mapping, paged
-//! varlen attention (`prefill_attention.cu` serves prefill and decode rows alike, and the
-//! lookahead rows with their side K/V), the o GEMM into the residual, that layer's eviction
+//! attention (`decode_attention.cu`, split over long contexts, when every sequence has one row;
+//! else varlen `prefill_attention.cu`, which serves prompt, decode and lookahead rows alike, the
+//! last with their side K/V), the o GEMM into the residual, that layer's eviction
 //! ([`super::evict`]), then the MLP (gate/up GEMM, SiLU·mul, down GEMM into the residual).
 //! GEMMs are cuBLAS, bf16 × bf16 with f32 accumulation and f32 output, over the whole flat
 //! batch; the LoRA adapters run as small f32 GEMMs on the lookahead rows only. Finally the rows
@@ -29,7 +30,8 @@ use super::evict::{EvictionScratch, LayerInput};
 use super::gemm::{Operands, RowMajorGemm};
 use super::gpu::{DevPtr, Gpu};
 use super::launch::{
-    HeadShape, Kernels, PrefillIndex, PrefillTiling, SHARED_MEMORY_LIMIT, score_reduce_shared_bytes,
+    DecodeSplit, HeadShape, Kernels, PrefillIndex, PrefillTiling, SHARED_MEMORY_LIMIT,
+    score_reduce_shared_bytes,
 };
 use super::pool::DevicePool;
 use super::scratch::Scratch;
@@ -73,6 +75,8 @@ struct StepBuffers {
     ones: Scratch<f32>,
     ones_len: usize,
     eviction: EvictionScratch,
+    /// Decode attention's partial results.
+    decode_partials: Scratch<f32>,
     /// Per sequence: the first row and count of its logits rows.
     logits_rows: Vec<(usize, usize)>,
 }
@@ -100,7 +104,17 @@ struct Pass<'a> {
     positions: DevPtr<i32>,
     slots: DevPtr<i32>,
     prefill: PrefillIndex,
-    tiling: PrefillTiling,
+    /// How attention runs this pass.
+    attention: Attention,
+}
+
+/// Which attention kernel a pass runs.
+#[derive(Clone, Copy)]
+enum Attention {
+    /// Varlen prefill attention: any rows, lookahead rows included.
+    Prefill(PrefillTiling),
+    /// Decode attention, split over long contexts: every sequence has exactly one row.
+    Decode(DecodeSplit, DevPtr<f32>),
 }
 
 impl CudaBackend {
@@ -161,6 +175,7 @@ impl CudaBackend {
                 ones: Scratch::new("bias ones"),
                 ones_len: 0,
                 eviction: EvictionScratch::default(),
+                decode_partials: Scratch::new("decode attention partials"),
                 logits_rows: Vec::new(),
             },
         })
@@ -317,16 +332,33 @@ impl OnDevice {
             ..*p
         };
         let attention = pass.at(a.attention);
-        k.prefill_attention(
-            gpu,
-            qkv,
-            qkv_width,
-            cache,
-            &layer_index,
-            pass.tiling,
-            attention,
-            shape,
-        )?;
+        match pass.attention {
+            Attention::Prefill(tiling) => k.prefill_attention(
+                gpu,
+                qkv,
+                qkv_width,
+                cache,
+                &layer_index,
+                tiling,
+                attention,
+                shape,
+            )?,
+            Attention::Decode(split, partials) => {
+                // The queries, contiguous, into the output rows: the reduce overwrites them only
+                // after the first launch has read them all.
+                gpu.copy_rows((qkv, qkv_width), (attention, q_width), q_width, t)?;
+                k.decode_attention(
+                    gpu,
+                    attention,
+                    cache,
+                    &layer_index,
+                    split,
+                    partials,
+                    attention,
+                    shape,
+                )?
+            }
+        }
         // 5. hidden += o_proj(attention): [T, hidden].
         let o_proj = self.matrix(&w.o_proj);
         pass.linear(attention, t, &o_proj, hidden, true, lora.map(|l| &l.o))?;
@@ -522,6 +554,14 @@ impl Backend for CudaBackend {
         let num_layers = m.config.num_layers;
         plan_sequences(batch, num_layers, &mut step.sequences);
         let tiling = m.check_launch_limits(&step.sequences)?;
+        let group = m.config.num_heads / m.config.num_kv_heads;
+        let max_context = batch.sequences.iter().map(|s| s.num_entries_after()).max();
+        let decode_split = step
+            .sequences
+            .iter()
+            .all(|rows| rows.rows().len() == 1)
+            .then(|| DecodeSplit::choose(max_context.unwrap_or(0), group, m.config.head_dim))
+            .flatten();
         let block_size = m.pool.geometry().block_size;
         step.index
             .fill(batch, &step.sequences, block_size, num_layers)?;
@@ -550,6 +590,16 @@ impl Backend for CudaBackend {
         }
         let ones = step.ones.ensure(gpu, rows)?;
         let indices = step.indices.upload(gpu, &step.index.packed)?;
+        let attention = match decode_split {
+            Some(split) => {
+                let len = split.partials_len(batch.sequences.len(), m.config.num_heads);
+                let partials = step
+                    .decode_partials
+                    .ensure(gpu, (2 + m.config.head_dim) * len)?;
+                Attention::Decode(split, partials)
+            }
+            None => Attention::Prefill(tiling),
+        };
         let (o, tables) = (step.index.offsets, &step.index.tables);
         let pass = Pass {
             gpu,
@@ -574,7 +624,7 @@ impl Backend for CudaBackend {
                 num_seqs: batch.sequences.len(),
                 max_rows: step.index.max_rows,
             },
-            tiling,
+            attention,
         };
         m.embed(&pass, indices.at(o.ids))?;
         for layer in 0..num_layers {

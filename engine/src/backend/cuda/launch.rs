@@ -25,6 +25,8 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("silu_mul.cu", "glimpse_silu_mul"),
     ("cache_write.cu", "glimpse_cache_write"),
     ("prefill_attention.cu", "glimpse_prefill_attention"),
+    ("decode_attention.cu", "glimpse_decode_attention"),
+    ("decode_attention.cu", "glimpse_decode_attention_reduce"),
     ("eviction_scoring.cu", "glimpse_score_softmax_stats"),
     ("eviction_scoring.cu", "glimpse_score_reduce"),
     ("eviction_scoring.cu", "glimpse_score_pool"),
@@ -152,6 +154,46 @@ impl PrefillTiling {
     }
 }
 
+/// How `glimpse_decode_attention` splits a decode batch's contexts (see its file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeSplit {
+    /// Entries per tile (`blockDim.x`).
+    pub tile: usize,
+    /// Attended entries per partition (the grid's z dimension covers the longest context).
+    pub partition_size: usize,
+    pub partitions: usize,
+    pub shared_bytes: usize,
+}
+
+impl DecodeSplit {
+    const TILE: usize = 64;
+    /// Entries one block folds: long enough that a partition's fixed cost (its query load and
+    /// its partial results) is small beside its keys, short enough that a batch of a few long
+    /// sequences still gives the GPU many blocks.
+    const PARTITION_SIZE: usize = 512;
+
+    /// The split for contexts of at most `max_context` entries and GQA groups of `group` heads
+    /// of `head_dim`; `None` when one block's shared memory exceeds [`SHARED_MEMORY_LIMIT`].
+    pub fn choose(max_context: usize, group: usize, head_dim: usize) -> Option<Self> {
+        let tile = Self::TILE;
+        let shared_bytes = 8 * tile + 4 * (2 * group * head_dim + 2 * group * tile + 3 * group);
+        (shared_bytes <= SHARED_MEMORY_LIMIT).then(|| Self {
+            tile,
+            partition_size: Self::PARTITION_SIZE,
+            partitions: max_context
+                .div_ceil(Self::PARTITION_SIZE)
+                .clamp(1, MAX_GRID_YZ),
+            shared_bytes,
+        })
+    }
+
+    /// Elements of each of the partial max and sum arrays (`[num_seqs, num_heads, partitions]`);
+    /// the partial outputs hold `head_dim` times as many.
+    pub fn partials_len(&self, num_seqs: usize, num_heads: usize) -> usize {
+        num_seqs * num_heads * self.partitions
+    }
+}
+
 /// Threads per block of the eviction kernels (a power of two).
 pub const SCORING_THREADS: usize = 128;
 /// Threads of `glimpse_top_k` (a power of two).
@@ -171,7 +213,9 @@ pub struct HeadShape {
     pub block_size: usize,
 }
 
-/// `glimpse_prefill_attention`'s per-sequence index arrays.
+/// `glimpse_prefill_attention`'s per-sequence index arrays (`glimpse_decode_attention` reads
+/// the block tables, context lengths and skipped ranges).
+#[derive(Clone, Copy)]
 pub struct PrefillIndex {
     pub block_tables: DevPtr<i32>,
     pub max_blocks_per_seq: usize,
@@ -463,6 +507,73 @@ impl Kernels {
         )
     }
 
+    /// Paged decode attention of one contiguous query row per sequence (`q`, `[num_seqs,
+    /// num_heads · head_dim]`) over one layer of the pool into `out` (same shape), through the
+    /// partial results `partials` (max, sum, output), in two launches. `out` may be `q`: the
+    /// second launch writes it only after the first has read every query.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_attention(
+        &self,
+        gpu: &Gpu,
+        q: DevPtr<f32>,
+        (keys, values): (DevPtr<u16>, DevPtr<u16>),
+        index: &PrefillIndex,
+        split: DecodeSplit,
+        partials: DevPtr<f32>,
+        out: DevPtr<f32>,
+        shape: HeadShape,
+    ) -> Result<()> {
+        if index.num_seqs == 0 {
+            return Ok(());
+        }
+        let len = split.partials_len(index.num_seqs, shape.num_heads);
+        let (partial_max, partial_sum, partial_out) =
+            (partials, partials.at(len), partials.at(2 * len));
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let cfg = config(
+            (index.num_seqs, shape.num_kv_heads, split.partitions),
+            split.tile,
+            split.shared_bytes,
+        );
+        launch!(
+            gpu,
+            self.get("glimpse_decode_attention"),
+            cfg,
+            q.address(),
+            keys.address(),
+            values.address(),
+            index.block_tables.address(),
+            int(index.max_blocks_per_seq),
+            index.context_lens.address(),
+            index.skip_starts.address(),
+            index.skip_ends.address(),
+            int(split.partition_size),
+            partial_max.address(),
+            partial_sum.address(),
+            partial_out.address(),
+            int(shape.num_heads),
+            int(shape.head_dim),
+            int(shape.block_size),
+            scale,
+        )?;
+        let cfg = config(
+            (index.num_seqs, shape.num_heads, 1),
+            pow2_threads(shape.head_dim, 256),
+            0,
+        );
+        launch!(
+            gpu,
+            self.get("glimpse_decode_attention_reduce"),
+            cfg,
+            partial_max.address(),
+            partial_sum.address(),
+            partial_out.address(),
+            out.address(),
+            int(split.partitions),
+            int(shape.head_dim),
+        )
+    }
+
     /// One layer's eviction scores `[num_kv_heads, scored]` into `scores`, through the
     /// statistics `row_max`, `row_inv_sum` (`[num_heads, n_q]` each) and `reduced` (`[num_heads,
     /// scored]`).
@@ -658,6 +769,20 @@ mod tests {
         assert!(prefill.rows_per_block.is_power_of_two());
         // A head too wide for even one row.
         assert_eq!(PrefillTiling::choose(1, 64, 1024), None);
+    }
+
+    #[test]
+    fn decode_splits_cover_the_longest_context_in_partitions() {
+        let split = DecodeSplit::choose(1025, 4, 64).unwrap();
+        assert_eq!((split.partition_size, split.partitions), (512, 3));
+        assert_eq!(
+            split.shared_bytes,
+            8 * 64 + 4 * (2 * 4 * 64 + 2 * 4 * 64 + 12)
+        );
+        assert_eq!(split.partials_len(2, 32), 2 * 32 * 3);
+        // An empty context still launches one partition (it writes zeros).
+        assert_eq!(DecodeSplit::choose(0, 4, 64).unwrap().partitions, 1);
+        assert_eq!(DecodeSplit::choose(1, 64, 1024), None);
     }
 
     #[test]
