@@ -10,6 +10,7 @@
 pub mod cpu;
 pub mod cuda;
 mod eviction_pass;
+mod fused;
 mod kv_geometry;
 mod validate;
 

@@ -23,7 +23,7 @@ impl<T: DeviceRepr + ValidAsZeroBits> Scratch<T> {
     /// lost: a step fills what it reads).
     pub fn ensure(&mut self, gpu: &Gpu, len: usize) -> Result<DevPtr<T>> {
         let held = self.buffer.as_ref().map_or(0, CudaSlice::len);
-        if held < len {
+        if self.buffer.is_none() || held < len {
             self.buffer = None;
             self.buffer = Some(gpu.zeros(grown_len(held, len), self.what)?);
         }

@@ -12,6 +12,7 @@
 use cudarc::driver::CudaSlice;
 
 use super::gpu::Gpu;
+use crate::backend::fused::{DOWN, GATE_UP, O, QKV};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::loader::CheckpointTensor;
@@ -236,16 +237,15 @@ impl DeviceLookahead {
                     .collect::<Result<_>>()?,
             })
         };
-        use Projection::*;
         let layers = module
             .layers
             .iter()
             .map(|layer| {
                 Ok(DeviceLayerLora {
-                    qkv: fused(layer, &[Q, K, V])?,
-                    o: fused(layer, &[O])?,
-                    gate_up: fused(layer, &[Gate, Up])?,
-                    down: fused(layer, &[Down])?,
+                    qkv: fused(layer, QKV)?,
+                    o: fused(layer, O)?,
+                    gate_up: fused(layer, GATE_UP)?,
+                    down: fused(layer, DOWN)?,
                 })
             })
             .collect::<Result<_>>()?;
