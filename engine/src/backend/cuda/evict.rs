@@ -57,6 +57,40 @@ pub struct LayerInput {
     pub shape: HeadShape,
 }
 
+/// `glimpse_top_k`'s arguments for one layer, as the CPU's `select_with_window` selects: the `k =
+/// budget − window` best scored entries, then the `window` entries after the scored ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TopK {
+    k: usize,
+    window: usize,
+    /// Entries each KV head keeps: `min(k, scored) + window`.
+    per_head: usize,
+}
+
+impl TopK {
+    fn new(budget: usize, prompt_len: usize, scored: usize) -> Self {
+        let window = prompt_len - scored;
+        let k = budget.saturating_sub(window);
+        Self {
+            k,
+            window,
+            per_head: k.min(scored) + window,
+        }
+    }
+
+    /// The selection the kernel wrote (`[num_kv_heads, per_head]`).
+    fn selection(&self, kept: &[i32], num_kv_heads: usize) -> LayerSelection {
+        LayerSelection {
+            kept: (0..num_kv_heads)
+                .map(|head| {
+                    let row = &kept[head * self.per_head..(head + 1) * self.per_head];
+                    row.iter().map(|&entry| entry as usize).collect()
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The scoring launch of `pending` for `rows`, `None` when its policy needs no scores.
 fn scoring_launch(
     pending: &PendingEviction,
@@ -117,22 +151,22 @@ impl EvictionScratch {
                 kernels.eviction_scores(gpu, &launch, shape, stats, scores)?;
                 let scoring_done = Instant::now();
                 pending.times.scoring += scoring_done - started;
-                let window = pending.prompt_len() - scored;
-                let k = budget.saturating_sub(window);
-                let per_head = k.min(scored) + window;
-                let kept = self.indices.ensure(gpu, shape.num_kv_heads * per_head)?;
-                kernels.top_k(gpu, scores, scored, k, window, shape.num_kv_heads, kept)?;
-                self.host_kept.resize(shape.num_kv_heads * per_head, 0);
+                let top = TopK::new(budget, pending.prompt_len(), scored);
+                let kept = self
+                    .indices
+                    .ensure(gpu, shape.num_kv_heads * top.per_head)?;
+                kernels.top_k(
+                    gpu,
+                    scores,
+                    scored,
+                    top.k,
+                    top.window,
+                    shape.num_kv_heads,
+                    kept,
+                )?;
+                self.host_kept.resize(shape.num_kv_heads * top.per_head, 0);
                 gpu.read(kept, &mut self.host_kept)?;
-                let host_kept = &self.host_kept;
-                let selection = LayerSelection {
-                    kept: (0..shape.num_kv_heads)
-                        .map(|head| {
-                            let row = &host_kept[head * per_head..(head + 1) * per_head];
-                            row.iter().map(|&entry| entry as usize).collect()
-                        })
-                        .collect(),
-                };
+                let selection = top.selection(&self.host_kept, shape.num_kv_heads);
                 pending.times.selection += scoring_done.elapsed();
                 selection
             }
@@ -183,5 +217,100 @@ impl EvictionScratch {
             plan.count,
             shape,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eviction::{EvictionPolicy, Policy};
+
+    const SHAPE: HeadShape = HeadShape {
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        block_size: 16,
+    };
+    const QKV_WIDTH: usize = (4 + 2 * 2) * 8;
+
+    /// The launch for a sequence whose `num_tokens` rows start at row 3 of a 100-row batch,
+    /// with fake device addresses (nothing is dereferenced on the host).
+    fn launch_for(policy: Policy, prompt_len: usize, num_tokens: usize) -> Option<ScoringLaunch> {
+        let prompt = EvictionPolicy { policy, budget: 6 }
+            .for_prompt(prompt_len)
+            .expect("a prompt over budget is evicted");
+        let pending = PendingEviction::new(prompt, 1);
+        let rows = SequenceRows {
+            first_row: 3,
+            num_tokens,
+            num_lookahead: pending.lookahead_rows(),
+            lookahead_index: 0,
+            eviction: None,
+        };
+        let input = LayerInput {
+            layer: 0,
+            qkv: DevPtr::new(0, 100 * QKV_WIDTH),
+            qkv_width: QKV_WIDTH,
+            block_table: DevPtr::new(0x8000, 4),
+            shape: SHAPE,
+        };
+        scoring_launch(&pending, &rows, &input, DevPtr::new(0x9000, 1 << 20))
+    }
+
+    #[test]
+    fn snapkv_scores_with_the_last_window_prompt_rows_and_no_extra_keys() {
+        let pool = Pool::Max;
+        let policy = Policy::SnapKv {
+            window: 2,
+            kernel: 3,
+            pool,
+        };
+        let launch = launch_for(policy, 20, 5).unwrap();
+        // Rows 3..8 are the chunk; the window is rows 6 and 7.
+        assert_eq!(launch.queries.address(), (6 * QKV_WIDTH * 4) as u64);
+        assert_eq!(launch.num_queries, 2);
+        assert!(launch.extra_keys.is_none() && launch.suffix && !launch.mean);
+        assert_eq!((launch.prompt_len, launch.scored), (20, 18));
+        assert_eq!(launch.pool, (1, 3));
+        assert_eq!(launch.block_table.address(), 0x8000);
+    }
+
+    #[test]
+    fn lookahead_scores_with_its_rows_after_the_chunk_and_their_keys_as_extras() {
+        let policy = Policy::Lookahead {
+            num_tokens: 4,
+            window: 1,
+        };
+        let launch = launch_for(policy, 20, 5).unwrap();
+        // The lookahead rows follow the chunk: rows 8..12; their keys sit after the queries.
+        assert_eq!(launch.queries.address(), (8 * QKV_WIDTH * 4) as u64);
+        assert_eq!(launch.num_queries, 4);
+        let q_width = SHAPE.num_heads * SHAPE.head_dim;
+        let extra = launch.extra_keys.unwrap();
+        assert_eq!(extra.address(), ((8 * QKV_WIDTH + q_width) * 4) as u64);
+        assert!(!launch.suffix && launch.mean);
+        assert_eq!((launch.scored, launch.pool), (19, (0, 1)));
+    }
+
+    #[test]
+    fn top_k_keeps_what_the_cpus_selection_keeps() {
+        let scores: Vec<f32> = (0..18).map(|i| ((i * 7) % 5) as f32).collect();
+        for (budget, prompt_len) in [(6, 20), (3, 20), (40, 20)] {
+            let top = TopK::new(budget, prompt_len, 18);
+            let cpu = crate::eviction::select_with_window(&scores, prompt_len, budget, 2);
+            assert_eq!(
+                (top.window, top.per_head),
+                (2, cpu.len()),
+                "budget {budget}"
+            );
+            // The kernel's output for two heads, read back as the CPU's selection per head.
+            let written: Vec<i32> = cpu.iter().chain(&cpu).map(|&e| e as i32).collect();
+            assert_eq!(top.selection(&written, 2).kept, [cpu.clone(), cpu]);
+        }
+    }
+
+    #[test]
+    fn streaming_llm_needs_no_scoring_launch() {
+        assert!(launch_for(Policy::StreamingLlm { sinks: 2 }, 20, 5).is_none());
     }
 }
