@@ -13,8 +13,7 @@ use std::time::Instant;
 
 use super::compaction_plan::CompactionPlan;
 use super::gpu::{DevPtr, Gpu};
-use super::launch::{HeadShape, Kernels, ScoringLaunch};
-use super::pool::DevicePool;
+use super::kernels::{Compaction, Kernels, KvLayer, QkvRows, ScoringLaunch, ScoringStats};
 use super::scratch::Scratch;
 use crate::backend::eviction_pass::{PendingEviction, SequenceRows};
 use crate::batch::SequenceInput;
@@ -49,12 +48,12 @@ impl Default for EvictionScratch {
 /// Where one layer's eviction reads its inputs.
 pub struct LayerInput {
     pub layer: usize,
-    /// The fused, RoPE'd qkv rows of the pass, `qkv_width` apart.
-    pub qkv: DevPtr<f32>,
-    pub qkv_width: usize,
+    /// The fused, RoPE'd qkv rows of the pass.
+    pub qkv: QkvRows,
+    /// The layer of the pool.
+    pub cache: KvLayer,
     /// The sequence's row of the packed block tables on the device.
     pub block_table: DevPtr<i32>,
-    pub shape: HeadShape,
 }
 
 /// `glimpse_top_k`'s arguments for one layer, as the CPU's `select_with_window` selects: the `k =
@@ -96,22 +95,18 @@ fn scoring_launch(
     pending: &PendingEviction,
     rows: &SequenceRows,
     input: &LayerInput,
-    key_cache: DevPtr<u16>,
+    q_width: usize,
 ) -> Option<ScoringLaunch> {
     let plan = pending.scoring?;
     let query_rows = pending.scoring_rows(rows.first_row, rows.num_tokens);
-    let q_width = input.shape.num_heads * input.shape.head_dim;
+    let (qkv, stride) = (input.qkv.qkv, input.qkv.row_stride);
     let lookahead = matches!(plan.queries, ScoringQueries::Lookahead { .. });
     Some(ScoringLaunch {
-        queries: input.qkv.at(query_rows.start * input.qkv_width),
-        extra_keys: lookahead.then(|| {
-            input
-                .qkv
-                .at(rows.lookahead_rows().start * input.qkv_width + q_width)
-        }),
-        row_stride: input.qkv_width,
+        queries: qkv.at(query_rows.start * stride),
+        extra_keys: lookahead.then(|| qkv.at(rows.lookahead_rows().start * stride + q_width)),
+        row_stride: stride,
         num_queries: query_rows.len(),
-        key_cache,
+        key_cache: input.cache.keys,
         block_table: input.block_table,
         prompt_len: pending.prompt_len(),
         scored: plan.scored_entries,
@@ -129,44 +124,35 @@ impl EvictionScratch {
     /// as `pending`), recording the selection in `pending`.
     pub fn run_layer(
         &mut self,
-        (gpu, kernels, pool): (&Gpu, &Kernels, &DevicePool),
+        (gpu, kernels): (&Gpu, &Kernels),
         pending: &mut PendingEviction,
         seq: &SequenceInput<'_>,
         rows: &SequenceRows,
         input: &LayerInput,
     ) -> Result<()> {
-        let shape = input.shape;
-        let cache = pool.layer(gpu, input.layer);
+        let shape = kernels.shape;
         let budget = pending.layer_budgets[input.layer];
         let started = Instant::now();
-        let selection = match scoring_launch(pending, rows, input, cache.0) {
+        let selection = match scoring_launch(pending, rows, input, shape.q_width()) {
             Some(launch) => {
                 let (n_q, scored) = (launch.num_queries, launch.scored);
-                let h = shape.num_heads;
-                let floats = self
-                    .floats
-                    .ensure(gpu, 2 * h * n_q + (h + shape.num_kv_heads) * scored)?;
-                let stats = (floats, floats.at(h * n_q), floats.at(2 * h * n_q));
+                let (h, kv) = (shape.num_heads, shape.num_kv_heads);
+                let floats = self.floats.ensure(gpu, 2 * h * n_q + (h + kv) * scored)?;
+                let stats = ScoringStats {
+                    row_max: floats,
+                    row_inv_sum: floats.at(h * n_q),
+                    reduced: floats.at(2 * h * n_q),
+                };
                 let scores = floats.at(2 * h * n_q + h * scored);
-                kernels.eviction_scores(gpu, &launch, shape, stats, scores)?;
+                kernels.eviction_scores(&launch, stats, scores)?;
                 let scoring_done = Instant::now();
                 pending.times.scoring += scoring_done - started;
                 let top = TopK::new(budget, pending.prompt_len(), scored);
-                let kept = self
-                    .indices
-                    .ensure(gpu, shape.num_kv_heads * top.per_head)?;
-                kernels.top_k(
-                    gpu,
-                    scores,
-                    scored,
-                    top.k,
-                    top.window,
-                    shape.num_kv_heads,
-                    kept,
-                )?;
-                self.host_kept.resize(shape.num_kv_heads * top.per_head, 0);
+                let kept = self.indices.ensure(gpu, kv * top.per_head)?;
+                kernels.top_k(scores, scored, (top.k, top.window), kept)?;
+                self.host_kept.resize(kv * top.per_head, 0);
                 gpu.read(kept, &mut self.host_kept)?;
-                let selection = top.selection(&self.host_kept, shape.num_kv_heads);
+                let selection = top.selection(&self.host_kept, kv);
                 pending.times.selection += scoring_done.elapsed();
                 selection
             }
@@ -181,7 +167,7 @@ impl EvictionScratch {
         let started = Instant::now();
         let into = seq.compact_into.unwrap_or(seq.block_table);
         let plan = CompactionPlan::new(&selection.kept, seq.block_table, into, shape.block_size)?;
-        self.compact(gpu, kernels, cache, &plan, shape)?;
+        self.compact((gpu, kernels), input.cache, &plan)?;
         pending.times.compaction += started.elapsed();
         pending.push_selection(selection);
         Ok(())
@@ -190,11 +176,9 @@ impl EvictionScratch {
     /// Runs `plan` on one layer of the pool.
     fn compact(
         &mut self,
-        gpu: &Gpu,
-        kernels: &Kernels,
-        cache: (DevPtr<u16>, DevPtr<u16>),
+        (gpu, kernels): (&Gpu, &Kernels),
+        cache: KvLayer,
         plan: &CompactionPlan,
-        shape: HeadShape,
     ) -> Result<()> {
         if plan.count == 0 {
             return Ok(());
@@ -203,26 +187,26 @@ impl EvictionScratch {
         self.host_plan.extend_from_slice(&plan.kept);
         self.host_plan.extend_from_slice(&plan.gather_table);
         self.host_plan.extend_from_slice(&plan.scatter_table);
-        let arrays = self.indices.upload(gpu, &self.host_plan)?;
-        let gather_table = arrays.at(plan.kept.len());
-        let scatter_table = gather_table.at(plan.gather_table.len());
-        let scratch_len = plan.scratch_len(shape.head_dim);
+        let kept = self.indices.upload(gpu, &self.host_plan)?;
+        let gather_table = kept.at(plan.kept.len());
+        let scratch_len = plan.scratch_len(kernels.shape.head_dim);
         let moved = self.moved.ensure(gpu, 2 * scratch_len)?;
-        kernels.compact(
-            gpu,
-            cache,
-            (gather_table, scatter_table),
-            arrays,
-            (moved, moved.at(scratch_len)),
-            plan.count,
-            shape,
-        )
+        let compaction = Compaction {
+            kept,
+            count: plan.count,
+            gather_table,
+            scatter_table: gather_table.at(plan.gather_table.len()),
+            key_scratch: moved,
+            value_scratch: moved.at(scratch_len),
+        };
+        kernels.compact(cache, compaction)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cuda::kernels::HeadShape;
     use crate::eviction::{EvictionPolicy, Policy};
 
     const SHAPE: HeadShape = HeadShape {
@@ -249,12 +233,18 @@ mod tests {
         };
         let input = LayerInput {
             layer: 0,
-            qkv: DevPtr::new(0, 100 * QKV_WIDTH),
-            qkv_width: QKV_WIDTH,
+            qkv: QkvRows {
+                qkv: DevPtr::new(0, 100 * QKV_WIDTH),
+                rows: 100,
+                row_stride: QKV_WIDTH,
+            },
+            cache: KvLayer {
+                keys: DevPtr::new(0x9000, 1 << 20),
+                values: DevPtr::new(0xa000, 1 << 20),
+            },
             block_table: DevPtr::new(0x8000, 4),
-            shape: SHAPE,
         };
-        scoring_launch(&pending, &rows, &input, DevPtr::new(0x9000, 1 << 20))
+        scoring_launch(&pending, &rows, &input, SHAPE.q_width())
     }
 
     #[test]

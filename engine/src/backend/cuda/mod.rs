@@ -12,9 +12,9 @@
 //! [`kernel_cache`]); the per-step index arrays the kernels read ([`step_inputs`], `step`,
 //! [`compaction_plan`]); the device handle and raw addresses (`gpu`), reused step buffers
 //! (`scratch`), the activation layout (`activations`); weights uploaded in bf16 (`weights`), the
-//! paged KV pool and its layout (`pool`); typed kernel launches and their sizing (`launch`),
-//! cuBLAS GEMMs (`gemm`), eviction per layer (`evict`); and `CudaBackend` (`backend`), the
-//! forward pass that ties them together.
+//! paged KV pool and its layout (`pool`); launch sizing (`launch`) and typed kernel launches
+//! (`kernels`), cuBLAS GEMMs (`gemm`), eviction per layer (`evict`), one pass's layers (`pass`);
+//! and `CudaBackend` (`backend`), which builds all this and runs each pass.
 //!
 //! What the backend refuses rather than computes wrongly, each with
 //! [`EngineError::CudaUnsupported`]: an f32 KV pool (the kernels store bf16), and a batch whose
@@ -32,8 +32,10 @@ mod evict;
 mod gemm;
 mod gpu;
 pub mod kernel_cache;
+mod kernels;
 mod launch;
 pub mod nvrtc;
+mod pass;
 mod pool;
 pub mod probe;
 mod scratch;
@@ -54,7 +56,7 @@ use crate::model::Model;
 use backend::CudaBackend;
 use gpu::Gpu;
 use kernel_cache::{KernelCache, Origin};
-use launch::Kernels;
+use kernels::{HeadShape, Kernels};
 
 /// Builds the CUDA backend on device `ordinal`: probes the device, compiles (or loads from the
 /// cache) every kernel for its architecture, loads them, then uploads `model` and allocates a KV
@@ -103,7 +105,13 @@ pub fn create_backend(
         "CUDA kernels loaded"
     );
     let gpu = Gpu::new(info.ordinal, Arc::clone(&info.context))?;
-    let kernels = Kernels::load(&gpu, &modules)?;
+    let shape = HeadShape {
+        num_heads: model.config.num_heads,
+        num_kv_heads: model.config.num_kv_heads,
+        head_dim: model.config.head_dim,
+        block_size,
+    };
+    let kernels = Kernels::load(&gpu, &modules, shape)?;
     Ok(Box::new(CudaBackend::new(
         gpu, kernels, model, block_size, num_blocks, kv_dtype, lookahead,
     )?))

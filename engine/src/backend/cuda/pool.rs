@@ -17,7 +17,8 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::gpu::{DevPtr, Gpu};
+use super::gpu::Gpu;
+use super::kernels::KvLayer;
 use crate::backend::KvGeometry;
 use crate::error::Result;
 
@@ -44,9 +45,12 @@ impl DevicePool {
     }
 
     /// Keys and values of layer `layer`.
-    pub fn layer(&self, gpu: &Gpu, layer: usize) -> (DevPtr<u16>, DevPtr<u16>) {
+    pub fn layer(&self, gpu: &Gpu, layer: usize) -> KvLayer {
         let at = layer * layer_len(&self.geometry);
-        (gpu.ptr(&self.keys).at(at), gpu.ptr(&self.values).at(at))
+        KvLayer {
+            keys: gpu.ptr(&self.keys).at(at),
+            values: gpu.ptr(&self.values).at(at),
+        }
     }
 }
 
