@@ -141,13 +141,10 @@ pub enum EngineError {
         arch: String,
         message: String,
     },
-    /// The GPU was found and the kernels compiled and loaded, but this build has no CUDA forward
-    /// pass to run the model with.
-    #[error(
-        "device cuda:{ordinal} ({device}) is usable and Glimpse's CUDA kernels load on it, but \
-         the CUDA forward pass is not available in this build; use `--device cpu`"
-    )]
-    CudaForwardUnavailable { ordinal: usize, device: String },
+    /// A setting or request the CUDA backend does not support; `what` names it and the way
+    /// around it. Refused before anything runs, never computed wrongly.
+    #[error("device cuda:{ordinal}: {what} is not supported by the CUDA backend")]
+    CudaUnsupported { ordinal: usize, what: String },
 }
 
 impl From<candle_core::Error> for EngineError {

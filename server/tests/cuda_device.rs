@@ -1,8 +1,9 @@
 //! `--device cuda:N` through the real binary (`generate`, `serve`, `eval`). CI machines have no GPU and no NVIDIA driver, so
 //! the real behaviour there is a refusal at start-up naming the missing driver and what to do
 //! about it, with a non-zero exit (no mock: the driver library really is absent). On a machine
-//! with the driver the same run must still refuse cleanly, since this build has no CUDA forward
-//! pass: a typed error naming the device, never a panic.
+//! with the driver these runs use the default f32 KV cache, which the CUDA backend refuses (its
+//! kernels store bf16), so they still fail cleanly at start-up: a typed error naming the device
+//! (or NVRTC, when it is missing), never a panic.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -25,7 +26,8 @@ fn run_on(subcommand: &str, device: &str, args: &[&str]) -> Output {
 }
 
 /// Whether this machine has the NVIDIA kernel driver loaded (then `libcuda` is usually there,
-/// and the run gets further: a device index out of range, NVRTC missing, or no forward pass).
+/// and the run gets further: a device index out of range, NVRTC missing, or the f32 KV cache
+/// refused).
 fn has_nvidia_driver() -> bool {
     Path::new("/proc/driver/nvidia").exists()
 }

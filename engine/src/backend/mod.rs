@@ -4,12 +4,15 @@
 //! tensors or device memory, so the CUDA backend slots in beside the CPU one without changing them.
 //! A backend is chosen once at start-up from a [`Device`], and builds its own weights from the
 //! device-neutral [`Model`] (checkpoint tensors in their file dtype): the CPU backend widens and
-//! packs them for its GEMM, a CUDA backend would upload them. Nothing outside a backend's module
+//! packs them for its GEMM, the CUDA backend uploads them in bf16. Nothing outside a backend's module
 //! names its types; callers go through [`create_backend`].
 
 pub mod cpu;
 pub mod cuda;
+mod eviction_pass;
+mod fused;
 mod kv_geometry;
+mod validate;
 
 pub use kv_geometry::KvGeometry;
 
@@ -82,8 +85,7 @@ impl std::str::FromStr for Device {
 /// stored in `kv_dtype`, and the LookaheadKV module if one was loaded (without it, the lookahead policy is refused).
 ///
 /// Fails for a CUDA device with the probe's error naming what is missing (driver, device,
-/// compute capability, NVRTC), else with [`EngineError::CudaForwardUnavailable`]: this build has
-/// no CUDA forward pass ([`cuda`]).
+/// compute capability, NVRTC) and with what [`cuda::create_backend`] refuses.
 pub fn create_backend(
     device: Device,
     model: &Model,
@@ -96,6 +98,8 @@ pub fn create_backend(
         Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(
             model, block_size, num_blocks, kv_dtype, lookahead,
         )?)),
-        Device::Cuda(ordinal) => cuda::create_backend(ordinal),
+        Device::Cuda(ordinal) => {
+            cuda::create_backend(ordinal, model, block_size, num_blocks, kv_dtype, lookahead)
+        }
     }
 }

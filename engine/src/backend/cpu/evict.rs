@@ -4,48 +4,13 @@
 //! A layer's cache is final once its attention ran, so compacting it at once is safe, and the
 //! scores need only that layer's queries (docs/design.md §4; policies in [`crate::eviction`]).
 
-use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use super::kv_cache::CpuKvCache;
 use super::scoring_keys::PagedKeys;
-use crate::batch::SequenceEviction;
+use crate::backend::eviction_pass::PendingEviction;
 use crate::error::Result;
-use crate::eviction::{
-    HeadLayout, LayerSelection, PromptEviction, QueryRows, ScoringPlan, ScoringQueries,
-    ScoringRequest, score_prompt,
-};
-
-/// One sequence's eviction while the pass runs through the layers.
-pub struct PendingEviction {
-    prompt: PromptEviction,
-    layer_budgets: Vec<usize>,
-    scoring: Option<ScoringPlan>,
-    selections: Vec<LayerSelection>,
-    times: EvictionTimes,
-}
-
-/// Time spent in each step of one sequence's eviction during a pass.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EvictionTimes {
-    pub scoring: Duration,
-    pub selection: Duration,
-    pub compaction: Duration,
-}
-
-impl EvictionTimes {
-    fn total(&self) -> Duration {
-        self.scoring + self.selection + self.compaction
-    }
-}
-
-impl std::ops::AddAssign for EvictionTimes {
-    fn add_assign(&mut self, other: Self) {
-        self.scoring += other.scoring;
-        self.selection += other.selection;
-        self.compaction += other.compaction;
-    }
-}
+use crate::eviction::{HeadLayout, QueryRows, ScoringQueries, ScoringRequest, score_prompt};
 
 /// What one layer's scoring reads from the pass.
 pub struct ScoringInput<'a> {
@@ -60,34 +25,6 @@ pub struct ScoringInput<'a> {
 }
 
 impl PendingEviction {
-    /// Starts evicting `prompt` from a model of `num_layers` layers.
-    pub fn new(prompt: PromptEviction, num_layers: usize) -> Self {
-        Self {
-            prompt,
-            layer_budgets: prompt.layer_budgets(num_layers),
-            scoring: prompt.scoring_plan(),
-            selections: Vec::with_capacity(num_layers),
-            times: EvictionTimes::default(),
-        }
-    }
-
-    pub fn prompt_len(&self) -> usize {
-        self.prompt.prompt_len()
-    }
-
-    /// Lookahead rows the pass must append after the prompt (0 unless LookaheadKV).
-    pub fn lookahead_rows(&self) -> usize {
-        self.scoring.map_or(0, |plan| plan.extra_rows())
-    }
-
-    /// Rows of the flat batch whose queries score, for a sequence whose `num_tokens` token rows
-    /// start at `first_row` (empty when the policy needs no scores).
-    pub fn scoring_rows(&self, first_row: usize, num_tokens: usize) -> Range<usize> {
-        let end = first_row + num_tokens;
-        self.scoring
-            .map_or(end..end, |plan| plan.query_rows(first_row, num_tokens))
-    }
-
     /// Scores, selects and compacts `layer` of the sequence with `block_table`; the kept
     /// entries go to the blocks `compact_into` (`block_table` itself for an in-place
     /// compaction).
@@ -142,29 +79,7 @@ impl PendingEviction {
         lap(&mut self.times.selection);
         cache.compact(layer, block_table, compact_into, &selection.kept);
         lap(&mut self.times.compaction);
-        self.selections.push(selection);
+        self.push_selection(selection);
         Ok(())
-    }
-
-    /// Time spent so far in each step.
-    pub fn times(&self) -> EvictionTimes {
-        self.times
-    }
-
-    /// The report of a finished pass for batch sequence `sequence`.
-    pub fn finish(self, sequence: usize) -> SequenceEviction {
-        let layer_kept: Vec<usize> = self
-            .selections
-            .iter()
-            .map(|layer| layer.kept.iter().map(Vec::len).max().unwrap_or(0))
-            .collect();
-        SequenceEviction {
-            sequence,
-            prompt_len: self.prompt.prompt_len(),
-            kept_entries: layer_kept.iter().copied().max().unwrap_or(0),
-            layer_kept,
-            selections: self.selections,
-            time: self.times.total(),
-        }
     }
 }

@@ -10,14 +10,9 @@
 
 use super::linear::{PackedMatrix, matmul_packed};
 use super::row_span;
-use super::rows::SequenceRows;
+use crate::backend::eviction_pass::SequenceRows;
+use crate::backend::fused::{DOWN, GATE_UP, O, QKV};
 use crate::lookahead::{LookaheadModule, Projection};
-
-/// The adapters each fused CPU linear adds, in the order its output columns stack them.
-pub const QKV: &[Projection] = &[Projection::Q, Projection::K, Projection::V];
-pub const O: &[Projection] = &[Projection::O];
-pub const GATE_UP: &[Projection] = &[Projection::Gate, Projection::Up];
-pub const DOWN: &[Projection] = &[Projection::Down];
 
 /// Reused intermediate buffers of the small GEMMs.
 #[derive(Default)]

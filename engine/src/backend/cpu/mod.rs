@@ -32,18 +32,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attention::{AttentionShape, KeptDots, QueryContext, TileTimes, paged_attention};
-use evict::{EvictionTimes, PendingEviction, ScoringInput};
+use evict::ScoringInput;
 use kv_cache::CpuKvCache;
 use lora::{LayerLora, PackedLora};
 use project::Projector;
-use rows::{LookaheadKv, SequenceRows};
+use rows::LookaheadKv;
 use weights::{CpuLayer, CpuWeights};
 
+use super::eviction_pass::{EvictionTimes, SequenceRows, plan_sequences};
+use super::validate::BatchLimits;
 use super::{Backend, KvGeometry};
-use crate::batch::{ForwardBatch, ForwardOutput, ForwardProfile, RowRange, SequenceInput};
+use crate::batch::{ForwardBatch, ForwardOutput, ForwardProfile, RowRange};
 use crate::config::{KvCacheDtype, ModelConfig};
-use crate::error::{EngineError, Result};
-use crate::eviction::{EvictionPolicy, HeadLayout, LookaheadMismatch, PromptEviction};
+use crate::error::Result;
+use crate::eviction::HeadLayout;
 use crate::lookahead::LookaheadModule;
 use crate::model::{Model, RopeTables};
 
@@ -157,160 +159,23 @@ impl CpuBackend {
         })
     }
 
-    /// Checks the batch against the model and pool before anything is written.
-    fn validate(&self, batch: &ForwardBatch<'_>) -> Result<()> {
-        let geometry = self.cache.geometry();
-        let bad = |message: String| Err(EngineError::InvalidBatch { message });
-        for (i, seq) in batch.sequences.iter().enumerate() {
-            if seq.token_ids.is_empty() {
-                return bad(format!("sequence {i} has no tokens"));
-            }
-            if let Some(t) = seq
-                .token_ids
-                .iter()
-                .find(|&&t| t as usize >= self.config.vocab_size)
-            {
-                return bad(format!(
-                    "sequence {i}: token id {t} >= vocabulary size {}",
-                    self.config.vocab_size
-                ));
-            }
-            let last_position = seq.first_position + seq.token_ids.len();
-            if last_position > self.config.max_model_len {
-                return bad(format!(
-                    "sequence {i}: position {} beyond the model's maximum length {}",
-                    last_position - 1,
-                    self.config.max_model_len
-                ));
-            }
-            let needed = geometry.blocks_for(seq.num_entries_after());
-            if seq.block_table.len() < needed {
-                return bad(format!(
-                    "sequence {i}: {} entries need {needed} blocks, block table has {}",
-                    seq.num_entries_after(),
-                    seq.block_table.len()
-                ));
-            }
-            if let Some(b) = seq.block_table[..needed]
-                .iter()
-                .find(|&&b| b as usize >= geometry.num_blocks)
-            {
-                return bad(format!(
-                    "sequence {i}: block {b} outside the pool of {}",
-                    geometry.num_blocks
-                ));
-            }
-            if let Some(prefix) = seq.compacted {
-                let fits = prefix.layer_kept.len() == self.config.num_layers
-                    && prefix.layer_kept.iter().all(|&k| k <= prefix.entries)
-                    && prefix.entries <= seq.first_cache_entry;
-                if !fits {
-                    return bad(format!(
-                        "sequence {i}: compacted prefix of {} entries with {} layer counts does not fit {} layers and {} cached entries",
-                        prefix.entries,
-                        prefix.layer_kept.len(),
-                        self.config.num_layers,
-                        seq.first_cache_entry
-                    ));
-                }
-            }
-            if let Some(policy) = seq.eviction {
-                self.validate_eviction(i, seq, policy)?;
-            } else if seq.compact_into.is_some() {
-                return bad(format!(
-                    "sequence {i}: blocks to compact into but no eviction"
-                ));
-            }
+    /// What [`BatchLimits::validate`] checks a batch against.
+    fn limits(&self) -> BatchLimits<'_> {
+        BatchLimits {
+            config: &self.config,
+            geometry: self.cache.geometry(),
+            lookahead_tokens: self.lookahead.as_ref().map(|module| module.num_tokens),
         }
-        Ok(())
     }
 
-    /// Checks that `sequence`'s blocks to compact into lie in the pool, hold the most entries
-    /// `prompt` keeps and are none of the blocks its entries are read from.
-    fn validate_compact_into(
-        &self,
-        i: usize,
-        seq: &SequenceInput<'_>,
-        prompt: PromptEviction,
-    ) -> Result<()> {
-        let Some(into) = seq.compact_into else {
-            return Ok(());
-        };
-        let geometry = self.cache.geometry();
-        let most_kept = prompt
-            .layer_budgets(self.config.num_layers)
-            .into_iter()
-            .max()
-            .unwrap_or(0)
-            .min(prompt.prompt_len());
-        let sources = &seq.block_table[..geometry.blocks_for(prompt.prompt_len())];
-        let fits = into.len() >= geometry.blocks_for(most_kept)
-            && into
-                .iter()
-                .all(|b| (*b as usize) < geometry.num_blocks && !sources.contains(b));
-        if fits {
-            return Ok(());
-        }
-        Err(EngineError::InvalidBatch {
-            message: format!(
-                "sequence {i}: {} blocks to compact into must be in the pool, outside its block table and hold {most_kept} entries",
-                into.len()
-            ),
-        })
-    }
-
-    /// What an evicting sequence owes: a never-compacted cache, its scoring window inside the
-    /// chunk, and for LookaheadKV a loaded module with the policy's token count.
-    fn validate_eviction(
-        &self,
-        i: usize,
-        seq: &SequenceInput<'_>,
-        policy: EvictionPolicy,
-    ) -> Result<()> {
-        policy.validate()?;
-        let bad = |message: String| Err(EngineError::InvalidBatch { message });
-        if seq.first_cache_entry != seq.first_position || seq.compacted.is_some() {
-            return bad(format!(
-                "sequence {i}: eviction needs a cache that was never compacted (entries = positions)"
-            ));
-        }
-        let Some(prompt) = policy.for_prompt(seq.num_entries_after()) else {
-            return Ok(());
-        };
-        self.validate_compact_into(i, seq, prompt)?;
-        let Some(plan) = prompt.scoring_plan() else {
-            return Ok(());
-        };
-        let window = plan.min_last_chunk_tokens();
-        if window > seq.token_ids.len() {
-            return bad(format!(
-                "sequence {i}: the last prefill chunk holds {} tokens, fewer than the scoring window of {window}",
-                seq.token_ids.len()
-            ));
-        }
-        let loaded = self.lookahead.as_ref().map(|module| module.num_tokens);
-        policy
-            .check_lookahead_module(loaded)
-            .map_err(|mismatch| EngineError::InvalidParameter {
-                field: match mismatch {
-                    LookaheadMismatch::NotLoaded => "eviction.policy",
-                    LookaheadMismatch::TokenCount { .. } => "eviction.num_tokens",
-                },
-                message: mismatch.to_string(),
-            })
-    }
-
-    /// Lays out the flat batch: each sequence's token rows, followed by its lookahead rows if
-    /// it evicts with LookaheadKV.
+    /// Lays out the flat batch ([`plan_sequences`]) and each of its rows' position and cache slot.
     fn plan_rows(&mut self, batch: &ForwardBatch<'_>) {
         let bs = self.cache.geometry().block_size;
-        let num_layers = self.config.num_layers;
         let b = &mut self.buffers;
+        let num_lookahead_sequences =
+            plan_sequences(batch, self.config.num_layers, &mut b.sequences);
         b.slots.clear();
-        b.sequences.clear();
-        let mut num_lookahead_sequences = 0;
-        for (sequence, seq) in batch.sequences.iter().enumerate() {
-            let first_row = b.slots.len();
+        for (sequence, (seq, rows)) in batch.sequences.iter().zip(&b.sequences).enumerate() {
             for i in 0..seq.token_ids.len() {
                 let entry = seq.first_cache_entry + i;
                 b.slots.push(TokenSlot {
@@ -324,12 +189,7 @@ impl CpuBackend {
                 });
             }
             let prompt_len = seq.num_entries_after();
-            let eviction = seq
-                .eviction
-                .and_then(|policy| policy.for_prompt(prompt_len))
-                .map(|prompt| PendingEviction::new(prompt, num_layers));
-            let num_lookahead = eviction.as_ref().map_or(0, PendingEviction::lookahead_rows);
-            for i in 0..num_lookahead {
+            for i in 0..rows.num_lookahead {
                 b.slots.push(TokenSlot {
                     sequence,
                     position: prompt_len + i,
@@ -337,14 +197,6 @@ impl CpuBackend {
                     num_entries: prompt_len,
                 });
             }
-            b.sequences.push(SequenceRows {
-                first_row,
-                num_tokens: seq.token_ids.len(),
-                num_lookahead,
-                lookahead_index: num_lookahead_sequences,
-                eviction,
-            });
-            num_lookahead_sequences += usize::from(num_lookahead > 0);
         }
         if let Some(module) = &self.lookahead {
             b.lookahead_kv.reset(
@@ -509,7 +361,7 @@ impl Backend for CpuBackend {
     }
 
     fn forward(&mut self, batch: &ForwardBatch<'_>, out: &mut ForwardOutput) -> Result<()> {
-        self.validate(batch)?;
+        self.limits().validate(batch)?;
         let started = Instant::now();
         self.buffers.projector.matmul_time = Duration::ZERO;
         self.buffers.projector.lora_time = Duration::ZERO;

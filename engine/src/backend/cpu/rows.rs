@@ -1,37 +1,7 @@
-//! The layout of one forward pass's flat rows per sequence, and the side buffer that holds the
-//! lookahead rows' keys and values (which never enter the cache, docs/design.md §3).
-
-use std::ops::Range;
+//! The side buffer that holds the lookahead rows' keys and values of the CPU forward pass (they
+//! never enter the cache, docs/design.md §3).
 
 use super::attention::ExtraKv;
-use super::evict::PendingEviction;
-
-/// One sequence's rows in the flat batch: its tokens, then its lookahead rows if it evicts
-/// with LookaheadKV in this pass.
-pub struct SequenceRows {
-    pub first_row: usize,
-    pub num_tokens: usize,
-    pub num_lookahead: usize,
-    /// The sequence's slot in [`LookaheadKv`] (meaningful when `num_lookahead > 0`).
-    pub lookahead_index: usize,
-    /// Scoring and selection under way in this pass, if the sequence evicts.
-    pub eviction: Option<PendingEviction>,
-}
-
-impl SequenceRows {
-    /// Rows of the lookahead tokens.
-    pub fn lookahead_rows(&self) -> Range<usize> {
-        let start = self.first_row + self.num_tokens;
-        start..start + self.num_lookahead
-    }
-
-    /// Prompt length of an evicting sequence: lookahead positions start there.
-    pub fn prompt_len(&self) -> usize {
-        self.eviction
-            .as_ref()
-            .map_or(0, |pending| pending.prompt_len())
-    }
-}
 
 /// Keys and values of the current layer's lookahead rows, per evicting sequence: head-major for
 /// attention, laid out like a cache block of `capacity` slots (values
