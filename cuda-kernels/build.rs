@@ -48,6 +48,7 @@ fn main() {
         "rms_norm_without_sync",
         "rope",
         "silu_mul",
+        "round_to_bf16",
         "cache_write",
         "decode_attention",
         "compact",

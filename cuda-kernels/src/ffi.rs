@@ -94,6 +94,13 @@ unsafe extern "C" {
         blocks: u32,
         threads: u32,
     );
+    pub fn glimpse_shim_round_to_bf16(
+        x: *const f32,
+        out: *mut u16,
+        count: i64,
+        blocks: u32,
+        threads: u32,
+    );
     pub fn glimpse_shim_cache_write(
         qkv: *const f32,
         slot_mapping: *const c_int,

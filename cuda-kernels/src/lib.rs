@@ -207,6 +207,21 @@ pub fn silu_mul(gate_up: &[f32], intermediate: usize, out: &mut [f32], blocks: u
     }
 }
 
+/// Every value of `x` rounded to bf16 bits into `out` (the GEMM inputs' rounding).
+pub fn round_to_bf16(x: &[f32], out: &mut [u16], blocks: u32, threads: u32) {
+    assert_eq!(x.len(), out.len());
+    // SAFETY: `x` and `out` hold `x.len()` elements each.
+    unsafe {
+        ffi::glimpse_shim_round_to_bf16(
+            x.as_ptr(),
+            out.as_mut_ptr(),
+            x.len() as i64,
+            blocks,
+            threads,
+        );
+    }
+}
+
 /// The shape of one layer of the device KV pool, `[block][kv_head][slot][head_dim]`.
 #[derive(Debug, Clone, Copy)]
 pub struct KvLayout {

@@ -6,7 +6,7 @@
 
 use glimpse_cuda_kernels::{
     KvLayer, KvLayout, QkvRows, RmsNormBuild, RopeShape, cache_write, embedding_gather, rms_norm,
-    rms_norm_heads_in_place, rope, silu_mul,
+    rms_norm_heads_in_place, rope, round_to_bf16, silu_mul,
 };
 use glimpse_engine::backend::cpu::ops;
 use glimpse_engine::config::{RopeConfig, RopeScaling};
@@ -211,6 +211,21 @@ fn rounding_edges() -> Vec<f32> {
     .into_iter()
     .map(f32::from_bits)
     .collect()
+}
+
+/// The GEMM inputs' rounding is `half`'s, bit for bit, on the edge cases and on random values,
+/// with a grid that covers the input in one pass and one that strides over it.
+#[test]
+fn round_to_bf16_rounds_like_half() {
+    let mut rng = rng(7);
+    let mut x = rounding_edges();
+    x.extend(uniform(&mut rng, 301, 1e3));
+    let want: Vec<u16> = x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+    for (blocks, threads) in [(1, 1), (3, 32), (16, 64)] {
+        let mut out = vec![0x7fffu16; x.len()];
+        round_to_bf16(&x, &mut out, blocks, threads);
+        assert_eq!(out, want, "{blocks} blocks of {threads} threads");
+    }
 }
 
 #[test]

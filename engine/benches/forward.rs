@@ -221,7 +221,7 @@ fn main() {
         &model,
         block_size,
         num_blocks,
-        args.kv_cache_dtype.resolve(),
+        args.kv_cache_dtype.resolve(Device::Cpu),
         None,
     )
     .expect("backend");

@@ -149,7 +149,7 @@ fn main() {
     let model = Model::load_quantized(&args.model, args.dtype, args.quantize).expect("model loads");
     let tokenizer = Arc::new(Tokenizer::from_dir(&args.tokenizer).expect("tokenizer loads"));
     let vocab = model.config.vocab_size;
-    let kv_dtype = args.kv_cache_dtype.resolve();
+    let kv_dtype = args.kv_cache_dtype.resolve(Device::Cpu);
     let block_size = 16;
     let entries = args.requests * (args.prompt_len + args.output_len);
     let num_blocks = entries.div_ceil(block_size) + args.requests;

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::backend::Device;
 use crate::error::EngineError;
 use crate::loader::WeightDtype;
 
@@ -157,9 +158,10 @@ impl fmt::Display for Quantization {
 /// What `--kv-cache-dtype` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvCacheDtypeChoice {
-    /// f32, whatever the weights' dtype: keys and values are activations, f32 in every
-    /// `--dtype`, so holding them in bf16 is a rounding of its own, opted into with `bf16`
-    /// (vLLM's `auto` follows the model's dtype instead, whose activations are bf16 there).
+    /// What the device computes in. On the CPU, f32 whatever the weights' dtype: keys and values
+    /// are activations, f32 in every `--dtype`, so holding them in bf16 is a rounding of its
+    /// own, opted into with `bf16`. On CUDA, bf16: the only pool its kernels store, next to
+    /// bf16 GEMM inputs (as vLLM's `auto` follows the model's dtype, whose activations are bf16).
     #[default]
     Auto,
     F32,
@@ -167,10 +169,11 @@ pub enum KvCacheDtypeChoice {
 }
 
 impl KvCacheDtypeChoice {
-    /// The dtype the KV pool stores its entries in.
-    pub fn resolve(self) -> KvCacheDtype {
+    /// The dtype the KV pool on `device` stores its entries in.
+    pub fn resolve(self, device: Device) -> KvCacheDtype {
         match self {
-            Self::Auto | Self::F32 => KvCacheDtype::F32,
+            Self::Auto => KvCacheDtype::widest_on(device),
+            Self::F32 => KvCacheDtype::F32,
             Self::Bf16 => KvCacheDtype::Bf16,
         }
     }
@@ -189,6 +192,15 @@ pub enum KvCacheDtype {
 }
 
 impl KvCacheDtype {
+    /// The widest pool `device` stores, which `auto` picks and a compact pool is measured
+    /// against: f32 on the CPU, bf16 on CUDA (its kernels store nothing else).
+    pub fn widest_on(device: Device) -> Self {
+        match device {
+            Device::Cpu => Self::F32,
+            Device::Cuda(_) => Self::Bf16,
+        }
+    }
+
     /// Bytes per stored key or value element.
     pub fn size_bytes(self) -> usize {
         match self {

@@ -61,7 +61,7 @@ pub struct EngineArgs {
     #[arg(long, env = "GLIMPSE_MODEL", help = MODEL_FLAG_HELP)]
     pub model: Option<PathBuf>,
     /// Device to run on: `cpu`, or `cuda[:N]` (checked at start-up: driver, device, compute
-    /// capability, NVRTC; this build has no CUDA forward pass yet, so it then refuses).
+    /// capability, NVRTC; the CUDA backend has not yet run on a GPU: scripts/gpu-check.sh).
     #[arg(long, default_value = "cpu", env = "GLIMPSE_DEVICE")]
     pub device: Device,
     /// Dtype the weight matrices are held in: `auto` (the checkpoint's: bf16 stays bf16, f32 and
@@ -73,9 +73,9 @@ pub struct EngineArgs {
     /// quantized per row and block of 32 at each GEMM, everything else stays f32).
     #[arg(long, default_value_t = Quantization::None, env = "GLIMPSE_QUANTIZE")]
     pub quantize: Quantization,
-    /// Dtype the KV cache stores keys and values in: `auto` (f32: K/V are f32 activations in
-    /// every --dtype), `f32` or `bf16` (twice the entries in the same bytes; attention and
-    /// eviction scoring widen them to f32).
+    /// Dtype the KV cache stores keys and values in: `auto` (on the CPU f32: K/V are f32
+    /// activations in every --dtype; on CUDA bf16, the only pool it stores), `f32` or `bf16`
+    /// (twice the entries in the same bytes; attention and eviction scoring widen them to f32).
     #[arg(long, default_value_t = KvCacheDtypeChoice::Auto, env = "GLIMPSE_KV_CACHE_DTYPE")]
     pub kv_cache_dtype: KvCacheDtypeChoice,
     /// KV cache memory in bytes (takes precedence over --kv-memory-fraction).
@@ -185,7 +185,7 @@ impl EngineArgs {
                 .with_context(|| format!("--chat-template {}", path.display()))?;
         }
         let tokenizer = Arc::new(tokenizer);
-        let kv_dtype = self.kv_cache_dtype.resolve();
+        let kv_dtype = self.kv_cache_dtype.resolve(self.device);
         let bytes_per_block =
             glimpse_engine::backend::KvGeometry::new(&model.config, self.block_size, 1, kv_dtype)?
                 .bytes_per_block();

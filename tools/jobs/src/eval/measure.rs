@@ -152,7 +152,8 @@ pub struct RunSettings {
     /// Longest greedy answer, in tokens.
     pub answer_tokens: usize,
     pub evicted_length: EvictedLength,
-    /// What the candidates' KV pools store (the full-cache reference's is f32).
+    /// What the candidates' KV pools store (the full-cache reference's is the device's widest,
+    /// [`KvCacheDtype::widest_on`]).
     pub kv_dtype: KvCacheDtype,
 }
 
@@ -174,13 +175,14 @@ pub fn evaluate(
     } = settings;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let entries = longest + answer_tokens + BLOCK_SIZE;
+    let reference_dtype = KvCacheDtype::widest_on(device);
     // First, so a device that cannot run fails before the CPU reference model is built.
     let mut full_runner = OfflineRunner::on(
         device,
         model,
         BLOCK_SIZE,
         2 * entries,
-        KvCacheDtype::F32,
+        reference_dtype,
         None,
     )?;
     // the answer's attention is compared with what the policies keep: nothing to compare without one
@@ -201,14 +203,14 @@ pub fn evaluate(
     let mut f32_runners = candidates
         .iter()
         .map(|c| match &c.kind {
-            CandidateKind::Lookahead { module, .. } if kv_dtype != KvCacheDtype::F32 => {
+            CandidateKind::Lookahead { module, .. } if kv_dtype != reference_dtype => {
                 let module = Some(module.clone());
                 OfflineRunner::on(
                     device,
                     model,
                     BLOCK_SIZE,
                     2 * entries,
-                    KvCacheDtype::F32,
+                    reference_dtype,
                     module,
                 )
                 .map(Some)

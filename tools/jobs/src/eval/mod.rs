@@ -43,12 +43,11 @@ pub struct EvalArgs {
     /// --quantize`).
     #[arg(long, default_value_t = Quantization::None)]
     pub quantize: Quantization,
-    /// Device to run on: `cpu`, or `cuda[:N]` (as `glimpse serve --device`; this build has no
-    /// CUDA forward pass yet, so it refuses after checking the device).
+    /// Device to run on: `cpu`, or `cuda[:N]` (as `glimpse serve --device`).
     #[arg(long, default_value = "cpu")]
     pub device: Device,
-    /// KV cache dtype of every policy's runs (`auto` and `f32`: f32, or `bf16`); the full-cache
-    /// reference is always f32. With bf16, a `full` policy (no eviction) is evaluated first, so
+    /// KV cache dtype of every policy's runs (`auto`: f32 on the CPU, bf16 on CUDA; `f32`;
+    /// `bf16`); the full-cache reference is the device's widest (f32 on the CPU). With bf16, a `full` policy (no eviction) is evaluated first, so
     /// its row measures the KV dtype alone: KL(f32 full ‖ bf16 full) and agreement.
     #[arg(long, default_value_t = KvCacheDtypeChoice::Auto)]
     pub kv_cache_dtype: KvCacheDtypeChoice,
@@ -98,9 +97,9 @@ pub fn run(args: EvalArgs, default_model_dir: &Path) -> Result<(), JobError> {
         return Err(JobError::NoAnswerTokens);
     }
 
-    let kv_dtype = args.kv_cache_dtype.resolve();
+    let kv_dtype = args.kv_cache_dtype.resolve(args.device);
     let mut candidates = Vec::new();
-    if kv_dtype != KvCacheDtype::F32 {
+    if kv_dtype != KvCacheDtype::widest_on(args.device) {
         candidates.push(Candidate {
             label: format!("full ({kv_dtype} KV)"),
             kind: CandidateKind::Baseline(Policy::Full),
