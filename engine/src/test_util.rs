@@ -13,3 +13,10 @@ pub fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The bundled stories260K model's configuration.
+pub fn stories260k_config() -> crate::config::ModelConfig {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K");
+    crate::config::ModelConfig::from_file(&dir.join("config.json"))
+        .expect("the bundled config loads")
+}

@@ -95,16 +95,17 @@ impl KvGeometry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn stories260k() -> ModelConfig {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K");
-        ModelConfig::from_file(&dir.join("config.json")).expect("the bundled config loads")
-    }
+    use crate::test_util::stories260k_config;
 
     #[test]
     fn a_pool_whose_byte_count_overflows_is_refused_naming_num_blocks() {
-        let err =
-            KvGeometry::new(&stories260k(), 16, usize::MAX / 16, KvCacheDtype::F32).unwrap_err();
+        let err = KvGeometry::new(
+            &stories260k_config(),
+            16,
+            usize::MAX / 16,
+            KvCacheDtype::F32,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -115,13 +116,13 @@ mod tests {
             ),
             "{err}"
         );
-        assert!(KvGeometry::new(&stories260k(), 16, 1 << 20, KvCacheDtype::F32).is_ok());
+        assert!(KvGeometry::new(&stories260k_config(), 16, 1 << 20, KvCacheDtype::F32).is_ok());
     }
 
     #[test]
     fn a_bf16_entry_takes_half_the_bytes_of_an_f32_one() {
         let [f32_pool, bf16_pool] = [KvCacheDtype::F32, KvCacheDtype::Bf16]
-            .map(|dtype| KvGeometry::new(&stories260k(), 16, 8, dtype).unwrap());
+            .map(|dtype| KvGeometry::new(&stories260k_config(), 16, 8, dtype).unwrap());
         assert_eq!(f32_pool.bytes_per_entry(), 2 * bf16_pool.bytes_per_entry());
         assert_eq!(f32_pool.total_bytes(), 2 * bf16_pool.total_bytes());
     }

@@ -41,6 +41,8 @@
 //! Model weights are packed at load ([`crate::model::Linear`]); [`matmul_nt`] packs on the fly for
 //! small matrices that are not.
 
+use std::ops::Range;
+
 use half::bf16;
 use rayon::prelude::*;
 
@@ -298,35 +300,51 @@ fn matmul_panels<E: Element>(
     }
     let kernel = Kernel::detect();
     let strips = n.div_ceil(NR).div_ceil(PR);
-    // Row blocks of at most MC_BYTES of `x`, evened out and rounded up to whole micro-tiles.
     let max_block = (MC_BYTES / (4 * k) / MR).max(1) * MR;
-    let row_blocks = rows.div_ceil(max_block);
-    let mc = rows.div_ceil(row_blocks).next_multiple_of(MR);
-    let row_blocks = rows.div_ceil(mc);
-    // Enough pieces to keep every thread busy (and balance the load when another process takes a
-    // core for a while), each a whole number of strips.
-    let threads = rayon::current_num_threads().max(1);
-    let col_chunks = (8 * threads).div_ceil(row_blocks).clamp(1, strips);
-    let strips_per_chunk = strips.div_ceil(col_chunks);
-    let col_chunks = strips.div_ceil(strips_per_chunk);
     let out = OutPtr(y.as_mut_ptr());
     let w = PanelsRef { w, n, k };
+    for_each_piece(rows, strips, max_block, MR, |row_range, strip_range| {
+        // SAFETY: pieces own disjoint (row range × column range) blocks of `y`, no element is
+        // written by two pieces, and `y` outlives the parallel loop.
+        unsafe { compute_block(kernel, x, w, row_range, strip_range, out) };
+    });
+}
+
+/// Spreads `y [rows, ·]`, whose columns come in `units` groups (strips of panels, say), over
+/// rayon's threads: row blocks of at most `max_block` rows, evened out and rounded up to whole
+/// micro-tiles of `mr` rows, each cut into column chunks of whole units, enough pieces to keep
+/// every thread busy (and balance the load when another process takes a core for a while).
+/// Calls `f(row_range, unit_range)` once per piece, in parallel; the pieces are disjoint.
+pub(super) fn for_each_piece(
+    rows: usize,
+    units: usize,
+    max_block: usize,
+    mr: usize,
+    f: impl Fn(Range<usize>, Range<usize>) + Sync + Send,
+) {
+    let row_blocks = rows.div_ceil(max_block);
+    let mc = rows.div_ceil(row_blocks).next_multiple_of(mr);
+    let row_blocks = rows.div_ceil(mc);
+    let threads = rayon::current_num_threads().max(1);
+    let col_chunks = (8 * threads).div_ceil(row_blocks).clamp(1, units);
+    let units_per_chunk = units.div_ceil(col_chunks);
+    let col_chunks = units.div_ceil(units_per_chunk);
     (0..row_blocks * col_chunks)
         .into_par_iter()
         .for_each(|piece| {
             let (block, chunk) = (piece / col_chunks, piece % col_chunks);
-            let row_range = block * mc..((block + 1) * mc).min(rows);
-            let first_strip = chunk * strips_per_chunk;
-            let strip_range = first_strip..(first_strip + strips_per_chunk).min(strips);
-            // SAFETY: pieces own disjoint (row range × column range) blocks of `y`, no element is
-            // written by two pieces, and `y` outlives the parallel loop.
-            unsafe { compute_block(kernel, x, w, row_range, strip_range, out) };
+            let first = chunk * units_per_chunk;
+            f(
+                block * mc..((block + 1) * mc).min(rows),
+                first..(first + units_per_chunk).min(units),
+            );
         });
 }
 
+/// `y`'s first element, handed to the threads that write disjoint blocks of it.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: writers through this pointer touch disjoint elements (see `matmul_panels`).
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: writers through this pointer touch disjoint elements (see `for_each_piece`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 

@@ -30,6 +30,8 @@ use half::f16;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+use super::linear::{OutPtr, for_each_piece};
+
 /// Values per quantization block (llama.cpp's `QK8_0`).
 const QK: usize = 32;
 /// Outputs (rows of `W`) per panel: one AVX2 vector of f32 accumulators.
@@ -185,35 +187,15 @@ pub fn matmul(x: &[f32], rows: usize, w: &Q8Matrix, y: &mut [f32]) {
 /// [`matmul`] on rows already quantized, spread over rayon's threads in (row block × panel range)
 /// pieces, each computed by `kernel`.
 fn matmul_quantized(kernel: Kernel, xq: &QuantizedRows, rows: usize, w: &Q8Matrix, y: &mut [f32]) {
-    let (n, k) = (w.n, w.k);
-    let panels = n.div_ceil(QN);
-    let max_block = (MC_BYTES / k.next_multiple_of(QK) / MR).max(1) * MR;
-    let row_blocks = rows.div_ceil(max_block);
-    let mc = rows.div_ceil(row_blocks).next_multiple_of(MR);
-    let row_blocks = rows.div_ceil(mc);
-    let threads = rayon::current_num_threads().max(1);
-    let col_chunks = (8 * threads).div_ceil(row_blocks).clamp(1, panels);
-    let panels_per_chunk = panels.div_ceil(col_chunks);
-    let col_chunks = panels.div_ceil(panels_per_chunk);
+    let panels = w.n.div_ceil(QN);
+    let max_block = (MC_BYTES / w.k.next_multiple_of(QK) / MR).max(1) * MR;
     let out = OutPtr(y.as_mut_ptr());
-    (0..row_blocks * col_chunks)
-        .into_par_iter()
-        .for_each(|piece| {
-            let (block, chunk) = (piece / col_chunks, piece % col_chunks);
-            let row_range = block * mc..((block + 1) * mc).min(rows);
-            let first = chunk * panels_per_chunk;
-            let panel_range = first..(first + panels_per_chunk).min(panels);
-            // SAFETY: pieces own disjoint (row range × panel range) blocks of `y`, and `y`
-            // outlives the parallel loop.
-            unsafe { compute_block(kernel, xq, w, row_range, panel_range, out) };
-        });
+    for_each_piece(rows, panels, max_block, MR, |row_range, panel_range| {
+        // SAFETY: pieces own disjoint (row range × panel range) blocks of `y`, and `y`
+        // outlives the parallel loop.
+        unsafe { compute_block(kernel, xq, w, row_range, panel_range, out) };
+    });
 }
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: writers through this pointer touch disjoint elements (see `matmul_quantized`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// Fills rows `row_range` × the columns of panels `panel_range` of `y`: panel by panel, each
 /// passed over by the row tiles while its blocks stay in L1.

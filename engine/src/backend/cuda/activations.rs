@@ -79,15 +79,11 @@ impl ActivationLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn stories260k() -> ModelConfig {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stories260K");
-        ModelConfig::from_file(&dir.join("config.json")).expect("the bundled config loads")
-    }
+    use crate::test_util::stories260k_config;
 
     #[test]
     fn activations_are_laid_end_to_end_without_overlap() {
-        let c = stories260k();
+        let c = stories260k_config();
         let (t, r, rank) = (7, 2, 4);
         let l = ActivationLayout::new(&c, t, r, rank);
         let spans = [
