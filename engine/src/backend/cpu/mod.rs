@@ -361,6 +361,16 @@ impl Backend for CpuBackend {
     }
 
     fn forward(&mut self, batch: &ForwardBatch<'_>, out: &mut ForwardOutput) -> Result<()> {
+        // The pass runs on one of rayon's threads, so each of its parallel loops (a decode step
+        // has ~4 per layer) starts on a thread already in the pool; called from outside it,
+        // every loop would hand its work to the pool and put the caller to sleep until woken.
+        rayon::scope(|_| self.forward_in_pool(batch, out))
+    }
+}
+
+impl CpuBackend {
+    /// [`Backend::forward`], on a thread of rayon's pool.
+    fn forward_in_pool(&mut self, batch: &ForwardBatch<'_>, out: &mut ForwardOutput) -> Result<()> {
         self.limits().validate(batch)?;
         let started = Instant::now();
         self.buffers.projector.matmul_time = Duration::ZERO;
