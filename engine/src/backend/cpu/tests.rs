@@ -354,3 +354,19 @@ fn fp8_scales_are_calibrated_alike_every_time() {
         "{all:?}: calibrated per head"
     );
 }
+
+/// fp8 calibrates on text tokenized with the model's tokenizer; a model folder without one
+/// (the parity fixtures) is refused, naming the flag.
+#[test]
+fn an_fp8_pool_needs_the_models_tokenizer_and_says_so() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_qknorm");
+    let model = Model::load(&dir).expect("fixture model");
+    let err = CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, KvCacheDtype::Fp8, None)
+        .err()
+        .expect("no tokenizer.json");
+    let message = err.to_string();
+    assert!(
+        message.contains("kv_cache_dtype") && message.contains("tokenizer"),
+        "{message}"
+    );
+}
