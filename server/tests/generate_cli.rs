@@ -236,14 +236,15 @@ fn quantize_int8_packs_the_weights_in_q8_0_at_about_a_quarter_of_f32_and_an_unkn
 }
 
 #[test]
-fn kv_cache_dtype_bf16_holds_twice_the_blocks_in_the_same_bytes_and_an_unknown_one_is_refused() {
+fn kv_cache_dtype_bf16_and_fp8_hold_2x_and_4x_the_blocks_in_the_same_bytes_and_others_are_refused()
+{
     let cache = tempfile::tempdir().unwrap();
     let run = |kv_dtype: &str| {
         let args = [
             "--kv-cache-dtype",
             kv_dtype,
             "--kv-memory-bytes",
-            "4000000",
+            "4096000", // 200 f32 blocks of stories260K, exactly
             "--max-tokens",
             "2",
             "--temperature",
@@ -259,17 +260,23 @@ fn kv_cache_dtype_bf16_holds_twice_the_blocks_in_the_same_bytes_and_an_unknown_o
             stderr.contains(&format!("kv_cache_dtype={kv_dtype}")),
             "{stderr}"
         );
+        assert_eq!(
+            stderr.contains("fp8 KV scales calibrated"),
+            kv_dtype == "fp8",
+            "fp8 (only) logs its calibrated scales:\n{stderr}"
+        );
         logged_number(&stderr, "KV cache pool sized", "num_blocks")
     };
-    let (f32_blocks, bf16_blocks) = (run("f32"), run("bf16"));
+    let (f32_blocks, bf16_blocks, fp8_blocks) = (run("f32"), run("bf16"), run("fp8"));
     assert_eq!(bf16_blocks, 2 * f32_blocks);
+    assert_eq!(fp8_blocks, 4 * f32_blocks);
     let out = generate(
         cache.path(),
-        &["--kv-cache-dtype", "fp8", "--max-tokens", "2"],
+        &["--kv-cache-dtype", "fp4", "--max-tokens", "2"],
     );
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "an unknown KV cache dtype must fail");
-    for part in ["--kv-cache-dtype", "fp8", "auto, f32, bf16"] {
+    for part in ["--kv-cache-dtype", "fp4", "auto, f32, bf16, fp8"] {
         assert!(stderr.contains(part), "no {part:?} in:\n{stderr}");
     }
 }

@@ -1,7 +1,8 @@
 //! docs/design.md §3 "batching is invisible": a request's output is the same token for token whether it
 //! ran alone or among 64 others, split by chunked prefill and preempted and recomputed — greedy and
 //! seeded sampling, on the bundled stories260K and on a Qwen3 fixture model, with f32, bf16 and
-//! int8 (Q8_0) weights and with f32 and bf16 KV pools.
+//! int8 (Q8_0) weights and with f32, bf16 and fp8 KV pools (fp8 on stories260K only: its scales
+//! are calibrated on text tokenized with the model's tokenizer, which the fixtures lack).
 
 mod common;
 
@@ -37,6 +38,10 @@ const BF16_WEIGHTS: Precision = Precision {
 };
 const BF16_KV: Precision = Precision {
     kv: KvCacheDtype::Bf16,
+    ..F32
+};
+const FP8_KV: Precision = Precision {
+    kv: KvCacheDtype::Fp8,
     ..F32
 };
 const INT8_WEIGHTS: Precision = Precision {
@@ -160,6 +165,16 @@ fn seeded_sampling_is_the_same_alone_and_batched_on_stories260k() {
 #[test]
 fn seeded_sampling_is_the_same_alone_and_batched_on_stories260k_with_bf16_kv() {
     check_batching_is_invisible(&repo().join("models/stories260K"), true, BF16_KV);
+}
+
+#[test]
+fn greedy_outputs_are_the_same_alone_and_batched_on_stories260k_with_fp8_kv() {
+    check_batching_is_invisible(&repo().join("models/stories260K"), false, FP8_KV);
+}
+
+#[test]
+fn seeded_sampling_is_the_same_alone_and_batched_on_stories260k_with_fp8_kv() {
+    check_batching_is_invisible(&repo().join("models/stories260K"), true, FP8_KV);
 }
 
 #[test]

@@ -195,6 +195,15 @@ fn greedy_outputs_are_the_same_with_prefix_caching_on_and_off_on_stories260k_wit
     check_prefix_caching_is_invisible(&setup, false);
 }
 
+#[test]
+fn greedy_outputs_are_the_same_with_prefix_caching_on_and_off_on_stories260k_with_fp8_kv() {
+    let setup = Setup {
+        kv_dtype: KvCacheDtype::Fp8,
+        ..stories260k()
+    };
+    check_prefix_caching_is_invisible(&setup, false);
+}
+
 fn retrieval() -> Setup {
     let dir = repo().join("models/retrieval-byte-6l");
     Setup::new(&dir, &dir)

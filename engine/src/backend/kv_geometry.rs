@@ -120,10 +120,13 @@ mod tests {
     }
 
     #[test]
-    fn a_bf16_entry_takes_half_the_bytes_of_an_f32_one() {
-        let [f32_pool, bf16_pool] = [KvCacheDtype::F32, KvCacheDtype::Bf16]
-            .map(|dtype| KvGeometry::new(&stories260k_config(), 16, 8, dtype).unwrap());
+    fn a_bf16_entry_takes_half_the_bytes_of_an_f32_one_and_an_fp8_one_a_quarter() {
+        let [f32_pool, bf16_pool, fp8_pool] =
+            [KvCacheDtype::F32, KvCacheDtype::Bf16, KvCacheDtype::Fp8]
+                .map(|dtype| KvGeometry::new(&stories260k_config(), 16, 8, dtype).unwrap());
         assert_eq!(f32_pool.bytes_per_entry(), 2 * bf16_pool.bytes_per_entry());
         assert_eq!(f32_pool.total_bytes(), 2 * bf16_pool.total_bytes());
+        assert_eq!(f32_pool.bytes_per_entry(), 4 * fp8_pool.bytes_per_entry());
+        assert_eq!(f32_pool.total_bytes(), 4 * fp8_pool.total_bytes());
     }
 }

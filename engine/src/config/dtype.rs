@@ -36,12 +36,13 @@ impl DtypeChoice {
 }
 
 /// Parsing and printing of a flag whose values are `auto`, `f32` (or `float32`) and `bf16` (or
-/// `bfloat16`): `--dtype` and `--kv-cache-dtype` spell their choices alike; errors name `$field`.
+/// `bfloat16`), plus the `$variant`s spelt `$name` (or `$alias`): `--dtype` and `--kv-cache-dtype`
+/// spell their choices alike; errors name `$field`.
 macro_rules! auto_f32_bf16_flag {
-    ($choice:ident, $field:literal) => {
+    ($choice:ident, $field:literal $(, $variant:ident => $name:literal $(| $alias:literal)*)*) => {
         impl $choice {
             /// Every spelling the flag accepts, for help and error texts.
-            pub const NAMES: &'static str = "auto, f32, bf16";
+            pub const NAMES: &'static str = concat!("auto, f32, bf16" $(, ", ", $name)*);
         }
 
         impl FromStr for $choice {
@@ -52,6 +53,7 @@ macro_rules! auto_f32_bf16_flag {
                     "auto" => Ok(Self::Auto),
                     "f32" | "float32" => Ok(Self::F32),
                     "bf16" | "bfloat16" => Ok(Self::Bf16),
+                    $($name $(| $alias)* => Ok(Self::$variant),)*
                     _ => Err(EngineError::InvalidParameter {
                         field: $field,
                         message: format!("expected one of {}, got `{s}`", Self::NAMES),
@@ -66,6 +68,7 @@ macro_rules! auto_f32_bf16_flag {
                     Self::Auto => "auto",
                     Self::F32 => "f32",
                     Self::Bf16 => "bf16",
+                    $(Self::$variant => $name,)*
                 })
             }
         }
@@ -166,6 +169,8 @@ pub enum KvCacheDtypeChoice {
     Auto,
     F32,
     Bf16,
+    /// FP8 E4M3 with a per-(layer, KV head) scale (as vLLM's `fp8`); CPU only.
+    Fp8,
 }
 
 impl KvCacheDtypeChoice {
@@ -175,20 +180,24 @@ impl KvCacheDtypeChoice {
             Self::Auto => KvCacheDtype::widest_on(device),
             Self::F32 => KvCacheDtype::F32,
             Self::Bf16 => KvCacheDtype::Bf16,
+            Self::Fp8 => KvCacheDtype::Fp8,
         }
     }
 }
 
-auto_f32_bf16_flag!(KvCacheDtypeChoice, "kv_cache_dtype");
+auto_f32_bf16_flag!(KvCacheDtypeChoice, "kv_cache_dtype", Fp8 => "fp8" | "fp8_e4m3");
 
 /// The dtype the KV pool stores keys and values in. bf16 entries are the f32 K/V rounded to
 /// nearest even once, when written, and widened exactly in registers by attention and eviction
-/// scoring, so the pool holds twice the entries in the same bytes.
+/// scoring, so the pool holds twice the entries in the same bytes. fp8 entries are FP8 E4M3
+/// (OCP "e4m3fn") codes of the K/V divided by a per-(layer, KV head) power-of-two scale,
+/// calibrated once when the backend is created; four times the entries of f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvCacheDtype {
     #[default]
     F32,
     Bf16,
+    Fp8,
 }
 
 impl KvCacheDtype {
@@ -206,6 +215,7 @@ impl KvCacheDtype {
         match self {
             Self::F32 => 4,
             Self::Bf16 => 2,
+            Self::Fp8 => 1,
         }
     }
 }
@@ -215,6 +225,7 @@ impl fmt::Display for KvCacheDtype {
         f.pad(match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
+            Self::Fp8 => "fp8",
         })
     }
 }

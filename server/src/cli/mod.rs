@@ -74,8 +74,10 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = Quantization::None, env = "GLIMPSE_QUANTIZE")]
     pub quantize: Quantization,
     /// Dtype the KV cache stores keys and values in: `auto` (on the CPU f32: K/V are f32
-    /// activations in every --dtype; on CUDA bf16, the only pool it stores), `f32` or `bf16`
-    /// (twice the entries in the same bytes; attention and eviction scoring widen them to f32).
+    /// activations in every --dtype; on CUDA bf16, the only pool it stores), `f32`, `bf16`
+    /// (twice the entries in the same bytes; attention and eviction scoring widen them to f32) or
+    /// `fp8` (CPU only: E4M3 with a per-(layer, KV head) scale calibrated at start-up, four times
+    /// the entries of f32).
     #[arg(long, default_value_t = KvCacheDtypeChoice::Auto, env = "GLIMPSE_KV_CACHE_DTYPE")]
     pub kv_cache_dtype: KvCacheDtypeChoice,
     /// KV cache memory in bytes (takes precedence over --kv-memory-fraction).

@@ -316,13 +316,17 @@ impl Tile<'_> {
                 first_head: kv_head * group,
                 group,
             };
+            let (dot_scale, value_scale) = (
+                cache.dot_scale(kv_head, shape.scale),
+                cache.value_scale(kv_head),
+            );
             widest.for_each_run(bs, |block, slot, entry, count| {
                 for piece in lane_pieces(slot, count) {
                     let first_entry = entry + piece.start - slot;
                     let run = cache.key_run(block, kv_head, piece);
-                    s.score(&run, Limits::Cache, first_entry, shape.scale, kernels);
+                    s.score(&run, Limits::Cache, first_entry, dot_scale, kernels);
                     keep.keep(&s.scores, &s.counts, first_entry);
-                    s.fold(&run, kernels);
+                    s.fold(&run, value_scale, kernels);
                 }
             });
             if let Some(extra) = widest_extra {
@@ -330,7 +334,7 @@ impl Tile<'_> {
                     let first = piece.start;
                     let run = extra.key_run(kv_head, d, piece);
                     s.score(&run, Limits::Extra, first, shape.scale, kernels);
-                    s.fold(&run, kernels);
+                    s.fold(&run, 1.0, kernels);
                 }
             }
             for (row, out) in out.chunks_exact_mut(width).enumerate() {
@@ -454,8 +458,10 @@ impl TileScratch {
         kernels.scores(&self.q, self.head_dim, run, scale, &mut self.scores);
     }
 
-    /// Folds the run [`Self::score`] scored into the online softmax of every query head.
-    fn fold<E: KvElement>(&mut self, run: &KeyRun<'_, E>, kernels: Kernels) {
+    /// Folds the run [`Self::score`] scored into the online softmax of every query head, its
+    /// stored values weighed by the probabilities times `value_scale` (the values' scale: 1 for
+    /// f32 K/V).
+    fn fold<E: KvElement>(&mut self, run: &KeyRun<'_, E>, value_scale: f32, kernels: Kernels) {
         let d = self.head_dim;
         for (h, &count) in self.counts.iter().enumerate() {
             if count == 0 {
@@ -467,6 +473,9 @@ impl TileScratch {
                 self.acc[h * d..(h + 1) * d]
                     .iter_mut()
                     .for_each(|a| *a *= rescale);
+            }
+            if value_scale != 1.0 {
+                self.scores[h].iter_mut().for_each(|p| *p *= value_scale);
             }
         }
         if self.counts.iter().all(|&count| count == run.lanes) {
@@ -511,8 +520,8 @@ mod tests {
     };
 
     /// A pool of `dtype` holding one sequence of `entries` entries in shuffled blocks, and its
-    /// keys and values row-major (`[entries, num_kv_heads, head_dim]`) as the pool holds them
-    /// (rounded to bf16 in a bf16 pool).
+    /// keys and values row-major (`[entries, num_kv_heads, head_dim]`) as the pool reads them
+    /// (rounded in a bf16 or fp8 pool; the fp8 one with `kv_cache::test_scales`).
     fn pool(entries: usize, dtype: KvCacheDtype) -> (CpuKvCache, Vec<u32>, Vec<f32>, Vec<f32>) {
         let (h, d, bs) = (SHAPE.num_kv_heads, SHAPE.head_dim, SHAPE.block_size);
         let geometry = KvGeometry {
@@ -523,13 +532,14 @@ mod tests {
             num_blocks: 16,
             dtype,
         };
-        let mut cache = CpuKvCache::new(geometry).expect("a 16-block pool fits");
+        let mut cache = CpuKvCache::for_tests(geometry);
         let table: Vec<u32> = (0..entries.div_ceil(bs) as u32)
             .map(|i| (i * 7 + 5) % 16)
             .collect();
+        let scales = cache.head_scales(0);
         let (keys, values) = (
-            as_stored(dtype, pseudo_random(entries * h * d, 1)),
-            as_stored(dtype, pseudo_random(entries * h * d, 2)),
+            as_stored(dtype, scales.keys, d, pseudo_random(entries * h * d, 1)),
+            as_stored(dtype, scales.values, d, pseudo_random(entries * h * d, 2)),
         );
         for e in 0..entries {
             let row = e * h * d..(e + 1) * h * d;
@@ -569,21 +579,28 @@ mod tests {
     /// Every row's output matches a float64 reference over exactly the keys it attends, and is
     /// the same, to the bit, whether it is computed with the rows around it (prefill rows cut at
     /// different places inside blocks, rows of a compacted layer that skip entries, lookahead rows
-    /// with their own extra keys) or alone; in f32 and in bf16 pools.
+    /// with their own extra keys) or alone; in f32, bf16 and fp8 pools.
     #[test]
     fn a_row_attends_its_keys_and_gets_the_same_bits_in_any_tile() {
-        for dtype in [KvCacheDtype::F32, KvCacheDtype::Bf16] {
+        for dtype in [KvCacheDtype::F32, KvCacheDtype::Bf16, KvCacheDtype::Fp8] {
             a_row_attends_its_keys_and_gets_the_same_bits_in_any_tile_in(dtype);
         }
     }
 
-    /// A bf16 pool gives, to the bit, what an f32 pool holding its widened values gives: the
-    /// kernels widen exactly and change nothing else.
+    /// A bf16 or fp8 pool gives, to the bit, what an f32 pool holding the values it reads gives:
+    /// the kernels widen exactly and change nothing else, and folding an fp8 head's scales into
+    /// the dot products and probabilities is exact.
     #[test]
-    fn a_bf16_pool_attends_like_an_f32_pool_of_its_widened_values() {
+    fn a_compact_pool_attends_like_an_f32_pool_of_the_values_it_reads() {
+        for dtype in [KvCacheDtype::Bf16, KvCacheDtype::Fp8] {
+            attends_like_an_f32_pool_of_the_values_it_reads(dtype);
+        }
+    }
+
+    fn attends_like_an_f32_pool_of_the_values_it_reads(dtype: KvCacheDtype) {
         let d = SHAPE.head_dim;
         let width = SHAPE.num_heads * d;
-        let (compact, table, keys, values) = pool(70, KvCacheDtype::Bf16);
+        let (compact, table, keys, values) = pool(70, dtype);
         let (mut widened, ..) = pool(70, KvCacheDtype::F32);
         let entry_width = SHAPE.num_kv_heads * d;
         for e in 0..70 {
@@ -614,7 +631,7 @@ mod tests {
             got.iter()
                 .map(|g| g.to_bits())
                 .eq(want.iter().map(|w| w.to_bits())),
-            "bf16 pool vs f32 pool of the same values"
+            "{dtype} pool vs f32 pool of the same values"
         );
     }
 

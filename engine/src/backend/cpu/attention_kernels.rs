@@ -20,13 +20,14 @@
 //! The softmax step reduces its lanes in a fixed tree, padding the lanes a head does not attend
 //! with the operation's identity, so its result does not depend on the vector width either.
 //!
-//! Keys and values are read in the pool's element type ([`KvElement`]: f32, or bf16 widened
-//! exactly in registers), so a bf16 pool gives the bits an f32 pool holding the widened values
-//! gives, in every kernel.
+//! Keys and values are read in the pool's element type ([`KvElement`]: f32, or bf16 or FP8 E4M3
+//! widened exactly in registers), so a compact pool gives the bits an f32 pool holding the widened
+//! values gives, in every kernel. (An fp8 pool's per-head scales are not the kernels' business:
+//! attention folds them into `scale` and the probabilities, see [`super::kv_cache::LayerView`].)
 
 use half::bf16;
 
-use super::stored::Stored;
+use super::stored::{E4m3, Stored};
 use crate::math::exp_nonpositive;
 
 /// Keys per run: one AVX-512 vector of `f32`.
@@ -46,6 +47,7 @@ pub trait KvElement: Stored {}
 
 impl KvElement for f32 {}
 impl KvElement for bf16 {}
+impl KvElement for E4m3 {}
 
 /// At most [`LANES`] consecutive entries of one KV head, stored as `E`.
 #[derive(Clone, Copy)]
@@ -305,7 +307,7 @@ mod avx2 {
     use half::bf16;
 
     use super::{KeyRun, KvElement, LANES};
-    use crate::backend::cpu::stored::Stored;
+    use crate::backend::cpu::stored::{E4m3, Stored};
 
     /// Lanes per 256-bit vector of `f32`.
     const HALF: usize = LANES / 2;
@@ -348,6 +350,48 @@ mod avx2 {
             };
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
         }
+    }
+
+    impl Load for E4m3 {
+        /// Zero-extends the codes to 32 bits and widens them as [`widen_e4m3`] does. A partial
+        /// vector goes through a zeroed copy (code 0 is +0.0).
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn load(src: *const E4m3, live: usize, _mask: __m256i) -> __m256 {
+            let mut part = [0u8; HALF];
+            // SAFETY: the caller vouches for `live ≤ 8` readable elements at `src`.
+            let bytes = unsafe {
+                if live == HALF {
+                    _mm_loadl_epi64(src.cast())
+                } else {
+                    std::ptr::copy_nonoverlapping(src.cast::<u8>(), part.as_mut_ptr(), live);
+                    _mm_loadl_epi64(part.as_ptr().cast())
+                }
+            };
+            widen_e4m3(_mm256_cvtepu8_epi32(bytes))
+        }
+    }
+
+    /// E4M3 codes (one per 32-bit lane) as f32, the bits of [`Stored::widen`]'s table: the 7
+    /// magnitude bits shifted into an f32's exponent and mantissa (a normal code's `e` then sits
+    /// 120 below its f32 exponent, a subnormal one is an f32 subnormal 2^120 too small), times
+    /// 2^120 (exact: a power of two, no overflow), the sign bit moved to bit 31, and the NaN codes
+    /// replaced by NaN.
+    #[target_feature(enable = "avx2")]
+    fn widen_e4m3(codes: __m256i) -> __m256 {
+        let magnitude = _mm256_and_si256(codes, _mm256_set1_epi32(0x7F));
+        let unsigned = _mm256_mul_ps(
+            _mm256_castsi256_ps(_mm256_slli_epi32::<20>(magnitude)),
+            _mm256_set1_ps(f32::from_bits(247 << 23)),
+        );
+        let sign = _mm256_slli_epi32::<24>(_mm256_and_si256(codes, _mm256_set1_epi32(0x80)));
+        let signed = _mm256_or_si256(_mm256_castps_si256(unsigned), sign);
+        let nan = _mm256_cmpeq_epi32(magnitude, _mm256_set1_epi32(0x7F));
+        _mm256_castsi256_ps(_mm256_blendv_epi8(
+            signed,
+            _mm256_set1_epi32(f32::NAN.to_bits() as i32),
+            nan,
+        ))
     }
 
     /// The mask of the lanes `start + l < end` of the 8-lane vector starting at `start < end`.
@@ -451,7 +495,7 @@ mod avx512 {
     use half::bf16;
 
     use super::{KeyRun, KvElement, LANES};
-    use crate::backend::cpu::stored::Stored;
+    use crate::backend::cpu::stored::{E4m3, Stored};
     use crate::math::{EXP_POLY, EXP_UNDERFLOW, LN2_HI, LN2_LO, ROUNDING_MAGIC};
 
     fn lane_mask(lanes: usize) -> __mmask16 {
@@ -495,6 +539,45 @@ mod avx512 {
             };
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
         }
+    }
+
+    impl Load for E4m3 {
+        /// Zero-extends the codes to 32 bits and widens them as [`widen_e4m3`] does. A partial
+        /// vector goes through a zeroed copy (code 0 is +0.0; a masked byte load needs
+        /// AVX-512BW).
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load(src: *const E4m3, live: usize) -> __m512 {
+            let mut part = [0u8; LANES];
+            // SAFETY: the caller vouches for `live ≤ 16` readable elements at `src`.
+            let bytes = unsafe {
+                if live == LANES {
+                    _mm_loadu_si128(src.cast())
+                } else {
+                    std::ptr::copy_nonoverlapping(src.cast::<u8>(), part.as_mut_ptr(), live);
+                    _mm_loadu_si128(part.as_ptr().cast())
+                }
+            };
+            widen_e4m3(_mm512_cvtepu8_epi32(bytes))
+        }
+    }
+
+    /// E4M3 codes (one per 32-bit lane) as f32, step for step as the AVX2 kernels' `widen_e4m3`.
+    #[target_feature(enable = "avx512f")]
+    fn widen_e4m3(codes: __m512i) -> __m512 {
+        let magnitude = _mm512_and_si512(codes, _mm512_set1_epi32(0x7F));
+        let unsigned = _mm512_mul_ps(
+            _mm512_castsi512_ps(_mm512_slli_epi32::<20>(magnitude)),
+            _mm512_set1_ps(f32::from_bits(247 << 23)),
+        );
+        let sign = _mm512_slli_epi32::<24>(_mm512_and_si512(codes, _mm512_set1_epi32(0x80)));
+        let signed = _mm512_or_si512(_mm512_castps_si512(unsigned), sign);
+        let nan = _mm512_cmpeq_epi32_mask(magnitude, _mm512_set1_epi32(0x7F));
+        _mm512_castsi512_ps(_mm512_mask_mov_epi32(
+            signed,
+            nan,
+            _mm512_set1_epi32(f32::NAN.to_bits() as i32),
+        ))
     }
 
     /// [`super::fold_run`] with AVX-512 intrinsics: the same steps, lane by lane, and the same
@@ -709,7 +792,7 @@ mod tests {
         }
     }
 
-    /// Every kernel, every block size of query heads, f32 and bf16 keys and values: each head's
+    /// Every kernel, every block size of query heads, f32, bf16 and E4M3 keys and values: each head's
     /// numbers are the ones it gets alone (to the bit), equal to the scalar chain the kernel is
     /// pinned to (fused or not) over the widened keys and values, and close to a float64
     /// reference.
@@ -718,6 +801,7 @@ mod tests {
         for lanes in [11, LANES] {
             each_head_gets_the_same_bits_in_any_block_and_matches_a_reference_in::<f32>(lanes);
             each_head_gets_the_same_bits_in_any_block_and_matches_a_reference_in::<bf16>(lanes);
+            each_head_gets_the_same_bits_in_any_block_and_matches_a_reference_in::<E4m3>(lanes);
         }
     }
 
@@ -778,6 +862,52 @@ mod tests {
                             .map(|l| all[h][l] as f64 * values[l * d + i].widen() as f64)
                             .sum::<f64>();
                     assert!((acc_all[h * d + i] as f64 - want).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    /// The SIMD kernels widen every E4M3 code, in every lane of a full or partial vector, to the
+    /// bits of [`Stored::widen`]'s table (NaN codes included).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_simd_loads_widen_every_e4m3_code_like_the_table() {
+        let codes: Vec<E4m3> = (0..=255u8).map(E4m3).collect();
+        let want = |code: &E4m3| code.widen().to_bits();
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            for (chunk, live) in codes.chunks(LANES).zip([LANES, 11].into_iter().cycle()) {
+                let mut got = [0.0f32; LANES];
+                // SAFETY: AVX-512F was detected; `chunk` holds 16 readable codes.
+                unsafe {
+                    let v = <E4m3 as avx512::Load>::load(chunk.as_ptr(), live);
+                    std::arch::x86_64::_mm512_storeu_ps(got.as_mut_ptr(), v);
+                }
+                for (lane, code) in chunk.iter().enumerate() {
+                    let want = if lane < live { want(code) } else { 0 };
+                    assert_eq!(
+                        got[lane].to_bits(),
+                        want,
+                        "AVX-512: {code:?} in lane {lane}"
+                    );
+                }
+            }
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            for (chunk, live) in codes
+                .chunks(LANES / 2)
+                .zip([LANES / 2, 5].into_iter().cycle())
+            {
+                let mut got = [0.0f32; LANES / 2];
+                // SAFETY: AVX2 was detected; `chunk` holds 8 readable codes; the mask is unused
+                // by this element type.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    let v = <E4m3 as avx2::Load>::load(chunk.as_ptr(), live, _mm256_set1_epi32(-1));
+                    _mm256_storeu_ps(got.as_mut_ptr(), v);
+                }
+                for (lane, code) in chunk.iter().enumerate() {
+                    let want = if lane < live { want(code) } else { 0 };
+                    assert_eq!(got[lane].to_bits(), want, "AVX2: {code:?} in lane {lane}");
                 }
             }
         }

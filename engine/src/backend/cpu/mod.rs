@@ -1,6 +1,7 @@
 //! The CPU backend: the Llama-family forward pass over a paged KV pool in host memory.
 //!
-//! Activations are f32; the cache is f32 or bf16 (`--kv-cache-dtype`, see [`kv_cache`]). The model's matrices are packed into [`CpuWeights`] when the
+//! Activations are f32; the cache is f32, bf16 or fp8 (`--kv-cache-dtype`, see [`kv_cache`]; fp8
+//! scales are calibrated when the backend is built, see [`kv_scales`]). The model's matrices are packed into [`CpuWeights`] when the
 //! backend is built, in the model's dtype — f32, or bf16 at half the bytes, widened exactly in
 //! registers by the GEMM, so a bf16 checkpoint gives the bits it gave widened to f32 — and its
 //! vectors (norms, biases) are widened to f32. The hot kernels are our own — a batch-invariant GEMM ([`linear`]), paged attention
@@ -15,6 +16,7 @@ mod attention;
 mod attention_kernels;
 mod evict;
 mod kv_cache;
+mod kv_scales;
 pub mod linear;
 mod lora;
 /// Public so the CUDA kernels' shim tests compare against these very functions.
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant};
 use attention::{AttentionShape, KeptDots, QueryContext, TileTimes, paged_attention};
 use evict::ScoringInput;
 use kv_cache::CpuKvCache;
+use kv_scales::Calibration;
 use lora::{LayerLora, PackedLora};
 use project::Projector;
 use rows::LookaheadKv;
@@ -127,7 +130,11 @@ impl CpuBackend {
     /// Places `model` on the CPU — its matrices packed into [`CpuWeights`] in `model.dtype` —
     /// with a KV pool of `num_blocks` × `block_size` entries stored in `kv_dtype`,
     /// with `lookahead`'s rows and adapters for the LookaheadKV policy if given (its shapes were
-    /// checked against the model when it was loaded).
+    /// checked against the model when it was loaded). An fp8 pool's scales are calibrated here,
+    /// by a prefill of a fixed text into a small f32 pool first ([`kv_scales`]).
+    ///
+    /// Fails when the geometry is invalid, the pool does not fit in memory, or (fp8) the model's
+    /// tokenizer does not load.
     pub fn new(
         model: &Model,
         block_size: usize,
@@ -144,7 +151,12 @@ impl CpuBackend {
             weight_bytes = weights.size_bytes(),
             "weights packed for the CPU"
         );
-        Ok(Self {
+        let calibration = match kv_dtype {
+            KvCacheDtype::Fp8 => Some(Calibration::new(model, geometry)?),
+            KvCacheDtype::F32 | KvCacheDtype::Bf16 => None,
+        };
+        let first_pool = calibration.as_ref().map_or(geometry, |c| c.geometry);
+        let mut backend = Self {
             config: model.config.clone(),
             weights,
             rope: RopeTables::new(
@@ -154,9 +166,15 @@ impl CpuBackend {
             )?,
             lora: lookahead.as_deref().map(PackedLora::new),
             lookahead,
-            cache: CpuKvCache::new(geometry)?,
+            cache: CpuKvCache::new(first_pool)?,
             buffers: StepBuffers::default(),
-        })
+        };
+        if let Some(calibration) = calibration {
+            let scales = calibration.run(&mut backend)?;
+            backend.cache = CpuKvCache::with_scales(geometry, scales)?;
+            backend.buffers = StepBuffers::default();
+        }
+        Ok(backend)
     }
 
     /// What [`BatchLimits::validate`] checks a batch against.

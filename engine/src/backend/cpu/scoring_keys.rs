@@ -1,12 +1,13 @@
 //! Eviction scoring's view of the paged cache: one sequence's keys of one layer, read in place
 //! from its blocks (no gather into a contiguous copy) in the pool's element type, widened to f32
-//! as attention widens them, with the attention kernels' dot products.
+//! and scaled as attention reads them, with the attention kernels' dot products (the key scale
+//! folded in by [`LayerView::dot_scale`], as attention does).
 //! It sits with eviction, apart from [`super::kv_cache`], so the cache module needs nothing from
 //! attention.
 
 use super::attention::{QueryContext, lane_pieces};
 use super::attention_kernels::{Kernels, KvElement, LANES};
-use super::kv_cache::{LayerView, PoolLayer, with_layer_view};
+use super::kv_cache::{LayerView, PoolLayer, read, with_layer_view};
 use super::stored::Stored;
 use crate::eviction::KeySource;
 
@@ -55,8 +56,9 @@ impl PagedKeys<'_> {
         let block = self.block_table[entry / self.block_size] as usize;
         let start = layer.head_offset(block, kv_head) + entry % self.block_size;
         let column = layer.keys[start..].iter().step_by(self.block_size);
+        let key_scale = layer.key_scales[kv_head];
         for (o, &k) in out[..self.head_dim].iter_mut().zip(column) {
-            *o = k.widen();
+            *o = read(k, key_scale);
         }
     }
 
@@ -70,6 +72,7 @@ impl PagedKeys<'_> {
         out: &mut [f32],
     ) {
         let n = self.num_entries;
+        let scale = layer.dot_scale(kv_head, scale);
         let kernels = Kernels::detect();
         let mut scores = vec![[0.0f32; LANES]; queries.len() / head_dim];
         let every_entry = QueryContext {
@@ -101,12 +104,13 @@ mod tests {
     use crate::test_util::pseudo_random;
 
     /// Keys written entry by entry come back from the transposed layout as the pool stores them
-    /// (rounded in a bf16 pool), and the kernel's scaled dot products agree with the key-by-key
-    /// default, for block sizes below, at and above one vector of lanes, in f32 and bf16 pools.
+    /// (rounded in a bf16 or fp8 pool, scaled by the head's scale in fp8), and the kernel's scaled
+    /// dot products agree with the key-by-key default, for block sizes below, at and above one
+    /// vector of lanes, in f32, bf16 and fp8 pools.
     #[test]
     fn transposed_keys_read_back_and_score_like_the_default() {
         let (num_kv_heads, d, n) = (2, 24, 45usize);
-        let dtypes = [KvCacheDtype::F32, KvCacheDtype::Bf16];
+        let dtypes = [KvCacheDtype::F32, KvCacheDtype::Bf16, KvCacheDtype::Fp8];
         for (dtype, block_size) in dtypes.into_iter().flat_map(|t| [(t, 4), (t, 16), (t, 32)]) {
             let geometry = KvGeometry {
                 num_layers: 2,
@@ -116,12 +120,18 @@ mod tests {
                 num_blocks: 16,
                 dtype,
             };
-            let mut cache = CpuKvCache::new(geometry).expect("a 16-block pool fits");
+            let mut cache = CpuKvCache::for_tests(geometry);
             // Distinct blocks, out of order.
             let table: Vec<u32> = (0..n.div_ceil(block_size) as u32)
                 .map(|i| (i * 5 + 3) % 16)
                 .collect();
-            let keys = as_stored(dtype, pseudo_random(n * num_kv_heads * d, 4));
+            let key_scales = cache.head_scales(1).keys.to_vec();
+            let keys = as_stored(
+                dtype,
+                &key_scales,
+                d,
+                pseudo_random(n * num_kv_heads * d, 4),
+            );
             let values = pseudo_random(n * num_kv_heads * d, 5);
             for entry in 0..n {
                 let row = entry * num_kv_heads * d..(entry + 1) * num_kv_heads * d;

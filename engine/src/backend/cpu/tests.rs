@@ -1,8 +1,9 @@
 //! LookaheadKV's promise to the prompt (docs/design.md §3), checked on the private cache: the lookahead
-//! rows change nothing but the selection, with f32, bf16 and Q8_0 weights and f32 and bf16 KV
-//! pools (the adapters stay f32 on every weights dtype); and prefix
-//! caching's promise to shared blocks: an eviction into fresh blocks writes nothing else, in f32
-//! and bf16 pools. Also the refusals of impossible eviction requests.
+//! rows change nothing but the selection, with f32, bf16 and Q8_0 weights and f32, bf16 and fp8
+//! KV pools (the adapters stay f32 on every weights dtype); and prefix
+//! caching's promise to shared blocks: an eviction into fresh blocks writes nothing else, in f32,
+//! bf16 and fp8 pools. Also the refusals of impossible eviction requests, and the fp8 pool's
+//! calibration.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,6 +92,7 @@ fn lookahead_rows_change_nothing_but_the_selection() {
         (DtypeChoice::F32, Quantization::None, KvCacheDtype::F32),
         (DtypeChoice::Bf16, Quantization::None, KvCacheDtype::F32),
         (DtypeChoice::F32, Quantization::None, KvCacheDtype::Bf16),
+        (DtypeChoice::F32, Quantization::None, KvCacheDtype::Fp8),
         (DtypeChoice::F32, Quantization::Int8, KvCacheDtype::F32),
     ] {
         lookahead_rows_change_nothing_but_the_selection_in(model_as(dtype, quantize), kv_dtype);
@@ -243,10 +245,10 @@ fn block_bits(cache: &CpuKvCache, block: u32) -> Vec<f32> {
 /// Prefix caching's promise to shared blocks (docs/design.md §7): an eviction told to compact
 /// into fresh blocks writes those blocks only — every other block of the pool, the prompt's
 /// included, holds the bits of a prefill that never evicted — and the fresh blocks hold exactly
-/// the entries an in-place compaction keeps; in f32 and bf16 pools.
+/// the entries an in-place compaction keeps; in f32, bf16 and fp8 pools.
 #[test]
 fn compacting_into_fresh_blocks_writes_no_other_block() {
-    for kv_dtype in [KvCacheDtype::F32, KvCacheDtype::Bf16] {
+    for kv_dtype in [KvCacheDtype::F32, KvCacheDtype::Bf16, KvCacheDtype::Fp8] {
         compacting_into_fresh_blocks_writes_no_other_block_in(kv_dtype);
     }
 }
@@ -321,4 +323,50 @@ fn blocks_to_compact_into_that_overlap_the_prompt_are_refused() {
     let error =
         prefill_into(&mut backend, &tokens, Some(streaming), Some(&TABLE[..2])).unwrap_err();
     assert!(error.to_string().contains("compact into"), "{error}");
+}
+
+/// An fp8 pool's scales are calibrated alike by every backend (they depend on the model alone),
+/// are powers of two, and differ between heads and between keys and values.
+#[test]
+fn fp8_scales_are_calibrated_alike_every_time() {
+    let model = model();
+    let scales = || {
+        let backend = CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, KvCacheDtype::Fp8, None);
+        let backend = backend.unwrap();
+        (0..model.config.num_layers)
+            .flat_map(|l| {
+                let head = backend.cache.head_scales(l);
+                [head.keys.to_vec(), head.values.to_vec()]
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = scales();
+    assert_eq!(first, scales());
+    let all: Vec<f32> = first.concat();
+    for &scale in &all {
+        assert!(
+            scale > 0.0 && scale.to_bits() & 0x7F_FFFF == 0,
+            "{scale} is a power of two"
+        );
+    }
+    assert!(
+        all.iter().any(|&s| s != all[0]),
+        "{all:?}: calibrated per head"
+    );
+}
+
+/// fp8 calibrates on text tokenized with the model's tokenizer; a model folder without one
+/// (the parity fixtures) is refused, naming the flag.
+#[test]
+fn an_fp8_pool_needs_the_models_tokenizer_and_says_so() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_qknorm");
+    let model = Model::load(&dir).expect("fixture model");
+    let err = CpuBackend::new(&model, BLOCK_SIZE, NUM_BLOCKS, KvCacheDtype::Fp8, None)
+        .err()
+        .expect("no tokenizer.json");
+    let message = err.to_string();
+    assert!(
+        message.contains("kv_cache_dtype") && message.contains("tokenizer"),
+        "{message}"
+    );
 }

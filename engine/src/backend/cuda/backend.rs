@@ -159,6 +159,10 @@ pub(super) fn check_kv_dtype(ordinal: usize, kv_dtype: KvCacheDtype) -> Result<(
             ordinal,
             what: "a KV cache in f32 (the CUDA kernels store keys and values in bf16; pass `--kv-cache-dtype bf16`)".into(),
         }),
+        KvCacheDtype::Fp8 => Err(EngineError::CudaUnsupported {
+            ordinal,
+            what: "a KV cache in fp8 (the CUDA kernels store keys and values in bf16; pass `--kv-cache-dtype bf16`, or run `--kv-cache-dtype fp8` on the CPU)".into(),
+        }),
     }
 }
 
@@ -416,14 +420,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_f32_kv_pool_is_refused_naming_the_flag_that_fixes_it() {
-        let error = check_kv_dtype(2, KvCacheDtype::F32).unwrap_err();
-        let message = error.to_string();
-        assert!(
-            message.starts_with("device cuda:2: a KV cache in f32")
-                && message.contains("--kv-cache-dtype bf16"),
-            "{message}"
-        );
+    fn f32_and_fp8_kv_pools_are_refused_naming_the_flag_that_fixes_it() {
+        for dtype in [KvCacheDtype::F32, KvCacheDtype::Fp8] {
+            let message = check_kv_dtype(2, dtype).unwrap_err().to_string();
+            assert!(
+                message.starts_with(&format!("device cuda:2: a KV cache in {dtype}"))
+                    && message.contains("--kv-cache-dtype bf16"),
+                "{message}"
+            );
+        }
         assert!(check_kv_dtype(0, KvCacheDtype::Bf16).is_ok());
     }
 }
