@@ -432,10 +432,10 @@ fn main() {
     }
 
     // Concurrency in a fixed pool: its bytes are those of `--pool-requests` full prompts in f32;
-    // a bf16 pool of the same bytes has twice the blocks.
+    // a bf16 pool of the same bytes has twice the blocks, an fp8 pool four times.
     let per_full = args.concurrency_len.div_ceil(BLOCK_SIZE);
     let pool_bytes = per_full * args.pool_requests * bytes_per_block;
-    let concurrency: Vec<_> = [KvCacheDtype::F32, KvCacheDtype::Bf16]
+    let concurrency: Vec<_> = [KvCacheDtype::F32, KvCacheDtype::Bf16, KvCacheDtype::Fp8]
         .into_iter()
         .map(|kv_dtype| {
             let block_bytes = KvGeometry::new(&model.config, BLOCK_SIZE, 1, kv_dtype)
