@@ -325,9 +325,43 @@ mod avx2 {
     impl Load for f32 {
         #[inline]
         #[target_feature(enable = "avx2")]
-        unsafe fn load(src: *const f32, _live: usize, mask: __m256i) -> __m256 {
-            // SAFETY: the masked load reads the `live` lanes the caller vouches for.
-            unsafe { _mm256_maskload_ps(src, mask) }
+        unsafe fn load(src: *const f32, live: usize, mask: __m256i) -> __m256 {
+            // SAFETY: the caller vouches for the `live` lanes.
+            unsafe { load_f32(src, live, mask) }
+        }
+    }
+
+    /// Lanes `0..live` of the 8 f32s at `src`, the others 0: a plain load when all 8 are live,
+    /// masked only for a partial vector — masked moves are microcoded on AMD's cores, and on the
+    /// ones measured here they held the prefill attention kernels back.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; `src` points to `live` readable f32s; `mask` is [`mask_below`]'s.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load_f32(src: *const f32, live: usize, mask: __m256i) -> __m256 {
+        // SAFETY: the caller vouches for the `live` lanes; a whole vector is 8 of them.
+        unsafe {
+            match live {
+                HALF => _mm256_loadu_ps(src),
+                _ => _mm256_maskload_ps(src, mask),
+            }
+        }
+    }
+
+    /// Writes lanes `0..live` of `v` to `dst`, as [`load_f32`] reads them.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; `dst` points to `live` writable f32s; `mask` is [`mask_below`]'s.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store_f32(dst: *mut f32, live: usize, mask: __m256i, v: __m256) {
+        // SAFETY: the caller vouches for the `live` lanes; a whole vector is 8 of them.
+        unsafe {
+            match live {
+                HALF => _mm256_storeu_ps(dst, v),
+                _ => _mm256_maskstore_ps(dst, mask, v),
+            }
         }
     }
 
@@ -447,7 +481,12 @@ mod avx2 {
             for (a, o) in acc.iter().zip(out.iter_mut()) {
                 // SAFETY: `o` is 16 floats; only lanes below `run.lanes` are written.
                 unsafe {
-                    _mm256_maskstore_ps(o.as_mut_ptr().add(start), mask, _mm256_mul_ps(*a, scale))
+                    store_f32(
+                        o.as_mut_ptr().add(start),
+                        live,
+                        mask,
+                        _mm256_mul_ps(*a, scale),
+                    )
                 };
             }
         }
@@ -472,7 +511,7 @@ mod avx2 {
             // caller vouches for.
             unsafe {
                 let mut a: [__m256; R] = std::array::from_fn(|r| {
-                    _mm256_maskload_ps(acc.as_ptr().add(r * head_dim + j), mask)
+                    load_f32(acc.as_ptr().add(r * head_dim + j), live, mask)
                 });
                 for (lane, row) in values.chunks_exact(head_dim).take(lanes).enumerate() {
                     let v = <E as Load>::load(row.as_ptr().add(j), live, mask);
@@ -481,7 +520,7 @@ mod avx2 {
                     }
                 }
                 for (r, a) in a.iter().enumerate() {
-                    _mm256_maskstore_ps(acc.as_mut_ptr().add(r * head_dim + j), mask, *a);
+                    store_f32(acc.as_mut_ptr().add(r * head_dim + j), live, mask, *a);
                 }
             }
         }
