@@ -126,16 +126,7 @@ fn blocks_for(tokens: usize, block_size: usize) -> usize {
 fn prefill_seconds(backend: &mut dyn Backend, prompt: &[u32], block_size: usize) -> f64 {
     let table: Vec<u32> = (0..blocks_for(prompt.len(), block_size) as u32).collect();
     let batch = ForwardBatch {
-        sequences: vec![SequenceInput {
-            token_ids: prompt,
-            first_position: 0,
-            first_cache_entry: 0,
-            block_table: &table,
-            logits: LogitsRequest::Last,
-            eviction: None,
-            compacted: None,
-            compact_into: None,
-        }],
+        sequences: vec![SequenceInput::whole_prompt(prompt, &table)],
     };
     let mut out = ForwardOutput::default();
     let t = Instant::now();
@@ -162,16 +153,7 @@ fn decode_seconds(
     let mut out = ForwardOutput::default();
     for (prompt, table) in prompts.iter().zip(&tables) {
         let batch = ForwardBatch {
-            sequences: vec![SequenceInput {
-                token_ids: prompt,
-                first_position: 0,
-                first_cache_entry: 0,
-                block_table: table,
-                logits: LogitsRequest::Last,
-                eviction: None,
-                compacted: None,
-                compact_into: None,
-            }],
+            sequences: vec![SequenceInput::whole_prompt(prompt, table)],
         };
         backend.forward(&batch, &mut out).unwrap();
     }

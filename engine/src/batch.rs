@@ -91,7 +91,22 @@ impl Compaction {
     }
 }
 
-impl SequenceInput<'_> {
+impl<'a> SequenceInput<'a> {
+    /// A whole prompt prefilled in one chunk from position 0 into `block_table`'s blocks, asking
+    /// for its last row's logits, without eviction: a benchmark's or a calibration's pass.
+    pub fn whole_prompt(token_ids: &'a [u32], block_table: &'a [u32]) -> Self {
+        Self {
+            token_ids,
+            first_position: 0,
+            first_cache_entry: 0,
+            block_table,
+            logits: LogitsRequest::Last,
+            eviction: None,
+            compacted: None,
+            compact_into: None,
+        }
+    }
+
     /// Cache entries this sequence holds once the chunk is written.
     pub fn num_entries_after(&self) -> usize {
         self.first_cache_entry + self.token_ids.len()

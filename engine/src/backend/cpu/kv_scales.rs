@@ -22,7 +22,7 @@ use super::CpuBackend;
 use super::kv_cache::{CpuKvCache, HeadScales, PoolLayer};
 use super::stored::E4m3;
 use crate::backend::{Backend, KvGeometry};
-use crate::batch::{ForwardBatch, ForwardOutput, LogitsRequest, SequenceInput};
+use crate::batch::{ForwardBatch, ForwardOutput, SequenceInput};
 use crate::config::KvCacheDtype;
 use crate::error::{EngineError, Result};
 use crate::model::Model;
@@ -130,16 +130,7 @@ impl Calibration {
     pub fn run(&self, backend: &mut CpuBackend) -> Result<KvScales> {
         let table: Vec<u32> = (0..self.geometry.num_blocks as u32).collect();
         let batch = ForwardBatch {
-            sequences: vec![SequenceInput {
-                token_ids: &self.tokens,
-                first_position: 0,
-                first_cache_entry: 0,
-                block_table: &table,
-                logits: LogitsRequest::Last,
-                eviction: None,
-                compacted: None,
-                compact_into: None,
-            }],
+            sequences: vec![SequenceInput::whole_prompt(&self.tokens, &table)],
         };
         backend.forward(&batch, &mut ForwardOutput::default())?;
         let (keys, values) = head_amax(&backend.cache);
