@@ -332,8 +332,8 @@ mod avx2 {
     }
 
     /// Lanes `0..live` of the 8 f32s at `src`, the others 0: a plain load when all 8 are live,
-    /// masked only for a partial vector — masked moves are microcoded on AMD's cores, and on the
-    /// ones measured here they held the prefill attention kernels back.
+    /// masked only for a partial vector: on the AMD EPYC measured here, masked moves of whole
+    /// vectors held attention back (prefill 4096 244 → 284 tok/s without them, docs/benchmarks.md).
     ///
     /// # Safety
     /// The CPU supports AVX2; `src` points to `live` readable f32s; `mask` is [`mask_below`]'s.

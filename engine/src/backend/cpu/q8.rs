@@ -376,7 +376,7 @@ mod avx2 {
 
     /// Blocks ahead of the one being multiplied whose weights are prefetched (2 KiB): at batch 1
     /// the hardware prefetcher alone leaves decode waiting on the weight stream (measured: decode
-    /// b1 +10 % with it, the same with 16 blocks).
+    /// b1 139 → 157 tok/s with it, the same with 16 blocks).
     const PREFETCH_BLOCKS: usize = 8;
 
     /// AVX2 micro-kernel: per block, each of the `M` rows' block dots with the panel's 8 outputs,
