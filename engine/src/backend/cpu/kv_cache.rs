@@ -209,7 +209,7 @@ impl CpuKvCache {
                             })
                             .collect()
                     };
-                    (read_all(view.keys, view.key_scales), read_all(view.values, view.value_scales))
+                    (read_all(view.keys, view.scales.keys), read_all(view.values, view.scales.values))
                 })
             })
             .unzip::<_, _, Vec<_>, Vec<_>>();
@@ -222,7 +222,7 @@ impl CpuKvCache {
         with_layer_view!(self.layer(layer), view => {
             let (bs, d) = (view.block_size, view.head_dim);
             let base = view.head_offset(block, head);
-            let (key_scale, value_scale) = (view.key_scales[head], view.value_scales[head]);
+            let (key_scale, value_scale) = (view.scales.keys[head], view.scales.values[head]);
             let key = (0..d).map(|i| read(view.keys[base + i * bs + slot], key_scale));
             let value = view.values[base + slot * d..base + (slot + 1) * d]
                 .iter()
@@ -300,8 +300,7 @@ impl<E: Stored> Entries<E> {
         LayerView {
             keys: &self.keys[range.clone()],
             values: &self.values[range],
-            key_scales: scales.keys,
-            value_scales: scales.values,
+            scales,
             block_stride: block_stride(g),
             head_stride: head_stride(g),
             block_size: g.block_size,
@@ -375,10 +374,8 @@ pub struct HeadScales<'a> {
 pub struct LayerView<'a, E> {
     pub keys: &'a [E],
     pub values: &'a [E],
-    /// Per KV head: a key is its stored elements widened, times this.
-    pub key_scales: &'a [f32],
-    /// Per KV head: a value is its stored elements widened, times this.
-    pub value_scales: &'a [f32],
+    /// Per KV head: a key (value) is its stored elements widened, times its key (value) scale.
+    pub scales: HeadScales<'a>,
     pub block_stride: usize,
     pub head_stride: usize,
     pub block_size: usize,
@@ -424,7 +421,7 @@ impl<'a, E> LayerView<'a, E> {
     /// bits `q·(widen(k)·key scale)·scale` gives.
     #[inline]
     pub fn dot_scale(&self, kv_head: usize, scale: f32) -> f32 {
-        scale * self.key_scales[kv_head]
+        scale * self.scales.keys[kv_head]
     }
 
     /// What attention multiplies a probability by before it weighs a stored value of `kv_head`
@@ -432,7 +429,7 @@ impl<'a, E> LayerView<'a, E> {
     /// `widen(v)·value scale` gives.
     #[inline]
     pub fn value_scale(&self, kv_head: usize) -> f32 {
-        self.value_scales[kv_head]
+        self.scales.values[kv_head]
     }
 }
 

@@ -56,7 +56,7 @@ impl PagedKeys<'_> {
         let block = self.block_table[entry / self.block_size] as usize;
         let start = layer.head_offset(block, kv_head) + entry % self.block_size;
         let column = layer.keys[start..].iter().step_by(self.block_size);
-        let key_scale = layer.key_scales[kv_head];
+        let key_scale = layer.scales.keys[kv_head];
         for (o, &k) in out[..self.head_dim].iter_mut().zip(column) {
             *o = read(k, key_scale);
         }
